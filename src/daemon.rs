@@ -1,0 +1,257 @@
+//! The daemon: a thin async shell around [`Engine`].
+//!
+//! ```text
+//! reports topic ──► decode ──► engine (as-of join ─► windows ─► detect ─► incidents) ──► alerts topic
+//!                     │                 ▲
+//!                     └─► dead letters   └── benchmark table ◄── benchmarks topic (+ RocksDB cache)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::decode;
+use crate::engine::Engine;
+use crate::http::Readiness;
+use crate::incident::{Alert, Status};
+use crate::metrics::Metrics;
+use crate::notify::{self, AlertSink, DeadLetter, DeadLetters};
+use crate::source::{self, BenchmarkUpdate};
+use crate::table::store::TableStore;
+use crate::time::Millis;
+
+/// Options of a daemon run beyond the config file.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Print each alert as one line on stdout.
+    pub print_alerts: bool,
+    /// Serve /metrics, /healthz and /readyz.
+    pub serve_http: bool,
+}
+
+/// Runs until `shutdown` turns true, then commits what is safe and returns.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    if opts.serve_http {
+        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on http.listen {}: {e}", cfg.http.listen)
+            })?;
+        info!(addr = %cfg.http.listen, "Serving /metrics, /healthz, /readyz.");
+        let app = crate::http::router(metrics.clone(), readiness.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                error!(error = %e, "HTTP server stopped.");
+            }
+        });
+    }
+
+    std::fs::create_dir_all(&cfg.state.dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
+    let store = Arc::new(TableStore::open(&cfg.state.dir)?);
+    let table = store.load()?;
+    info!(versions = table.len(), "Loaded benchmark cache.");
+    let mut engine = Engine::with_table(&cfg, table);
+
+    let producer = notify::producer(&cfg.kafka)?;
+    let alerts = AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic);
+    let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bench_tx, mut bench_rx) = mpsc::unbounded_channel::<BenchmarkUpdate>();
+    let reader = source::spawn_benchmark_reader(
+        &cfg,
+        store.clone(),
+        bench_tx,
+        dlq.clone(),
+        metrics.clone(),
+        stop.clone(),
+        tokio::runtime::Handle::current(),
+    )?;
+
+    // Joins must see the benchmarks valid at each report's time: read the table up to its end
+    // before the first report.
+    let started = Instant::now();
+    while !reader.caught_up.load(Ordering::Acquire) {
+        while let Ok(u) = bench_rx.try_recv() {
+            engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            warn!("Benchmark table not caught up after 60s; starting anyway.");
+            break;
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Ok(u) = bench_rx.try_recv() {
+        engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+    }
+    readiness.benchmarks_loaded.store(true, Ordering::Release);
+
+    let consumer = source::reports_consumer(&cfg)?;
+    let limit = cfg.limits.max_message_bytes;
+    let topic = cfg.kafka.reports_topic.clone();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Next offset to read per partition (one past the last processed).
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    // When input goes idle, event time is advanced by wall-clock time so the last windows
+    // close (a fully silent key is itself news, and alerts must not wait for the next record).
+    let idle_grace = cfg.window.size + cfg.window.allowed_lateness;
+    let mut last_progress = (Instant::now(), engine.watermark());
+    info!(topic = %topic, group = %cfg.kafka.group_id, "Consuming reports.");
+
+    loop {
+        tokio::select! {
+            // Benchmarks first: a report should join a row that has already arrived.
+            biased;
+            _ = shutdown.changed() => break,
+            Some(u) = bench_rx.recv() => {
+                engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "Report consumer error.");
+                        continue;
+                    }
+                };
+                metrics.records_in.with_label_values(&["reports"]).inc();
+                let (p, o) = (msg.partition(), msg.offset());
+                match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
+                    Ok(r) => {
+                        engine.on_report(&r, Some((p, o)));
+                    }
+                    Err(e) => {
+                        metrics.decode_failures.with_label_values(&[e.reason()]).inc();
+                        debug!(reason = e.reason(), partition = p, offset = o, "Dead-lettered a report.");
+                        // Wait for the dead letter to be durable before this offset can be committed.
+                        match dlq.send(DeadLetter::from_message(&msg, &e)).await {
+                            Ok(()) => metrics.dead_letters.inc(),
+                            Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                        }
+                    }
+                }
+                next.insert(p, o + 1);
+                let out = engine.close_ready();
+                emit(&alerts, &metrics, &opts, out).await;
+            }
+            _ = ticker.tick() => {
+                let wm = engine.watermark();
+                if wm != last_progress.1 {
+                    last_progress = (Instant::now(), wm);
+                } else if let Some(wm) = wm {
+                    let idle = last_progress.0.elapsed();
+                    if idle > idle_grace {
+                        let advanced = wm + (idle - idle_grace).as_millis() as Millis;
+                        let out = engine.close_until(advanced);
+                        emit(&alerts, &metrics, &opts, out).await;
+                    }
+                }
+                store_offsets(&consumer, &topic, &engine, &next);
+                let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                readiness.partitions_assigned.store(assigned, Ordering::Release);
+                publish_gauges(&metrics, &engine);
+            }
+        }
+    }
+
+    info!("Shutting down: committing offsets.");
+    stop.store(true, Ordering::Release);
+    store_offsets(&consumer, &topic, &engine, &next);
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        // Nothing stored yet is not an error worth alarming about.
+        debug!(error = %e, "Final commit.");
+    }
+    let _ = tokio::task::spawn_blocking(move || reader.handle.join()).await;
+    Ok(())
+}
+
+async fn emit(sink: &AlertSink, metrics: &Metrics, opts: &RunOptions, alerts: Vec<Alert>) {
+    if alerts.is_empty() {
+        return;
+    }
+    for a in &alerts {
+        let status = match a.status {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        };
+        metrics.alerts.with_label_values(&[status]).inc();
+        info!(id = %a.id, status, rule = %a.rule, scope = %a.scope, "Alert.");
+        if opts.print_alerts {
+            println!("{}", notify::render_line(a));
+        }
+    }
+    // Retry until the broker takes them: an alert is never dropped, and the offsets behind it
+    // are not committed before it is acknowledged.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match sink.send_all(&alerts).await {
+            Ok(()) => {
+                metrics.alerts_out.inc_by(alerts.len() as u64);
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Could not produce alerts.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Stores, per partition, the lowest offset an open window still needs (or the next one to
+/// read when no open window needs any); auto-commit then commits it.
+fn store_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    engine: &Engine,
+    next: &HashMap<i32, i64>,
+) {
+    let pending = engine.pending_offsets();
+    let mut tpl = TopicPartitionList::new();
+    for (p, n) in next {
+        let safe = pending.get(p).map_or(*n, |o| (*o).min(*n));
+        if tpl
+            .add_partition_offset(topic, *p, Offset::Offset(safe))
+            .is_err()
+        {
+            continue;
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // Partitions revoked in a rebalance can no longer be stored: expected, harmless.
+            debug!(error = %e, "Could not store offsets.");
+        }
+    }
+}
+
+fn publish_gauges(metrics: &Metrics, engine: &Engine) {
+    metrics.sync_engine(engine.counters());
+    metrics.incidents_firing.set(engine.firing() as i64);
+    if let Some(wm) = engine.watermark() {
+        metrics.watermark.set(wm / 1000);
+    }
+    metrics.benchmark_versions.set(engine.table().len() as i64);
+    metrics
+        .open_keys
+        .set(engine.windows().open_stats().1 as i64);
+}

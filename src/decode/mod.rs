@@ -1,0 +1,237 @@
+//! Decoding of the two input formats (CONTRACTS sections 1 and 2).
+//!
+//! Everything here is pure: bytes in, a typed record or a [`DecodeError`] out. A
+//! `DecodeError` is always the producer's fault and never retryable; the caller routes the
+//! message to the dead-letter topic with [`DecodeError::reason`] and moves on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Millis;
+
+/// One client quality report (CONTRACTS section 1).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Report {
+    #[serde(with = "crate::time")]
+    pub ts: Millis,
+    pub session_id: String,
+    pub location: String,
+    pub cdn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub played_ms: u64,
+    pub rebuffer_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_kbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// True when this interval saw a playback failure.
+    pub fn failed(&self) -> bool {
+        self.error.as_deref().is_some_and(|e| !e.is_empty())
+    }
+}
+
+/// What a CDN is expected to deliver at a location (CONTRACTS section 2).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Benchmark {
+    #[serde(with = "crate::time")]
+    pub ts: Millis,
+    pub location: String,
+    pub cdn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_kbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuffer_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+}
+
+/// Why a message could not be used. `reason()` is a bounded label for metrics and headers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("message has no value")]
+    Empty,
+    #[error("not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error("field `{field}` out of range: {detail}")]
+    OutOfRange { field: &'static str, detail: String },
+    #[error("benchmark key `{0}` is not of the form location|cdn")]
+    BadKey(String),
+}
+
+impl DecodeError {
+    /// Bounded reason label: one of [`DecodeError::REASONS`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Empty => "empty",
+            DecodeError::InvalidJson(_) => "invalid_json",
+            DecodeError::InvalidField(_) => "invalid_field",
+            DecodeError::OutOfRange { .. } => "out_of_range",
+            DecodeError::BadKey(_) => "bad_key",
+        }
+    }
+
+    pub const REASONS: [&'static str; 6] = [
+        "too_large",
+        "empty",
+        "invalid_json",
+        "invalid_field",
+        "out_of_range",
+        "bad_key",
+    ];
+}
+
+fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DecodeError::InvalidField(e.to_string()),
+        _ => DecodeError::InvalidJson(e.to_string()),
+    })
+}
+
+fn non_empty(field: &'static str, v: &str) -> Result<(), DecodeError> {
+    if v.is_empty() {
+        return Err(DecodeError::OutOfRange {
+            field,
+            detail: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+fn non_negative(field: &'static str, v: Option<f64>) -> Result<(), DecodeError> {
+    match v {
+        Some(x) if !(x.is_finite() && x >= 0.0) => Err(DecodeError::OutOfRange {
+            field,
+            detail: format!("{x} is not a finite number >= 0"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn unit_interval(field: &'static str, v: Option<f64>) -> Result<(), DecodeError> {
+    match v {
+        Some(x) if !(0.0..=1.0).contains(&x) => Err(DecodeError::OutOfRange {
+            field,
+            detail: format!("{x} is not in [0, 1]"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes and validates one client report.
+pub fn decode_report(bytes: &[u8], limit: usize) -> Result<Report, DecodeError> {
+    let r: Report = from_json(bytes, limit)?;
+    non_empty("session_id", &r.session_id)?;
+    non_empty("location", &r.location)?;
+    non_empty("cdn", &r.cdn)?;
+    non_negative("bitrate_kbps", r.bitrate_kbps)?;
+    non_negative("throughput_kbps", r.throughput_kbps)?;
+    Ok(r)
+}
+
+/// Decodes and validates one benchmark row.
+pub fn decode_benchmark(bytes: &[u8], limit: usize) -> Result<Benchmark, DecodeError> {
+    let b: Benchmark = from_json(bytes, limit)?;
+    non_empty("location", &b.location)?;
+    non_empty("cdn", &b.cdn)?;
+    non_negative("throughput_kbps", b.throughput_kbps)?;
+    non_negative("startup_ms", b.startup_ms)?;
+    unit_interval("rebuffer_ratio", b.rebuffer_ratio)?;
+    unit_interval("error_rate", b.error_rate)?;
+    Ok(b)
+}
+
+/// Splits a benchmark key `location|cdn`. Locations may contain `/` but not `|`; the CDN is
+/// whatever follows the last `|`.
+pub fn split_benchmark_key(key: &[u8]) -> Result<(String, String), DecodeError> {
+    let s = std::str::from_utf8(key)
+        .map_err(|_| DecodeError::BadKey(String::from_utf8_lossy(key).into_owned()))?;
+    match s.rsplit_once('|') {
+        Some((loc, cdn)) if !loc.is_empty() && !cdn.is_empty() => Ok((loc.into(), cdn.into())),
+        _ => Err(DecodeError::BadKey(s.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 64 * 1024;
+
+    #[test]
+    fn decodes_minimal_report_with_either_time_form() {
+        let a = br#"{"ts":"2026-01-01T00:00:10Z","session_id":"s","location":"IN/MH/Mumbai","cdn":"cdn-a","played_ms":10000,"rebuffer_ms":0}"#;
+        let b = br#"{"ts":1767225610000,"session_id":"s","location":"IN/MH/Mumbai","cdn":"cdn-a","played_ms":10000,"rebuffer_ms":0,"extra":1}"#;
+        let ra = decode_report(a, LIMIT).unwrap();
+        let rb = decode_report(b, LIMIT).unwrap();
+        assert_eq!(ra, rb);
+        assert_eq!(ra.ts, 1_767_225_610_000);
+        assert!(!ra.failed());
+    }
+
+    #[test]
+    fn classifies_bad_reports() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "invalid_json"),
+            (br#"{"ts":1,"session_id":"s","location":"l","cdn":"c","played_ms":1}"#, "invalid_field"),
+            (br#"{"ts":1,"session_id":"s","location":"l","cdn":"c","played_ms":-5,"rebuffer_ms":0}"#, "invalid_field"),
+            (br#"{"ts":"yesterday","session_id":"s","location":"l","cdn":"c","played_ms":1,"rebuffer_ms":0}"#, "invalid_field"),
+            (br#"{"ts":1,"session_id":"s","location":"","cdn":"c","played_ms":1,"rebuffer_ms":0}"#, "out_of_range"),
+            (b"", "empty"),
+        ];
+        for (bytes, reason) in cases {
+            let err = decode_report(bytes, LIMIT).unwrap_err();
+            assert_eq!(
+                err.reason(),
+                reason,
+                "{}: {err}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let big = vec![b' '; LIMIT + 1];
+        assert_eq!(
+            decode_report(&big, LIMIT).unwrap_err().reason(),
+            "too_large"
+        );
+    }
+
+    #[test]
+    fn rejects_benchmark_ratios_outside_unit_interval() {
+        let b = br#"{"ts":1,"location":"l","cdn":"c","error_rate":1.5}"#;
+        let err = decode_benchmark(b, LIMIT).unwrap_err();
+        assert!(err.to_string().contains("error_rate"), "{err}");
+    }
+
+    #[test]
+    fn splits_benchmark_keys_on_last_bar() {
+        assert_eq!(
+            split_benchmark_key(b"IN/MH/Mumbai|cdn-a").unwrap(),
+            ("IN/MH/Mumbai".into(), "cdn-a".into())
+        );
+        assert!(split_benchmark_key(b"nobar").is_err());
+    }
+}

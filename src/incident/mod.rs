@@ -1,0 +1,397 @@
+//! Incidents: the state machine from window verdicts to alerts (CONTRACTS section 3).
+//!
+//! Per (rule, scope): fire after `fire_after` consecutive bad windows, resolve after
+//! `resolve_after` consecutive windows that are clean or have no data. The incident id is a
+//! hash of rule, scope and start time, so it is the same across firing, repeats and resolved,
+//! across restarts, and across instances that replay the same input.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DetectConfig;
+use crate::detect::{Finding, Metric, Severity, severity};
+use crate::time::{Millis, format_ms};
+
+/// What an incident is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Scope {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdn: Option<String>,
+}
+
+impl Scope {
+    pub fn pair(location: &str, cdn: &str) -> Self {
+        Scope {
+            location: Some(location.into()),
+            cdn: Some(cdn.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    /// The alert's Kafka key, e.g. `location=IN/MH/Mumbai,cdn=cdn-a`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.location, &self.cdn) {
+            (Some(l), Some(c)) => write!(f, "location={l},cdn={c}"),
+            (Some(l), None) => write!(f, "location={l}"),
+            (None, Some(c)) => write!(f, "cdn={c}"),
+            (None, None) => write!(f, "global"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Firing,
+    Resolved,
+}
+
+/// One incident state change (CONTRACTS section 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub status: Status,
+    pub rule: String,
+    pub severity: Severity,
+    pub scope: Scope,
+    pub metric: Metric,
+    pub observed: f64,
+    pub expected: Option<f64>,
+    pub samples: u64,
+    pub p_value: Option<f64>,
+    #[serde(with = "crate::time")]
+    pub window_start: Millis,
+    #[serde(with = "crate::time")]
+    pub window_end: Millis,
+    #[serde(with = "crate::time")]
+    pub started_at: Millis,
+    #[serde(with = "crate::time::option")]
+    pub resolved_at: Option<Millis>,
+    pub summary: String,
+}
+
+/// Stable 64-bit FNV-1a: unlike std's hasher its output is fixed across Rust releases.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.as_bytes().iter().chain([0u8].iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+pub fn incident_id(rule: &str, scope: &Scope, started_at: Millis) -> String {
+    format!(
+        "{:016x}",
+        fnv1a(&[rule, &scope.to_string(), &started_at.to_string()])
+    )
+}
+
+/// One window's verdict on one (metric, scope).
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub scope: Scope,
+    pub finding: Finding,
+    /// Significant after the multiple-test correction and past every floor.
+    pub bad: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    bad_streak: u32,
+    clean_streak: u32,
+    streak_start: Millis,
+    firing: Option<Firing>,
+}
+
+#[derive(Debug, Clone)]
+struct Firing {
+    id: String,
+    started_at: Millis,
+    severity: Severity,
+    last: Finding,
+}
+
+/// All incidents, open and forming.
+#[derive(Debug, Default)]
+pub struct Incidents {
+    tracks: BTreeMap<(Metric, Scope), Track>,
+}
+
+fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {
+    let what = match f.metric {
+        Metric::RebufferRatio => format!(
+            "rebuffering {:.1}% vs {:.1}% expected",
+            f.observed * 100.0,
+            f.expected * 100.0
+        ),
+        Metric::FailureRate => format!(
+            "playback failures {:.1}% vs {:.1}% expected",
+            f.observed * 100.0,
+            f.expected * 100.0
+        ),
+        Metric::ThroughputKbps => format!(
+            "throughput {:.0} kbps vs {:.0} kbps expected",
+            f.observed, f.expected
+        ),
+        Metric::StartupMs => format!(
+            "startup {:.0} ms vs {:.0} ms expected",
+            f.observed, f.expected
+        ),
+    };
+    let where_ = match (&scope.location, &scope.cdn) {
+        (Some(l), Some(c)) => format!("{c} at {l}"),
+        (Some(l), None) => format!("all CDNs at {l}"),
+        (None, Some(c)) => format!("{c} across locations"),
+        (None, None) => "everywhere".into(),
+    };
+    match status {
+        Status::Firing => format!(
+            "{where_}: {what} over {} reports since {}.",
+            f.samples,
+            format_ms(since)
+        ),
+        Status::Resolved => format!("{where_}: back to normal ({what})."),
+    }
+}
+
+impl Incidents {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one closed window's verdicts; returns the state changes, in a stable order.
+    /// Tracks absent from `verdicts` had no (testable) data in this window.
+    pub fn apply(
+        &mut self,
+        window_start: Millis,
+        window_end: Millis,
+        verdicts: Vec<Verdict>,
+        cfg: &DetectConfig,
+    ) -> Vec<Alert> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut alerts = Vec::new();
+        for v in verdicts {
+            let k = (v.finding.metric, v.scope.clone());
+            seen.insert(k.clone());
+            if !v.bad && !self.tracks.contains_key(&k) {
+                continue; // Clean and nothing pending: keep no state.
+            }
+            let t = self.tracks.entry(k).or_insert(Track {
+                bad_streak: 0,
+                clean_streak: 0,
+                streak_start: window_start,
+                firing: None,
+            });
+            if v.bad {
+                if t.bad_streak == 0 {
+                    t.streak_start = window_start;
+                }
+                t.bad_streak += 1;
+                t.clean_streak = 0;
+                let sev = severity(v.finding.effect, cfg);
+                match &mut t.firing {
+                    None if t.bad_streak >= cfg.fire_after => {
+                        let rule = v.finding.metric.rule();
+                        let f = Firing {
+                            id: incident_id(rule, &v.scope, t.streak_start),
+                            started_at: t.streak_start,
+                            severity: sev,
+                            last: v.finding.clone(),
+                        };
+                        alerts.push(alert(
+                            Status::Firing,
+                            &v.scope,
+                            &f,
+                            window_start,
+                            window_end,
+                            None,
+                        ));
+                        t.firing = Some(f);
+                    }
+                    Some(f) => {
+                        f.last = v.finding.clone();
+                        // Escalation is news; a repeat at the same severity is not.
+                        if sev > f.severity {
+                            f.severity = sev;
+                            alerts.push(alert(
+                                Status::Firing,
+                                &v.scope,
+                                f,
+                                window_start,
+                                window_end,
+                                None,
+                            ));
+                        }
+                    }
+                    None => {}
+                }
+            } else {
+                t.bad_streak = 0;
+                t.clean_streak += 1;
+                if let Some(f) = &mut t.firing {
+                    f.last = v.finding.clone();
+                }
+            }
+        }
+        // Tracks with no data this window: no evidence of badness.
+        for (k, t) in self.tracks.iter_mut() {
+            if !seen.contains(k) {
+                t.bad_streak = 0;
+                t.clean_streak += 1;
+            }
+        }
+        let resolve_after = cfg.resolve_after;
+        let mut done = Vec::new();
+        for ((metric, scope), t) in self.tracks.iter() {
+            match &t.firing {
+                Some(f) if t.clean_streak >= resolve_after => {
+                    let resolved_at =
+                        window_end - (t.clean_streak as i64) * (window_end - window_start);
+                    let mut a = alert(
+                        Status::Resolved,
+                        scope,
+                        f,
+                        window_start,
+                        window_end,
+                        Some(resolved_at),
+                    );
+                    a.summary = summary(Status::Resolved, scope, &f.last, f.started_at);
+                    alerts.push(a);
+                    done.push((*metric, scope.clone()));
+                }
+                None if t.bad_streak == 0 => done.push((*metric, scope.clone())),
+                _ => {}
+            }
+        }
+        for k in done {
+            self.tracks.remove(&k);
+        }
+        alerts
+    }
+
+    /// Incidents currently firing.
+    pub fn firing(&self) -> usize {
+        self.tracks.values().filter(|t| t.firing.is_some()).count()
+    }
+}
+
+fn alert(
+    status: Status,
+    scope: &Scope,
+    f: &Firing,
+    window_start: Millis,
+    window_end: Millis,
+    resolved_at: Option<Millis>,
+) -> Alert {
+    Alert {
+        id: f.id.clone(),
+        status,
+        rule: f.last.metric.rule().into(),
+        severity: f.severity,
+        scope: scope.clone(),
+        metric: f.last.metric,
+        observed: f.last.observed,
+        expected: Some(f.last.expected),
+        samples: f.last.samples,
+        p_value: Some(f.last.p_value),
+        window_start,
+        window_end,
+        started_at: f.started_at,
+        resolved_at,
+        summary: summary(status, scope, &f.last, f.started_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(bad: bool) -> Verdict {
+        Verdict {
+            scope: Scope::pair("L", "c"),
+            finding: Finding {
+                metric: Metric::FailureRate,
+                observed: if bad { 0.2 } else { 0.01 },
+                expected: 0.01,
+                samples: 100,
+                p_value: if bad { 1e-9 } else { 0.5 },
+                effect: if bad { 19.0 } else { 0.0 },
+                eligible: bad,
+            },
+            bad,
+        }
+    }
+
+    #[test]
+    fn fires_after_n_bad_windows_and_resolves_after_k_clean_with_the_same_id() {
+        let cfg = DetectConfig::default(); // fire after 2, resolve after 3
+        let mut inc = Incidents::new();
+        let w = 60_000;
+        let mut all = Vec::new();
+        let pattern = [false, true, true, true, false, false, false, false];
+        for (i, bad) in pattern.iter().enumerate() {
+            let s = i as i64 * w;
+            all.extend(inc.apply(s, s + w, vec![verdict(*bad)], &cfg));
+        }
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert_eq!(all[0].status, Status::Firing);
+        assert_eq!(all[0].started_at, w, "started with the first bad window");
+        assert_eq!(all[0].window_start, 2 * w, "fired in the second bad window");
+        assert_eq!(all[0].severity, Severity::Critical);
+        assert_eq!(all[1].status, Status::Resolved);
+        assert_eq!(all[1].id, all[0].id);
+        assert_eq!(
+            all[1].resolved_at,
+            Some(4 * w),
+            "resolved where the clean run began"
+        );
+        assert_eq!(inc.firing(), 0);
+        assert!(inc.tracks.is_empty(), "no state kept for clean keys");
+    }
+
+    #[test]
+    fn a_single_bad_window_does_not_fire() {
+        let cfg = DetectConfig::default();
+        let mut inc = Incidents::new();
+        let mut out = Vec::new();
+        for (i, bad) in [true, false, true, false].iter().enumerate() {
+            let s = i as i64 * 60_000;
+            out.extend(inc.apply(s, s + 60_000, vec![verdict(*bad)], &cfg));
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn windows_without_data_count_towards_resolution() {
+        let cfg = DetectConfig::default();
+        let mut inc = Incidents::new();
+        inc.apply(0, 60_000, vec![verdict(true)], &cfg);
+        assert_eq!(
+            inc.apply(60_000, 120_000, vec![verdict(true)], &cfg).len(),
+            1
+        );
+        let mut resolved = Vec::new();
+        for i in 2..5 {
+            resolved.extend(inc.apply(i * 60_000, (i + 1) * 60_000, vec![], &cfg));
+        }
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, Status::Resolved);
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let s = Scope::pair("L", "c");
+        assert_eq!(incident_id("r", &s, 1), incident_id("r", &s, 1));
+        assert_ne!(incident_id("r", &s, 1), incident_id("r", &s, 2));
+        assert_ne!(incident_id("r", &s, 1), incident_id("q", &s, 1));
+        // Pinned: an id must not change between releases, or a restart would re-page.
+        assert_eq!(incident_id("r", &s, 1).len(), 16);
+    }
+}

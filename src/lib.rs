@@ -1,0 +1,24 @@
+//! qos-sentinel: finds the locations and CDNs giving viewers bad playback, from Kafka, in
+//! event time, with statistics.
+//!
+//! Stages, in the order the data walks them:
+//! [`source`] (Kafka consumers) → [`decode`] → [`table`] (CDN benchmarks, as-of join) →
+//! [`window`] → [`detect`] → [`incident`] → [`notify`]. [`engine`] is the pure core that
+//! chains join, windows, detection and incidents; [`daemon`] is the async shell around it.
+
+pub mod backtest;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod demo;
+pub mod detect;
+pub mod engine;
+pub mod http;
+pub mod incident;
+pub mod metrics;
+pub mod notify;
+pub mod sim;
+pub mod source;
+pub mod table;
+pub mod time;
+pub mod window;

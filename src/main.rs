@@ -1,0 +1,322 @@
+//! qos-sentinel command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use qos_sentinel::config::{Config, DetectConfig};
+use qos_sentinel::daemon::{self, RunOptions};
+use qos_sentinel::sim::feed::{FeedOptions, feed};
+use qos_sentinel::sim::{Labels, SimConfig, Simulator};
+use qos_sentinel::{backtest, demo, notify, time};
+
+#[derive(Parser)]
+#[command(
+    name = "qos-sentinel",
+    version,
+    about = "Finds the locations and CDNs giving viewers bad playback."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon against a Kafka cluster.
+    Run {
+        #[arg(
+            long,
+            env = "QOS_SENTINEL_CONFIG",
+            default_value = "config/qos-sentinel.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a config file (with environment overrides applied) and exit.
+    CheckConfig { file: PathBuf },
+    /// In-process broker, simulated traffic with incidents, the daemon, alerts printed.
+    Demo {
+        /// Simulated minutes of traffic.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Simulated seconds per wall-clock second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also serve /metrics, /healthz and /readyz on this address.
+        #[arg(long)]
+        http: Option<String>,
+    },
+    /// Feed a Kafka cluster with simulated traffic, or write it to files.
+    Simulate {
+        /// Brokers to produce to; omit with --out-dir.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Write reports.jsonl, benchmarks.jsonl and labels.json here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        /// Simulated seconds per wall-clock second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Inject the demo's incidents (otherwise quiet traffic).
+        #[arg(long)]
+        incidents: bool,
+        #[arg(long, default_value_t = 24)]
+        locations: usize,
+        #[arg(long, default_value_t = 4)]
+        cdns: usize,
+        #[arg(long, default_value_t = 4_000)]
+        peak_sessions: usize,
+        /// Event time of the first report (RFC 3339); default: now minus the duration.
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long, default_value = "qos.client-reports")]
+        reports_topic: String,
+        #[arg(long, default_value = "qos.cdn-benchmarks")]
+        benchmarks_topic: String,
+    },
+    /// Run the daemon's detection over recorded files (CONTRACTS section 4).
+    Backtest {
+        #[arg(long)]
+        reports: PathBuf,
+        #[arg(long)]
+        benchmarks: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Detection settings (TOML, the fields of the config's [detect] section).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Labelled incidents: print recall, precision and median detection delay.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+fn load_rules(path: &Path) -> anyhow::Result<DetectConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read rules file {}", path.display()))?;
+    let de = toml::Deserializer::parse(&text)
+        .map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        anyhow::anyhow!(
+            "rules file {}: field `{}`: {}",
+            path.display(),
+            e.path(),
+            e.inner()
+        )
+    })
+}
+
+async fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = load_config(&config)?;
+            let stop = shutdown_signal().await;
+            daemon::run(
+                cfg,
+                RunOptions {
+                    print_alerts: true,
+                    serve_http: true,
+                },
+                stop,
+            )
+            .await
+        }
+        Command::CheckConfig { file } => {
+            load_config(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Demo {
+            minutes,
+            speed,
+            seed,
+            http,
+        } => {
+            anyhow::ensure!(minutes >= 10, "--minutes ({minutes}) must be at least 10");
+            anyhow::ensure!(speed > 0.0, "--speed ({speed}) must be positive");
+            demo::run(demo::DemoOptions {
+                minutes,
+                speed,
+                seed,
+                http,
+            })
+            .await
+        }
+        Command::Simulate {
+            brokers,
+            out_dir,
+            minutes,
+            speed,
+            seed,
+            incidents,
+            locations,
+            cdns,
+            peak_sessions,
+            start,
+            reports_topic,
+            benchmarks_topic,
+        } => {
+            let duration = minutes as i64 * 60_000;
+            let start = match start {
+                Some(s) => time::parse_rfc3339(&s)
+                    .with_context(|| format!("--start ({s}) is not an RFC 3339 time"))?,
+                None => time::now_ms().div_euclid(60_000) * 60_000 - duration,
+            };
+            let mut sc = if incidents {
+                SimConfig::demo(seed, start, duration)
+            } else {
+                SimConfig::quiet(seed, start, duration)
+            };
+            sc.locations = locations;
+            sc.cdns = cdns;
+            sc.peak_sessions = peak_sessions;
+            let sim = Simulator::new(sc);
+            match (brokers, out_dir) {
+                (_, Some(dir)) => write_sim(sim, &dir),
+                (Some(brokers), None) => {
+                    let mut k = Config::default().kafka;
+                    k.brokers = brokers;
+                    let producer = notify::producer(&k)?;
+                    let opts = FeedOptions {
+                        reports_topic,
+                        benchmarks_topic,
+                        speed,
+                        bad_every: 0,
+                    };
+                    let stop = shutdown_signal().await;
+                    let stats = feed(&producer, sim, &opts, Some(stop), |_, _| {}).await?;
+                    eprintln!(
+                        "simulate: sent {} reports and {} benchmarks",
+                        stats.reports, stats.benchmarks
+                    );
+                    Ok(())
+                }
+                (None, None) => anyhow::bail!("simulate needs --brokers or --out-dir"),
+            }
+        }
+        Command::Backtest {
+            reports,
+            benchmarks,
+            config,
+            rules,
+            out,
+            labels,
+        } => {
+            let mut cfg = match config {
+                Some(p) => load_config(&p)?,
+                None => Config::default(),
+            };
+            if let Some(r) = rules {
+                cfg.detect = load_rules(&r)?;
+                cfg.validate()?;
+            }
+            let labels = labels.map(|l| backtest::read_labels(&l)).transpose()?;
+            let summary = backtest::run(&cfg, &reports, &benchmarks, &out)?;
+            eprintln!("{}", summary.line());
+            if let Some(l) = labels {
+                let s = backtest::score(&summary.alerts, &l);
+                println!("{}", serde_json::to_string(&s)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_sim(sim: Simulator, dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let labels = Labels::of(&sim, 60_000);
+    let open = |name: &str| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+        let p = dir.join(name);
+        Ok(std::io::BufWriter::new(
+            std::fs::File::create(&p).with_context(|| format!("cannot create {}", p.display()))?,
+        ))
+    };
+    let (mut r, mut b) = (open("reports.jsonl")?, open("benchmarks.jsonl")?);
+    for ev in sim {
+        match ev {
+            qos_sentinel::sim::Event::Report(x) => writeln!(r, "{}", serde_json::to_string(&x)?)?,
+            qos_sentinel::sim::Event::Benchmark(x) => {
+                writeln!(b, "{}", serde_json::to_string(&x)?)?
+            }
+        }
+    }
+    r.flush()?;
+    b.flush()?;
+    std::fs::write(
+        dir.join("labels.json"),
+        serde_json::to_string_pretty(&labels)?,
+    )?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own story; the daemon logs what it does.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "warn,qos_sentinel=info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

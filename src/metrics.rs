@@ -1,0 +1,178 @@
+//! The metric catalogue: every metric the daemon exports, in one place, with all label
+//! combinations created at start so that series begin at zero.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::decode::DecodeError;
+use crate::engine::Counters;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_in: IntCounterVec,
+    pub decode_failures: IntCounterVec,
+    pub dead_letters: IntCounter,
+    pub join: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub windows_closed: IntCounter,
+    pub tests: IntCounter,
+    pub alerts: IntCounterVec,
+    pub alerts_out: IntCounter,
+    pub incidents_firing: IntGauge,
+    pub watermark: IntGauge,
+    pub benchmark_versions: IntGauge,
+    pub open_keys: IntGauge,
+    last: std::sync::Mutex<Counters>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition");
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            records_in: counter_vec(
+                &r,
+                "qos_sentinel_records_in_total",
+                "Messages read from Kafka, by input.",
+                "input",
+                &["reports", "benchmarks"],
+            ),
+            decode_failures: counter_vec(
+                &r,
+                "qos_sentinel_decode_failures_total",
+                "Messages that could not be decoded, by reason; each goes to the dead-letter topic.",
+                "reason",
+                &DecodeError::REASONS,
+            ),
+            dead_letters: counter(
+                &r,
+                "qos_sentinel_dead_letters_total",
+                "Messages written to the dead-letter topic.",
+            ),
+            join: counter_vec(
+                &r,
+                "qos_sentinel_join_total",
+                "Reports joined with the benchmark valid at their event time, by result.",
+                "result",
+                &["hit", "miss"],
+            ),
+            dropped: counter_vec(
+                &r,
+                "qos_sentinel_dropped_records_total",
+                "Reports not counted in any window, by reason.",
+                "reason",
+                &["late", "key_cap"],
+            ),
+            windows_closed: counter(
+                &r,
+                "qos_sentinel_windows_closed_total",
+                "Event-time windows closed by the watermark.",
+            ),
+            tests: counter(
+                &r,
+                "qos_sentinel_detection_tests_total",
+                "Statistical tests run on closed windows.",
+            ),
+            alerts: counter_vec(
+                &r,
+                "qos_sentinel_alerts_total",
+                "Incident state changes raised, by status.",
+                "status",
+                &["firing", "resolved"],
+            ),
+            alerts_out: counter(
+                &r,
+                "qos_sentinel_alerts_produced_total",
+                "Alerts acknowledged by the alerts topic.",
+            ),
+            incidents_firing: gauge(&r, "qos_sentinel_incidents_firing", "Incidents firing now."),
+            watermark: gauge(
+                &r,
+                "qos_sentinel_watermark_timestamp_seconds",
+                "Event-time watermark, seconds since the epoch.",
+            ),
+            benchmark_versions: gauge(
+                &r,
+                "qos_sentinel_benchmark_versions",
+                "Benchmark row versions held in the table.",
+            ),
+            open_keys: gauge(
+                &r,
+                "qos_sentinel_open_window_keys",
+                "Keys held over all open windows.",
+            ),
+            registry: r,
+            last: std::sync::Mutex::new(Counters::default()),
+        }
+    }
+
+    /// Exports what the engine counted since the previous call.
+    pub fn sync_engine(&self, now: Counters) {
+        let mut last = match self.last.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        self.join
+            .with_label_values(&["hit"])
+            .inc_by(d(now.join_hits, last.join_hits));
+        self.join
+            .with_label_values(&["miss"])
+            .inc_by(d(now.join_misses, last.join_misses));
+        self.dropped
+            .with_label_values(&["late"])
+            .inc_by(d(now.late, last.late));
+        self.dropped
+            .with_label_values(&["key_cap"])
+            .inc_by(d(now.key_cap, last.key_cap));
+        self.windows_closed
+            .inc_by(d(now.windows_closed, last.windows_closed));
+        self.tests.inc_by(d(now.tests, last.tests));
+        *last = now;
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,175 @@
+//! Outputs: alerts to the Kafka alerts topic (keyed by scope, idempotent producer) and bad
+//! input to the dead-letter topic (original key and value, reason in headers).
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::decode::DecodeError;
+use crate::incident::Alert;
+use crate::source::client_config;
+
+/// How long a produce may wait in librdkafka's queue before it is reported as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("Kafka produce to {topic}: {source}")]
+    Produce { topic: String, source: KafkaError },
+    #[error("cannot encode alert: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// The idempotent producer every output shares.
+pub fn producer(k: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    client_config(k)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
+        .create()
+}
+
+/// Produces alerts to the alerts topic.
+#[derive(Clone)]
+pub struct AlertSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl AlertSink {
+    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+        Self {
+            producer,
+            topic: topic.into(),
+        }
+    }
+
+    /// Sends every alert and waits until the broker has acknowledged all of them. Order is
+    /// kept per scope (one key, one partition; the idempotent producer keeps order on retries).
+    pub async fn send_all(&self, alerts: &[Alert]) -> Result<(), NotifyError> {
+        let mut pending = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let key = a.scope.to_string();
+            let value = serde_json::to_vec(a)?;
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+            let fut = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| NotifyError::Produce {
+                    topic: self.topic.clone(),
+                    source: e,
+                })?;
+            pending.push(fut);
+        }
+        for fut in pending {
+            match fut.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(NotifyError::Produce {
+                        topic: self.topic.clone(),
+                        source: e,
+                    });
+                }
+                Err(_) => {
+                    return Err(NotifyError::Produce {
+                        topic: self.topic.clone(),
+                        source: KafkaError::Canceled,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bad message, ready for the dead-letter topic.
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub reason: &'static str,
+    pub error: String,
+    pub source: String,
+}
+
+impl DeadLetter {
+    pub fn from_message<M: Message>(msg: &M, err: &DecodeError) -> Self {
+        DeadLetter {
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            reason: err.reason(),
+            error: err.to_string(),
+            source: format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()),
+        }
+    }
+}
+
+/// Writes bad input to the dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetters {
+    pub fn new(producer: FutureProducer, topic: &str) -> Self {
+        Self {
+            producer,
+            topic: topic.into(),
+        }
+    }
+
+    /// Sends one letter and waits for the broker's acknowledgement.
+    pub async fn send(&self, l: DeadLetter) -> Result<(), NotifyError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(l.reason),
+            })
+            .insert(Header {
+                key: "error",
+                value: Some(&l.error),
+            })
+            .insert(Header {
+                key: "source",
+                value: Some(&l.source),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(k) = &l.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &l.value {
+            record = record.payload(v.as_slice());
+        }
+        self.producer
+            .send(record, SEND_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| NotifyError::Produce {
+                topic: self.topic.clone(),
+                source: e,
+            })
+    }
+}
+
+/// One readable line per alert, for the console and the demo.
+pub fn render_line(a: &Alert) -> String {
+    let status = match a.status {
+        crate::incident::Status::Firing => "FIRING  ",
+        crate::incident::Status::Resolved => "RESOLVED",
+    };
+    let p = a.p_value.map(|p| format!(" p={p:.1e}")).unwrap_or_default();
+    format!(
+        "{status} [{sev}] {id} {rule}: {summary} (window {ws}, n={n}{p})",
+        sev = a.severity.as_str(),
+        id = a.id,
+        rule = a.rule,
+        summary = a.summary,
+        ws = crate::time::format_ms(a.window_start),
+        n = a.samples,
+    )
+}

@@ -1,0 +1,233 @@
+//! Kafka inputs: the client-report consumer (consumer group) and the benchmark reader (every
+//! instance reads every partition, resuming from the offsets cached in RocksDB).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use crate::config::{Config, KafkaConfig};
+use crate::decode::{self, DecodeError};
+use crate::metrics::Metrics;
+use crate::notify::{DeadLetter, DeadLetters};
+use crate::table::Expected;
+use crate::table::store::{Change, TableStore};
+use crate::time::Millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic {0} has no partitions (does it exist?)")]
+    NoPartitions(String),
+    #[error("cannot start the benchmark reader thread: {0}")]
+    Thread(std::io::Error),
+    #[error("benchmark cache: {0}")]
+    Store(#[from] crate::table::store::StoreError),
+}
+
+/// Base client settings shared by every client: brokers plus passed-through options.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, value) in &k.options {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Consumer of client reports in the configured group.
+///
+/// Offsets: auto-commit is on but auto *store* is off: the daemon stores, per partition, the
+/// lowest offset still needed by an open window (see `Windows::pending_offsets`), so a crash
+/// replays whatever had not yet been turned into closed windows and alerts.
+pub fn reports_consumer(cfg: &Config) -> Result<StreamConsumer, SourceError> {
+    let k = &cfg.kafka;
+    let consumer: StreamConsumer = client_config(k)
+        .set("group.id", &k.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            k.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (k.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        .create()?;
+    consumer.subscribe(&[&k.reports_topic])?;
+    Ok(consumer)
+}
+
+/// One benchmark table change, sent from the reader thread to the engine.
+#[derive(Debug, Clone)]
+pub struct BenchmarkUpdate {
+    pub location: String,
+    pub cdn: String,
+    pub ts: Millis,
+    pub row: Option<Expected>,
+}
+
+/// Reads the benchmark topic on a thread of its own (RocksDB I/O stays off the async workers).
+pub struct BenchmarkReader {
+    pub caught_up: Arc<AtomicBool>,
+    pub handle: std::thread::JoinHandle<Result<(), SourceError>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_benchmark_reader(
+    cfg: &Config,
+    store: Arc<TableStore>,
+    updates: UnboundedSender<BenchmarkUpdate>,
+    dead_letters: DeadLetters,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
+) -> Result<BenchmarkReader, SourceError> {
+    let k = &cfg.kafka;
+    let topic = k.benchmarks_topic.clone();
+    let limit = cfg.limits.max_message_bytes;
+    let consumer: BaseConsumer = client_config(k)
+        // Required by librdkafka even though partitions are assigned by hand and never committed.
+        .set("group.id", format!("{}-benchmarks", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(SourceError::NoPartitions(topic));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut targets = Vec::new();
+    for p in &partitions {
+        let start = store.next_offset(&topic, *p)?;
+        tpl.add_partition_offset(&topic, *p, start.map_or(Offset::Beginning, Offset::Offset))?;
+        let (_, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))?;
+        targets.push((*p, start.unwrap_or(0), high));
+    }
+    consumer.assign(&tpl)?;
+    info!(%topic, partitions = partitions.len(), "Reading benchmarks.");
+    let caught_up = Arc::new(AtomicBool::new(false));
+    let flag = caught_up.clone();
+    let handle = std::thread::Builder::new()
+        .name("benchmarks".into())
+        .spawn(move || {
+            // (partition, next offset to read, high watermark at start)
+            let mut pos = targets;
+            let check = |pos: &[(i32, i64, i64)]| pos.iter().all(|(_, next, high)| next >= high);
+            if check(&pos) {
+                flag.store(true, Ordering::Release);
+            }
+            while !stop.load(Ordering::Acquire) {
+                let mut batch: Vec<BenchmarkUpdate> = Vec::new();
+                let mut timeout = Duration::from_millis(200);
+                let mut polled = 0usize;
+                while polled < 1_000 {
+                    let Some(res) = consumer.poll(timeout) else {
+                        break;
+                    };
+                    timeout = Duration::ZERO;
+                    polled += 1;
+                    let msg = match res {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(error = %e, "Benchmark consumer error.");
+                            break;
+                        }
+                    };
+                    metrics.records_in.with_label_values(&["benchmarks"]).inc();
+                    let (p, o) = (msg.partition(), msg.offset());
+                    let parsed = match msg.payload() {
+                        None => {
+                            // Tombstone: the row ends at the message's timestamp.
+                            let ts = msg
+                                .timestamp()
+                                .to_millis()
+                                .unwrap_or_else(crate::time::now_ms);
+                            decode::split_benchmark_key(msg.key().unwrap_or_default()).map(
+                                |(location, cdn)| BenchmarkUpdate {
+                                    location,
+                                    cdn,
+                                    ts,
+                                    row: None,
+                                },
+                            )
+                        }
+                        Some(v) => decode::decode_benchmark(v, limit).map(|b| BenchmarkUpdate {
+                            row: Some(Expected::from(&b)),
+                            location: b.location,
+                            cdn: b.cdn,
+                            ts: b.ts,
+                        }),
+                    };
+                    match parsed {
+                        Ok(u) => batch.push(u),
+                        // The bad message is kept on the dead-letter topic; read on past it.
+                        Err(e) => dead_letter(&rt, &dead_letters, &metrics, &e, &msg),
+                    }
+                    if let Some(x) = pos.iter_mut().find(|x| x.0 == p) {
+                        x.1 = x.1.max(o + 1);
+                    }
+                }
+                if polled > 0 {
+                    let changes: Vec<Change<'_>> = batch
+                        .iter()
+                        .map(|u| Change {
+                            location: &u.location,
+                            cdn: &u.cdn,
+                            ts: u.ts,
+                            row: u.row,
+                        })
+                        .collect();
+                    let offsets: Vec<(i32, i64)> = pos.iter().map(|(p, n, _)| (*p, *n)).collect();
+                    store.write(&changes, &topic, &offsets)?;
+                    for u in batch {
+                        if updates.send(u).is_err() {
+                            return Ok(()); // The engine is gone: shutting down.
+                        }
+                    }
+                }
+                if !flag.load(Ordering::Relaxed) && check(&pos) {
+                    info!("Benchmark table caught up.");
+                    flag.store(true, Ordering::Release);
+                }
+            }
+            Ok(())
+        })
+        .map_err(SourceError::Thread)?;
+    Ok(BenchmarkReader { caught_up, handle })
+}
+
+fn dead_letter<M: Message>(
+    rt: &tokio::runtime::Handle,
+    dlq: &DeadLetters,
+    metrics: &Metrics,
+    err: &DecodeError,
+    msg: &M,
+) {
+    metrics
+        .decode_failures
+        .with_label_values(&[err.reason()])
+        .inc();
+    let letter = DeadLetter::from_message(msg, err);
+    if let Err(e) = rt.block_on(dlq.send(letter)) {
+        warn!(error = %e, "Could not write to the dead-letter topic.");
+    } else {
+        metrics.dead_letters.inc();
+    }
+}

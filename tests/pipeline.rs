@@ -1,0 +1,166 @@
+//! End to end through a real Kafka-protocol broker (librdkafka's mock cluster on loopback):
+//! benchmarks and reports in, one known incident, alerts and dead letters out.
+
+mod common;
+
+use std::time::Duration;
+
+use qos_sentinel::daemon::{self, RunOptions};
+use qos_sentinel::decode::{Benchmark, Report};
+use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::time::format_ms;
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const W: i64 = 60_000;
+const KEYS: [(&str, &str); 4] = [
+    ("IN/MH/Mumbai", "cdn-a"),
+    ("IN/MH/Mumbai", "cdn-b"),
+    ("US/NY/NewYork", "cdn-a"),
+    ("US/NY/NewYork", "cdn-b"),
+];
+/// Failure spike on (Mumbai, cdn-a) in windows 4..8.
+const BAD: (usize, std::ops::Range<i64>) = (0, 4..8);
+
+fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
+    Report {
+        ts,
+        session_id: format!("s{i}"),
+        location: loc.into(),
+        cdn: cdn.into(),
+        asn: Some(64_500),
+        device: Some("tv".into()),
+        played_ms: 19_500,
+        rebuffer_ms: if i % 10 == 0 { 800 } else { 0 },
+        startup_ms: (i % 5 == 0).then_some(900 + (i % 7) as u64 * 40),
+        bitrate_kbps: Some(3_500.0),
+        throughput_kbps: Some(5_000.0 + ((i * 37) % 11) as f64 * 150.0),
+        error: failed.then(|| "E_NETWORK".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(state.path());
+    cfg.window.allowed_lateness = Duration::from_secs(10);
+    let cluster = common::mock_cluster(&mut cfg, 3);
+    let brokers = cluster.bootstrap_servers();
+    let k = cfg.kafka.clone();
+    let p = common::producer(&brokers);
+    for (loc, cdn) in KEYS {
+        let b = Benchmark {
+            ts: T0 - 3_600_000,
+            location: loc.into(),
+            cdn: cdn.into(),
+            throughput_kbps: Some(5_500.0),
+            rebuffer_ratio: Some(0.004),
+            startup_ms: Some(1_000.0),
+            error_rate: Some(0.01),
+        };
+        common::send(
+            &p,
+            &k.benchmarks_topic,
+            &format!("{loc}|{cdn}"),
+            &serde_json::to_vec(&b).unwrap(),
+        );
+    }
+    common::flush(&p);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(daemon::run(cfg.clone(), RunOptions::default(), stop_rx));
+
+    // 16 windows of 80 reports per key, interleaved in time; two malformed messages early on.
+    let mut i = 0;
+    for w in 0..16 {
+        for n in 0..80 {
+            for (ki, (loc, cdn)) in KEYS.iter().enumerate() {
+                i += 1;
+                let ts = T0 + w * W + n * 700 + ki as i64;
+                let failed = if ki == BAD.0 && BAD.1.contains(&w) {
+                    n % 4 == 0 // 25 %
+                } else {
+                    i % 150 == 0 // well under the 1 % benchmark
+                };
+                let r = report(loc, cdn, ts, i, failed);
+                common::send(&p, &k.reports_topic, loc, &serde_json::to_vec(&r).unwrap());
+            }
+            if w == 1 && n == 0 {
+                common::send(&p, &k.reports_topic, "IN/MH/Mumbai", b"{not json");
+                common::send(
+                    &p,
+                    &k.reports_topic,
+                    "IN/MH/Mumbai",
+                    br#"{"ts":1767225660000,"session_id":"x","location":"IN/MH/Mumbai","cdn":"cdn-a","played_ms":100}"#,
+                );
+            }
+        }
+    }
+    common::flush(&p);
+
+    let alerts_c = common::tail(&brokers, &k.alerts_topic);
+    let read = common::read_until(&alerts_c, Duration::from_secs(90), |r| r.len() >= 2);
+    // Give a spurious extra alert the chance to show up before judging "exactly".
+    let extra = common::read_until(&alerts_c, Duration::from_secs(3), |_| false);
+    let alerts: Vec<Alert> = read
+        .iter()
+        .chain(extra.iter())
+        .map(|m| serde_json::from_slice(m.value.as_deref().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        alerts.len(),
+        2,
+        "exactly one firing and one resolved: {alerts:#?}"
+    );
+    let (fire, res) = (&alerts[0], &alerts[1]);
+    assert_eq!(fire.status, Status::Firing);
+    assert_eq!(fire.scope.location.as_deref(), Some("IN/MH/Mumbai"));
+    assert_eq!(fire.scope.cdn.as_deref(), Some("cdn-a"));
+    assert_eq!(fire.metric.as_str(), "failure_rate");
+    assert_eq!(
+        format_ms(fire.started_at),
+        format_ms(T0 + 4 * W),
+        "started with the first bad window"
+    );
+    assert_eq!(fire.window_start, T0 + 5 * W, "fired after two bad windows");
+    assert!((fire.observed - 0.25).abs() < 0.02, "{fire:?}");
+    assert!((fire.expected.unwrap() - 0.01).abs() < 1e-9, "{fire:?}");
+    assert!(fire.p_value.unwrap() < 1e-6);
+    assert_eq!(
+        read[0].key.as_deref(),
+        Some("location=IN/MH/Mumbai,cdn=cdn-a")
+    );
+    assert_eq!(res.status, Status::Resolved);
+    assert_eq!(res.id, fire.id);
+    assert_eq!(res.resolved_at, Some(T0 + 8 * W));
+
+    let dlq = common::tail(&brokers, &k.dead_letter_topic);
+    let letters = common::read_until(&dlq, Duration::from_secs(30), |r| r.len() >= 2);
+    assert_eq!(letters.len(), 2);
+    let reason = |m: &common::Read| {
+        m.headers
+            .iter()
+            .find(|(k, _)| k == "reason")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(reason(&letters[0]), "invalid_json");
+    assert_eq!(reason(&letters[1]), "invalid_field");
+    assert_eq!(
+        letters[0].value.as_deref(),
+        Some(&b"{not json"[..]),
+        "original bytes kept"
+    );
+    assert!(
+        letters[1]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "error" && v.contains("rebuffer_ms"))
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), daemon)
+        .await
+        .expect("daemon stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
