@@ -177,6 +177,10 @@ pub struct DetectConfig {
     /// Consecutive clean (or empty) windows before a firing incident resolves.
     #[serde(default = "default_resolve_after")]
     pub resolve_after: u32,
+    /// When at least this many locations of one CDN are bad on the same metric in a window,
+    /// one CDN-wide incident (scope `{cdn}`) is raised above the per-location ones.
+    #[serde(default = "default_group_min_locations")]
+    pub group_min_locations: usize,
 }
 
 const fn default_fdr() -> f64 {
@@ -194,6 +198,9 @@ const fn default_critical_effect() -> f64 {
 const fn default_fire_after() -> u32 {
     2
 }
+const fn default_group_min_locations() -> usize {
+    3
+}
 const fn default_resolve_after() -> u32 {
     3
 }
@@ -207,6 +214,7 @@ impl Default for DetectConfig {
             critical_relative_effect: default_critical_effect(),
             fire_after: default_fire_after(),
             resolve_after: default_resolve_after(),
+            group_min_locations: default_group_min_locations(),
         }
     }
 }
@@ -402,6 +410,12 @@ impl Config {
         }
         if d.resolve_after == 0 {
             return Err(field("detect.resolve_after", "(0) must be at least 1"));
+        }
+        if d.group_min_locations < 2 {
+            return Err(field(
+                "detect.group_min_locations",
+                format!("({}) must be at least 2", d.group_min_locations),
+            ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(field(

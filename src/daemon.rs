@@ -111,6 +111,8 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Next offset to read per partition (one past the last processed).
     let mut next: HashMap<i32, i64> = HashMap::new();
+    // Wall time of each partition's last record, to stop waiting for silent partitions.
+    let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows
     // close (a fully silent key is itself news, and alerts must not wait for the next record).
     let idle_grace = cfg.window.size + cfg.window.allowed_lateness;
@@ -150,10 +152,34 @@ pub async fn run(
                     }
                 }
                 next.insert(p, o + 1);
+                if !engine.has_partition(p) {
+                    // First record of a partition: register everything assigned, so windows
+                    // wait for partitions that have not delivered yet.
+                    sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
+                }
+                last_seen.insert(p, Instant::now());
                 let out = engine.close_ready();
                 emit(&alerts, &metrics, &opts, out).await;
             }
             _ = ticker.tick() => {
+                for (p, seen) in &last_seen {
+                    if seen.elapsed() > idle_grace {
+                        engine.set_partition_idle(*p);
+                    }
+                }
+                // A partition that has never delivered holds the watermark; if it is empty
+                // (or read to its end) there is nothing to wait for.
+                for p in engine.silent_partitions() {
+                    let marks = tokio::task::block_in_place(|| {
+                        consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
+                    });
+                    if let Ok((low, high)) = marks
+                        && next.get(&p).copied().unwrap_or(low) >= high
+                    {
+                        debug!(partition = p, "Partition empty: not waiting for it.");
+                        engine.set_partition_idle(p);
+                    }
+                }
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
                     last_progress = (Instant::now(), wm);
@@ -166,14 +192,22 @@ pub async fn run(
                     }
                 }
                 store_offsets(&consumer, &topic, &engine, &next);
-                let assigned = consumer.assignment().map(|a| a.count() > 0).unwrap_or(false);
+                let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
                 readiness.partitions_assigned.store(assigned, Ordering::Release);
                 publish_gauges(&metrics, &engine);
             }
         }
     }
 
-    info!("Shutting down: committing offsets.");
+    let c = engine.counters();
+    info!(
+        accepted = c.accepted,
+        late = c.late,
+        windows = c.windows_closed,
+        alerts = c.alerts,
+        watermark = engine.watermark().map(crate::time::format_ms),
+        "Shutting down: committing offsets."
+    );
     stop.store(true, Ordering::Release);
     store_offsets(&consumer, &topic, &engine, &next);
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
@@ -236,12 +270,45 @@ fn store_offsets(
             continue;
         }
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // Partitions revoked in a rebalance can no longer be stored: expected, harmless.
-            debug!(error = %e, "Could not store offsets.");
+    if tpl.count() > 0
+        && let Err(e) = consumer.store_offsets(&tpl)
+    {
+        // Partitions revoked in a rebalance can no longer be stored: expected, harmless.
+        debug!(error = %e, "Could not store offsets.");
+    }
+}
+
+/// Registers newly assigned report partitions with the engine and forgets revoked ones.
+/// Returns whether any partition is assigned.
+fn sync_assignment(
+    consumer: &StreamConsumer,
+    engine: &mut Engine,
+    last_seen: &mut HashMap<i32, Instant>,
+    next: &mut HashMap<i32, i64>,
+) -> bool {
+    let Ok(tpl) = consumer.assignment() else {
+        return false;
+    };
+    let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    for p in &assigned {
+        if !engine.has_partition(*p) {
+            info!(partition = p, "Partition assigned.");
+            engine.add_partition(*p);
+            last_seen.entry(*p).or_insert_with(Instant::now);
         }
     }
+    let revoked: Vec<i32> = last_seen
+        .keys()
+        .filter(|p| !assigned.contains(p))
+        .copied()
+        .collect();
+    for p in revoked {
+        info!(partition = p, "Partition revoked.");
+        engine.remove_partition(p);
+        last_seen.remove(&p);
+        next.remove(&p);
+    }
+    !assigned.is_empty()
 }
 
 fn publish_gauges(metrics: &Metrics, engine: &Engine) {

@@ -3,13 +3,15 @@
 //! The daemon, the backtest and the benchmarks all drive this same type, so the backtest runs
 //! exactly the daemon's detection.
 
+use std::collections::BTreeMap;
+
 use crate::config::Config;
 use crate::decode::Report;
-use crate::detect::{self, Finding};
+use crate::detect::{self, Finding, Metric};
 use crate::incident::{Alert, Incidents, Scope, Verdict};
 use crate::table::{BenchmarkTable, Expected};
 use crate::time::Millis;
-use crate::window::{Closed, Recorded, Windows};
+use crate::window::{Acc, Closed, Key, Recorded, Windows};
 
 /// Plain counters of what the engine did; the shell exports them as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,6 +105,30 @@ impl Engine {
         self.windows.watermark()
     }
 
+    /// Registers a source partition this instance now owns; windows wait for its input.
+    pub fn add_partition(&mut self, partition: i32) {
+        self.windows.add_partition(partition);
+    }
+
+    /// Registered partitions that have not delivered a record yet.
+    pub fn silent_partitions(&self) -> Vec<i32> {
+        self.windows.silent_partitions()
+    }
+
+    pub fn has_partition(&self, partition: i32) -> bool {
+        self.windows.has_partition(partition)
+    }
+
+    /// A source partition without input for a while: stop waiting for it.
+    pub fn set_partition_idle(&mut self, partition: i32) {
+        self.windows.set_idle(partition);
+    }
+
+    /// A source partition this instance no longer owns.
+    pub fn remove_partition(&mut self, partition: i32) {
+        self.windows.remove_partition(partition);
+    }
+
     /// Closes every window the watermark has passed and returns the alerts they caused.
     pub fn close_ready(&mut self) -> Vec<Alert> {
         let closed = self.windows.close_ready();
@@ -128,31 +154,37 @@ impl Engine {
             let mut keys: Vec<_> = w.keys.into_iter().collect();
             // HashMap order is random; detection output must not be.
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let mut findings: Vec<(Scope, Finding)> = Vec::new();
-            for (key, acc) in &keys {
+            let mut findings: Vec<(usize, Finding)> = Vec::new();
+            for (i, (_, acc)) in keys.iter().enumerate() {
                 for f in detect::evaluate(acc, &self.cfg.detect) {
-                    findings.push((Scope::pair(&key.location, &key.cdn), f));
+                    findings.push((i, f));
                 }
             }
             let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
             let discovered = detect::benjamini_hochberg(&p, self.cfg.detect.fdr);
             self.counters.tests += findings.len() as u64;
-            let verdicts: Vec<Verdict> = findings
+            let mut verdicts: Vec<(usize, Verdict)> = findings
                 .into_iter()
                 .zip(discovered)
-                .map(|((scope, finding), disc)| {
+                .map(|((i, finding), disc)| {
                     let bad = disc && finding.eligible;
                     self.counters.discoveries += u64::from(bad);
-                    Verdict {
-                        scope,
-                        finding,
-                        bad,
-                    }
+                    let k = &keys[i].0;
+                    let scope = Scope::pair(&k.location, &k.cdn);
+                    (
+                        i,
+                        Verdict {
+                            scope,
+                            finding,
+                            bad,
+                        },
+                    )
                 })
                 .collect();
-            let out = self
-                .incidents
-                .apply(w.start, w.end, verdicts, &self.cfg.detect);
+            let parents = self.roll_up(&keys, &verdicts);
+            let mut all: Vec<Verdict> = parents;
+            all.extend(verdicts.drain(..).map(|(_, v)| v));
+            let out = self.incidents.apply(w.start, w.end, all, &self.cfg.detect);
             self.counters.alerts += out.len() as u64;
             alerts.extend(out);
             self.closes_since_prune += 1;
@@ -163,5 +195,193 @@ impl Engine {
             }
         }
         alerts
+    }
+
+    /// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
+    /// locations is one CDN-wide incident; a location bad on one metric on every CDN tested
+    /// there (two or more) is one location-wide incident. The parent's evidence is the
+    /// merged accumulators of the bad keys under it.
+    fn roll_up(&self, keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<Verdict> {
+        let mut by_cdn: BTreeMap<(Metric, &str), Vec<usize>> = BTreeMap::new();
+        let mut by_loc: BTreeMap<(Metric, &str), (Vec<usize>, usize)> = BTreeMap::new();
+        for (i, v) in verdicts {
+            let k = &keys[*i].0;
+            let m = v.finding.metric;
+            let e = by_loc.entry((m, &*k.location)).or_default();
+            e.1 += 1;
+            if v.bad {
+                by_cdn.entry((m, &*k.cdn)).or_default().push(*i);
+                e.0.push(*i);
+            }
+        }
+        let mut out = Vec::new();
+        let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
+            let mut merged = Acc::default();
+            for i in idx {
+                merged.merge(&keys[*i].1);
+            }
+            if let Some(finding) = detect::evaluate(&merged, &self.cfg.detect)
+                .into_iter()
+                .find(|f| f.metric == metric)
+            {
+                out.push(Verdict {
+                    scope,
+                    finding,
+                    bad: true,
+                });
+            }
+        };
+        for ((m, cdn), idx) in &by_cdn {
+            if idx.len() >= self.cfg.detect.group_min_locations {
+                parent(
+                    *m,
+                    idx,
+                    Scope {
+                        location: None,
+                        cdn: Some((*cdn).into()),
+                    },
+                );
+            }
+        }
+        for ((m, loc), (idx, tested)) in &by_loc {
+            if idx.len() >= 2 && idx.len() == *tested {
+                parent(
+                    *m,
+                    idx,
+                    Scope {
+                        location: Some((*loc).into()),
+                        cdn: None,
+                    },
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::Status;
+
+    const W: i64 = 60_000;
+
+    fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
+        Report {
+            ts,
+            session_id: format!("s{i}"),
+            location: loc.into(),
+            cdn: cdn.into(),
+            asn: None,
+            device: None,
+            played_ms: 20_000,
+            rebuffer_ms: 0,
+            startup_ms: None,
+            bitrate_kbps: None,
+            throughput_kbps: Some(5_000.0),
+            error: failed.then(|| "E".into()),
+        }
+    }
+
+    /// Runs `windows` windows of 60 reports per key; `bad(loc, cdn, window)` says which
+    /// keys have a 20 % failure rate.
+    fn run(
+        locs: &[&str],
+        cdns: &[&str],
+        windows: i64,
+        bad: impl Fn(&str, &str, i64) -> bool,
+    ) -> Vec<Alert> {
+        let mut e = Engine::new(&Config::default());
+        for l in locs {
+            for c in cdns {
+                let row = Expected {
+                    error_rate: Some(0.01),
+                    ..Default::default()
+                };
+                e.on_benchmark(l, c, 0, Some(row));
+            }
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        for w in 0..windows {
+            for n in 0..60 {
+                for l in locs {
+                    for c in cdns {
+                        i += 1;
+                        let failed = bad(l, c, w) && n % 5 == 0;
+                        e.on_report(&report(l, c, w * W + n * 1_000, i, failed), None);
+                    }
+                }
+            }
+            out.extend(e.close_ready());
+        }
+        out.extend(e.close_until(windows * W + W));
+        out
+    }
+
+    #[test]
+    fn many_locations_of_one_cdn_raise_one_cdn_wide_parent() {
+        let locs = ["IN/A", "IN/B", "IN/C", "US/D"];
+        let alerts = run(&locs, &["cdn-a", "cdn-b"], 10, |l, c, w| {
+            c == "cdn-a" && l.starts_with("IN/") && (2..5).contains(&w)
+        });
+        let firing: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.status == Status::Firing)
+            .collect();
+        let parent = firing
+            .iter()
+            .find(|a| a.scope.location.is_none())
+            .expect("a CDN-wide incident");
+        assert_eq!(parent.scope.cdn.as_deref(), Some("cdn-a"));
+        assert_eq!(parent.samples, 180, "evidence is the three bad keys merged");
+        let children: Vec<&&Alert> = firing
+            .iter()
+            .filter(|a| a.scope.location.is_some())
+            .collect();
+        assert_eq!(children.len(), 3);
+        for c in &children {
+            assert_eq!(c.parent_id.as_deref(), Some(parent.id.as_str()), "{c:?}");
+            assert!(c.scope.location.as_deref().unwrap().starts_with("IN/"));
+        }
+        let resolved = alerts
+            .iter()
+            .filter(|a| a.status == Status::Resolved)
+            .count();
+        assert_eq!(resolved, 4, "parent and children all resolve");
+    }
+
+    #[test]
+    fn every_cdn_bad_at_one_location_raises_a_location_wide_parent() {
+        let alerts = run(&["IN/A", "US/D"], &["cdn-a", "cdn-b"], 8, |l, _, w| {
+            l == "US/D" && (2..5).contains(&w)
+        });
+        let parent = alerts
+            .iter()
+            .find(|a| a.status == Status::Firing && a.scope.cdn.is_none())
+            .expect("a location-wide incident");
+        assert_eq!(parent.scope.location.as_deref(), Some("US/D"));
+        assert!(
+            alerts
+                .iter()
+                .filter(|a| a.status == Status::Firing && a.scope.cdn.is_some())
+                .all(|a| a.parent_id.as_deref() == Some(parent.id.as_str()))
+        );
+    }
+
+    #[test]
+    fn one_bad_key_gets_no_parent() {
+        let alerts = run(
+            &["IN/A", "IN/B", "IN/C"],
+            &["cdn-a", "cdn-b"],
+            8,
+            |l, c, w| l == "IN/A" && c == "cdn-a" && (2..5).contains(&w),
+        );
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
+        assert!(
+            alerts.iter().all(|a| a.parent_id.is_none()
+                && a.scope.cdn.is_some()
+                && a.scope.location.is_some())
+        );
     }
 }

@@ -40,6 +40,10 @@ fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,rdkafka=warn")
+        .with_test_writer()
+        .try_init();
     let state = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(state.path());
     cfg.window.allowed_lateness = Duration::from_secs(10);

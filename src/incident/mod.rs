@@ -72,6 +72,10 @@ pub struct Alert {
     #[serde(with = "crate::time::option")]
     pub resolved_at: Option<Millis>,
     pub summary: String,
+    /// For a location+CDN incident under a firing CDN-wide or location-wide one: the parent's
+    /// id. Receivers may hold such alerts back while the parent fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
 }
 
 /// Stable 64-bit FNV-1a: unlike std's hasher its output is fixed across Rust releases.
@@ -113,6 +117,7 @@ struct Track {
 #[derive(Debug, Clone)]
 struct Firing {
     id: String,
+    parent_id: Option<String>,
     started_at: Millis,
     severity: Severity,
     last: Finding,
@@ -167,7 +172,9 @@ impl Incidents {
     }
 
     /// Applies one closed window's verdicts; returns the state changes, in a stable order.
-    /// Tracks absent from `verdicts` had no (testable) data in this window.
+    /// Tracks absent from `verdicts` had no (testable) data in this window. Verdicts on
+    /// CDN-wide or location-wide scopes come first, so that a location+CDN incident firing in
+    /// the same window already finds its parent.
     pub fn apply(
         &mut self,
         window_start: Millis,
@@ -183,6 +190,11 @@ impl Incidents {
             if !v.bad && !self.tracks.contains_key(&k) {
                 continue; // Clean and nothing pending: keep no state.
             }
+            let parent_id = if v.bad && v.scope.location.is_some() && v.scope.cdn.is_some() {
+                parent_of(&self.tracks, v.finding.metric, &v.scope)
+            } else {
+                None
+            };
             let t = self.tracks.entry(k).or_insert(Track {
                 bad_streak: 0,
                 clean_streak: 0,
@@ -200,6 +212,7 @@ impl Incidents {
                     None if t.bad_streak >= cfg.fire_after => {
                         let rule = v.finding.metric.rule();
                         let f = Firing {
+                            parent_id,
                             id: incident_id(rule, &v.scope, t.streak_start),
                             started_at: t.streak_start,
                             severity: sev,
@@ -306,7 +319,30 @@ fn alert(
         started_at: f.started_at,
         resolved_at,
         summary: summary(status, scope, &f.last, f.started_at),
+        parent_id: f.parent_id.clone(),
     }
+}
+
+/// Id of a firing CDN-wide or location-wide incident above a location+CDN scope, if any.
+fn parent_of(
+    tracks: &BTreeMap<(Metric, Scope), Track>,
+    metric: Metric,
+    scope: &Scope,
+) -> Option<String> {
+    let cdn_wide = Scope {
+        location: None,
+        cdn: scope.cdn.clone(),
+    };
+    let loc_wide = Scope {
+        location: scope.location.clone(),
+        cdn: None,
+    };
+    [cdn_wide, loc_wide].into_iter().find_map(|s| {
+        tracks
+            .get(&(metric, s))
+            .and_then(|t| t.firing.as_ref())
+            .map(|f| f.id.clone())
+    })
 }
 
 #[cfg(test)]

@@ -163,8 +163,13 @@ pub fn render_line(a: &Alert) -> String {
         crate::incident::Status::Resolved => "RESOLVED",
     };
     let p = a.p_value.map(|p| format!(" p={p:.1e}")).unwrap_or_default();
+    let indent = if a.parent_id.is_some() {
+        "  \u{21b3} "
+    } else {
+        ""
+    };
     format!(
-        "{status} [{sev}] {id} {rule}: {summary} (window {ws}, n={n}{p})",
+        "{indent}{status} [{sev}] {id} {rule}: {summary} (window {ws}, n={n}{p})",
         sev = a.severity.as_str(),
         id = a.id,
         rule = a.rule,

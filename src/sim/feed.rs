@@ -66,10 +66,10 @@ pub async fn feed(
                 tokio::time::sleep(due - now).await;
             }
         }
-        if let Some(s) = &mut stop {
-            if *s.borrow_and_update() {
-                break;
-            }
+        if let Some(s) = &mut stop
+            && *s.borrow_and_update()
+        {
+            break;
         }
         if ts.div_euclid(60_000) != last_minute {
             last_minute = ts.div_euclid(60_000);

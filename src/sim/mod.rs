@@ -103,11 +103,17 @@ impl Injected {
     /// The per-key scopes a detector is expected to raise for this incident.
     pub fn scopes(&self, locations: &[String]) -> Vec<Scope> {
         match self.kind {
-            IncidentKind::RegionalCdnDegradation => locations
-                .iter()
-                .filter(|l| l.starts_with(&self.location))
-                .map(|l| Scope::pair(l, &self.cdn))
-                .collect(),
+            IncidentKind::RegionalCdnDegradation => std::iter::once(Scope {
+                location: None,
+                cdn: Some(self.cdn.clone()),
+            })
+            .chain(
+                locations
+                    .iter()
+                    .filter(|l| l.starts_with(&self.location))
+                    .map(|l| Scope::pair(l, &self.cdn)),
+            )
+            .collect(),
             _ => vec![Scope::pair(&self.location, &self.cdn)],
         }
     }
@@ -592,16 +598,17 @@ mod tests {
         }];
         let (mut before, mut during) = ((0, 0), (0, 0));
         for e in Simulator::new(cfg) {
-            if let Event::Report(r) = e {
-                if r.location == "IN/MH/Mumbai" && r.cdn == "cdn-a" {
-                    let slot = if r.ts < 600_000 {
-                        &mut before
-                    } else {
-                        &mut during
-                    };
-                    slot.0 += 1;
-                    slot.1 += usize::from(r.failed());
-                }
+            if let Event::Report(r) = e
+                && r.location == "IN/MH/Mumbai"
+                && r.cdn == "cdn-a"
+            {
+                let slot = if r.ts < 600_000 {
+                    &mut before
+                } else {
+                    &mut during
+                };
+                slot.0 += 1;
+                slot.1 += usize::from(r.failed());
             }
         }
         let rate = |(n, f): (usize, usize)| f as f64 / n as f64;

@@ -51,7 +51,13 @@ pub struct Windows {
     lateness: Millis,
     max_keys: usize,
     open: BTreeMap<Millis, Open>,
-    max_event_ts: Option<Millis>,
+    /// Newest event time per source partition (-1 for input without partitions). The
+    /// watermark follows the slowest active partition, so a partition read behind the others
+    /// does not see its reports declared late.
+    /// A partition registered but not yet heard from (`None`) holds the watermark.
+    max_event_ts: HashMap<i32, Option<Millis>>,
+    /// Partitions without input for a while: they no longer hold the watermark back.
+    idle: HashSet<i32>,
     /// Every window ending at or before this has been closed.
     closed_until: Millis,
     names: HashSet<Arc<str>>,
@@ -65,7 +71,8 @@ impl Windows {
             lateness,
             max_keys,
             open: BTreeMap::new(),
-            max_event_ts: None,
+            max_event_ts: HashMap::new(),
+            idle: HashSet::new(),
             closed_until: Millis::MIN,
             names: HashSet::new(),
         }
@@ -80,9 +87,55 @@ impl Windows {
         ts.div_euclid(self.size) * self.size
     }
 
-    /// Newest event time seen minus the allowed lateness; `None` before any input.
+    /// Newest event time of the slowest active partition minus the allowed lateness; `None`
+    /// before any input. With every partition idle, the newest of all.
     pub fn watermark(&self) -> Option<Millis> {
-        self.max_event_ts.map(|t| t.saturating_sub(self.lateness))
+        let mut active = self
+            .max_event_ts
+            .iter()
+            .filter(|(p, _)| !self.idle.contains(p))
+            .map(|(_, t)| *t)
+            .peekable();
+        let wm = if active.peek().is_some() {
+            // A registered partition not heard from yet holds the watermark (None < Some).
+            active.min().flatten()
+        } else {
+            self.max_event_ts.values().max().copied().flatten()
+        };
+        wm.map(|t| t.saturating_sub(self.lateness))
+    }
+
+    /// Registers a source partition before its first record, so that windows wait for it
+    /// (until it is declared idle).
+    pub fn add_partition(&mut self, partition: i32) {
+        self.max_event_ts.entry(partition).or_insert(None);
+    }
+
+    /// Registered partitions never heard from and not idle: they hold the watermark.
+    pub fn silent_partitions(&self) -> Vec<i32> {
+        self.max_event_ts
+            .iter()
+            .filter(|(p, t)| t.is_none() && !self.idle.contains(p))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Whether `partition` is registered.
+    pub fn has_partition(&self, partition: i32) -> bool {
+        self.max_event_ts.contains_key(&partition)
+    }
+
+    /// Stops `partition` holding the watermark back until it has input again.
+    pub fn set_idle(&mut self, partition: i32) {
+        if self.max_event_ts.contains_key(&partition) {
+            self.idle.insert(partition);
+        }
+    }
+
+    /// Forgets a partition (revoked in a rebalance).
+    pub fn remove_partition(&mut self, partition: i32) {
+        self.max_event_ts.remove(&partition);
+        self.idle.remove(&partition);
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -118,10 +171,11 @@ impl Windows {
         if end <= self.closed_until || wm.is_some_and(|wm| end <= wm) {
             return Recorded::Late;
         }
-        if let Some(w) = self.open.get(&start) {
-            if w.keys.len() >= self.max_keys && !self.lookup(start, location, cdn) {
-                return Recorded::KeyCapExceeded;
-            }
+        if let Some(w) = self.open.get(&start)
+            && w.keys.len() >= self.max_keys
+            && !self.lookup(start, location, cdn)
+        {
+            return Recorded::KeyCapExceeded;
         }
         let key = self.key(location, cdn);
         let window = self.open.entry(start).or_default();
@@ -130,7 +184,10 @@ impl Windows {
             let m = window.min_offsets.entry(p).or_insert(o);
             *m = (*m).min(o);
         }
-        self.max_event_ts = Some(self.max_event_ts.map_or(ts, |m| m.max(ts)));
+        let p = source.map_or(-1, |s| s.0);
+        let m = self.max_event_ts.entry(p).or_insert(None);
+        *m = Some(m.map_or(ts, |m| m.max(ts)));
+        self.idle.remove(&p);
         Recorded::Accepted
     }
 
@@ -248,6 +305,28 @@ mod tests {
         let mut w = Windows::new(60_000, 0, 100);
         rec(&mut w, "L", 600_000);
         assert_eq!(rec(&mut w, "L", 1_000), Recorded::Late);
+    }
+
+    #[test]
+    fn watermark_follows_the_slowest_partition_until_it_goes_idle() {
+        let mut w = Windows::new(60_000, 0, 100);
+        w.add_partition(0);
+        w.add_partition(1);
+        w.record("A", "c", 300_000, Some((0, 1)), |_| {});
+        assert_eq!(w.watermark(), None, "partition 1 not heard from yet");
+        w.record("B", "c", 10_000, Some((1, 1)), |_| {});
+        assert_eq!(w.watermark(), Some(10_000));
+        // Partition 1 is behind, not late: its reports still count.
+        assert_eq!(
+            w.record("B", "c", 20_000, Some((1, 2)), |_| {}),
+            Recorded::Accepted
+        );
+        assert!(w.close_ready().is_empty());
+        w.set_idle(1);
+        assert_eq!(w.watermark(), Some(300_000));
+        assert_eq!(w.close_ready().len(), 1);
+        w.remove_partition(0);
+        assert_eq!(w.watermark(), Some(20_000), "all idle: the newest of all");
     }
 
     #[test]
