@@ -121,45 +121,12 @@ pub async fn run(
 
     loop {
         tokio::select! {
-            // Benchmarks first: a report should join a row that has already arrived.
+            // Benchmarks first: a report should join a row that has already arrived. The ticker
+            // before the reports: under a steady stream it must still mark idle partitions.
             biased;
             _ = shutdown.changed() => break,
             Some(u) = bench_rx.recv() => {
                 engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
-            }
-            msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(error = %e, "Report consumer error.");
-                        continue;
-                    }
-                };
-                metrics.records_in.with_label_values(&["reports"]).inc();
-                let (p, o) = (msg.partition(), msg.offset());
-                match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
-                    Ok(r) => {
-                        engine.on_report(&r, Some((p, o)));
-                    }
-                    Err(e) => {
-                        metrics.decode_failures.with_label_values(&[e.reason()]).inc();
-                        debug!(reason = e.reason(), partition = p, offset = o, "Dead-lettered a report.");
-                        // Wait for the dead letter to be durable before this offset can be committed.
-                        match dlq.send(DeadLetter::from_message(&msg, &e)).await {
-                            Ok(()) => metrics.dead_letters.inc(),
-                            Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
-                        }
-                    }
-                }
-                next.insert(p, o + 1);
-                if !engine.has_partition(p) {
-                    // First record of a partition: register everything assigned, so windows
-                    // wait for partitions that have not delivered yet.
-                    sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
-                }
-                last_seen.insert(p, Instant::now());
-                let out = engine.close_ready();
-                emit(&alerts, &metrics, &opts, out).await;
             }
             _ = ticker.tick() => {
                 for (p, seen) in &last_seen {
@@ -173,13 +140,18 @@ pub async fn run(
                     let marks = tokio::task::block_in_place(|| {
                         consumer.fetch_watermarks(&topic, p, Duration::from_millis(500))
                     });
-                    if let Ok((low, high)) = marks
-                        && next.get(&p).copied().unwrap_or(low) >= high
-                    {
-                        debug!(partition = p, "Partition empty: not waiting for it.");
-                        engine.set_partition_idle(p);
+                    match marks {
+                        Ok((low, high)) if next.get(&p).copied().unwrap_or(low) >= high => {
+                            debug!(partition = p, "Partition empty: not waiting for it.");
+                            engine.set_partition_idle(p);
+                        }
+                        Ok((low, high)) => debug!(partition = p, low, high, "Partition silent, not empty."),
+                        Err(e) => debug!(partition = p, error = %e, "Could not read partition watermarks."),
                     }
                 }
+                // Idle marking may have moved the watermark.
+                let out = engine.close_ready();
+                emit(&alerts, &metrics, &opts, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
                     last_progress = (Instant::now(), wm);
@@ -196,6 +168,40 @@ pub async fn run(
                 readiness.partitions_assigned.store(assigned, Ordering::Release);
                 publish_gauges(&metrics, &engine);
             }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "Report consumer error.");
+                        continue;
+                    }
+                };
+                metrics.records_in.with_label_values(&["reports"]).inc();
+                let (p, o) = (msg.partition(), msg.offset());
+                if !engine.has_partition(p) {
+                    // First record of a partition: register everything assigned first, so
+                    // windows wait for the partitions that have not delivered yet.
+                    sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
+                }
+                match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
+                    Ok(r) => {
+                        engine.on_report(&r, Some((p, o)));
+                    }
+                    Err(e) => {
+                        metrics.decode_failures.with_label_values(&[e.reason()]).inc();
+                        debug!(reason = e.reason(), partition = p, offset = o, "Dead-lettered a report.");
+                        // Wait for the dead letter to be durable before this offset can be committed.
+                        match dlq.send(DeadLetter::from_message(&msg, &e)).await {
+                            Ok(()) => metrics.dead_letters.inc(),
+                            Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                        }
+                    }
+                }
+                next.insert(p, o + 1);
+                last_seen.insert(p, Instant::now());
+                let out = engine.close_ready();
+                emit(&alerts, &metrics, &opts, out).await;
+            }
         }
     }
 
@@ -206,6 +212,7 @@ pub async fn run(
         windows = c.windows_closed,
         alerts = c.alerts,
         watermark = engine.watermark().map(crate::time::format_ms),
+        partitions = ?engine.partition_state(),
         "Shutting down: committing offsets."
     );
     stop.store(true, Ordering::Release);

@@ -115,6 +115,11 @@ impl Engine {
         self.windows.silent_partitions()
     }
 
+    /// Per registered partition: newest event time (if any) and whether it is idle.
+    pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
+        self.windows.partition_state()
+    }
+
     pub fn has_partition(&self, partition: i32) -> bool {
         self.windows.has_partition(partition)
     }

@@ -41,12 +41,13 @@ fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,rdkafka=warn")
+        .with_env_filter("info,qos_sentinel=debug,rdkafka=off,librdkafka=off")
         .with_test_writer()
         .try_init();
     let state = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(state.path());
     cfg.window.allowed_lateness = Duration::from_secs(10);
+    cfg.http.listen = common::free_addr();
     let cluster = common::mock_cluster(&mut cfg, 3);
     let brokers = cluster.bootstrap_servers();
     let k = cfg.kafka.clone();
@@ -71,7 +72,11 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     common::flush(&p);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let daemon = tokio::spawn(daemon::run(cfg.clone(), RunOptions::default(), stop_rx));
+    let opts = RunOptions {
+        print_alerts: false,
+        serve_http: true,
+    };
+    let daemon = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
 
     // 16 windows of 80 reports per key, interleaved in time; two malformed messages early on.
     let mut i = 0;
@@ -161,10 +166,71 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
             .any(|(k, v)| k == "error" && v.contains("rebuffer_ms"))
     );
 
+    // The metrics an operator scrapes exist and moved with what happened.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let base = format!("http://{}", cfg.http.listen);
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+    };
+    assert_eq!(
+        value(r#"qos_sentinel_records_in_total{input="reports"}"#),
+        16.0 * 80.0 * 4.0 + 2.0
+    );
+    assert_eq!(
+        value(r#"qos_sentinel_records_in_total{input="benchmarks"}"#),
+        4.0
+    );
+    assert_eq!(
+        value(r#"qos_sentinel_decode_failures_total{reason="invalid_json"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"qos_sentinel_decode_failures_total{reason="invalid_field"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"qos_sentinel_decode_failures_total{reason="too_large"}"#),
+        0.0
+    );
+    assert_eq!(value("qos_sentinel_dead_letters_total"), 2.0);
+    assert_eq!(value(r#"qos_sentinel_alerts_total{status="firing"}"#), 1.0);
+    assert_eq!(
+        value(r#"qos_sentinel_alerts_total{status="resolved"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"qos_sentinel_join_total{result="hit"}"#),
+        16.0 * 80.0 * 4.0
+    );
+    assert_eq!(value(r#"qos_sentinel_join_total{result="miss"}"#), 0.0);
+    assert!(value("qos_sentinel_windows_closed_total") >= 14.0);
+    assert_eq!(value("qos_sentinel_benchmark_versions"), 4.0);
+    for path in ["/healthz", "/readyz"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(30), daemon)
         .await
         .expect("daemon stops on shutdown")
         .unwrap()
         .unwrap();
+
+    // The benchmark cache holds the rows and how far the topic was read, so a restart
+    // neither re-reads the topic nor starts with an empty table.
+    let store = qos_sentinel::table::store::TableStore::open(state.path()).unwrap();
+    assert_eq!(store.next_offset(&k.benchmarks_topic, 0).unwrap(), Some(4));
+    assert_eq!(store.load().unwrap().len(), 4);
 }

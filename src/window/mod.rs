@@ -120,6 +120,14 @@ impl Windows {
             .collect()
     }
 
+    /// Per registered partition: newest event time (if any) and whether it is idle.
+    pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
+        self.max_event_ts
+            .iter()
+            .map(|(p, t)| (*p, (*t, self.idle.contains(p))))
+            .collect()
+    }
+
     /// Whether `partition` is registered.
     pub fn has_partition(&self, partition: i32) -> bool {
         self.max_event_ts.contains_key(&partition)

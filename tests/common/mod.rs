@@ -14,6 +14,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use qos_sentinel::config::Config;
 
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
 /// A config for one test: unique topics and group, state in `state_dir`. Brokers are set
 /// once the cluster is up.
 pub fn test_config(state_dir: &std::path::Path) -> Config {
@@ -85,6 +91,11 @@ pub fn flush(p: &BaseProducer) {
 
 /// A consumer reading partition 0 of `topic` from the beginning.
 pub fn tail(brokers: &str, topic: &str) -> BaseConsumer {
+    tail_partition(brokers, topic, 0)
+}
+
+/// A consumer reading one partition of `topic` from the beginning.
+pub fn tail_partition(brokers: &str, topic: &str, partition: i32) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("tail-{topic}"))
@@ -92,7 +103,7 @@ pub fn tail(brokers: &str, topic: &str) -> BaseConsumer {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .expect("tpl");
     c.assign(&tpl).expect("assign");
     c
