@@ -117,6 +117,39 @@ pub fn run_events(cfg: &Config, benchmarks: &[Benchmark], reports: &mut [Report]
     }
 }
 
+/// Runs detection over an event stream in arrival order (the simulator's, which is ordered
+/// within one report interval), without holding it in memory.
+pub fn run_stream(cfg: &Config, events: impl Iterator<Item = crate::sim::Event>) -> Summary {
+    let mut engine = Engine::new(cfg);
+    let mut alerts = Vec::new();
+    let (mut reports, mut benchmarks) = (0, 0);
+    let mut last = None;
+    for e in events {
+        match e {
+            crate::sim::Event::Benchmark(b) => {
+                benchmarks += 1;
+                engine.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(&b)));
+            }
+            crate::sim::Event::Report(r) => {
+                reports += 1;
+                last = Some(last.map_or(r.ts, |l: i64| l.max(r.ts)));
+                engine.on_report(&r, None);
+                alerts.extend(engine.close_ready());
+            }
+        }
+    }
+    if let Some(last) = last {
+        alerts.extend(engine.close_until(last + cfg.window_ms()));
+    }
+    Summary {
+        reports,
+        benchmarks,
+        bad_lines: 0,
+        alerts,
+        counters: engine.counters(),
+    }
+}
+
 /// The whole `backtest` command: read, detect, write alerts as JSON lines.
 pub fn run(
     cfg: &Config,

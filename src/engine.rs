@@ -3,11 +3,11 @@
 //! The daemon, the backtest and the benchmarks all drive this same type, so the backtest runs
 //! exactly the daemon's detection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::config::Config;
 use crate::decode::Report;
-use crate::detect::{self, Finding, Metric};
+use crate::detect::{self, Baseline, Finding, Metric, Offsets};
 use crate::incident::{Alert, Incidents, Scope, Verdict};
 use crate::table::{BenchmarkTable, Expected};
 use crate::time::Millis;
@@ -37,6 +37,8 @@ pub struct Engine {
     incidents: Incidents,
     counters: Counters,
     closes_since_prune: u32,
+    /// What is normal per key and log-scale metric, relative to the benchmark.
+    baselines: HashMap<(Key, Metric), Baseline>,
 }
 
 impl Engine {
@@ -53,6 +55,7 @@ impl Engine {
             incidents: Incidents::new(),
             counters: Counters::default(),
             closes_since_prune: 0,
+            baselines: HashMap::new(),
         }
     }
 
@@ -81,10 +84,21 @@ impl Engine {
     pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
         let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
         let joined = expected.is_some();
+        let (tp_off, su_off) = if joined && !self.baselines.is_empty() {
+            let key = self.windows.key(&r.location, &r.cdn);
+            let off = |m| {
+                self.baselines
+                    .get(&(key.clone(), m))
+                    .map_or(0.0, |b| b.offset)
+            };
+            (off(Metric::ThroughputKbps), off(Metric::StartupMs))
+        } else {
+            (0.0, 0.0)
+        };
         let out = self
             .windows
             .record(&r.location, &r.cdn, r.ts, source, |acc| {
-                acc.add(r, expected)
+                acc.add_with(r, expected, tp_off, su_off)
             });
         match out {
             Recorded::Accepted => {
@@ -160,8 +174,28 @@ impl Engine {
             // HashMap order is random; detection output must not be.
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut findings: Vec<(usize, Finding)> = Vec::new();
-            for (i, (_, acc)) in keys.iter().enumerate() {
-                for f in detect::evaluate(acc, &self.cfg.detect) {
+            for (i, (key, acc)) in keys.iter().enumerate() {
+                let base = |m| {
+                    self.baselines
+                        .get(&(key.clone(), m))
+                        .copied()
+                        .unwrap_or_default()
+                };
+                let (tp, su) = (base(Metric::ThroughputKbps), base(Metric::StartupMs));
+                let offsets = Offsets {
+                    throughput: tp.offset,
+                    startup: su.offset,
+                };
+                for mut f in detect::evaluate_with(acc, &self.cfg.detect, &offsets) {
+                    let warm = match f.metric {
+                        Metric::ThroughputKbps => tp.warm(),
+                        Metric::StartupMs => su.warm(),
+                        _ => true,
+                    };
+                    if !warm {
+                        // Not yet known what is normal here: only a critical deviation counts.
+                        f.eligible &= f.effect >= self.cfg.detect.critical_relative_effect;
+                    }
                     findings.push((i, f));
                 }
             }
@@ -186,6 +220,7 @@ impl Engine {
                     )
                 })
                 .collect();
+            self.learn(&keys, &verdicts, w.end);
             let parents = self.roll_up(&keys, &verdicts);
             let mut all: Vec<Verdict> = parents;
             all.extend(verdicts.drain(..).map(|(_, v)| v));
@@ -195,11 +230,27 @@ impl Engine {
             self.closes_since_prune += 1;
             if self.closes_since_prune >= 10 {
                 self.closes_since_prune = 0;
-                self.table
-                    .prune_before(w.end - TABLE_HISTORY_WINDOWS * self.windows.size());
+                let horizon = w.end - TABLE_HISTORY_WINDOWS * self.windows.size();
+                self.table.prune_before(horizon);
+                // Keys unseen for as long forget what was normal for them.
+                self.baselines.retain(|_, b| b.last_seen >= horizon);
             }
         }
         alerts
+    }
+
+    /// Updates the per-key baselines from the clean windows' log-scale findings.
+    fn learn(&mut self, keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)], at: Millis) {
+        for (i, v) in verdicts {
+            let m = v.finding.metric;
+            if v.bad || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs) {
+                continue;
+            }
+            let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
+            // The finding's expectation already includes the offset used: undo it.
+            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
+            b.learn(raw, at);
+        }
     }
 
     /// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
@@ -387,6 +438,39 @@ mod tests {
             alerts.iter().all(|a| a.parent_id.is_none()
                 && a.scope.cdn.is_some()
                 && a.scope.location.is_some())
+        );
+    }
+
+    #[test]
+    fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
+        let mut e = Engine::new(&Config::default());
+        let row = Expected {
+            throughput_kbps: Some(5_000.0),
+            ..Default::default()
+        };
+        e.on_benchmark("L", "c", 0, Some(row));
+        let mut alerts = Vec::new();
+        let mut i = 0;
+        for w in 0..20 {
+            // Clients see 40 % less than the probes (last mile) for 12 windows, then a real
+            // drop to a third of that.
+            let level = if w < 12 { 3_000.0 } else { 1_000.0 };
+            for n in 0..90 {
+                i += 1;
+                let mut r = report("L", "c", w * W + n * 600, i, false);
+                r.throughput_kbps = Some(level * (1.0 + ((i * 37) % 11) as f64 * 0.04));
+                e.on_report(&r, None);
+            }
+            alerts.extend(e.close_ready());
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!(a.metric, Metric::ThroughputKbps);
+        assert_eq!(a.started_at, 12 * W, "fires on the drop, not on the offset");
+        let expected = a.expected.unwrap();
+        assert!(
+            (3_000.0..4_000.0).contains(&expected),
+            "compared with what is normal: {expected}"
         );
     }
 }

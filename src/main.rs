@@ -59,6 +59,10 @@ enum Command {
         /// Write reports.jsonl, benchmarks.jsonl and labels.json here instead.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Run the traffic straight through detection instead (no broker, no files) and
+        /// print the alerts' score against the injected incidents: for long runs.
+        #[arg(long)]
+        score: bool,
         #[arg(long, default_value_t = 60)]
         minutes: u64,
         /// Simulated seconds per wall-clock second; 0 = as fast as possible.
@@ -186,6 +190,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate {
             brokers,
             out_dir,
+            score,
             minutes,
             speed,
             seed,
@@ -212,6 +217,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             sc.cdns = cdns;
             sc.peak_sessions = peak_sessions;
             let sim = Simulator::new(sc);
+            if score {
+                let cfg = Config::default();
+                let labels = Labels::of(&sim, cfg.window_ms());
+                let summary = backtest::run_stream(&cfg, sim);
+                for a in &summary.alerts {
+                    eprintln!("{}", notify::render_line(a));
+                }
+                eprintln!("{}", summary.line());
+                let s = backtest::score(&summary.alerts, &labels);
+                println!("{}", serde_json::to_string(&s)?);
+                return Ok(());
+            }
             match (brokers, out_dir) {
                 (_, Some(dir)) => write_sim(sim, &dir),
                 (Some(brokers), None) => {

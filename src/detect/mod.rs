@@ -93,6 +93,14 @@ const MIN_EXPECTED_RATE: f64 = 0.002;
 /// Absolute floors: a deviation smaller than this is not worth a page whatever its ratio.
 const MIN_FAILURE_RATE_DELTA: f64 = 0.01;
 const MIN_REBUFFER_DELTA: f64 = 0.005;
+/// Reports are not independent: a player sends one every 10-30 s and its session's quality
+/// persists, so a 60 s window holds about three correlated reports per session. t-tests use
+/// n / DESIGN_EFFECT as their sample size (the standard error grows by its square root), which
+/// keeps a handful of unlucky sessions on a small key from looking like hundreds of reports.
+pub const DESIGN_EFFECT: f64 = 3.0;
+
+/// Share of reports on the worse side of normal before a log-scale deviation counts as broad.
+const MIN_WORSE_SHARE: f64 = 0.7;
 
 fn t_upper(t: f64, df: f64) -> f64 {
     if !t.is_finite() {
@@ -104,8 +112,59 @@ fn t_upper(t: f64, df: f64) -> f64 {
     }
 }
 
+/// What is normal for one key relative to its benchmark, learned from its clean windows.
+///
+/// Clients see a CDN somewhat differently from its probes (last mile), by an amount that
+/// differs per key but is stable. For the log-scale metrics the learned offset
+/// `ln(observed) - ln(benchmark)` shifts the expectation, so a stable offset never fires and a
+/// deviation from what is normal for the key does. Bad windows are not learned from, so an
+/// incident is not absorbed while it lasts (a slow drift over many windows is).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Baseline {
+    pub offset: f64,
+    pub windows: u32,
+    pub last_seen: crate::time::Millis,
+}
+
+/// Windows a baseline needs before it is trusted; until then only critical deviations fire.
+pub const BASELINE_WARMUP: u32 = 3;
+/// Largest offset learned: clients 3x worse (or better) than the probes is not "normal".
+const MAX_OFFSET: f64 = 1.0986; // ln 3
+
+impl Baseline {
+    /// Learns from one clean window whose raw log ratio to the benchmark was `x`.
+    pub fn learn(&mut self, x: f64, at: crate::time::Millis) {
+        let x = x.clamp(-MAX_OFFSET, MAX_OFFSET);
+        // Running mean while warming up, then an EWMA over about ten windows.
+        let a = if self.windows < 10 {
+            1.0 / (self.windows as f64 + 1.0)
+        } else {
+            0.1
+        };
+        self.offset += a * (x - self.offset);
+        self.windows = self.windows.saturating_add(1);
+        self.last_seen = at;
+    }
+
+    pub fn warm(&self) -> bool {
+        self.windows >= BASELINE_WARMUP
+    }
+}
+
+/// Learned log offsets applied to one key's expectations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Offsets {
+    pub throughput: f64,
+    pub startup: f64,
+}
+
 /// Tests every metric of `acc` that has an expectation and enough samples.
 pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
+    evaluate_with(acc, cfg, &Offsets::default())
+}
+
+/// Like [`evaluate`], with expectations shifted by what is normal for the key.
+pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Finding> {
     let mut out = Vec::with_capacity(4);
     let min_n = cfg.min_samples;
     let min_eff = cfg.min_relative_effect;
@@ -137,9 +196,10 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
         // Delta method: Var(R) ≈ s² / (n·mean_d²) with s² the variance of r_i - R·d_i.
         let s2 = ((acc.sum_rr - 2.0 * r * acc.sum_rd + r * r * acc.sum_dd) / (n - 1.0)).max(0.0);
         let mean_d = acc.sum_d / n;
-        let se = (s2 / n).sqrt() / mean_d;
+        let n_eff = (n / DESIGN_EFFECT).max(2.0);
+        let se = (s2 / n_eff).sqrt() / mean_d;
         let p_value = if se > 0.0 {
-            t_upper((r - e) / se, n - 1.0)
+            t_upper((r - e) / se, n_eff - 1.0)
         } else if r > e {
             0.0
         } else {
@@ -164,7 +224,13 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
         });
     }
 
-    let log_test = |stats: &LogStats, exp_log_sum: f64, exp_n: u64, higher_is_bad: bool, metric| {
+    let log_test = |stats: &LogStats,
+                    exp_log_sum: f64,
+                    exp_n: u64,
+                    higher_is_bad: bool,
+                    metric,
+                    offset: f64,
+                    (cmp, worse): (u64, u64)| {
         let min_n = if metric == Metric::StartupMs {
             // Only a session's first report carries startup time.
             (min_n / 3).max(10)
@@ -174,17 +240,28 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
         if exp_n == 0 || stats.n < min_n {
             return None;
         }
-        let mu0 = exp_log_sum / exp_n as f64;
+        let mu0 = exp_log_sum / exp_n as f64 + offset;
         let m = stats.mean_log();
-        let se = (stats.var_log() / stats.n as f64).sqrt();
+        // Startup time is reported once per session: those reports are independent.
+        let deff = if metric == Metric::StartupMs {
+            1.0
+        } else {
+            DESIGN_EFFECT
+        };
+        let n_eff = (stats.n as f64 / deff).max(2.0);
+        let se = (stats.var_log() / n_eff).sqrt();
         let diff = if higher_is_bad { m - mu0 } else { mu0 - m };
         let p_value = if se > 0.0 {
-            t_upper(diff / se, stats.n as f64 - 1.0)
+            t_upper(diff / se, n_eff - 1.0)
         } else if diff > 0.0 {
             0.0
         } else {
             1.0
         };
+        // Under "as normal" about half the reports fall on the worse side of what is normal for
+        // the key. A mean dragged down by a few terrible sessions leaves that share near half;
+        // a real degradation moves most reports.
+        let broad = cmp > 0 && worse as f64 >= MIN_WORSE_SHARE * cmp as f64;
         let effect = diff.exp() - 1.0;
         Some(Finding {
             metric,
@@ -193,7 +270,7 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
             samples: stats.n,
             p_value,
             effect,
-            eligible: effect >= min_eff,
+            eligible: effect >= min_eff && broad,
         })
     };
     out.extend(log_test(
@@ -202,6 +279,8 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
         acc.exp_throughput_n,
         false,
         Metric::ThroughputKbps,
+        offsets.throughput,
+        (acc.throughput_cmp, acc.throughput_worse),
     ));
     out.extend(log_test(
         &acc.startup,
@@ -209,6 +288,8 @@ pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
         acc.exp_startup_n,
         true,
         Metric::StartupMs,
+        offsets.startup,
+        (acc.startup_cmp, acc.startup_worse),
     ));
     out
 }

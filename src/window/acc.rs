@@ -79,11 +79,29 @@ pub struct Acc {
     pub exp_throughput_n: u64,
     pub exp_startup_log_sum: f64,
     pub exp_startup_n: u64,
+    /// Sign test counts: reports compared with their (offset-adjusted) benchmark, and how many
+    /// were worse. Robust where a few terrible sessions move a mean.
+    pub throughput_cmp: u64,
+    pub throughput_worse: u64,
+    pub startup_cmp: u64,
+    pub startup_worse: u64,
 }
 
 impl Acc {
     /// Folds in one report and the benchmark valid at its event time, if any.
     pub fn add(&mut self, r: &Report, expected: Option<&Expected>) {
+        self.add_with(r, expected, 0.0, 0.0);
+    }
+
+    /// Like [`Acc::add`], with the key's learned log offsets of throughput and startup time
+    /// (what is normal for it relative to the benchmark) for the sign-test comparison.
+    pub fn add_with(
+        &mut self,
+        r: &Report,
+        expected: Option<&Expected>,
+        throughput_offset: f64,
+        startup_offset: f64,
+    ) {
         self.reports += 1;
         if r.failed() {
             self.failures += 1;
@@ -119,13 +137,19 @@ impl Acc {
                 self.exp_rebuffer_wsum += d * x;
                 self.exp_rebuffer_d += d;
             }
-            if let (Some(x), Some(_)) = (e.throughput_kbps, r.throughput_kbps) {
-                self.exp_throughput_log_sum += x.max(1.0).ln();
+            if let (Some(x), Some(t)) = (e.throughput_kbps, r.throughput_kbps) {
+                let l = x.max(1.0).ln();
+                self.exp_throughput_log_sum += l;
                 self.exp_throughput_n += 1;
+                self.throughput_cmp += 1;
+                self.throughput_worse += u64::from(t.max(1.0).ln() < l + throughput_offset);
             }
-            if let (Some(x), Some(_)) = (e.startup_ms, r.startup_ms) {
-                self.exp_startup_log_sum += x.max(1.0).ln();
+            if let (Some(x), Some(s)) = (e.startup_ms, r.startup_ms) {
+                let l = x.max(1.0).ln();
+                self.exp_startup_log_sum += l;
                 self.exp_startup_n += 1;
+                self.startup_cmp += 1;
+                self.startup_worse += u64::from((s as f64).max(1.0).ln() > l + startup_offset);
             }
         }
     }
@@ -156,6 +180,10 @@ impl Acc {
         self.exp_throughput_n += o.exp_throughput_n;
         self.exp_startup_log_sum += o.exp_startup_log_sum;
         self.exp_startup_n += o.exp_startup_n;
+        self.throughput_cmp += o.throughput_cmp;
+        self.throughput_worse += o.throughput_worse;
+        self.startup_cmp += o.startup_cmp;
+        self.startup_worse += o.startup_worse;
     }
 
     /// Σrebuffer / Σ(played + rebuffer), 0 with no playback.
