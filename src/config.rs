@@ -174,7 +174,8 @@ pub struct DetectConfig {
     /// Consecutive bad windows before an incident fires.
     #[serde(default = "default_fire_after")]
     pub fire_after: u32,
-    /// Consecutive clean (or empty) windows before a firing incident resolves.
+    /// Consecutive clean windows before a firing incident resolves; windows without testable
+    /// data (too few samples) count a third.
     #[serde(default = "default_resolve_after")]
     pub resolve_after: u32,
     /// When at least this many locations of one CDN are bad on the same metric in a window,

@@ -109,7 +109,10 @@ pub struct Verdict {
 #[derive(Debug, Clone)]
 struct Track {
     bad_streak: u32,
+    /// Clean windows since the last bad one (windows without data do not reset it).
     clean_streak: u32,
+    /// Windows since the last bad one, clean or without testable data.
+    quiet_streak: u32,
     streak_start: Millis,
     firing: Option<Firing>,
 }
@@ -198,6 +201,7 @@ impl Incidents {
             let t = self.tracks.entry(k).or_insert(Track {
                 bad_streak: 0,
                 clean_streak: 0,
+                quiet_streak: 0,
                 streak_start: window_start,
                 firing: None,
             });
@@ -207,6 +211,7 @@ impl Incidents {
                 }
                 t.bad_streak += 1;
                 t.clean_streak = 0;
+                t.quiet_streak = 0;
                 let sev = severity(v.finding.effect, cfg);
                 match &mut t.firing {
                     None if t.bad_streak >= cfg.fire_after => {
@@ -248,25 +253,34 @@ impl Incidents {
             } else {
                 t.bad_streak = 0;
                 t.clean_streak += 1;
+                t.quiet_streak += 1;
                 if let Some(f) = &mut t.firing {
                     f.last = v.finding.clone();
                 }
             }
         }
-        // Tracks with no data this window: no evidence of badness.
+        // Tracks with no testable data this window: no evidence either way. Too few samples
+        // must not resolve an incident as fast as clean ones do, so such windows count a third.
+        // A CDN-wide or location-wide scope without a verdict means its keys were not bad
+        // together: that is evidence of clean.
         for (k, t) in self.tracks.iter_mut() {
             if !seen.contains(k) {
                 t.bad_streak = 0;
-                t.clean_streak += 1;
+                t.quiet_streak += 1;
+                if k.1.location.is_none() || k.1.cdn.is_none() {
+                    t.clean_streak += 1;
+                }
             }
         }
         let resolve_after = cfg.resolve_after;
         let mut done = Vec::new();
         for ((metric, scope), t) in self.tracks.iter() {
             match &t.firing {
-                Some(f) if t.clean_streak >= resolve_after => {
+                Some(f)
+                    if t.clean_streak >= resolve_after || t.quiet_streak >= 3 * resolve_after =>
+                {
                     let resolved_at =
-                        window_end - (t.clean_streak as i64) * (window_end - window_start);
+                        window_end - (t.quiet_streak as i64) * (window_end - window_start);
                     let mut a = alert(
                         Status::Resolved,
                         scope,
@@ -414,7 +428,7 @@ mod tests {
             1
         );
         let mut resolved = Vec::new();
-        for i in 2..5 {
+        for i in 2..11 {
             resolved.extend(inc.apply(i * 60_000, (i + 1) * 60_000, vec![], &cfg));
         }
         assert_eq!(resolved.len(), 1);
