@@ -76,7 +76,7 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
         print_alerts: false,
         serve_http: true,
     };
-    let daemon = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let daemon = tokio::spawn(daemon::run(cfg.clone(), opts.clone(), stop_rx));
 
     // 16 windows of 80 reports per key, interleaved in time; two malformed messages early on.
     let mut i = 0;
@@ -230,7 +230,47 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
 
     // The benchmark cache holds the rows and how far the topic was read, so a restart
     // neither re-reads the topic nor starts with an empty table.
-    let store = qos_sentinel::table::store::TableStore::open(state.path()).unwrap();
-    assert_eq!(store.next_offset(&k.benchmarks_topic, 0).unwrap(), Some(4));
-    assert_eq!(store.load().unwrap().len(), 4);
+    {
+        let store = qos_sentinel::table::store::TableStore::open(state.path()).unwrap();
+        assert_eq!(store.next_offset(&k.benchmarks_topic, 0).unwrap(), Some(4));
+        assert_eq!(store.load().unwrap().len(), 4);
+    }
+    let mut again = cfg.clone();
+    again.http.listen = common::free_addr();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let restarted = tokio::spawn(daemon::run(again.clone(), opts, stop_rx));
+    let base = format!("http://{}", again.http.listen);
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "restarted daemon becomes ready");
+    // Gauges are published on the next tick after readiness.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("qos_sentinel_benchmark_versions 4"),
+        "table loaded from the cache:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("qos_sentinel_records_in_total{input=\"benchmarks\"} 0"),
+        "benchmark topic not re-read:\n{metrics}"
+    );
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), restarted)
+        .await
+        .expect("restarted daemon stops on shutdown")
+        .unwrap()
+        .unwrap();
 }

@@ -235,3 +235,67 @@ mod tests {
         assert!(split_benchmark_key(b"nobar").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-shaped noise: objects with the contract's field names and values of every type.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "ts",
+            "session_id",
+            "location",
+            "cdn",
+            "asn",
+            "device",
+            "played_ms",
+            "rebuffer_ms",
+            "startup_ms",
+            "bitrate_kbps",
+            "throughput_kbps",
+            "error",
+            "error_rate",
+            "rebuffer_ratio",
+            "x",
+        ]);
+        let value = prop_oneof![
+            Just("null".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            "[a-zA-Z0-9/ :.-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            Just("\"2026-01-01T00:00:00Z\"".to_string()),
+            Just("[1,2]".to_string()),
+            Just("{}".to_string()),
+            Just("1e400".to_string()),
+        ];
+        prop::collection::vec((key, value), 0..14).prop_map(|kv| {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Nothing from the network can panic the decoders, and whatever they accept is valid.
+        #[test]
+        fn decoders_never_panic_on_json_shaped_input(s in jsonish()) {
+            if let Ok(r) = decode_report(s.as_bytes(), 65_536) {
+                prop_assert!(!r.location.is_empty() && !r.cdn.is_empty());
+                prop_assert!(r.throughput_kbps.is_none_or(|t| t.is_finite() && t >= 0.0));
+            }
+            if let Ok(b) = decode_benchmark(s.as_bytes(), 65_536) {
+                prop_assert!(b.error_rate.is_none_or(|e| (0.0..=1.0).contains(&e)));
+            }
+        }
+
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_report(&bytes, 256);
+            let _ = decode_benchmark(&bytes, 256);
+            let _ = split_benchmark_key(&bytes);
+        }
+    }
+}
