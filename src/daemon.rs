@@ -150,7 +150,7 @@ pub async fn run(
                     }
                 }
                 // Idle marking may have moved the watermark.
-                let out = engine.close_ready();
+                let out = close(&mut engine, &metrics, None);
                 emit(&alerts, &metrics, &opts, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
@@ -159,7 +159,7 @@ pub async fn run(
                     let idle = last_progress.0.elapsed();
                     if idle > idle_grace {
                         let advanced = wm + (idle - idle_grace).as_millis() as Millis;
-                        let out = engine.close_until(advanced);
+                        let out = close(&mut engine, &metrics, Some(advanced));
                         emit(&alerts, &metrics, &opts, out).await;
                     }
                 }
@@ -199,7 +199,7 @@ pub async fn run(
                 }
                 next.insert(p, o + 1);
                 last_seen.insert(p, Instant::now());
-                let out = engine.close_ready();
+                let out = close(&mut engine, &metrics, None);
                 emit(&alerts, &metrics, &opts, out).await;
             }
         }
@@ -225,7 +225,30 @@ pub async fn run(
     Ok(())
 }
 
-async fn emit(sink: &AlertSink, metrics: &Metrics, opts: &RunOptions, alerts: Vec<Alert>) {
+/// Closes what the watermark (or `until`) allows and times the detection.
+fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closing {
+    let started = Instant::now();
+    let before = engine.counters().windows_closed;
+    let alerts = match until {
+        Some(t) => engine.close_until(t),
+        None => engine.close_ready(),
+    };
+    if engine.counters().windows_closed > before {
+        metrics
+            .detection_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Closing { alerts, started }
+}
+
+/// Alerts of one close, with when the close began (for the latency metric).
+struct Closing {
+    alerts: Vec<Alert>,
+    started: Instant,
+}
+
+async fn emit(sink: &AlertSink, metrics: &Metrics, opts: &RunOptions, closing: Closing) {
+    let Closing { alerts, started } = closing;
     if alerts.is_empty() {
         return;
     }
@@ -247,6 +270,9 @@ async fn emit(sink: &AlertSink, metrics: &Metrics, opts: &RunOptions, alerts: Ve
         match sink.send_all(&alerts).await {
             Ok(()) => {
                 metrics.alerts_out.inc_by(alerts.len() as u64);
+                metrics
+                    .alert_ack_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 return;
             }
             Err(e) => {

@@ -1,7 +1,7 @@
 //! The metric catalogue: every metric the daemon exports, in one place, with all label
 //! combinations created at start so that series begin at zero.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::decode::DecodeError;
 use crate::engine::Counters;
@@ -21,6 +21,8 @@ pub struct Metrics {
     pub watermark: IntGauge,
     pub benchmark_versions: IntGauge,
     pub open_keys: IntGauge,
+    pub detection_seconds: Histogram,
+    pub alert_ack_seconds: Histogram,
     last: std::sync::Mutex<Counters>,
 }
 
@@ -45,6 +47,14 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -128,6 +138,20 @@ impl Metrics {
                 &r,
                 "qos_sentinel_open_window_keys",
                 "Keys held over all open windows.",
+            ),
+            detection_seconds: histogram(
+                &r,
+                "qos_sentinel_detection_duration_seconds",
+                "Time to close ready windows and run detection on them, per close that closed any.",
+                vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+            ),
+            alert_ack_seconds: histogram(
+                &r,
+                "qos_sentinel_alert_ack_duration_seconds",
+                "From the watermark closing a window to its alerts acknowledged by the alerts topic.",
+                vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ],
             ),
             registry: r,
             last: std::sync::Mutex::new(Counters::default()),

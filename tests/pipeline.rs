@@ -216,6 +216,12 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     assert_eq!(value(r#"qos_sentinel_join_total{result="miss"}"#), 0.0);
     assert!(value("qos_sentinel_windows_closed_total") >= 14.0);
     assert_eq!(value("qos_sentinel_benchmark_versions"), 4.0);
+    // Every close that produced alerts was timed to the broker's ack (firing and resolved may
+    // come out of one close when the watermark jumps over several windows).
+    let acks = value("qos_sentinel_alert_ack_duration_seconds_count");
+    assert!((1.0..=2.0).contains(&acks), "{acks}");
+    assert!(value("qos_sentinel_alert_ack_duration_seconds_sum") < 10.0);
+    assert!(value("qos_sentinel_detection_duration_seconds_count") >= 1.0);
     for path in ["/healthz", "/readyz"] {
         let r = reqwest::get(format!("{base}{path}")).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
