@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::config::Config;
 use crate::decode::Report;
-use crate::detect::{self, Baseline, Finding, Metric, Offsets};
+use crate::detect::{self, Baseline, Finding, Metric, Offsets, OwnLevels, Reference};
 use crate::incident::{Alert, Incidents, Scope, Verdict};
 use crate::table::{BenchmarkTable, Expected};
 use crate::time::Millis;
-use crate::window::{Acc, Closed, Key, Recorded, Windows};
+use crate::window::{Acc, Closed, Key, Normal, Recorded, Windows};
 
 /// Plain counters of what the engine did; the shell exports them as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,6 +39,16 @@ pub struct Engine {
     closes_since_prune: u32,
     /// What is normal per key and log-scale metric, relative to the benchmark.
     baselines: HashMap<(Key, Metric), Baseline>,
+    /// Own levels of keys without a benchmark (rates, or means of logs).
+    levels: HashMap<(Key, Metric), Baseline>,
+}
+
+/// A key's own level of `m`, once warm.
+fn own_level(levels: &HashMap<(Key, Metric), Baseline>, key: &Key, m: Metric) -> Option<f64> {
+    levels
+        .get(&(key.clone(), m))
+        .filter(|b| b.windows >= detect::OWN_LEVEL_WARMUP)
+        .map(|b| b.offset)
 }
 
 impl Engine {
@@ -56,6 +66,7 @@ impl Engine {
             counters: Counters::default(),
             closes_since_prune: 0,
             baselines: HashMap::new(),
+            levels: HashMap::new(),
         }
     }
 
@@ -84,21 +95,26 @@ impl Engine {
     pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
         let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
         let joined = expected.is_some();
-        let (tp_off, su_off) = if joined && !self.baselines.is_empty() {
+        let mut normal = Normal::default();
+        if joined && !self.baselines.is_empty() {
             let key = self.windows.key(&r.location, &r.cdn);
             let off = |m| {
                 self.baselines
                     .get(&(key.clone(), m))
                     .map_or(0.0, |b| b.offset)
             };
-            (off(Metric::ThroughputKbps), off(Metric::StartupMs))
-        } else {
-            (0.0, 0.0)
-        };
+            normal.throughput_offset = off(Metric::ThroughputKbps);
+            normal.startup_offset = off(Metric::StartupMs);
+        } else if !joined && !self.levels.is_empty() {
+            let key = self.windows.key(&r.location, &r.cdn);
+            let level = |m| own_level(&self.levels, &key, m);
+            normal.own_throughput_log = level(Metric::ThroughputKbps);
+            normal.own_startup_log = level(Metric::StartupMs);
+        }
         let out = self
             .windows
             .record(&r.location, &r.cdn, r.ts, source, |acc| {
-                acc.add_with(r, expected, tp_off, su_off)
+                acc.add_with(r, expected, &normal)
             });
         match out {
             Recorded::Accepted => {
@@ -186,10 +202,22 @@ impl Engine {
                     throughput: tp.offset,
                     startup: su.offset,
                 };
-                for mut f in detect::evaluate_with(acc, &self.cfg.detect, &offsets) {
-                    let warm = match f.metric {
-                        Metric::ThroughputKbps => tp.warm(),
-                        Metric::StartupMs => su.warm(),
+                let own = if acc.joined == 0 && !self.levels.is_empty() {
+                    let level = |m| own_level(&self.levels, key, m);
+                    OwnLevels {
+                        failure_rate: level(Metric::FailureRate),
+                        rebuffer_ratio: level(Metric::RebufferRatio),
+                        throughput_log: level(Metric::ThroughputKbps),
+                        startup_log: level(Metric::StartupMs),
+                    }
+                } else {
+                    OwnLevels::default()
+                };
+                for mut f in detect::evaluate_with(acc, &self.cfg.detect, &offsets, &own) {
+                    let warm = match (f.reference, f.metric) {
+                        (Reference::Baseline, _) => true, // own levels are only used warm
+                        (_, Metric::ThroughputKbps) => tp.warm(),
+                        (_, Metric::StartupMs) => su.warm(),
                         _ => true,
                     };
                     if !warm {
@@ -234,6 +262,7 @@ impl Engine {
                 self.table.prune_before(horizon);
                 // Keys unseen for as long forget what was normal for them.
                 self.baselines.retain(|_, b| b.last_seen >= horizon);
+                self.levels.retain(|_, b| b.last_seen >= horizon);
             }
         }
         alerts
@@ -241,9 +270,55 @@ impl Engine {
 
     /// Updates the per-key baselines from the clean windows' log-scale findings.
     fn learn(&mut self, keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)], at: Millis) {
+        let mut bad = std::collections::HashSet::new();
+        for (i, v) in verdicts {
+            if v.bad {
+                bad.insert((*i, v.finding.metric));
+            }
+        }
+        // Keys without a benchmark learn their own level of every metric with enough samples.
+        let min_n = self.cfg.detect.min_samples;
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            if acc.joined > 0 {
+                continue;
+            }
+            let observed = [
+                (
+                    Metric::FailureRate,
+                    acc.reports >= min_n,
+                    acc.failure_rate(),
+                ),
+                (
+                    Metric::RebufferRatio,
+                    acc.reports >= min_n && acc.sum_d > 0.0,
+                    acc.rebuffer_ratio(),
+                ),
+                (
+                    Metric::ThroughputKbps,
+                    acc.throughput.n >= min_n,
+                    acc.throughput.mean_log(),
+                ),
+                (
+                    Metric::StartupMs,
+                    acc.startup.n >= (min_n / 3).max(10),
+                    acc.startup.mean_log(),
+                ),
+            ];
+            for (m, enough, x) in observed {
+                if enough && !bad.contains(&(i, m)) {
+                    self.levels
+                        .entry((key.clone(), m))
+                        .or_default()
+                        .track(x, at);
+                }
+            }
+        }
         for (i, v) in verdicts {
             let m = v.finding.metric;
-            if v.bad || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs) {
+            if v.bad
+                || v.finding.reference != Reference::Benchmark
+                || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs)
+            {
                 continue;
             }
             let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
@@ -472,5 +547,30 @@ mod tests {
             (3_000.0..4_000.0).contains(&expected),
             "compared with what is normal: {expected}"
         );
+    }
+
+    #[test]
+    fn a_key_without_benchmark_is_watched_against_its_own_level() {
+        let mut e = Engine::new(&Config::default());
+        let mut alerts = Vec::new();
+        let mut i = 0;
+        for w in 0..16 {
+            for n in 0..100 {
+                i += 1;
+                // 1 % failures for 10 windows, then 20 %.
+                let failed = if w < 10 { i % 100 == 0 } else { n % 5 == 0 };
+                e.on_report(
+                    &report("NEW/Place", "cdn-z", w * W + n * 500, i, failed),
+                    None,
+                );
+            }
+            alerts.extend(e.close_ready());
+        }
+        assert_eq!(e.counters().join_hits, 0);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        let a = &alerts[0];
+        assert_eq!(a.rule, "failures_above_baseline");
+        assert_eq!(a.started_at, 10 * W);
+        assert!((a.expected.unwrap() - 0.01).abs() < 0.005, "{a:?}");
     }
 }

@@ -79,6 +79,9 @@ enum Command {
         cdns: usize,
         #[arg(long, default_value_t = 4_000)]
         peak_sessions: usize,
+        /// Share of location+CDN keys that get no benchmark (watched against their own level).
+        #[arg(long, default_value_t = 0.0)]
+        unbenchmarked: f64,
         /// Event time of the first report (RFC 3339); default: now minus the duration.
         #[arg(long)]
         start: Option<String>,
@@ -198,6 +201,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             locations,
             cdns,
             peak_sessions,
+            unbenchmarked,
             start,
             reports_topic,
             benchmarks_topic,
@@ -216,6 +220,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             sc.locations = locations;
             sc.cdns = cdns;
             sc.peak_sessions = peak_sessions;
+            sc.unbenchmarked_share = unbenchmarked;
             let sim = Simulator::new(sc);
             if score {
                 let cfg = Config::default();

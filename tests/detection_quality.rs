@@ -32,8 +32,15 @@ fn quiet_traffic_over_many_keys_raises_nothing() {
     sc.locations = 100;
     sc.cdns = 4;
     sc.peak_sessions = 6_000;
+    // A quarter of the keys have no benchmark: they are watched against their own level.
+    sc.unbenchmarked_share = 0.25;
     let summary = run_stream(&cfg, Simulator::new(sc));
     assert!(summary.counters.tests > 20_000, "{:?}", summary.counters);
+    assert!(
+        summary.counters.join_misses > 100_000,
+        "{:?}",
+        summary.counters
+    );
     let firing: Vec<_> = summary
         .alerts
         .iter()

@@ -44,16 +44,48 @@ impl Metric {
         }
     }
 
-    /// Name of the rule that fires on this metric.
+    /// Name of the rule that fires on this metric against a benchmark.
     pub fn rule(self) -> &'static str {
-        match self {
-            Metric::RebufferRatio => "rebuffering_above_benchmark",
-            Metric::FailureRate => "failures_above_benchmark",
-            Metric::ThroughputKbps => "throughput_below_benchmark",
-            Metric::StartupMs => "startup_above_benchmark",
+        self.rule_for(Reference::Benchmark)
+    }
+
+    /// Name of the rule that fires on this metric against `reference`.
+    pub fn rule_for(self, reference: Reference) -> &'static str {
+        match (self, reference) {
+            (Metric::RebufferRatio, Reference::Benchmark) => "rebuffering_above_benchmark",
+            (Metric::FailureRate, Reference::Benchmark) => "failures_above_benchmark",
+            (Metric::ThroughputKbps, Reference::Benchmark) => "throughput_below_benchmark",
+            (Metric::StartupMs, Reference::Benchmark) => "startup_above_benchmark",
+            (Metric::RebufferRatio, Reference::Baseline) => "rebuffering_above_baseline",
+            (Metric::FailureRate, Reference::Baseline) => "failures_above_baseline",
+            (Metric::ThroughputKbps, Reference::Baseline) => "throughput_below_baseline",
+            (Metric::StartupMs, Reference::Baseline) => "startup_above_baseline",
         }
     }
 }
+
+/// What a finding was compared with: the CDN's benchmark (adjusted by the key's learned
+/// offset), or, for a key without a benchmark, the key's own learned level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Reference {
+    #[default]
+    Benchmark,
+    Baseline,
+}
+
+/// A key's own learned levels, used where it has no benchmark (`None` until warm).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OwnLevels {
+    pub failure_rate: Option<f64>,
+    pub rebuffer_ratio: Option<f64>,
+    /// Mean of ln(throughput).
+    pub throughput_log: Option<f64>,
+    /// Mean of ln(startup ms).
+    pub startup_log: Option<f64>,
+}
+
+/// Windows of history a key without a benchmark needs before its own level is trusted.
+pub const OWN_LEVEL_WARMUP: u32 = 5;
 
 /// Severity of a finding or incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,6 +117,14 @@ pub struct Finding {
     pub effect: f64,
     /// Passed the sample, effect and robustness floors (before the multiple-test correction).
     pub eligible: bool,
+    pub reference: Reference,
+}
+
+impl Finding {
+    /// Name of the rule this finding belongs to.
+    pub fn rule(&self) -> &'static str {
+        self.metric.rule_for(self.reference)
+    }
 }
 
 /// Smallest expected failure rate and rebuffering ratio used as a null hypothesis: a benchmark
@@ -149,6 +189,18 @@ impl Baseline {
     pub fn warm(&self) -> bool {
         self.windows >= BASELINE_WARMUP
     }
+
+    /// Tracks a key's own level (no clamping: levels are not ratios).
+    pub fn track(&mut self, x: f64, at: crate::time::Millis) {
+        let a = if self.windows < 10 {
+            1.0 / (self.windows as f64 + 1.0)
+        } else {
+            0.1
+        };
+        self.offset += a * (x - self.offset);
+        self.windows = self.windows.saturating_add(1);
+        self.last_seen = at;
+    }
 }
 
 /// Learned log offsets applied to one key's expectations.
@@ -160,17 +212,33 @@ pub struct Offsets {
 
 /// Tests every metric of `acc` that has an expectation and enough samples.
 pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
-    evaluate_with(acc, cfg, &Offsets::default())
+    evaluate_with(acc, cfg, &Offsets::default(), &OwnLevels::default())
 }
 
-/// Like [`evaluate`], with expectations shifted by what is normal for the key.
-pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Finding> {
+/// Like [`evaluate`], with expectations shifted by what is normal for the key, and the key's
+/// own levels where it has no benchmark.
+pub fn evaluate_with(
+    acc: &Acc,
+    cfg: &DetectConfig,
+    offsets: &Offsets,
+    own: &OwnLevels,
+) -> Vec<Finding> {
     let mut out = Vec::with_capacity(4);
     let min_n = cfg.min_samples;
     let min_eff = cfg.min_relative_effect;
 
-    if acc.exp_error_n > 0 && acc.reports >= min_n {
-        let p0 = (acc.exp_error_sum / acc.exp_error_n as f64).max(MIN_EXPECTED_RATE);
+    let failure_ref = if acc.exp_error_n > 0 {
+        Some((
+            acc.exp_error_sum / acc.exp_error_n as f64,
+            Reference::Benchmark,
+        ))
+    } else {
+        own.failure_rate.map(|x| (x, Reference::Baseline))
+    };
+    if let Some((p0, reference)) = failure_ref
+        && acc.reports >= min_n
+    {
+        let p0 = p0.max(MIN_EXPECTED_RATE);
         let obs = acc.failure_rate();
         let p_value = match Binomial::new(p0, acc.reports) {
             // P(X >= k) = P(X > k - 1)
@@ -186,11 +254,23 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
             p_value,
             effect,
             eligible: effect >= min_eff && obs - p0 >= MIN_FAILURE_RATE_DELTA,
+            reference,
         });
     }
 
-    if acc.exp_rebuffer_d > 0.0 && acc.reports >= min_n && acc.sum_d > 0.0 {
-        let e = (acc.exp_rebuffer_wsum / acc.exp_rebuffer_d).max(MIN_EXPECTED_RATE);
+    let rebuffer_ref = if acc.exp_rebuffer_d > 0.0 {
+        Some((
+            acc.exp_rebuffer_wsum / acc.exp_rebuffer_d,
+            Reference::Benchmark,
+        ))
+    } else {
+        own.rebuffer_ratio.map(|x| (x, Reference::Baseline))
+    };
+    if let Some((e, reference)) = rebuffer_ref
+        && acc.reports >= min_n
+        && acc.sum_d > 0.0
+    {
+        let e = e.max(MIN_EXPECTED_RATE);
         let n = acc.reports as f64;
         let r = acc.rebuffer_ratio();
         // Delta method: Var(R) ≈ s² / (n·mean_d²) with s² the variance of r_i - R·d_i.
@@ -221,6 +301,7 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
             eligible: effect >= min_eff
                 && r - e >= MIN_REBUFFER_DELTA
                 && without_worst / e - 1.0 >= min_eff,
+            reference,
         });
     }
 
@@ -230,6 +311,7 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
                     higher_is_bad: bool,
                     metric,
                     offset: f64,
+                    own_log: Option<f64>,
                     (cmp, worse): (u64, u64)| {
         let min_n = if metric == Metric::StartupMs {
             // Only a session's first report carries startup time.
@@ -237,10 +319,14 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
         } else {
             min_n
         };
-        if exp_n == 0 || stats.n < min_n {
+        if stats.n < min_n {
             return None;
         }
-        let mu0 = exp_log_sum / exp_n as f64 + offset;
+        let (mu0, reference) = if exp_n > 0 {
+            (exp_log_sum / exp_n as f64 + offset, Reference::Benchmark)
+        } else {
+            (own_log?, Reference::Baseline)
+        };
         let m = stats.mean_log();
         // Startup time is reported once per session: those reports are independent.
         let deff = if metric == Metric::StartupMs {
@@ -271,6 +357,7 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
             p_value,
             effect,
             eligible: effect >= min_eff && broad,
+            reference,
         })
     };
     out.extend(log_test(
@@ -280,6 +367,7 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
         false,
         Metric::ThroughputKbps,
         offsets.throughput,
+        own.throughput_log,
         (acc.throughput_cmp, acc.throughput_worse),
     ));
     out.extend(log_test(
@@ -289,6 +377,7 @@ pub fn evaluate_with(acc: &Acc, cfg: &DetectConfig, offsets: &Offsets) -> Vec<Fi
         true,
         Metric::StartupMs,
         offsets.startup,
+        own.startup_log,
         (acc.startup_cmp, acc.startup_worse),
     ));
     out

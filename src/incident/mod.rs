@@ -120,6 +120,8 @@ struct Track {
 #[derive(Debug, Clone)]
 struct Firing {
     id: String,
+    /// The rule that fired (a key may lose or gain its benchmark while it fires).
+    rule: &'static str,
     parent_id: Option<String>,
     started_at: Millis,
     severity: Severity,
@@ -215,8 +217,9 @@ impl Incidents {
                 let sev = severity(v.finding.effect, cfg);
                 match &mut t.firing {
                     None if t.bad_streak >= cfg.fire_after => {
-                        let rule = v.finding.metric.rule();
+                        let rule = v.finding.rule();
                         let f = Firing {
+                            rule,
                             parent_id,
                             id: incident_id(rule, &v.scope, t.streak_start),
                             started_at: t.streak_start,
@@ -320,7 +323,7 @@ fn alert(
     Alert {
         id: f.id.clone(),
         status,
-        rule: f.last.metric.rule().into(),
+        rule: f.rule.into(),
         severity: f.severity,
         scope: scope.clone(),
         metric: f.last.metric,
@@ -374,6 +377,7 @@ mod tests {
                 p_value: if bad { 1e-9 } else { 0.5 },
                 effect: if bad { 19.0 } else { 0.0 },
                 eligible: bad,
+                reference: Default::default(),
             },
             bad,
         }

@@ -162,6 +162,8 @@ pub struct SimConfig {
     pub benchmark_interval: Millis,
     /// Share of sessions on a terrible home network.
     pub terrible_share: f64,
+    /// Share of (location, cdn) keys whose CDN publishes no benchmark at all.
+    pub unbenchmarked_share: f64,
     pub incidents: Vec<Injected>,
 }
 
@@ -178,6 +180,7 @@ impl SimConfig {
             report_interval: 20_000,
             benchmark_interval: 300_000,
             terrible_share: 0.01,
+            unbenchmarked_share: 0.0,
             incidents: Vec::new(),
         }
     }
@@ -460,6 +463,12 @@ impl Simulator {
     fn benchmarks(&mut self, ts: Millis) {
         for l in 0..self.locations.len() {
             for c in 0..self.cdns.len() {
+                // Deterministic per key, independent of the random stream.
+                let h = (l as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ (c as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+                if ((h >> 11) as f64 / (1u64 << 53) as f64) < self.cfg.unbenchmarked_share {
+                    continue;
+                }
                 let q = self.quality[l][c];
                 let off = self.probe_offset[l][c];
                 let noise = |rng: &mut Rng| rng.lognormal(0.0, 0.04);

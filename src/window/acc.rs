@@ -49,6 +49,16 @@ impl LogStats {
     }
 }
 
+/// What is normal for a key, as known when a report arrives: learned log offsets from the
+/// benchmark, and the key's own log levels where it has no benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Normal {
+    pub throughput_offset: f64,
+    pub startup_offset: f64,
+    pub own_throughput_log: Option<f64>,
+    pub own_startup_log: Option<f64>,
+}
+
 /// Everything one window keeps about one key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Acc {
@@ -90,18 +100,13 @@ pub struct Acc {
 impl Acc {
     /// Folds in one report and the benchmark valid at its event time, if any.
     pub fn add(&mut self, r: &Report, expected: Option<&Expected>) {
-        self.add_with(r, expected, 0.0, 0.0);
+        self.add_with(r, expected, &Normal::default());
     }
 
-    /// Like [`Acc::add`], with the key's learned log offsets of throughput and startup time
-    /// (what is normal for it relative to the benchmark) for the sign-test comparison.
-    pub fn add_with(
-        &mut self,
-        r: &Report,
-        expected: Option<&Expected>,
-        throughput_offset: f64,
-        startup_offset: f64,
-    ) {
+    /// Like [`Acc::add`], with what is normal for the key, for the sign-test comparison.
+    pub fn add_with(&mut self, r: &Report, expected: Option<&Expected>, normal: &Normal) {
+        let throughput_offset = normal.throughput_offset;
+        let startup_offset = normal.startup_offset;
         self.reports += 1;
         if r.failed() {
             self.failures += 1;
@@ -126,6 +131,19 @@ impl Acc {
         if let Some(b) = r.bitrate_kbps {
             self.bitrate_sum += b;
             self.bitrate_n += 1;
+        }
+        let has = |f: fn(&Expected) -> Option<f64>| expected.and_then(f).is_some();
+        if !has(|e| e.throughput_kbps)
+            && let (Some(level), Some(t)) = (normal.own_throughput_log, r.throughput_kbps)
+        {
+            self.throughput_cmp += 1;
+            self.throughput_worse += u64::from(t.max(1.0).ln() < level);
+        }
+        if !has(|e| e.startup_ms)
+            && let (Some(level), Some(s)) = (normal.own_startup_log, r.startup_ms)
+        {
+            self.startup_cmp += 1;
+            self.startup_worse += u64::from((s as f64).max(1.0).ln() > level);
         }
         if let Some(e) = expected {
             self.joined += 1;

@@ -6,7 +6,7 @@
 
 mod acc;
 
-pub use acc::{Acc, LogStats};
+pub use acc::{Acc, LogStats, Normal};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
