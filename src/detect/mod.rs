@@ -174,23 +174,15 @@ const MAX_OFFSET: f64 = 1.0986; // ln 3
 impl Baseline {
     /// Learns from one clean window whose raw log ratio to the benchmark was `x`.
     pub fn learn(&mut self, x: f64, at: crate::time::Millis) {
-        let x = x.clamp(-MAX_OFFSET, MAX_OFFSET);
-        // Running mean while warming up, then an EWMA over about ten windows.
-        let a = if self.windows < 10 {
-            1.0 / (self.windows as f64 + 1.0)
-        } else {
-            0.1
-        };
-        self.offset += a * (x - self.offset);
-        self.windows = self.windows.saturating_add(1);
-        self.last_seen = at;
+        self.track(x.clamp(-MAX_OFFSET, MAX_OFFSET), at);
     }
 
     pub fn warm(&self) -> bool {
         self.windows >= BASELINE_WARMUP
     }
 
-    /// Tracks a key's own level (no clamping: levels are not ratios).
+    /// Tracks a key's own level (no clamping: levels are not ratios): a running mean while
+    /// warming up, then an EWMA over about ten windows.
     pub fn track(&mut self, x: f64, at: crate::time::Millis) {
         let a = if self.windows < 10 {
             1.0 / (self.windows as f64 + 1.0)
