@@ -41,6 +41,8 @@ pub struct Engine {
     baselines: HashMap<(Key, Metric), Baseline>,
     /// Own levels of keys without a benchmark (rates, or means of logs).
     levels: HashMap<(Key, Metric), Baseline>,
+    /// Usual reports per window of each key, to notice silence.
+    volumes: HashMap<Key, Baseline>,
 }
 
 /// A key's own level of `m`, once warm.
@@ -67,6 +69,7 @@ impl Engine {
             closes_since_prune: 0,
             baselines: HashMap::new(),
             levels: HashMap::new(),
+            volumes: HashMap::new(),
         }
     }
 
@@ -186,7 +189,14 @@ impl Engine {
         let mut alerts = Vec::new();
         for w in closed {
             self.counters.windows_closed += 1;
-            let mut keys: Vec<_> = w.keys.into_iter().collect();
+            let mut present = w.keys;
+            // Keys that usually report but sent nothing in this window are tested too.
+            for (k, b) in &self.volumes {
+                if b.windows >= detect::OWN_LEVEL_WARMUP && b.offset >= detect::MIN_USUAL_VOLUME {
+                    present.entry(k.clone()).or_default();
+                }
+            }
+            let mut keys: Vec<_> = present.into_iter().collect();
             // HashMap order is random; detection output must not be.
             keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut findings: Vec<(usize, Finding)> = Vec::new();
@@ -226,6 +236,13 @@ impl Engine {
                     }
                     findings.push((i, f));
                 }
+                if let Some(b) = self.volumes.get(key)
+                    && b.windows >= detect::OWN_LEVEL_WARMUP
+                    && let Some(f) =
+                        detect::evaluate_volume(acc.reports, b.offset, &self.cfg.detect)
+                {
+                    findings.push((i, f));
+                }
             }
             let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
             let discovered = detect::benjamini_hochberg(&p, self.cfg.detect.fdr);
@@ -263,6 +280,7 @@ impl Engine {
                 // Keys unseen for as long forget what was normal for them.
                 self.baselines.retain(|_, b| b.last_seen >= horizon);
                 self.levels.retain(|_, b| b.last_seen >= horizon);
+                self.volumes.retain(|_, b| b.last_seen >= horizon);
             }
         }
         alerts
@@ -274,6 +292,19 @@ impl Engine {
         for (i, v) in verdicts {
             if v.bad {
                 bad.insert((*i, v.finding.metric));
+            }
+        }
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            let b = self.volumes.entry(key.clone()).or_default();
+            let x = acc.reports as f64;
+            let seen = b.last_seen;
+            if bad.contains(&(i, Metric::ReportVolume)) {
+                b.drift(x);
+            } else {
+                b.track(x, at);
+            }
+            if acc.reports == 0 {
+                b.last_seen = seen; // silent keys age out
             }
         }
         // Keys without a benchmark learn their own level of every metric with enough samples.
@@ -347,6 +378,23 @@ impl Engine {
         }
         let mut out = Vec::new();
         let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
+            if metric == Metric::ReportVolume {
+                let (obs, usual) = verdicts
+                    .iter()
+                    .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
+                    .fold((0.0, 0.0), |(o, u), (_, v)| {
+                        (o + v.finding.observed, u + v.finding.expected)
+                    });
+                if let Some(finding) = detect::evaluate_volume(obs as u64, usual, &self.cfg.detect)
+                {
+                    out.push(Verdict {
+                        scope,
+                        finding,
+                        bad: true,
+                    });
+                }
+                return;
+            }
             let mut merged = Acc::default();
             for i in idx {
                 merged.merge(&keys[*i].1);
@@ -572,5 +620,39 @@ mod tests {
         assert_eq!(a.rule, "failures_above_baseline");
         assert_eq!(a.started_at, 10 * W);
         assert!((a.expected.unwrap() - 0.01).abs() < 0.005, "{a:?}");
+    }
+
+    #[test]
+    fn a_key_that_goes_silent_is_an_incident() {
+        let mut e = Engine::new(&Config::default());
+        let mut alerts = Vec::new();
+        let mut i = 0;
+        for w in 0..30 {
+            for n in 0..100 {
+                for loc in ["A", "B"] {
+                    // B stops reporting entirely in windows 8..12 (an outage sends nothing).
+                    if loc == "B" && (8..12).contains(&w) {
+                        continue;
+                    }
+                    i += 1;
+                    e.on_report(&report(loc, "c", w * W + n * 500, i, false), None);
+                }
+            }
+            alerts.extend(e.close_ready());
+        }
+        assert_eq!(alerts.len(), 2, "{alerts:#?}");
+        let (fire, res) = (&alerts[0], &alerts[1]);
+        assert_eq!(fire.rule, "reports_below_usual");
+        assert_eq!(fire.scope, Scope::pair("B", "c"));
+        assert_eq!(fire.observed, 0.0);
+        assert!((fire.expected.unwrap() - 100.0).abs() < 5.0, "{fire:?}");
+        assert_eq!(fire.started_at, 8 * W);
+        assert_eq!(res.id, fire.id);
+        assert_eq!(res.resolved_at, Some(12 * W));
+        assert_eq!(
+            res.window_start,
+            14 * W,
+            "three clean windows after the return: {res:?}"
+        );
     }
 }

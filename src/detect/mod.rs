@@ -25,14 +25,18 @@ pub enum Metric {
     FailureRate,
     ThroughputKbps,
     StartupMs,
+    /// Reports per window: a key that goes quiet is news (a full outage sends no quality
+    /// reports at all).
+    ReportVolume,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::RebufferRatio,
         Metric::FailureRate,
         Metric::ThroughputKbps,
         Metric::StartupMs,
+        Metric::ReportVolume,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Metric {
             Metric::FailureRate => "failure_rate",
             Metric::ThroughputKbps => "throughput_kbps",
             Metric::StartupMs => "startup_ms",
+            Metric::ReportVolume => "report_volume",
         }
     }
 
@@ -60,6 +65,7 @@ impl Metric {
             (Metric::FailureRate, Reference::Baseline) => "failures_above_baseline",
             (Metric::ThroughputKbps, Reference::Baseline) => "throughput_below_baseline",
             (Metric::StartupMs, Reference::Baseline) => "startup_above_baseline",
+            (Metric::ReportVolume, _) => "reports_below_usual",
         }
     }
 }
@@ -179,6 +185,12 @@ impl Baseline {
 
     pub fn warm(&self) -> bool {
         self.windows >= BASELINE_WARMUP
+    }
+
+    /// Follows a level slowly even through bad windows, so that a lasting change (traffic
+    /// steered away for good) becomes the new normal after a few dozen windows.
+    pub fn drift(&mut self, x: f64) {
+        self.offset += 0.03 * (x - self.offset);
     }
 
     /// Tracks a key's own level (no clamping: levels are not ratios): a running mean while
@@ -373,6 +385,34 @@ pub fn evaluate_with(
         (acc.startup_cmp, acc.startup_worse),
     ));
     out
+}
+
+/// Fewest usual reports per window before a key's silence is tested.
+pub const MIN_USUAL_VOLUME: f64 = 60.0;
+
+/// Is a key's report count far below its usual level? Lower-tail Poisson test, and the count
+/// must have at least halved: load curves and session churn move counts, outages cut them.
+pub fn evaluate_volume(observed: u64, usual: f64, cfg: &DetectConfig) -> Option<Finding> {
+    if usual < MIN_USUAL_VOLUME {
+        return None;
+    }
+    // Reports come in sessions (about DESIGN_EFFECT per window each), so counts vary more
+    // than a Poisson of reports: test the count of "session equivalents".
+    let p_value = match statrs::distribution::Poisson::new(usual / DESIGN_EFFECT) {
+        Ok(d) => d.cdf((observed as f64 / DESIGN_EFFECT).floor() as u64),
+        Err(_) => 1.0,
+    };
+    let effect = usual / (observed.max(1) as f64) - 1.0;
+    Some(Finding {
+        metric: Metric::ReportVolume,
+        observed: observed as f64,
+        expected: usual,
+        samples: observed,
+        p_value,
+        effect,
+        eligible: (observed as f64) <= 0.5 * usual && effect >= cfg.min_relative_effect,
+        reference: Reference::Baseline,
+    })
 }
 
 /// Benjamini-Hochberg: which of `p_values` are discoveries at false discovery rate `q`.

@@ -154,6 +154,10 @@ fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String 
             "startup {:.0} ms vs {:.0} ms expected",
             f.observed, f.expected
         ),
+        Metric::ReportVolume => format!(
+            "{:.0} reports in the window vs {:.0} usual",
+            f.observed, f.expected
+        ),
     };
     let where_ = match (&scope.location, &scope.cdn) {
         (Some(l), Some(c)) => format!("{c} at {l}"),
@@ -268,8 +272,11 @@ impl Incidents {
         // together: that is evidence of clean.
         for (k, t) in self.tracks.iter_mut() {
             if !seen.contains(k) {
-                t.bad_streak = 0;
+                // A thin window between two bad ones does not break the run; a longer gap does.
                 t.quiet_streak += 1;
+                if t.quiet_streak > 2 {
+                    t.bad_streak = 0;
+                }
                 if k.1.location.is_none() || k.1.cdn.is_none() {
                     t.clean_streak += 1;
                 }

@@ -62,6 +62,8 @@ pub enum IncidentKind {
     FailureSpike,
     /// Startup time regresses for one location+CDN.
     StartupRegression,
+    /// One location+CDN stops sending reports at all (players cannot even start).
+    Outage,
 }
 
 impl IncidentKind {
@@ -73,6 +75,7 @@ impl IncidentKind {
             }
             IncidentKind::FailureSpike => &["failure_rate"],
             IncidentKind::StartupRegression => &["startup_ms"],
+            IncidentKind::Outage => &["report_volume"],
         }
     }
 }
@@ -135,6 +138,9 @@ impl Injected {
                     "startup time regresses on {} at {}",
                     self.cdn, self.location
                 )
+            }
+            IncidentKind::Outage => {
+                format!("{} stops serving {} (no reports)", self.cdn, self.location)
             }
         };
         format!(
@@ -218,6 +224,14 @@ impl SimConfig {
                 cdn: "cdn-c".into(),
                 start: at(0.68),
                 end: at(0.85),
+            },
+            // At the same time as another incident, elsewhere: on-call gets both.
+            Injected {
+                kind: IncidentKind::Outage,
+                location: names[3].clone(),
+                cdn: "cdn-a".into(),
+                start: at(0.35),
+                end: at(0.47),
             },
         ];
         c
@@ -403,6 +417,7 @@ impl Simulator {
                     }
                     IncidentKind::FailureSpike => err = err.max(0.12),
                     IncidentKind::StartupRegression => startup *= 3.5,
+                    IncidentKind::Outage => {}
                 }
             }
         }
@@ -507,7 +522,14 @@ impl Simulator {
         let mut reports = Vec::with_capacity(self.sessions.len());
         for i in 0..self.sessions.len() {
             let ts = t + self.sessions[i].phase;
-            reports.push(self.report(i, ts));
+            let (loc, cdn) = (self.sessions[i].loc, self.sessions[i].cdn);
+            let silenced = self.cfg.incidents.iter().any(|inc| {
+                inc.kind == IncidentKind::Outage
+                    && inc.hits(&self.locations[loc], &self.cdns[cdn], ts)
+            });
+            if !silenced {
+                reports.push(self.report(i, ts));
+            }
             self.sessions[i].remaining -= 1;
         }
         reports.sort_by_key(|r| r.ts);

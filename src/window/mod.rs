@@ -226,6 +226,22 @@ impl Windows {
         }
         let boundary = self.start_of(watermark);
         if boundary > self.closed_until {
+            // Windows that got no report at all still close (as empty ones): silence is news.
+            // Only after the first close, and at most a couple of hours of them at once.
+            if self.closed_until != Millis::MIN {
+                let mut s = self.closed_until.max(boundary - 120 * self.size);
+                while s + self.size <= boundary {
+                    if !out.iter().any(|c| c.start == s) {
+                        out.push(Closed {
+                            start: s,
+                            end: s + self.size,
+                            keys: HashMap::new(),
+                        });
+                    }
+                    s += self.size;
+                }
+                out.sort_by_key(|c| c.start);
+            }
             self.closed_until = boundary;
         }
         if self.open.is_empty() {
@@ -332,7 +348,12 @@ mod tests {
         assert!(w.close_ready().is_empty());
         w.set_idle(1);
         assert_eq!(w.watermark(), Some(300_000));
-        assert_eq!(w.close_ready().len(), 1);
+        // [0, 60s) with its reports, then the empty windows up to the watermark: silence
+        // must be evaluated too.
+        let closed = w.close_ready();
+        assert_eq!(closed.len(), 5);
+        assert_eq!(closed.iter().filter(|c| !c.keys.is_empty()).count(), 1);
+        assert!(closed.windows(2).all(|p| p[0].end == p[1].start));
         w.remove_partition(0);
         assert_eq!(w.watermark(), Some(20_000), "all idle: the newest of all");
     }
