@@ -68,7 +68,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     cfg.validate()?;
 
     let duration = opts.minutes as Millis * 60_000;
-    let start = now_ms().div_euclid(60_000) * 60_000 - duration;
+    // Yesterday's evening peak, whatever the time now: the story does not depend on when the
+    // demo is run (thin night-time traffic makes startup regressions hard to see).
+    let day = now_ms().div_euclid(86_400_000) * 86_400_000;
+    let start = day - 86_400_000 + 18 * 3_600_000;
     let sim = Simulator::new(SimConfig::demo(opts.seed, start, duration));
     let labels = Labels::of(&sim, cfg.window_ms());
     println!("qos-sentinel demo: in-process Kafka at {brokers}");

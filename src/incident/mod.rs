@@ -166,6 +166,9 @@ fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String 
         (None, None) => "everywhere".into(),
     };
     match status {
+        Status::Firing if f.metric == Metric::ReportVolume => {
+            format!("{where_}: {what} since {}.", format_ms(since))
+        }
         Status::Firing => format!(
             "{where_}: {what} over {} reports since {}.",
             f.samples,
