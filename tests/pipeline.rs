@@ -169,12 +169,7 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     // The metrics an operator scrapes exist and moved with what happened.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let base = format!("http://{}", cfg.http.listen);
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape(&base).await;
     let value = |series: &str| -> f64 {
         metrics
             .lines()
@@ -256,12 +251,7 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     assert!(ready, "restarted daemon becomes ready");
     // Gauges are published on the next tick after readiness.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::scrape(&base).await;
     assert!(
         metrics.contains("qos_sentinel_benchmark_versions 4"),
         "table loaded from the cache:\n{metrics}"

@@ -20,6 +20,16 @@ pub fn free_addr() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
+/// The Prometheus text served at `{base}/metrics`.
+pub async fn scrape(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// A config for one test: unique topics and group, state in `state_dir`. Brokers are set
 /// once the cluster is up.
 pub fn test_config(state_dir: &std::path::Path) -> Config {
