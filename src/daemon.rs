@@ -23,6 +23,7 @@ use crate::engine::Engine;
 use crate::http::Readiness;
 use crate::incident::{Alert, Status};
 use crate::metrics::Metrics;
+use crate::notify::deliver::Dispatcher;
 use crate::notify::{self, AlertSink, DeadLetter, DeadLetters};
 use crate::source::{self, BenchmarkUpdate};
 use crate::table::store::TableStore;
@@ -67,6 +68,7 @@ pub async fn run(
     info!(versions = table.len(), "Loaded benchmark cache.");
     let mut engine = Engine::with_table(&cfg, table);
 
+    let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
     let producer = notify::producer(&cfg.kafka)?;
     let alerts = AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic);
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
@@ -151,7 +153,7 @@ pub async fn run(
                 }
                 // Idle marking may have moved the watermark.
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &metrics, &opts, out).await;
+                emit(&alerts, &dispatcher, &metrics, &opts, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
                     last_progress = (Instant::now(), wm);
@@ -160,8 +162,11 @@ pub async fn run(
                     if idle > idle_grace {
                         let advanced = wm + (idle - idle_grace).as_millis() as Millis;
                         let out = close(&mut engine, &metrics, Some(advanced));
-                        emit(&alerts, &metrics, &opts, out).await;
+                        emit(&alerts, &dispatcher, &metrics, &opts, out).await;
                     }
+                }
+                if let Err(e) = dispatcher.repeat_due() {
+                    error!(error = %e, "Cannot queue repeats in the outbox.");
                 }
                 store_offsets(&consumer, &topic, &engine, &next);
                 let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
@@ -200,7 +205,7 @@ pub async fn run(
                 next.insert(p, o + 1);
                 last_seen.insert(p, Instant::now());
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &metrics, &opts, out).await;
+                emit(&alerts, &dispatcher, &metrics, &opts, out).await;
             }
         }
     }
@@ -222,6 +227,7 @@ pub async fn run(
         debug!(error = %e, "Final commit.");
     }
     let _ = tokio::task::spawn_blocking(move || reader.handle.join()).await;
+    dispatcher.shutdown(cfg.notify.flush_timeout).await;
     Ok(())
 }
 
@@ -247,10 +253,24 @@ struct Closing {
     started: Instant,
 }
 
-async fn emit(sink: &AlertSink, metrics: &Metrics, opts: &RunOptions, closing: Closing) {
+async fn emit(
+    sink: &AlertSink,
+    dispatcher: &Dispatcher,
+    metrics: &Metrics,
+    opts: &RunOptions,
+    closing: Closing,
+) {
     let Closing { alerts, started } = closing;
     if alerts.is_empty() {
         return;
+    }
+    // Into the outbox (synced) before anything else: the offsets behind these alerts are
+    // committed only after this returns, so a crash either replays them or finds them here.
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = dispatcher.enqueue(&alerts) {
+        error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write alerts to the outbox.");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
     for a in &alerts {
         let status = match a.status {

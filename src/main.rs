@@ -170,8 +170,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::CheckConfig { file } => {
-            load_config(&file)?;
+            let cfg = load_config(&file)?;
             println!("{}: ok", file.display());
+            for r in &cfg.notify.receivers {
+                // Names and routing only: URLs and keys are secrets.
+                println!(
+                    "  receiver {}: {:?}, repeat {}, rate limit {}/min",
+                    r.name,
+                    r.kind,
+                    r.repeat().map_or_else(
+                        || "never".into(),
+                        |d| humantime::format_duration(d).to_string()
+                    ),
+                    r.rate_limit()
+                );
+            }
             Ok(())
         }
         Command::Demo {

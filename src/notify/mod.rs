@@ -1,5 +1,10 @@
-//! Outputs: alerts to the Kafka alerts topic (keyed by scope, idempotent producer) and bad
-//! input to the dead-letter topic (original key and value, reason in headers).
+//! Outputs: alerts to the Kafka alerts topic (keyed by scope, idempotent producer), to HTTP
+//! receivers through a durable outbox ([`deliver`]), and bad input to the dead-letter topic
+//! (original key and value, reason in headers).
+
+pub mod deliver;
+pub mod outbox;
+pub mod render;
 
 use std::time::Duration;
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -13,6 +15,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use qos_sentinel::config::Config;
+use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> String {
@@ -155,6 +158,88 @@ pub fn read_until(
                 value: m.payload().map(<[u8]>::to_vec),
                 headers,
             });
+        }
+    }
+    out
+}
+
+/// 40 simulated minutes from 2026-01-01 18:00 UTC on 6 locations x 2 CDNs with a failure
+/// spike (minutes 8-22) and a degradation (minutes 10-24): a few firing and resolved alerts,
+/// ~100k reports, small enough for the mock cluster's partitions.
+pub fn two_incident_sim() -> Simulator {
+    let start = 1_767_290_400_000; // 2026-01-01T18:00:00Z
+    let min = 60_000;
+    let mut c = SimConfig::quiet(7, start, 40 * min);
+    c.locations = 6;
+    c.cdns = 2;
+    c.peak_sessions = 1_000;
+    let names = qos_sentinel::sim::location_names(c.locations);
+    c.incidents = vec![
+        Injected {
+            kind: IncidentKind::FailureSpike,
+            location: names[0].clone(),
+            cdn: "cdn-a".into(),
+            start: start + 8 * min,
+            end: start + 22 * min,
+        },
+        Injected {
+            kind: IncidentKind::Degradation,
+            location: names[1].clone(),
+            cdn: "cdn-b".into(),
+            start: start + 10 * min,
+            end: start + 24 * min,
+        },
+    ];
+    Simulator::new(c)
+}
+
+/// Produces all of `sim` to the config's topics as fast as the broker takes it.
+pub async fn feed_sim(cfg: &Config, sim: Simulator) -> qos_sentinel::sim::feed::FeedStats {
+    let producer = qos_sentinel::notify::producer(&cfg.kafka).expect("producer");
+    let opts = qos_sentinel::sim::feed::FeedOptions {
+        reports_topic: cfg.kafka.reports_topic.clone(),
+        benchmarks_topic: cfg.kafka.benchmarks_topic.clone(),
+        speed: 0.0,
+        bad_every: 0,
+    };
+    qos_sentinel::sim::feed::feed(&producer, sim, &opts, None, |_, _| {})
+        .await
+        .expect("feed")
+}
+
+/// Alerts on the alerts topic, read until every incident that fired has resolved and nothing
+/// new came for `quiet`.
+pub fn settled_alerts(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    quiet: Duration,
+) -> Vec<qos_sentinel::incident::Alert> {
+    use qos_sentinel::incident::{Alert, Status};
+    let c = tail(brokers, topic);
+    let start = Instant::now();
+    let mut out: Vec<Alert> = Vec::new();
+    let mut last_new = Instant::now();
+    while start.elapsed() < timeout {
+        let got = read_until(&c, Duration::from_millis(500), |r| !r.is_empty());
+        for m in &got {
+            out.push(
+                serde_json::from_slice(m.value.as_deref().unwrap_or_default()).expect("alert JSON"),
+            );
+            last_new = Instant::now();
+        }
+        let fired: Vec<&str> = out
+            .iter()
+            .filter(|a| a.status == Status::Firing)
+            .map(|a| a.id.as_str())
+            .collect();
+        let all_resolved = !fired.is_empty()
+            && fired.iter().all(|id| {
+                out.iter()
+                    .any(|a| a.id == *id && a.status == Status::Resolved)
+            });
+        if all_resolved && last_new.elapsed() >= quiet {
+            break;
         }
     }
     out

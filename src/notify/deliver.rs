@@ -1,0 +1,690 @@
+//! Delivery to HTTP receivers: routing, grouping, repeats, the outbox, and one worker per
+//! receiver that retries with backoff until a deadline.
+//!
+//! Detection only ever waits for the outbox write; a slow or dead receiver delays its own
+//! worker and nothing else.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use tokio::sync::{Notify, watch};
+use tracing::{debug, error, info, warn};
+
+use super::outbox::{Delivery, Key, Outbox, OutboxError};
+use super::render;
+use crate::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
+use crate::incident::{Alert, Status};
+use crate::time::Millis;
+
+/// Outcomes counted per receiver in `qos_sentinel_deliveries_total`.
+pub const OUTCOMES: [&str; 5] = ["delivered", "retried", "failed", "expired", "dropped"];
+
+/// Delivery metrics, registered in the daemon's registry.
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    pub deliveries: IntCounterVec,
+    pub outbox_depth: IntGaugeVec,
+    pub latency: HistogramVec,
+}
+
+impl DeliveryMetrics {
+    pub fn register(r: &prometheus::Registry, receivers: &[ReceiverConfig]) -> Self {
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "qos_sentinel_deliveries_total",
+                "Attempts to deliver a message to a receiver, by receiver and outcome.",
+            ),
+            &["receiver", "outcome"],
+        )
+        .expect("static metric definition");
+        let outbox_depth = IntGaugeVec::new(
+            Opts::new(
+                "qos_sentinel_outbox_depth",
+                "Messages waiting in the outbox, by receiver.",
+            ),
+            &["receiver"],
+        )
+        .expect("static metric definition");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "qos_sentinel_delivery_duration_seconds",
+                "From queueing a message to the receiver's 2xx, by receiver.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+            ]),
+            &["receiver"],
+        )
+        .expect("static metric definition");
+        for rc in receivers {
+            for o in OUTCOMES {
+                deliveries.with_label_values(&[rc.name.as_str(), o]);
+            }
+            outbox_depth.with_label_values(&[rc.name.as_str()]);
+            latency.with_label_values(&[rc.name.as_str()]);
+        }
+        for c in [
+            Box::new(deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbox_depth.clone()),
+            Box::new(latency.clone()),
+        ] {
+            // Registered once per registry; a second dispatcher on one registry keeps the first.
+            let _ = r.register(c);
+        }
+        DeliveryMetrics {
+            deliveries,
+            outbox_depth,
+            latency,
+        }
+    }
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// What became of one attempt.
+#[derive(Debug, PartialEq)]
+enum Attempt {
+    Done,
+    /// Retry, no sooner than this (Retry-After) when the receiver said so.
+    Retry {
+        after: Option<Duration>,
+        why: String,
+    },
+    Fail(String),
+}
+
+struct Receiver {
+    cfg: ReceiverConfig,
+    wake: Notify,
+}
+
+/// A firing incident the dispatcher may have to repeat.
+struct Firing {
+    alert: Alert,
+    /// Per receiver index: when it was last queued there, and how many repeats so far.
+    sent: HashMap<usize, (Instant, u32)>,
+}
+
+#[derive(Default)]
+struct RouteState {
+    firing: HashMap<String, Firing>,
+    /// (receiver, incident id) held back because a parent was firing there.
+    held: HashSet<(usize, String)>,
+}
+
+pub struct Dispatcher {
+    receivers: Vec<Arc<Receiver>>,
+    outbox: Arc<Outbox>,
+    metrics: DeliveryMetrics,
+    state: Mutex<RouteState>,
+    max_outbox: usize,
+    stop: watch::Sender<bool>,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Dispatcher {
+    /// Opens the outbox under `state_dir` and starts one worker per receiver. Deliveries left
+    /// for receivers no longer configured are dropped, with a warning.
+    pub fn start(
+        cfg: &NotifyConfig,
+        state_dir: &Path,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>, OutboxError> {
+        let outbox = Arc::new(Outbox::open(state_dir)?);
+        let metrics = DeliveryMetrics::register(registry, &cfg.receivers);
+        for name in outbox.receivers() {
+            if !cfg.receivers.iter().any(|r| r.name == name) {
+                let n = outbox.purge(&name)?;
+                warn!(receiver = %name, dropped = n, "Receiver no longer configured: dropped its pending deliveries.");
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .user_agent(concat!("qos-sentinel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let (stop, _) = watch::channel(false);
+        let receivers: Vec<Arc<Receiver>> = cfg
+            .receivers
+            .iter()
+            .map(|c| {
+                Arc::new(Receiver {
+                    cfg: c.clone(),
+                    wake: Notify::new(),
+                })
+            })
+            .collect();
+        let d = Arc::new(Dispatcher {
+            receivers: receivers.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+            state: Mutex::new(RouteState::default()),
+            max_outbox: cfg.max_outbox,
+            stop,
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut handles = Vec::new();
+        for r in receivers {
+            let pending = outbox.depth(&r.cfg.name);
+            metrics
+                .outbox_depth
+                .with_label_values(&[r.cfg.name.as_str()])
+                .set(pending as i64);
+            if pending > 0 {
+                info!(receiver = %r.cfg.name, pending, "Resuming deliveries left in the outbox.");
+            }
+            handles.push(tokio::spawn(worker(
+                r,
+                outbox.clone(),
+                client.clone(),
+                metrics.clone(),
+                cfg.deadline,
+                d.stop.subscribe(),
+            )));
+        }
+        *d.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        Ok(d)
+    }
+
+    pub fn has_receivers(&self) -> bool {
+        !self.receivers.is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Routes alerts that changed together to the receivers, grouped, and writes them to the
+    /// outbox (synced) before returning. Only an outbox failure is an error.
+    pub fn enqueue(&self, alerts: &[Alert]) -> Result<(), OutboxError> {
+        if self.receivers.is_empty() || alerts.is_empty() {
+            return Ok(());
+        }
+        let queued_ms = now_ms();
+        let now = Instant::now();
+        let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
+        {
+            let mut st = self.lock();
+            for a in alerts {
+                for (i, r) in self.receivers.iter().enumerate() {
+                    if !render::routes(&r.cfg, a) {
+                        continue;
+                    }
+                    let key = (i, a.id.clone());
+                    let parent_firing = a
+                        .parent_id
+                        .as_ref()
+                        .is_some_and(|p| st.firing.get(p).is_some_and(|f| f.sent.contains_key(&i)));
+                    match a.status {
+                        Status::Firing if r.cfg.hold_children && parent_firing => {
+                            st.held.insert(key);
+                            continue;
+                        }
+                        // Its firing was never sent here: neither is its resolution.
+                        Status::Resolved if st.held.remove(&key) => continue,
+                        _ => {}
+                    }
+                    per[i].push(a.clone());
+                }
+                match a.status {
+                    Status::Firing => {
+                        let f = st.firing.entry(a.id.clone()).or_insert_with(|| Firing {
+                            alert: a.clone(),
+                            sent: HashMap::new(),
+                        });
+                        f.alert = a.clone();
+                        for (i, list) in per.iter().enumerate() {
+                            if list.last().is_some_and(|l| l.id == a.id) {
+                                f.sent.insert(i, (now, 0));
+                            }
+                        }
+                    }
+                    Status::Resolved => {
+                        st.firing.remove(&a.id);
+                    }
+                }
+            }
+        }
+        self.push(per, 0, queued_ms)
+    }
+
+    /// Queues reminders of incidents still firing whose receiver's repeat interval has passed.
+    pub fn repeat_due(&self) -> Result<(), OutboxError> {
+        if self.receivers.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
+        let mut repeat = 0;
+        {
+            let mut st = self.lock();
+            for f in st.firing.values_mut() {
+                for (i, (last, n)) in f.sent.iter_mut() {
+                    let Some(every) = self.receivers[*i].cfg.repeat() else {
+                        continue;
+                    };
+                    if now.duration_since(*last) >= every {
+                        *last = now;
+                        *n += 1;
+                        repeat = repeat.max(*n);
+                        per[*i].push(f.alert.clone());
+                    }
+                }
+            }
+        }
+        self.push(per, repeat, now_ms())
+    }
+
+    fn push(
+        &self,
+        per: Vec<Vec<Alert>>,
+        repeat: u32,
+        queued_ms: Millis,
+    ) -> Result<(), OutboxError> {
+        let mut items: Vec<(&str, Delivery)> = Vec::new();
+        for (i, list) in per.into_iter().enumerate() {
+            let r = &self.receivers[i].cfg;
+            let size = if render::groups(r.kind) {
+                r.group_max
+            } else {
+                1
+            };
+            for chunk in list.chunks(size) {
+                items.push((
+                    r.name.as_str(),
+                    Delivery {
+                        alerts: chunk.to_vec(),
+                        repeat,
+                        queued_ms,
+                    },
+                ));
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let dropped = self.outbox.push(&items, self.max_outbox)?;
+        for (name, n) in dropped {
+            error!(receiver = %name, dropped = n, "Outbox full: dropped the oldest deliveries.");
+            self.metrics
+                .deliveries
+                .with_label_values(&[name.as_str(), "dropped"])
+                .inc_by(n as u64);
+        }
+        for r in &self.receivers {
+            self.metrics
+                .outbox_depth
+                .with_label_values(&[r.cfg.name.as_str()])
+                .set(self.outbox.depth(&r.cfg.name) as i64);
+            r.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Deliveries waiting over all receivers.
+    pub fn pending(&self) -> usize {
+        self.outbox.total()
+    }
+
+    /// Keeps delivering until the outbox is empty or `timeout` passed, then stops the workers.
+    /// What is left stays in the outbox for the next start. Returns what was left.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        let until = Instant::now() + timeout;
+        while self.pending() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+        let handles = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            let _ = h.await;
+        }
+        let left = self.pending();
+        if left > 0 {
+            warn!(
+                left,
+                "Shutdown: deliveries left in the outbox for the next start."
+            );
+        }
+        left
+    }
+}
+
+/// Delivers one receiver's outbox entries in order.
+async fn worker(
+    r: Arc<Receiver>,
+    outbox: Arc<Outbox>,
+    client: reqwest::Client,
+    metrics: DeliveryMetrics,
+    deadline: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = r.cfg.name.as_str();
+    let mut bucket = Bucket::new(r.cfg.rate_limit());
+    let mut rng = seed();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let head = match outbox.head(name) {
+            Ok(h) => h,
+            Err(e) => {
+                error!(receiver = name, error = %e, "Cannot read the outbox.");
+                if pause(&mut stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some((key, d)) = head else {
+            tokio::select! {
+                _ = r.wake.notified() => {}
+                _ = stop.changed() => return,
+                // A push racing the check above still gets seen.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        };
+        if let Some(wait) = bucket.take() {
+            if pause(&mut stop, wait).await {
+                return;
+            }
+            continue;
+        }
+        let mut attempt = 0u32;
+        loop {
+            match send(&client, &r.cfg, &d).await {
+                Attempt::Done => {
+                    metrics
+                        .deliveries
+                        .with_label_values(&[name, "delivered"])
+                        .inc();
+                    let age = (now_ms() - d.queued_ms).max(0) as f64 / 1000.0;
+                    metrics.latency.with_label_values(&[name]).observe(age);
+                    debug!(receiver = name, alerts = d.alerts.len(), "Delivered.");
+                    break;
+                }
+                Attempt::Fail(why) => {
+                    metrics
+                        .deliveries
+                        .with_label_values(&[name, "failed"])
+                        .inc();
+                    warn!(receiver = name, alerts = d.alerts.len(), error = %why,
+                        "Receiver rejected a delivery; not retrying.");
+                    break;
+                }
+                Attempt::Retry { after, why } => {
+                    attempt += 1;
+                    let wait = backoff(attempt, &mut rng).max(after.unwrap_or_default());
+                    let expires = d.queued_ms + deadline.as_millis() as Millis;
+                    if now_ms() + wait.as_millis() as Millis > expires {
+                        metrics
+                            .deliveries
+                            .with_label_values(&[name, "expired"])
+                            .inc();
+                        error!(receiver = name, alerts = d.alerts.len(), attempts = attempt, error = %why,
+                            "Giving up on a delivery: retry deadline passed.");
+                        break;
+                    }
+                    metrics
+                        .deliveries
+                        .with_label_values(&[name, "retried"])
+                        .inc();
+                    if attempt == 1 {
+                        warn!(receiver = name, error = %why, "Delivery failed; retrying with backoff.");
+                    } else {
+                        debug!(receiver = name, attempt, error = %why, "Delivery failed again.");
+                    }
+                    if pause(&mut stop, wait).await {
+                        return;
+                    }
+                }
+            }
+        }
+        done(&outbox, &metrics, name, &key);
+    }
+}
+
+fn done(outbox: &Outbox, metrics: &DeliveryMetrics, name: &str, key: &Key) {
+    if let Err(e) = outbox.remove(key) {
+        error!(receiver = name, error = %e, "Cannot remove a delivery from the outbox.");
+    }
+    metrics
+        .outbox_depth
+        .with_label_values(&[name])
+        .set(outbox.depth(name) as i64);
+}
+
+/// Sleeps, unless told to stop first; true when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Exponential backoff from 500 ms, capped at 60 s, with jitter (50-100 % of the step).
+fn backoff(attempt: u32, rng: &mut u64) -> Duration {
+    let step = 500u64
+        .saturating_mul(1 << attempt.min(7).saturating_sub(1))
+        .min(60_000);
+    // xorshift64: jitter needs spread, not cryptographic quality.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    Duration::from_millis(step / 2 + *rng % (step / 2 + 1))
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    t | 1
+}
+
+/// Token bucket of `per_minute` tokens refilled continuously; 0 = unlimited.
+struct Bucket {
+    per_minute: u32,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(per_minute: u32) -> Self {
+        Bucket {
+            per_minute,
+            tokens: f64::from(per_minute),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Option<Duration> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let cap = f64::from(self.per_minute);
+        let rate = cap / 60.0;
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(cap);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+/// One attempt at a delivery. Webhooks get one POST per alert (a delivery for them holds
+/// exactly one); Slack and Alertmanager one POST per group.
+async fn send(client: &reqwest::Client, r: &ReceiverConfig, d: &Delivery) -> Attempt {
+    let (url, body, headers) = match request(r, d) {
+        Ok(x) => x,
+        Err(e) => return Attempt::Fail(e),
+    };
+    let result = client.post(url).headers(headers).body(body).send().await;
+    match result {
+        Ok(resp) => classify(resp.status(), resp.headers()),
+        // reqwest errors name the URL, which is a secret (Slack and webhook URLs carry tokens).
+        Err(e) => Attempt::Retry {
+            after: None,
+            why: e.without_url().to_string(),
+        },
+    }
+}
+
+fn request(r: &ReceiverConfig, d: &Delivery) -> Result<(String, Vec<u8>, HeaderMap), String> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        CONTENT_TYPE,
+        "application/json".parse().map_err(|_| "header")?,
+    );
+    let link = r.link_template.as_deref();
+    let base = r.url.expose();
+    let encode = |v: &serde_json::Value| serde_json::to_vec(v).map_err(|e| e.to_string());
+    match r.kind {
+        ReceiverKind::Slack => Ok((
+            base.to_string(),
+            encode(&render::slack(&d.alerts, link))?,
+            h,
+        )),
+        ReceiverKind::Alertmanager => {
+            let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
+            Ok((
+                url,
+                encode(&render::alertmanager(&d.alerts, link, now_ms()))?,
+                h,
+            ))
+        }
+        ReceiverKind::Webhook => {
+            let [a] = d.alerts.as_slice() else {
+                return Err(format!("webhook delivery holds {} alerts", d.alerts.len()));
+            };
+            let body = serde_json::to_vec(a).map_err(|e| e.to_string())?;
+            let ts = now_ms() / 1000;
+            let key = render::idempotency_key(a, d.repeat);
+            h.insert(
+                render::IDEMPOTENCY_HEADER,
+                key.parse().map_err(|_| "idempotency key")?,
+            );
+            h.insert(render::TIMESTAMP_HEADER, ts.into());
+            if let Some(s) = &r.hmac_secret {
+                let sig = render::sign(s.expose().as_bytes(), ts, &body);
+                h.insert(
+                    render::SIGNATURE_HEADER,
+                    sig.parse().map_err(|_| "signature")?,
+                );
+            }
+            Ok((base.to_string(), body, h))
+        }
+    }
+}
+
+/// 2xx is done; 408, 429 and 5xx are retried (after Retry-After when given); any other status
+/// is a failure that retrying will not fix.
+fn classify(status: StatusCode, headers: &HeaderMap) -> Attempt {
+    if status.is_success() {
+        return Attempt::Done;
+    }
+    let retryable = status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT;
+    if retryable {
+        Attempt::Retry {
+            after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(retry_after),
+            why: format!("HTTP {status}"),
+        }
+    } else {
+        Attempt::Fail(format!("HTTP {status}"))
+    }
+}
+
+/// Retry-After as seconds or an HTTP date; capped at an hour.
+fn retry_after(v: &str) -> Option<Duration> {
+    let d = match v.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v.trim())
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(d.min(Duration::from_secs(3600)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        let h = HeaderMap::new();
+        assert_eq!(classify(StatusCode::NO_CONTENT, &h), Attempt::Done);
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, &h),
+            Attempt::Retry { after: None, .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, &h),
+            Attempt::Fail(_)
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert!(matches!(
+            classify(StatusCode::TOO_MANY_REQUESTS, &h),
+            Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(7)
+        ));
+    }
+
+    #[test]
+    fn retry_after_takes_http_dates() {
+        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
+        let d = retry_after(&in_a_minute).unwrap();
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(61),
+            "{d:?}"
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut rng = 42;
+        let b1 = backoff(1, &mut rng);
+        assert!(b1 >= Duration::from_millis(250) && b1 <= Duration::from_millis(500));
+        let b4 = backoff(4, &mut rng);
+        assert!(b4 >= Duration::from_millis(2000) && b4 <= Duration::from_millis(4000));
+        for a in [20, 100, u32::MAX] {
+            assert!(backoff(a, &mut rng) <= Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn bucket_limits_rate() {
+        let mut b = Bucket::new(2);
+        assert!(b.take().is_none());
+        assert!(b.take().is_none());
+        let wait = b.take().unwrap();
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(Bucket::new(0).take().is_none());
+    }
+}

@@ -1,0 +1,421 @@
+//! What receivers get: routing patterns, the Slack, Alertmanager and webhook bodies, and the
+//! webhook signature.
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::config::{ReceiverConfig, ReceiverKind};
+use crate::detect::{Metric, Severity};
+use crate::incident::{Alert, Status};
+use crate::time::{Millis, format_ms};
+
+/// Header carrying the Unix time (seconds) the webhook request was signed at.
+pub const TIMESTAMP_HEADER: &str = "X-QoS-Timestamp";
+/// Header carrying `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+pub const SIGNATURE_HEADER: &str = "X-QoS-Signature";
+/// Header naming the state change, the same on every retry of it.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// `*` matches any run of characters, `?` any one; everything else literally.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether `a` goes to receiver `r` by its severity, rule and scope patterns.
+pub fn routes(r: &ReceiverConfig, a: &Alert) -> bool {
+    let any = |pats: &[String], s: &str| pats.is_empty() || pats.iter().any(|p| glob(p, s));
+    any(&r.severities, a.severity.as_str())
+        && any(&r.rules, &a.rule)
+        && any(&r.scopes, &a.scope.to_string())
+}
+
+/// Fills a link template from an alert: `{location}`, `{cdn}`, `{rule}`, `{id}`, `{from_ms}`,
+/// `{to_ms}` (an hour before the start to the window's end, or the resolution).
+pub fn link(template: &str, a: &Alert) -> String {
+    let from = a.started_at - 3_600_000;
+    let to = a.resolved_at.unwrap_or(a.window_end) + 600_000;
+    template
+        .replace(
+            "{location}",
+            &url_escape(a.scope.location.as_deref().unwrap_or("All")),
+        )
+        .replace(
+            "{cdn}",
+            &url_escape(a.scope.cdn.as_deref().unwrap_or("All")),
+        )
+        .replace("{rule}", &url_escape(&a.rule))
+        .replace("{id}", &a.id)
+        .replace("{from_ms}", &from.to_string())
+        .replace("{to_ms}", &to.to_string())
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A metric value with its unit, as people read it.
+pub fn format_value(m: Metric, v: f64) -> String {
+    match m {
+        Metric::RebufferRatio | Metric::FailureRate => format!("{:.2} %", v * 100.0),
+        Metric::ThroughputKbps => format!("{v:.0} kbps"),
+        Metric::StartupMs => format!("{v:.0} ms"),
+        Metric::ReportVolume => format!("{v:.0} reports"),
+    }
+}
+
+fn where_(a: &Alert) -> String {
+    match (&a.scope.location, &a.scope.cdn) {
+        (Some(l), Some(c)) => format!("{l} · {c}"),
+        (Some(l), None) => format!("{l} · all CDNs"),
+        (None, Some(c)) => format!("{c} · all locations"),
+        (None, None) => "everywhere".into(),
+    }
+}
+
+fn colour(a: &Alert) -> &'static str {
+    match (a.status, a.severity) {
+        (Status::Resolved, _) => "#2eb67d",
+        (Status::Firing, Severity::Critical) => "#d40e0d",
+        (Status::Firing, Severity::Warning) => "#ecb22e",
+    }
+}
+
+fn headline(a: &Alert) -> String {
+    let state = match a.status {
+        Status::Firing => "FIRING",
+        Status::Resolved => "RESOLVED",
+    };
+    format!(
+        "{state} {}: {} at {}",
+        a.severity.as_str(),
+        a.rule,
+        where_(a)
+    )
+}
+
+/// One Slack message (incoming webhook, Block Kit in coloured attachments) for a group of
+/// alerts that changed together.
+pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
+    let text = match alerts {
+        [one] => headline(one),
+        [first, rest @ ..] => format!("{} (+{} more)", headline(first), rest.len()),
+        [] => String::new(),
+    };
+    let attachments: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            let expected = a
+                .expected
+                .map_or_else(|| "n/a".into(), |e| format_value(a.metric, e));
+            let since = match a.resolved_at {
+                Some(r) => format!("{} → {}", format_ms(a.started_at), format_ms(r)),
+                None => format_ms(a.started_at),
+            };
+            let indent = if a.parent_id.is_some() { "↳ " } else { "" };
+            let mut blocks = vec![
+                json!({"type": "section", "text": {"type": "mrkdwn", "text":
+                    format!("{indent}*{}*\n{}", headline(a), a.summary)}}),
+                json!({"type": "section", "fields": [
+                    {"type": "mrkdwn", "text": format!("*Observed*\n{}", format_value(a.metric, a.observed))},
+                    {"type": "mrkdwn", "text": format!("*Expected*\n{expected}")},
+                    {"type": "mrkdwn", "text": format!("*Reports*\n{}", a.samples)},
+                    {"type": "mrkdwn", "text": format!("*Since*\n{since}")},
+                ]}),
+                json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "incident `{}` · metric `{}` · window {} – {}{}",
+                    a.id, a.metric.as_str(), format_ms(a.window_start), format_ms(a.window_end),
+                    a.p_value.map(|p| format!(" · p = {p:.1e}")).unwrap_or_default())}]}),
+            ];
+            if let Some(t) = link_template {
+                blocks.push(json!({"type": "actions", "elements": [{"type": "button",
+                    "text": {"type": "plain_text", "text": "Open dashboard"}, "url": link(t, a)}]}));
+            }
+            json!({"color": colour(a), "fallback": headline(a), "blocks": blocks})
+        })
+        .collect();
+    json!({"text": text, "attachments": attachments})
+}
+
+/// Alertmanager v2 `postableAlerts` for a group. A firing alert has no `endsAt`: Alertmanager
+/// keeps it until its resolve_timeout, and repeats refresh it. A resolved one ends at its
+/// resolution (never later than `now`, so it reads as resolved at once).
+pub fn alertmanager(alerts: &[Alert], link_template: Option<&str>, now: Millis) -> Value {
+    Value::Array(
+        alerts
+            .iter()
+            .map(|a| {
+                let mut labels = serde_json::Map::new();
+                labels.insert("alertname".into(), json!(a.rule));
+                labels.insert("severity".into(), json!(a.severity.as_str()));
+                labels.insert("metric".into(), json!(a.metric.as_str()));
+                labels.insert("incident_id".into(), json!(a.id));
+                labels.insert("service".into(), json!("qos-sentinel"));
+                if let Some(l) = &a.scope.location {
+                    labels.insert("location".into(), json!(l));
+                }
+                if let Some(c) = &a.scope.cdn {
+                    labels.insert("cdn".into(), json!(c));
+                }
+                let expected = a
+                    .expected
+                    .map_or_else(|| "n/a".into(), |e| format_value(a.metric, e));
+                let mut v = json!({
+                    "labels": labels,
+                    "annotations": {
+                        "summary": a.summary,
+                        "description": format!("observed {} vs expected {} over {} reports (window {} – {})",
+                            format_value(a.metric, a.observed), expected, a.samples,
+                            format_ms(a.window_start), format_ms(a.window_end)),
+                    },
+                    "startsAt": format_ms(a.started_at.min(now)),
+                });
+                if let Some(p) = &a.parent_id {
+                    v["annotations"]["parent_id"] = json!(p);
+                }
+                if let Some(t) = link_template {
+                    v["generatorURL"] = json!(link(t, a));
+                }
+                if a.status == Status::Resolved {
+                    let end = a.resolved_at.unwrap_or(a.window_end).min(now);
+                    v["endsAt"] = json!(format_ms(end.max(a.started_at.min(now))));
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// `sha256=<hex>` over `"<timestamp>.<body>"` with `secret`.
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let tag = mac(secret, timestamp, body).finalize().into_bytes();
+    format!("sha256={}", hex::encode(tag))
+}
+
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// What a receiver runs on a request: the signature matches the body and the timestamp is
+/// within `tolerance_secs` of `now_secs` (so a captured request cannot be replayed later).
+/// Compares in constant time.
+pub fn verify(
+    secret: &[u8],
+    timestamp_header: &str,
+    signature_header: &str,
+    body: &[u8],
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> bool {
+    let Ok(ts) = timestamp_header.trim().parse::<i64>() else {
+        return false;
+    };
+    if (now_secs - ts).abs() > tolerance_secs {
+        return false;
+    }
+    let Some(hex_sig) = signature_header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    mac(secret, ts, body).verify_slice(&sig).is_ok()
+}
+
+/// The state change a request carries; receivers drop repeats of it. `repeat` numbers the
+/// reminders of a firing incident (0 = the change itself).
+pub fn idempotency_key(a: &Alert, repeat: u32) -> String {
+    let status = match a.status {
+        Status::Firing => "firing",
+        Status::Resolved => "resolved",
+    };
+    if repeat == 0 {
+        format!("{}:{status}", a.id)
+    } else {
+        format!("{}:{status}:repeat-{repeat}", a.id)
+    }
+}
+
+/// Whether a receiver kind takes several alerts in one request.
+pub fn groups(kind: ReceiverKind) -> bool {
+    !matches!(kind, ReceiverKind::Webhook)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::incident::Scope;
+
+    pub(crate) fn alert(status: Status) -> Alert {
+        Alert {
+            id: "00000000000000aa".into(),
+            status,
+            rule: "rebuffer_ratio_above_benchmark".into(),
+            severity: Severity::Critical,
+            scope: Scope::pair("IN/MH/Mumbai", "cdn-a"),
+            metric: Metric::RebufferRatio,
+            observed: 0.08,
+            expected: Some(0.02),
+            samples: 1234,
+            p_value: Some(1e-9),
+            window_start: 1_700_000_000_000,
+            window_end: 1_700_000_060_000,
+            started_at: 1_699_999_940_000,
+            resolved_at: (status == Status::Resolved).then_some(1_700_000_300_000),
+            summary: "Rebuffering 4x the benchmark".into(),
+            parent_id: None,
+        }
+    }
+
+    #[test]
+    fn glob_matches_wildcards() {
+        assert!(glob("*", ""));
+        assert!(glob("location=IN/*", "location=IN/MH/Mumbai,cdn=cdn-a"));
+        assert!(glob("*cdn=cdn-?", "location=X,cdn=cdn-a"));
+        assert!(!glob("*cdn=cdn-?", "location=X,cdn=cdn-ab"));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+        assert!(!glob("cdn=*", "location=X,cdn=y"));
+    }
+
+    #[test]
+    fn routing_uses_all_three_filters() {
+        let text = r#"
+            [[notify.receivers]]
+            name = "r"
+            kind = "webhook"
+            url = "http://127.0.0.1:1/x"
+            severities = ["critical"]
+            rules = ["rebuffer_*"]
+            scopes = ["location=IN/*"]
+        "#;
+        let cfg = crate::config::Config::from_toml(text, "t".as_ref(), []).unwrap();
+        let r = &cfg.notify.receivers[0];
+        let mut a = alert(Status::Firing);
+        assert!(routes(r, &a));
+        a.severity = Severity::Warning;
+        assert!(!routes(r, &a));
+        a.severity = Severity::Critical;
+        a.scope = Scope::pair("US/CA/LA", "cdn-a");
+        assert!(!routes(r, &a));
+        a.scope = Scope::pair("IN/KA/Bengaluru", "cdn-a");
+        a.rule = "failure_rate_above_benchmark".into();
+        assert!(!routes(r, &a));
+    }
+
+    #[test]
+    fn signature_verifies_and_rejects_tampering_and_replay() {
+        let body = br#"{"id":"x"}"#;
+        let sig = sign(b"k3y", 1_700_000_000, body);
+        assert!(verify(b"k3y", "1700000000", &sig, body, 1_700_000_010, 300));
+        assert!(!verify(
+            b"other",
+            "1700000000",
+            &sig,
+            body,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify(
+            b"k3y",
+            "1700000000",
+            &sig,
+            br#"{"id":"y"}"#,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify(
+            b"k3y",
+            "1700000001",
+            &sig,
+            body,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify(
+            b"k3y",
+            "1700000000",
+            &sig,
+            body,
+            1_700_001_000,
+            300
+        ));
+        assert!(!verify(b"k3y", "x", &sig, body, 1_700_000_000, 300));
+    }
+
+    #[test]
+    fn slack_message_is_readable_and_coloured() {
+        let m = slack(
+            &[alert(Status::Firing), alert(Status::Resolved)],
+            Some("http://grafana/d/q?var-location={location}&var-cdn={cdn}&from={from_ms}"),
+        );
+        let text = m["text"].as_str().unwrap();
+        assert!(text.starts_with(
+            "FIRING critical: rebuffer_ratio_above_benchmark at IN/MH/Mumbai · cdn-a"
+        ));
+        assert!(text.ends_with("(+1 more)"));
+        assert_eq!(m["attachments"][0]["color"], "#d40e0d");
+        assert_eq!(m["attachments"][1]["color"], "#2eb67d");
+        let fields = m["attachments"][0]["blocks"][1]["fields"].to_string();
+        assert!(
+            fields.contains("8.00 %") && fields.contains("2.00 %"),
+            "{fields}"
+        );
+        let url = m["attachments"][0]["blocks"][3]["elements"][0]["url"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            url,
+            "http://grafana/d/q?var-location=IN%2FMH%2FMumbai&var-cdn=cdn-a&from=1699996340000"
+        );
+    }
+
+    #[test]
+    fn alertmanager_resolved_has_ends_at_not_after_now() {
+        let v = alertmanager(
+            &[alert(Status::Firing), alert(Status::Resolved)],
+            None,
+            1_700_000_100_000,
+        );
+        assert_eq!(
+            v[0]["labels"]["alertname"],
+            "rebuffer_ratio_above_benchmark"
+        );
+        assert_eq!(v[0]["labels"]["location"], "IN/MH/Mumbai");
+        assert!(v[0].get("endsAt").is_none());
+        assert_eq!(v[1]["endsAt"], "2023-11-14T22:15:00.000Z");
+    }
+}

@@ -1,0 +1,181 @@
+//! A real Prometheus Alertmanager (Debian package prometheus-alertmanager) takes qos-sentinel's
+//! alerts through its v2 API, lists the firing one, routes it to its own webhook receiver,
+//! then shows it resolved.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::receiver::{self, Sink};
+use qos_sentinel::config::NotifyConfig;
+use qos_sentinel::detect::{Metric, Severity};
+use qos_sentinel::incident::{Alert, Scope, Status};
+use qos_sentinel::notify::deliver::{Dispatcher, now_ms};
+
+const BIN: &str = "prometheus-alertmanager";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn alert(status: Status, started_at: i64) -> Alert {
+    Alert {
+        id: format!("{:016x}", started_at),
+        status,
+        rule: "failure_rate_above_benchmark".into(),
+        severity: Severity::Critical,
+        scope: Scope::pair("IN/MH/Mumbai", "cdn-a"),
+        metric: Metric::FailureRate,
+        observed: 0.25,
+        expected: Some(0.01),
+        samples: 320,
+        p_value: Some(1e-12),
+        window_start: started_at + 60_000,
+        window_end: started_at + 120_000,
+        started_at,
+        resolved_at: (status == Status::Resolved).then_some(started_at + 180_000),
+        summary: "Playback failures at 25 % against a 1 % benchmark".into(),
+        parent_id: None,
+    }
+}
+
+async fn am_alerts(base: &str) -> Vec<serde_json::Value> {
+    match reqwest::get(format!("{base}/api/v2/alerts")).await {
+        Ok(r) => r.json::<Vec<serde_json::Value>>().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
+    let found = Command::new(BIN).arg("--version").output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "{BIN} not found: apt-get install prometheus-alertmanager (scripts/deps does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hook_addr = common::free_addr();
+    let sink = Sink::default();
+    receiver::serve(&hook_addr, sink.clone()).await;
+    let am_config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &am_config,
+        format!(
+            "route:\n  receiver: hook\n  group_by: ['incident_id']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook_addr}/am\n        send_resolved: true\n"
+        ),
+    )
+    .unwrap();
+    let am_addr = common::free_addr();
+    let _am = Killed(
+        Command::new(BIN)
+            .arg(format!("--config.file={}", am_config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={am_addr}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let am = format!("http://{am_addr}");
+    wait_for("Alertmanager ready", || async {
+        reqwest::get(format!("{am}/-/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    let cfg: NotifyConfig = toml::from_str(&format!(
+        "[[receivers]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"{am}\"\n\
+         link_template = \"http://grafana/d/qos-viewer?var-location={{location}}\"\n"
+    ))
+    .unwrap();
+    let registry = prometheus::Registry::new();
+    let d = Dispatcher::start(&cfg, &dir.path().join("state"), &registry).unwrap();
+    let started = now_ms() - 300_000;
+    let firing = alert(Status::Firing, started);
+    d.enqueue(std::slice::from_ref(&firing)).unwrap();
+
+    let id = firing.id.clone();
+    wait_for("Alertmanager lists the alert as active", || {
+        let (am, id) = (am.clone(), id.clone());
+        async move {
+            am_alerts(&am).await.iter().any(|a| {
+                a["labels"]["incident_id"] == id.as_str() && a["status"]["state"] == "active"
+            })
+        }
+    })
+    .await;
+    let listed = am_alerts(&am).await;
+    let a = listed
+        .iter()
+        .find(|a| a["labels"]["incident_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(a["labels"]["alertname"], "failure_rate_above_benchmark");
+    assert_eq!(a["labels"]["severity"], "critical");
+    assert_eq!(a["labels"]["location"], "IN/MH/Mumbai");
+    assert_eq!(a["labels"]["cdn"], "cdn-a");
+    assert!(
+        a["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("25 %")
+    );
+    assert_eq!(
+        a["generatorURL"],
+        "http://grafana/d/qos-viewer?var-location=IN%2FMH%2FMumbai"
+    );
+
+    let notified = |state: &'static str| {
+        let (sink, id) = (sink.clone(), id.clone());
+        move || {
+            let (sink, id) = (sink.clone(), id.clone());
+            async move {
+                sink.received().iter().any(|r| {
+                    let v = r.json();
+                    v["status"] == state
+                        && v["alerts"].as_array().is_some_and(|l| {
+                            l.iter().any(|a| {
+                                a["labels"]["incident_id"] == id.as_str() && a["status"] == state
+                            })
+                        })
+                })
+            }
+        }
+    };
+    wait_for("Alertmanager routes the firing alert", notified("firing")).await;
+
+    d.enqueue(&[alert(Status::Resolved, started)]).unwrap();
+    wait_for("Alertmanager sends it resolved", notified("resolved")).await;
+    wait_for("Alertmanager no longer lists it active", || {
+        let (am, id) = (am.clone(), id.clone());
+        async move {
+            !am_alerts(&am).await.iter().any(|a| {
+                a["labels"]["incident_id"] == id.as_str() && a["status"]["state"] == "active"
+            })
+        }
+    })
+    .await;
+    assert_eq!(d.shutdown(Duration::from_secs(1)).await, 0);
+}
