@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::decode;
 use crate::engine::Engine;
-use crate::http::Readiness;
+use crate::http::{Live, Readiness};
 use crate::incident::{Alert, Status};
 use crate::metrics::Metrics;
 use crate::notify::deliver::Dispatcher;
@@ -28,6 +28,9 @@ use crate::notify::{self, AlertSink, DeadLetter, DeadLetters};
 use crate::source::{self, BenchmarkUpdate};
 use crate::table::store::TableStore;
 use crate::time::Millis;
+
+/// How often consumer lag, broker reachability and database sizes are measured.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Options of a daemon run beyond the config file.
 #[derive(Clone, Default)]
@@ -46,6 +49,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
+    let live = Arc::new(Live::default());
     if opts.serve_http {
         let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await
@@ -53,7 +57,7 @@ pub async fn run(
                 anyhow::anyhow!("cannot listen on http.listen {}: {e}", cfg.http.listen)
             })?;
         info!(addr = %cfg.http.listen, "Serving /metrics, /healthz, /readyz.");
-        let app = crate::http::router(metrics.clone(), readiness.clone());
+        let app = crate::http::router(metrics.clone(), readiness.clone(), live.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 error!(error = %e, "HTTP server stopped.");
@@ -119,6 +123,7 @@ pub async fn run(
     // close (a fully silent key is itself news, and alerts must not wait for the next record).
     let idle_grace = cfg.window.size + cfg.window.allowed_lateness;
     let mut last_progress = (Instant::now(), engine.watermark());
+    let mut last_probe = Instant::now() - PROBE_EVERY;
     info!(topic = %topic, group = %cfg.kafka.group_id, "Consuming reports.");
 
     loop {
@@ -153,7 +158,7 @@ pub async fn run(
                 }
                 // Idle marking may have moved the watermark.
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &dispatcher, &metrics, &opts, out).await;
+                emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
                     last_progress = (Instant::now(), wm);
@@ -162,7 +167,7 @@ pub async fn run(
                     if idle > idle_grace {
                         let advanced = wm + (idle - idle_grace).as_millis() as Millis;
                         let out = close(&mut engine, &metrics, Some(advanced));
-                        emit(&alerts, &dispatcher, &metrics, &opts, out).await;
+                        emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
                     }
                 }
                 if let Err(e) = dispatcher.repeat_due() {
@@ -171,7 +176,17 @@ pub async fn run(
                 store_offsets(&consumer, &topic, &engine, &next);
                 let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
                 readiness.partitions_assigned.store(assigned, Ordering::Release);
-                publish_gauges(&metrics, &engine);
+                publish_gauges(&metrics, &engine, &live);
+                if last_probe.elapsed() >= PROBE_EVERY {
+                    last_probe = Instant::now();
+                    let reachable = probe_lag(&consumer, &topic, &next, &metrics);
+                    if reachable != readiness.broker_reachable.swap(reachable, Ordering::AcqRel) {
+                        if reachable { info!("Broker reachable again."); } else { warn!("Broker unreachable: not ready."); }
+                    }
+                    metrics.ready.set(i64::from(readiness.ready()));
+                    metrics.rocksdb_bytes.with_label_values(&["benchmarks"]).set(store.size_bytes() as i64);
+                    metrics.rocksdb_bytes.with_label_values(&["outbox"]).set(dispatcher.outbox_bytes() as i64);
+                }
             }
             msg = consumer.recv() => {
                 let msg = match msg {
@@ -205,7 +220,7 @@ pub async fn run(
                 next.insert(p, o + 1);
                 last_seen.insert(p, Instant::now());
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &dispatcher, &metrics, &opts, out).await;
+                emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
             }
         }
     }
@@ -257,6 +272,7 @@ async fn emit(
     sink: &AlertSink,
     dispatcher: &Dispatcher,
     metrics: &Metrics,
+    live: &Live,
     opts: &RunOptions,
     closing: Closing,
 ) {
@@ -272,12 +288,17 @@ async fn emit(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+    live.record(&alerts);
     for a in &alerts {
         let status = match a.status {
             Status::Firing => "firing",
             Status::Resolved => "resolved",
         };
         metrics.alerts.with_label_values(&[status]).inc();
+        metrics
+            .incidents
+            .with_label_values(&[a.rule.as_str(), a.severity.as_str(), status])
+            .inc();
         info!(id = %a.id, status, rule = %a.rule, scope = %a.scope, "Alert.");
         if opts.print_alerts {
             println!("{}", notify::render_line(a));
@@ -364,7 +385,43 @@ fn sync_assignment(
     !assigned.is_empty()
 }
 
-fn publish_gauges(metrics: &Metrics, engine: &Engine) {
+/// Sets the lag gauge of every assigned partition (high watermark minus the next offset to
+/// read). Returns false when the broker did not answer.
+fn probe_lag(
+    consumer: &StreamConsumer,
+    topic: &str,
+    next: &HashMap<i32, i64>,
+    metrics: &Metrics,
+) -> bool {
+    let Ok(tpl) = consumer.assignment() else {
+        return false;
+    };
+    metrics.consumer_lag.reset();
+    for e in tpl.elements() {
+        let p = e.partition();
+        let marks = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, p, Duration::from_millis(1000))
+        });
+        match marks {
+            Ok((low, high)) => {
+                let at = next.get(&p).copied().unwrap_or(low).max(low);
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[p.to_string().as_str()])
+                    .set((high - at).max(0));
+            }
+            Err(e) => {
+                debug!(partition = p, error = %e, "Cannot read partition watermarks.");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {
+    metrics.set_quality(engine.quality());
+    live.set_quality(engine.quality(), engine.watermark());
     metrics.sync_engine(engine.counters());
     metrics.incidents_firing.set(engine.firing() as i64);
     if let Some(wm) = engine.watermark() {

@@ -43,6 +43,86 @@ pub struct Engine {
     levels: HashMap<(Key, Metric), Baseline>,
     /// Usual reports per window of each key, to notice silence.
     volumes: HashMap<Key, Baseline>,
+    /// Viewer quality of the last closed window: totals and the worst keys.
+    quality: Quality,
+}
+
+/// One key's viewer quality in a closed window, with what its benchmark expected.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyQuality {
+    pub location: String,
+    pub cdn: String,
+    pub reports: u64,
+    pub rebuffer_ratio: f64,
+    pub failure_rate: f64,
+    /// Geometric means (the tests work on logs).
+    pub throughput_kbps: Option<f64>,
+    pub startup_ms: Option<f64>,
+    pub expected_rebuffer_ratio: Option<f64>,
+    pub expected_failure_rate: Option<f64>,
+    pub expected_throughput_kbps: Option<f64>,
+    pub expected_startup_ms: Option<f64>,
+    /// How much worse than expected its worst metric is (0.5 = 50 % worse); 0 when unknown.
+    pub badness: f64,
+}
+
+/// Viewer quality of one closed window: totals over all keys and the `top` worst keys.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Quality {
+    #[serde(with = "crate::time")]
+    pub window_start: Millis,
+    pub keys: usize,
+    pub reports: u64,
+    pub rebuffer_ratio: f64,
+    pub failure_rate: f64,
+    pub worst: Vec<KeyQuality>,
+}
+
+/// Most keys kept in [`Quality::worst`]: the cap on per-key metric labels.
+pub const WORST_KEYS: usize = 20;
+
+fn key_quality(key: &Key, acc: &Acc) -> KeyQuality {
+    let mean = |n: u64, s: f64| (n > 0).then(|| s / n as f64);
+    let geo = |l: &crate::window::LogStats| (l.n > 0).then(|| l.mean_log().exp());
+    let throughput = geo(&acc.throughput);
+    let startup = geo(&acc.startup);
+    let exp_rebuf = (acc.exp_rebuffer_d > 0.0).then(|| acc.exp_rebuffer_wsum / acc.exp_rebuffer_d);
+    let exp_fail = mean(acc.exp_error_n, acc.exp_error_sum);
+    let exp_tp = mean(acc.exp_throughput_n, acc.exp_throughput_log_sum).map(f64::exp);
+    let exp_su = mean(acc.exp_startup_n, acc.exp_startup_log_sum).map(f64::exp);
+    let worse = |obs: Option<f64>, exp: Option<f64>, higher_is_worse: bool| match (obs, exp) {
+        (Some(o), Some(e)) if o > 0.0 && e > 0.0 => {
+            if higher_is_worse {
+                o / e - 1.0
+            } else {
+                e / o - 1.0
+            }
+        }
+        _ => 0.0,
+    };
+    let (rr, fr) = (acc.rebuffer_ratio(), acc.failure_rate());
+    let badness = [
+        worse(Some(rr), exp_rebuf, true),
+        worse(Some(fr), exp_fail, true),
+        worse(throughput, exp_tp, false),
+        worse(startup, exp_su, true),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    KeyQuality {
+        location: key.location.to_string(),
+        cdn: key.cdn.to_string(),
+        reports: acc.reports,
+        rebuffer_ratio: rr,
+        failure_rate: fr,
+        throughput_kbps: throughput,
+        startup_ms: startup,
+        expected_rebuffer_ratio: exp_rebuf,
+        expected_failure_rate: exp_fail,
+        expected_throughput_kbps: exp_tp,
+        expected_startup_ms: exp_su,
+        badness,
+    }
 }
 
 /// A key's own level of `m`, once warm.
@@ -70,7 +150,13 @@ impl Engine {
             baselines: HashMap::new(),
             levels: HashMap::new(),
             volumes: HashMap::new(),
+            quality: Quality::default(),
         }
+    }
+
+    /// Viewer quality of the last closed window.
+    pub fn quality(&self) -> &Quality {
+        &self.quality
     }
 
     pub fn counters(&self) -> Counters {
@@ -244,6 +330,7 @@ impl Engine {
                     findings.push((i, f));
                 }
             }
+            self.quality = self.summarise(w.start, &keys);
             let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
             let discovered = detect::benjamini_hochberg(&p, self.cfg.detect.fdr);
             self.counters.tests += findings.len() as u64;
@@ -284,6 +371,34 @@ impl Engine {
             }
         }
         alerts
+    }
+
+    fn summarise(&self, start: Millis, keys: &[(Key, Acc)]) -> Quality {
+        let mut total = Acc::default();
+        let mut worst: Vec<KeyQuality> = Vec::new();
+        for (k, acc) in keys {
+            if acc.reports == 0 {
+                continue;
+            }
+            total.merge(acc);
+            if acc.reports >= self.cfg.detect.min_samples {
+                worst.push(key_quality(k, acc));
+            }
+        }
+        worst.sort_by(|a, b| {
+            b.badness
+                .total_cmp(&a.badness)
+                .then(b.reports.cmp(&a.reports))
+        });
+        worst.truncate(WORST_KEYS);
+        Quality {
+            window_start: start,
+            keys: keys.len(),
+            reports: total.reports,
+            rebuffer_ratio: total.rebuffer_ratio(),
+            failure_rate: total.failure_rate(),
+            worst,
+        }
     }
 
     /// Updates the per-key baselines from the clean windows' log-scale findings.

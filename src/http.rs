@@ -1,26 +1,109 @@
 //! The operators' endpoint: /metrics (Prometheus text), /healthz (alive), /readyz (benchmark
-//! table loaded and partitions assigned).
+//! table loaded, partitions assigned, broker reachable), and for humans a live page at / with
+//! the JSON behind it at /api/incidents.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Html;
 use axum::routing::get;
+use serde_json::json;
 
+use crate::engine::Quality;
+use crate::incident::{Alert, Status};
 use crate::metrics::Metrics;
+use crate::time::{Millis, format_ms};
 
-#[derive(Default)]
 pub struct Readiness {
     pub benchmarks_loaded: AtomicBool,
     pub partitions_assigned: AtomicBool,
+    pub broker_reachable: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            benchmarks_loaded: AtomicBool::new(false),
+            partitions_assigned: AtomicBool::new(false),
+            // Until a check says otherwise: start-up itself needs the broker.
+            broker_reachable: AtomicBool::new(true),
+        }
+    }
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
         self.benchmarks_loaded.load(Ordering::Acquire)
             && self.partitions_assigned.load(Ordering::Acquire)
+            && self.broker_reachable.load(Ordering::Acquire)
+    }
+}
+
+/// Recently resolved incidents kept for the live page.
+const RECENT: usize = 20;
+
+/// What the live page shows: firing incidents, the last resolved ones, the last window's
+/// quality. Updated by the daemon as alerts are raised and windows close.
+#[derive(Default)]
+pub struct Live {
+    inner: Mutex<LiveInner>,
+}
+
+#[derive(Default)]
+struct LiveInner {
+    firing: BTreeMap<String, Alert>,
+    resolved: VecDeque<Alert>,
+    quality: Quality,
+    watermark: Option<Millis>,
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, alerts: &[Alert]) {
+        let mut g = self.lock();
+        for a in alerts {
+            match a.status {
+                Status::Firing => {
+                    g.firing.insert(a.id.clone(), a.clone());
+                }
+                Status::Resolved => {
+                    g.firing.remove(&a.id);
+                    g.resolved.push_front(a.clone());
+                    g.resolved.truncate(RECENT);
+                }
+            }
+        }
+    }
+
+    pub fn set_quality(&self, q: &Quality, watermark: Option<Millis>) {
+        let mut g = self.lock();
+        if q.window_start != g.quality.window_start {
+            g.quality = q.clone();
+        }
+        g.watermark = watermark;
+    }
+
+    /// The /api/incidents document.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = self.lock();
+        let mut firing: Vec<&Alert> = g.firing.values().collect();
+        // Critical first, then the oldest.
+        firing.sort_by(|a, b| {
+            (a.severity.as_str(), a.started_at).cmp(&(b.severity.as_str(), b.started_at))
+        });
+        json!({
+            "watermark": g.watermark.map(format_ms),
+            "firing": firing,
+            "recently_resolved": g.resolved,
+            "quality": g.quality,
+        })
     }
 }
 
@@ -28,14 +111,24 @@ impl Readiness {
 struct AppState {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    live: Arc<Live>,
 }
 
-pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, live: Arc<Live>) -> Router {
     Router::new()
+        .route("/", get(|| async { Html(include_str!("live.html")) }))
+        .route(
+            "/api/incidents",
+            get(|State(s): State<AppState>| async move { axum::Json(s.live.snapshot()) }),
+        )
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(AppState { metrics, readiness })
+        .with_state(AppState {
+            metrics,
+            readiness,
+            live,
+        })
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
@@ -49,13 +142,14 @@ async fn ready_handler(State(s): State<AppState>) -> (StatusCode, String) {
     let r = &s.readiness;
     let b = r.benchmarks_loaded.load(Ordering::Acquire);
     let p = r.partitions_assigned.load(Ordering::Acquire);
-    let code = if b && p {
+    let k = r.broker_reachable.load(Ordering::Acquire);
+    let code = if b && p && k {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
-        format!("benchmarks_loaded {b}\npartitions_assigned {p}\n"),
+        format!("benchmarks_loaded {b}\npartitions_assigned {p}\nbroker_reachable {k}\n"),
     )
 }

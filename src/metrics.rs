@@ -1,10 +1,13 @@
 //! The metric catalogue: every metric the daemon exports, in one place, with all label
 //! combinations created at start so that series begin at zero.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 use crate::decode::DecodeError;
-use crate::engine::Counters;
+use crate::engine::{Counters, Quality};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -18,11 +21,20 @@ pub struct Metrics {
     pub alerts: IntCounterVec,
     pub alerts_out: IntCounter,
     pub incidents_firing: IntGauge,
+    pub ready: IntGauge,
     pub watermark: IntGauge,
     pub benchmark_versions: IntGauge,
     pub open_keys: IntGauge,
     pub detection_seconds: Histogram,
     pub alert_ack_seconds: Histogram,
+    pub incidents: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub rocksdb_bytes: IntGaugeVec,
+    pub viewer_quality: GaugeVec,
+    pub viewer_expected: GaugeVec,
+    pub viewer_reports: GaugeVec,
+    pub quality_overall: GaugeVec,
+    quality_window: std::sync::atomic::AtomicI64,
     last: std::sync::Mutex<Counters>,
 }
 
@@ -37,6 +49,16 @@ fn counter_vec(
     for v in values {
         c.with_label_values(&[*v]);
     }
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn vec_of<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: prometheus::Result<C>,
+) -> C {
+    let c = c.expect("static metric definition");
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
@@ -67,6 +89,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            // process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
         Metrics {
             records_in: counter_vec(
                 &r,
@@ -124,6 +153,11 @@ impl Metrics {
                 "Alerts acknowledged by the alerts topic.",
             ),
             incidents_firing: gauge(&r, "qos_sentinel_incidents_firing", "Incidents firing now."),
+            ready: gauge(
+                &r,
+                "qos_sentinel_ready",
+                "1 when /readyz is: benchmarks loaded, partitions assigned, broker reachable.",
+            ),
             watermark: gauge(
                 &r,
                 "qos_sentinel_watermark_timestamp_seconds",
@@ -153,6 +187,77 @@ impl Metrics {
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
                 ],
             ),
+            incidents: vec_of(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "qos_sentinel_incidents_total",
+                        "Incident state changes, by rule, severity and status.",
+                    ),
+                    &["rule", "severity", "status"],
+                ),
+            ),
+            consumer_lag: vec_of(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_consumer_lag_records",
+                        "Reports not yet read, per assigned partition of the reports topic.",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            rocksdb_bytes: vec_of(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_rocksdb_size_bytes",
+                        "Size of a RocksDB database (SST files plus memtables), by database.",
+                    ),
+                    &["db"],
+                ),
+            ),
+            viewer_quality: vec_of(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_viewer_quality",
+                        "Viewer quality in the last closed window for the worst location+CDN keys (at most 20): rebuffer_ratio and failure_rate as ratios, throughput_kbps, startup_ms.",
+                    ),
+                    &["location", "cdn", "metric"],
+                ),
+            ),
+            viewer_expected: vec_of(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_viewer_expected",
+                        "What the benchmark expected for the keys in qos_sentinel_viewer_quality.",
+                    ),
+                    &["location", "cdn", "metric"],
+                ),
+            ),
+            viewer_reports: vec_of(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_viewer_reports",
+                        "Reports in the last closed window for the keys in qos_sentinel_viewer_quality.",
+                    ),
+                    &["location", "cdn"],
+                ),
+            ),
+            quality_overall: vec_of(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "qos_sentinel_viewer_quality_overall",
+                        "Viewer quality over all keys in the last closed window: rebuffer_ratio, failure_rate, reports, keys.",
+                    ),
+                    &["metric"],
+                ),
+            ),
+            quality_window: std::sync::atomic::AtomicI64::new(0),
             registry: r,
             last: std::sync::Mutex::new(Counters::default()),
         }
@@ -181,6 +286,61 @@ impl Metrics {
             .inc_by(d(now.windows_closed, last.windows_closed));
         self.tests.inc_by(d(now.tests, last.tests));
         *last = now;
+    }
+
+    /// Publishes the last closed window's quality: totals, and the worst keys only, so the
+    /// label set stays bounded however many keys there are.
+    pub fn set_quality(&self, q: &Quality) {
+        use std::sync::atomic::Ordering;
+        // Once per closed window (a scrape never sees the label set half rebuilt twice a second).
+        if q.window_start == 0
+            || self.quality_window.swap(q.window_start, Ordering::AcqRel) == q.window_start
+        {
+            return;
+        }
+        for (m, v) in [
+            ("rebuffer_ratio", q.rebuffer_ratio),
+            ("failure_rate", q.failure_rate),
+            ("reports", q.reports as f64),
+            ("keys", q.keys as f64),
+        ] {
+            self.quality_overall.with_label_values(&[m]).set(v);
+        }
+        self.viewer_quality.reset();
+        self.viewer_expected.reset();
+        self.viewer_reports.reset();
+        for k in &q.worst {
+            let (l, c) = (k.location.as_str(), k.cdn.as_str());
+            self.viewer_reports
+                .with_label_values(&[l, c])
+                .set(k.reports as f64);
+            let rows = [
+                (
+                    "rebuffer_ratio",
+                    Some(k.rebuffer_ratio),
+                    k.expected_rebuffer_ratio,
+                ),
+                (
+                    "failure_rate",
+                    Some(k.failure_rate),
+                    k.expected_failure_rate,
+                ),
+                (
+                    "throughput_kbps",
+                    k.throughput_kbps,
+                    k.expected_throughput_kbps,
+                ),
+                ("startup_ms", k.startup_ms, k.expected_startup_ms),
+            ];
+            for (m, obs, exp) in rows {
+                if let Some(v) = obs {
+                    self.viewer_quality.with_label_values(&[l, c, m]).set(v);
+                }
+                if let Some(v) = exp {
+                    self.viewer_expected.with_label_values(&[l, c, m]).set(v);
+                }
+            }
+        }
     }
 
     /// Prometheus text exposition of every metric.

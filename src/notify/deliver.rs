@@ -330,6 +330,11 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Size of the outbox database in bytes.
+    pub fn outbox_bytes(&self) -> u64 {
+        self.outbox.size_bytes()
+    }
+
     /// Deliveries waiting over all receivers.
     pub fn pending(&self) -> usize {
         self.outbox.total()

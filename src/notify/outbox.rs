@@ -216,6 +216,11 @@ impl Outbox {
             .collect()
     }
 
+    /// Bytes on disk and in memtables.
+    pub fn size_bytes(&self) -> u64 {
+        crate::table::store::db_size(&self.db)
+    }
+
     /// Deliveries waiting over all receivers.
     pub fn total(&self) -> usize {
         self.depths().values().sum()

@@ -55,7 +55,18 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// Bytes a RocksDB database holds: SST files plus memtables.
+pub fn db_size(db: &DB) -> u64 {
+    let prop = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
+    prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+}
+
 impl TableStore {
+    /// Bytes on disk and in memtables.
+    pub fn size_bytes(&self) -> u64 {
+        db_size(&self.db)
+    }
+
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("benchmarks");
         let mut opts = Options::default();
@@ -149,15 +160,6 @@ impl TableStore {
             table.upsert(loc, cdn, ts, row);
         }
         Ok(table)
-    }
-
-    /// Approximate on-disk size in bytes.
-    pub fn size_bytes(&self) -> u64 {
-        self.db
-            .property_int_value("rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
     }
 }
 

@@ -56,11 +56,13 @@ pub fn test_config(state_dir: &std::path::Path) -> Config {
 }
 
 /// Starts a mock cluster, creates the config's topics on it and points the config at it.
+/// The cluster lives as long as the test process: a test that fails while a daemon runs then
+/// still ends (librdkafka's consumer close blocks on a broker that vanished under it).
 pub fn mock_cluster(
     cfg: &mut Config,
     report_partitions: i32,
-) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = MockCluster::new(1).expect("mock cluster");
+) -> &'static MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster: &'static _ = Box::leak(Box::new(MockCluster::new(1).expect("mock cluster")));
     cfg.kafka.brokers = cluster.bootstrap_servers();
     let k = &cfg.kafka;
     cluster

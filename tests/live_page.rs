@@ -1,0 +1,153 @@
+//! The live page in a real browser (headless Chromium, Debian package chromium): it renders
+//! the firing incident and the worst keys from /api/incidents.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qos_sentinel::daemon::{self, RunOptions};
+use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
+
+const BROWSER: &str = "chromium";
+
+fn chromium(url: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(BROWSER)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+            "--virtual-time-budget=5000",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
+
+/// Pixels close to `rgb` in a decoded RGB(A) PNG.
+fn pixels_like(path: &std::path::Path, rgb: [u8; 3]) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    assert!(step >= 3, "colour screenshot");
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| (0..3).all(|i| p[i].abs_diff(rgb[i]) <= 12))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_page_renders_the_firing_incident_in_a_real_browser() {
+    let ok = Command::new(BROWSER)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{BROWSER} not found: apt-get install chromium (scripts/deps does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.window.allowed_lateness = Duration::from_secs(10);
+    cfg.http.listen = common::free_addr();
+    let _cluster = common::mock_cluster(&mut cfg, 2);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = RunOptions {
+        print_alerts: false,
+        serve_http: true,
+    };
+    let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+
+    // A failure spike that is still going on when the traffic ends: it stays firing.
+    let start = 1_767_290_400_000;
+    let mut sc = SimConfig::quiet(3, start, 20 * 60_000);
+    sc.locations = 4;
+    sc.cdns = 2;
+    sc.peak_sessions = 600;
+    let loc = qos_sentinel::sim::location_names(sc.locations)[2].clone();
+    sc.incidents = vec![Injected {
+        kind: IncidentKind::FailureSpike,
+        location: loc.clone(),
+        cdn: "cdn-b".into(),
+        start: start + 6 * 60_000,
+        end: start + 60 * 60_000,
+    }];
+    common::feed_sim(&cfg, Simulator::new(sc)).await;
+
+    let base = format!("http://{}", cfg.http.listen);
+    let started = Instant::now();
+    let api = loop {
+        let v: serde_json::Value = reqwest::get(format!("{base}/api/incidents"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["firing"].as_array().is_some_and(|f| !f.is_empty())
+            && v["quality"]["worst"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty())
+        {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no firing incident: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let firing = &api["firing"][0];
+    assert_eq!(firing["scope"]["location"], loc.as_str());
+    assert_eq!(firing["rule"], "failures_above_benchmark");
+
+    let dom = chromium(&format!("{base}/"), &["--dump-dom"]);
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        html.contains(&format!("{loc} · cdn-b")),
+        "the incident's place is on the page:\n{html}"
+    );
+    assert!(html.contains("failures_above_benchmark"));
+    assert!(
+        html.contains("<span class=\"pill critical\">critical</span>")
+            || html.contains("<span class=\"pill warning\">warning</span>")
+    );
+    assert!(
+        html.contains("<div id=\"firing\"><table>"),
+        "the firing table is filled"
+    );
+
+    let shot = dir.path().join("live.png");
+    let out = chromium(
+        &format!("{base}/"),
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    assert!(
+        shot.exists(),
+        "screenshot written: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The severity pill and row marker of the firing incident are painted in its colour.
+    let colour = if firing["severity"] == "critical" {
+        [0xd4, 0x0e, 0x0d]
+    } else {
+        [0xec, 0xb2, 0x2e]
+    };
+    let n = pixels_like(&shot, colour);
+    // Kept for people to look at (target/tmp/live-page.png).
+    let _ = std::fs::copy(
+        &shot,
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/live-page.png"),
+    );
+    assert!(
+        n > 200,
+        "only {n} pixels of the incident's colour in the screenshot"
+    );
+    let _ = stop_tx.send(true);
+    d.await.unwrap().unwrap();
+}

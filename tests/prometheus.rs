@@ -1,0 +1,270 @@
+//! The operators' view checked against the real thing: a real Prometheus (Debian package
+//! prometheus) scrapes a daemon fed by the simulator with the rules from alerts/ loaded, and
+//! every PromQL expression of every Grafana panel and every rule is run through its query API.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::receiver::{self, Sink};
+use qos_sentinel::config::ReceiverConfig;
+use qos_sentinel::daemon::{self, RunOptions};
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn need(bin: &str) {
+    let ok = Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{bin} not found: apt-get install prometheus (scripts/deps does)"
+    );
+}
+
+/// `promtool` with `args`, run in alerts/; panics with its output unless it succeeds.
+fn promtool(args: &[&str], stdin: Option<&str>) -> String {
+    let mut c = Command::new("promtool")
+        .args(args)
+        .current_dir(format!("{ROOT}/alerts"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = c.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    need("promtool");
+    promtool(&["check", "rules", "qos-sentinel.rules.yml"], None);
+    let out = promtool(&["test", "rules", "qos-sentinel.rules.test.yml"], None);
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// Every `expr` in a Grafana dashboard, with template variables set to "All".
+fn dashboard_exprs(path: &str) -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            let e = e
+                .replace("$location", ".*")
+                .replace("$cdn", ".*")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m");
+            out.push((format!("{path}: {}", p["title"].as_str().unwrap()), e));
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        // label_values(metric, label) → the metric must have series with that label.
+        let q = v["query"]["query"].as_str().unwrap();
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.rsplit_once(','))
+            .map(|(m, _)| m.trim().to_string())
+            .unwrap();
+        out.push((format!("{path}: variable {}", v["name"]), inner));
+    }
+    out
+}
+
+/// Metric names an expression refers to (identifiers that are series, not functions).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut cur = String::new();
+    for ch in expr.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_alphanumeric() || ch == '_' || ch == ':' {
+            cur.push(ch);
+        } else {
+            if (cur.starts_with("qos_sentinel_") || cur.starts_with("process_") || cur == "up")
+                && ch != '('
+            {
+                names.push(cur.clone());
+            }
+            cur.clear();
+        }
+    }
+    names
+}
+
+async fn query(base: &str, expr: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus() {
+    need("prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.window.allowed_lateness = std::time::Duration::from_secs(10);
+    cfg.http.listen = common::free_addr();
+    let _cluster = common::mock_cluster(&mut cfg, 4);
+    // A receiver, so delivery metrics have series; it fails once so failure panels do too.
+    let hook_addr = common::free_addr();
+    let sink = Sink::default();
+    sink.script(&[(400, None)]);
+    receiver::serve(&hook_addr, sink.clone()).await;
+    let hook: ReceiverConfig = toml::from_str(&format!(
+        "name = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/\"\n"
+    ))
+    .unwrap();
+    cfg.notify.receivers = vec![hook];
+
+    let prom_addr = common::free_addr();
+    let prom_cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {ROOT}/alerts/qos-sentinel.rules.yml\n\
+             scrape_configs:\n  - job_name: qos-sentinel\n    static_configs:\n      - targets: ['{}']\n",
+            cfg.http.listen
+        ),
+    )
+    .unwrap();
+    let _prom = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prom = format!("http://{prom_addr}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = RunOptions {
+        print_alerts: false,
+        serve_http: true,
+    };
+    let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    common::feed_sim(&cfg, common::two_incident_sim()).await;
+    let topic = cfg.kafka.alerts_topic.clone();
+    let brokers = cfg.kafka.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        common::settled_alerts(
+            &brokers,
+            &topic,
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .unwrap();
+
+    // The exposition passes promtool's linter.
+    let text = common::scrape(&format!("http://{}", cfg.http.listen)).await;
+    let lint = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        !lint.contains("counter metrics should have \"_total\""),
+        "{lint}"
+    );
+
+    // Wait until Prometheus has a few scrapes of everything, and has loaded the rules.
+    let start = Instant::now();
+    loop {
+        let r = query(&prom, "count_over_time(qos_sentinel_ready[1m])").await;
+        let n = r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if n >= 5.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "Prometheus is not scraping: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut exprs = dashboard_exprs(&format!("{ROOT}/grafana/dashboards/viewer-quality.json"));
+    exprs.extend(dashboard_exprs(&format!(
+        "{ROOT}/grafana/dashboards/service-health.json"
+    )));
+    assert!(exprs.len() >= 30, "{} expressions", exprs.len());
+    let mut failures = Vec::new();
+    for (what, e) in &exprs {
+        let r = query(&prom, e).await;
+        if r["status"] != "success" {
+            failures.push(format!("{what}: {e}: invalid: {r}"));
+        } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+            failures.push(format!("{what}: {e}: returns nothing"));
+        }
+    }
+
+    // Rules as Prometheus loaded them: all healthy, every expression valid, and every series
+    // each one reads exists (an alert's condition itself is false while all is well).
+    let rules: Value = reqwest::get(format!("{prom}/api/v1/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded: Vec<&Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(loaded.len(), 7, "all rules loaded: {rules}");
+    for r in loaded {
+        let (name, e) = (r["name"].as_str().unwrap(), r["query"].as_str().unwrap());
+        if r["health"] == "err" {
+            failures.push(format!("rule {name}: {}", r["lastError"]));
+        }
+        let q = query(&prom, e).await;
+        if q["status"] != "success" {
+            failures.push(format!("rule {name}: {e}: invalid: {q}"));
+        }
+        for m in metric_names(e) {
+            let q = query(&prom, &format!("count({m})")).await;
+            if q["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                failures.push(format!("rule {name}: reads {m}, which has no series"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let _ = stop_tx.send(true);
+    d.await.unwrap().unwrap();
+}
