@@ -22,6 +22,9 @@ use qos_sentinel::{backtest, demo, notify, time};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Check the arguments and exit (used by the docker-compose test).
+    #[arg(long, global = true, hide = true)]
+    parse_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -37,6 +40,16 @@ enum Command {
     },
     /// Validate a config file (with environment overrides applied) and exit.
     CheckConfig { file: PathBuf },
+    /// A webhook receiver for trying notifications out: prints every alert POSTed to it,
+    /// verifying the X-QoS-Signature when given the HMAC secret.
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// HMAC key (or env:NAME, file:/path) the sender signs with; unsigned or badly
+        /// signed requests are then refused with 401.
+        #[arg(long, env = "QOS_RECEIVE_HMAC_SECRET", hide_env_values = true)]
+        hmac_secret: Option<String>,
+    },
     /// In-process broker, simulated traffic with incidents, the daemon, alerts printed.
     Demo {
         /// Simulated minutes of traffic.
@@ -156,6 +169,30 @@ async fn shutdown_signal() -> watch::Receiver<bool> {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Receive {
+            listen,
+            hmac_secret,
+        } => {
+            let secret = match hmac_secret {
+                Some(s) => Some(
+                    qos_sentinel::config::Secret::resolve(&s)
+                        .map_err(|e| anyhow::anyhow!("--hmac-secret: {e}"))?,
+                ),
+                None => None,
+            };
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("receive: listening on {listen}");
+            let app = axum::Router::new().fallback(axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let secret = secret.clone();
+                    async move { receive_one(secret.as_ref(), &headers, &body) }
+                },
+            ));
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
         Command::Run { config } => {
             let cfg = load_config(&config)?;
             let stop = shutdown_signal().await;
@@ -326,8 +363,51 @@ fn write_sim(sim: Simulator, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints one webhook request; refuses it when the signature does not verify.
+fn receive_one(
+    secret: Option<&qos_sentinel::config::Secret>,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    use qos_sentinel::notify::render;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if let Some(s) = secret {
+        let now = qos_sentinel::notify::deliver::now_ms() / 1000;
+        let ok = render::verify(
+            s.expose().as_bytes(),
+            header(render::TIMESTAMP_HEADER),
+            header(render::SIGNATURE_HEADER),
+            body,
+            now,
+            300,
+        );
+        if !ok {
+            eprintln!("receive: refused a request with a bad or missing signature");
+            return StatusCode::UNAUTHORIZED;
+        }
+    }
+    match serde_json::from_slice::<qos_sentinel::incident::Alert>(body) {
+        Ok(a) => {
+            println!(
+                "{} [{}]",
+                notify::render_line(&a),
+                header(render::IDEMPOTENCY_HEADER)
+            );
+            StatusCode::NO_CONTENT
+        }
+        Err(e) => {
+            eprintln!("receive: not an alert: {e}");
+            StatusCode::BAD_REQUEST
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.parse_only {
+        return ExitCode::SUCCESS;
+    }
     // The demo prints its own story; the daemon logs what it does.
     let default_filter = match cli.command {
         Command::Demo { .. } => "warn",

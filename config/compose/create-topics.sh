@@ -1,0 +1,13 @@
+#!/bin/bash
+# One-shot job of the docker-compose stack: creates qos-sentinel's topics.
+# Reports are keyed and partitioned by location: partitions bound how many instances share
+# the work. Benchmarks are log-compacted (key location|cdn): the table is the topic.
+set -euo pipefail
+topics=/opt/kafka/bin/kafka-topics.sh
+b=kafka:9092
+create() { "$topics" --bootstrap-server "$b" --create --if-not-exists --replication-factor 1 "$@"; }
+create --topic qos.client-reports --partitions 12 --config retention.ms=86400000
+create --topic qos.cdn-benchmarks --partitions 1 --config cleanup.policy=compact
+create --topic qos.alerts --partitions 3
+create --topic qos.dead-letter --partitions 3 --config retention.ms=604800000
+"$topics" --bootstrap-server "$b" --list
