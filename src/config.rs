@@ -815,4 +815,70 @@ mod tests {
             "config field `detect.fire_after`: (0) must be at least 1"
         );
     }
+
+    fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) if !t.is_empty() && prefix != "kafka.options" => {
+                for (k, v) in t {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&p, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_field() {
+        let readme = include_str!("../README.md");
+        let shipped = include_str!("../config/qos-sentinel.toml");
+        let mut keys = Vec::new();
+        leaves(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut keys,
+        );
+        let receiver = ReceiverConfig {
+            name: "r".into(),
+            kind: ReceiverKind::Webhook,
+            url: Secret::new("http://x"),
+            hmac_secret: Some(Secret::new("k")),
+            severities: vec![],
+            rules: vec![],
+            scopes: vec![],
+            repeat_interval: Some(Duration::from_secs(1)),
+            rate_limit_per_minute: Some(1),
+            group_max: 1,
+            hold_children: false,
+            link_template: Some("l".into()),
+        };
+        let mut rkeys = Vec::new();
+        leaves("", &toml::Value::try_from(receiver).unwrap(), &mut rkeys);
+        assert!(keys.len() > 25 && rkeys.len() == 12, "{keys:?} {rkeys:?}");
+        for k in keys.iter().filter(|k| *k != "notify.receivers") {
+            assert!(
+                readme.contains(&format!("| `{k}` |")),
+                "README's table lacks `{k}`"
+            );
+            let field = k.rsplit('.').next().unwrap();
+            assert!(
+                shipped.contains(&format!("\n{field} =")) || shipped.contains(&format!("\n[{k}]")),
+                "config/qos-sentinel.toml lacks `{k}`"
+            );
+        }
+        for k in &rkeys {
+            assert!(
+                readme.contains(&format!("| `notify.receivers[].{k}` |")),
+                "README's table lacks `notify.receivers[].{k}`"
+            );
+            assert!(
+                shipped.contains(&format!("# {k} =")),
+                "config/qos-sentinel.toml's receiver examples lack `{k}`"
+            );
+        }
+    }
 }

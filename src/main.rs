@@ -196,6 +196,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = load_config(&config)?;
             let stop = shutdown_signal().await;
+            // A shutdown that hangs (a broker gone mid-commit) must not outlive its deadline.
+            let mut watch_stop = stop.clone();
+            let hard_stop = cfg.notify.flush_timeout + std::time::Duration::from_secs(20);
+            tokio::spawn(async move {
+                if watch_stop.wait_for(|s| *s).await.is_ok() {
+                    tokio::time::sleep(hard_stop).await;
+                    eprintln!("error: shutdown did not finish within {hard_stop:?}; exiting");
+                    std::process::exit(1);
+                }
+            });
             daemon::run(
                 cfg,
                 RunOptions {

@@ -527,7 +527,8 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
     ));
     // SIGTERM: the shutdown path logs what is left in the outbox.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM: clean exit 0, got {status}");
 
     let check = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
         .args(["check-config"])
