@@ -6,7 +6,7 @@
 //!                     └─► dead letters   └── benchmark table ◄── benchmarks topic (+ RocksDB cache)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::decode;
 use crate::engine::Engine;
@@ -70,11 +71,51 @@ pub async fn run(
     let store = Arc::new(TableStore::open(&cfg.state.dir)?);
     let table = store.load()?;
     info!(versions = table.len(), "Loaded benchmark cache.");
-    let mut engine = Engine::with_table(&cfg, table);
+    let ckpt_store = CheckpointStore::open(&cfg.state.dir)?;
+    let week_ago = crate::notify::deliver::now_ms() - 7 * 24 * 3_600_000;
+    if let Err(e) = ckpt_store.prune_emitted(week_ago) {
+        warn!(error = %e, "Cannot prune the checkpoint's emitted alerts.");
+    }
+    let (mut engine, restored_next, emitted) = match ckpt_store.load(&cfg.kafka.reports_topic)? {
+        Some(r) => match Engine::restore(&cfg, table, &r.engine) {
+            Ok(e) => {
+                info!(
+                    partitions = ?r.next,
+                    windows_closed = e.counters().windows_closed,
+                    "Restored the engine from its checkpoint."
+                );
+                (e, r.next, r.emitted)
+            }
+            Err((why, table)) => {
+                warn!(%why, "Checkpoint not usable: starting from the committed offsets.");
+                (
+                    Engine::with_table(&cfg, table),
+                    HashMap::new(),
+                    HashSet::new(),
+                )
+            }
+        },
+        None => (
+            Engine::with_table(&cfg, table),
+            HashMap::new(),
+            HashSet::new(),
+        ),
+    };
+    let mut ckpt = Checkpointer {
+        store: ckpt_store,
+        topic: cfg.kafka.reports_topic.clone(),
+        emitted,
+    };
 
     let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
     let producer = notify::producer(&cfg.kafka)?;
-    let alerts = AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic);
+    let outputs = Outputs {
+        alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        opts: opts.clone(),
+    };
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +157,9 @@ pub async fn run(
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Next offset to read per partition (one past the last processed).
-    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut next: HashMap<i32, i64> = restored_next.clone();
+    // Records below the checkpoint's positions are already in the restored state.
+    let skip_below = restored_next;
     // Wall time of each partition's last record, to stop waiting for silent partitions.
     let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows
@@ -158,7 +201,7 @@ pub async fn run(
                 }
                 // Idle marking may have moved the watermark.
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
+                finish(&mut ckpt, &engine, &next, &outputs, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
                     last_progress = (Instant::now(), wm);
@@ -167,7 +210,7 @@ pub async fn run(
                     if idle > idle_grace {
                         let advanced = wm + (idle - idle_grace).as_millis() as Millis;
                         let out = close(&mut engine, &metrics, Some(advanced));
-                        emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
+                        finish(&mut ckpt, &engine, &next, &outputs, out).await;
                     }
                 }
                 if let Err(e) = dispatcher.repeat_due() {
@@ -186,6 +229,7 @@ pub async fn run(
                     metrics.ready.set(i64::from(readiness.ready()));
                     metrics.rocksdb_bytes.with_label_values(&["benchmarks"]).set(store.size_bytes() as i64);
                     metrics.rocksdb_bytes.with_label_values(&["outbox"]).set(dispatcher.outbox_bytes() as i64);
+                    metrics.rocksdb_bytes.with_label_values(&["checkpoint"]).set(ckpt.store.size_bytes() as i64);
                 }
             }
             msg = consumer.recv() => {
@@ -198,6 +242,10 @@ pub async fn run(
                 };
                 metrics.records_in.with_label_values(&["reports"]).inc();
                 let (p, o) = (msg.partition(), msg.offset());
+                if skip_below.get(&p).is_some_and(|s| o < *s) {
+                    last_seen.insert(p, Instant::now());
+                    continue;
+                }
                 if !engine.has_partition(p) {
                     // First record of a partition: register everything assigned first, so
                     // windows wait for the partitions that have not delivered yet.
@@ -220,7 +268,7 @@ pub async fn run(
                 next.insert(p, o + 1);
                 last_seen.insert(p, Instant::now());
                 let out = close(&mut engine, &metrics, None);
-                emit(&alerts, &dispatcher, &metrics, &live, &opts, out).await;
+                finish(&mut ckpt, &engine, &next, &outputs, out).await;
             }
         }
     }
@@ -259,24 +307,91 @@ fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closi
             .detection_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-    Closing { alerts, started }
+    Closing {
+        alerts,
+        started,
+        closed: engine.counters().windows_closed > before,
+    }
 }
 
 /// Alerts of one close, with when the close began (for the latency metric).
 struct Closing {
     alerts: Vec<Alert>,
     started: Instant,
+    /// Whether any window closed (then the state is checkpointed).
+    closed: bool,
 }
 
-async fn emit(
-    sink: &AlertSink,
-    dispatcher: &Dispatcher,
-    metrics: &Metrics,
-    live: &Live,
-    opts: &RunOptions,
-    closing: Closing,
+/// Where alerts go.
+struct Outputs {
+    alerts: AlertSink,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    live: Arc<Live>,
+    opts: RunOptions,
+}
+
+/// The checkpoint store and the alerts emitted so far (by `id:status`).
+struct Checkpointer {
+    store: CheckpointStore,
+    topic: String,
+    emitted: HashSet<String>,
+}
+
+fn change_key(a: &Alert) -> String {
+    let status = match a.status {
+        Status::Firing => "firing",
+        Status::Resolved => "resolved",
+    };
+    format!("{}:{status}", a.id)
+}
+
+/// Emits a close's alerts that were not emitted before (a replay after a restore
+/// regenerates some), then checkpoints the state when windows closed.
+async fn finish(
+    ckpt: &mut Checkpointer,
+    engine: &Engine,
+    next: &HashMap<i32, i64>,
+    out: &Outputs,
+    mut closing: Closing,
 ) {
-    let Closing { alerts, started } = closing;
+    closing
+        .alerts
+        .retain(|a| !ckpt.emitted.contains(&change_key(a)));
+    let keys: Vec<String> = closing.alerts.iter().map(change_key).collect();
+    let closed = closing.closed;
+    emit(out, closing).await;
+    if !closed {
+        return;
+    }
+    let state = match engine.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "Cannot encode the engine state; no checkpoint.");
+            return;
+        }
+    };
+    let now = crate::notify::deliver::now_ms();
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = ckpt.store.save(&ckpt.topic, &state, next, &keys, now) {
+        error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write the checkpoint.");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    ckpt.emitted.extend(keys);
+}
+
+async fn emit(out: &Outputs, closing: Closing) {
+    let (sink, dispatcher, metrics, live, opts) = (
+        &out.alerts,
+        &*out.dispatcher,
+        &*out.metrics,
+        &*out.live,
+        &out.opts,
+    );
+    let Closing {
+        alerts, started, ..
+    } = closing;
     if alerts.is_empty() {
         return;
     }

@@ -14,7 +14,7 @@ use crate::time::Millis;
 use crate::window::{Acc, Closed, Key, Normal, Recorded, Windows};
 
 /// Plain counters of what the engine did; the shell exports them as metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub accepted: u64,
     pub late: u64,
@@ -45,6 +45,28 @@ pub struct Engine {
     volumes: HashMap<Key, Baseline>,
     /// Viewer quality of the last closed window: totals and the worst keys.
     quality: Quality,
+}
+
+#[derive(serde::Serialize)]
+struct StateRef<'a> {
+    windows: &'a Windows,
+    incidents: &'a Incidents,
+    counters: &'a Counters,
+    closes_since_prune: u32,
+    baselines: &'a HashMap<(Key, Metric), Baseline>,
+    levels: &'a HashMap<(Key, Metric), Baseline>,
+    volumes: &'a HashMap<Key, Baseline>,
+}
+
+#[derive(serde::Deserialize)]
+struct State {
+    windows: Windows,
+    incidents: Incidents,
+    counters: Counters,
+    closes_since_prune: u32,
+    baselines: HashMap<(Key, Metric), Baseline>,
+    levels: HashMap<(Key, Metric), Baseline>,
+    volumes: HashMap<Key, Baseline>,
 }
 
 /// One key's viewer quality in a closed window, with what its benchmark expected.
@@ -152,6 +174,54 @@ impl Engine {
             volumes: HashMap::new(),
             quality: Quality::default(),
         }
+    }
+
+    /// The engine's state (windows, incidents, learned baselines, counters; not the
+    /// benchmark table, which has its own cache) as CBOR, for a checkpoint.
+    pub fn snapshot(&self) -> Result<Vec<u8>, String> {
+        let state = StateRef {
+            windows: &self.windows,
+            incidents: &self.incidents,
+            counters: &self.counters,
+            closes_since_prune: self.closes_since_prune,
+            baselines: &self.baselines,
+            levels: &self.levels,
+            volumes: &self.volumes,
+        };
+        let mut out = Vec::new();
+        ciborium::into_writer(&state, &mut out).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// An engine from a [`Engine::snapshot`]. Fails if the bytes do not decode or were taken
+    /// with another window size or lateness (their windows would not line up).
+    /// On failure the table is handed back.
+    pub fn restore(
+        cfg: &Config,
+        table: BenchmarkTable,
+        bytes: &[u8],
+    ) -> Result<Self, (String, BenchmarkTable)> {
+        let s: State = match ciborium::from_reader(bytes) {
+            Ok(s) => s,
+            Err(e) => return Err((e.to_string(), table)),
+        };
+        let shape = Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys);
+        if !s.windows.same_shape(&shape) {
+            return Err((
+                "window.size or window.allowed_lateness changed".into(),
+                table,
+            ));
+        }
+        let mut e = Self::with_table(cfg, table);
+        e.windows = s.windows;
+        e.windows.set_max_keys(cfg.window.max_keys);
+        e.incidents = s.incidents;
+        e.counters = s.counters;
+        e.closes_since_prune = s.closes_since_prune;
+        e.baselines = s.baselines;
+        e.levels = s.levels;
+        e.volumes = s.volumes;
+        Ok(e)
     }
 
     /// Viewer quality of the last closed window.
@@ -769,5 +839,57 @@ mod tests {
             14 * W,
             "three clean windows after the return: {res:?}"
         );
+    }
+
+    #[test]
+    fn a_restored_snapshot_continues_exactly_like_the_original() {
+        use crate::sim::{Event, SimConfig, Simulator};
+        let start = 1_767_290_400_000;
+        let cfg = Config::default();
+        let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
+        let cut = events.len() / 2;
+        let mut a = Engine::new(&cfg);
+        let mut alerts_a = Vec::new();
+        let mut seen_benchmarks = Vec::new();
+        let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
+            Event::Benchmark(b) => {
+                e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+            }
+            Event::Report(r) => {
+                e.on_report(r, Some((0, 0)));
+                out.extend(e.close_ready());
+            }
+        };
+        for ev in &events[..cut] {
+            if let Event::Benchmark(b) = ev {
+                seen_benchmarks.push(b.clone());
+            }
+            feed(&mut a, ev, &mut alerts_a);
+        }
+        let snap = a.snapshot().unwrap();
+        let mut b = Engine::restore(&cfg, BenchmarkTable::new(), &snap)
+            .map_err(|e| e.0)
+            .unwrap();
+        for bm in &seen_benchmarks {
+            b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
+        }
+        assert_eq!(a.counters(), b.counters());
+        let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
+        for ev in &events[cut..] {
+            feed(&mut a, ev, &mut rest_a);
+            feed(&mut b, ev, &mut rest_b);
+        }
+        rest_a.extend(a.close_until(start + 2 * 3_600_000));
+        rest_b.extend(b.close_until(start + 2 * 3_600_000));
+        assert!(
+            !alerts_a.is_empty() && !rest_a.is_empty(),
+            "incidents on both sides of the cut"
+        );
+        assert_eq!(rest_a, rest_b);
+        assert_eq!(a.counters(), b.counters());
+        // A snapshot taken with another window size is refused.
+        let mut other = cfg.clone();
+        other.window.size = std::time::Duration::from_secs(30);
+        assert!(Engine::restore(&other, BenchmarkTable::new(), &snap).is_err());
     }
 }

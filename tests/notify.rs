@@ -4,11 +4,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
-use qos_sentinel::config::{Config, ReceiverConfig, ReceiverKind, Secret};
+use qos_sentinel::config::{ReceiverConfig, ReceiverKind, Secret};
 use qos_sentinel::daemon::{self, RunOptions};
 use qos_sentinel::incident::{Alert, Status};
 use qos_sentinel::notify::render;
@@ -341,63 +341,6 @@ fn child(i: usize) -> Alert {
     }
 }
 
-/// A config file for the daemon binary.
-fn write_config(dir: &std::path::Path, cfg: &Config, receivers: &str) -> std::path::PathBuf {
-    let k = &cfg.kafka;
-    let text = format!(
-        r#"[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-reports_topic = "{reports}"
-benchmarks_topic = "{benchmarks}"
-alerts_topic = "{alerts}"
-dead_letter_topic = "{dlq}"
-session_timeout = "3s"
-
-[window]
-allowed_lateness = "10s"
-
-[state]
-dir = "{state}"
-
-[http]
-listen = "{listen}"
-
-[notify]
-flush_timeout = "1s"
-{receivers}
-"#,
-        brokers = k.brokers,
-        group = k.group_id,
-        reports = k.reports_topic,
-        benchmarks = k.benchmarks_topic,
-        alerts = k.alerts_topic,
-        dlq = k.dead_letter_topic,
-        state = cfg.state.dir.display(),
-        listen = cfg.http.listen,
-    );
-    let path = dir.join("qos-sentinel.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn spawn_daemon(config: &std::path::Path, envs: &[(&str, &str)], log: &std::path::Path) -> Child {
-    let err = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let out = err.try_clone().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
-        .args(["run", "--config"])
-        .arg(config)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,7 +349,7 @@ async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
     let cluster = common::mock_cluster(&mut cfg, 4);
     let brokers = cluster.bootstrap_servers();
     let addr = common::free_addr(); // nothing listens here yet
-    let config = write_config(
+    let config = common::write_config(
         dir.path(),
         &cfg,
         &format!(
@@ -414,7 +357,7 @@ async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
         ),
     );
     let log = dir.path().join("daemon.log");
-    let mut child = spawn_daemon(&config, &[("RUST_LOG", "info")], &log);
+    let mut child = common::spawn_daemon(&config, &[("RUST_LOG", "info")], &log);
     common::feed_sim(&cfg, common::two_incident_sim()).await;
     let topic = cfg.kafka.alerts_topic.clone();
     let b = brokers.clone();
@@ -440,7 +383,7 @@ async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
 
     let sink = Sink::default();
     receiver::serve(&addr, sink.clone()).await;
-    let mut child = spawn_daemon(&config, &[("RUST_LOG", "info")], &log);
+    let mut child = common::spawn_daemon(&config, &[("RUST_LOG", "info")], &log);
     let keys = || -> BTreeSet<String> {
         sink.accepted()
             .iter()
@@ -484,11 +427,11 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
          [[notify.receivers]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"http://{closed}/services/{SLACK_TOKEN}\"\n",
         hmac_file.display()
     );
-    let config = write_config(dir.path(), &cfg, &receivers);
+    let config = common::write_config(dir.path(), &cfg, &receivers);
     let hook_url = format!("http://{addr}/hook/{URL_TOKEN}");
     let log = dir.path().join("daemon.log");
     let envs = [("RUST_LOG", "debug"), ("HOOK_URL", hook_url.as_str())];
-    let mut child = spawn_daemon(&config, &envs, &log);
+    let mut child = common::spawn_daemon(&config, &envs, &log);
     common::feed_sim(&cfg, common::two_incident_sim()).await;
 
     let base = format!("http://{}", cfg.http.listen);

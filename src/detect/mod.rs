@@ -72,7 +72,9 @@ impl Metric {
 
 /// What a finding was compared with: the CDN's benchmark (adjusted by the key's learned
 /// offset), or, for a key without a benchmark, the key's own learned level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum Reference {
     #[default]
     Benchmark,
@@ -111,7 +113,7 @@ impl Severity {
 }
 
 /// One metric of one key in one window, compared with its expectation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     pub metric: Metric,
     pub observed: f64,
@@ -165,7 +167,7 @@ fn t_upper(t: f64, df: f64) -> f64 {
 /// `ln(observed) - ln(benchmark)` shifts the expectation, so a stable offset never fires and a
 /// deviation from what is normal for the key does. Bad windows are not learned from, so an
 /// incident is not absorbed while it lasts (a slow drift over many windows is).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Baseline {
     pub offset: f64,
     pub windows: u32,

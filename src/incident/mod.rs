@@ -106,7 +106,7 @@ pub struct Verdict {
     pub bad: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Track {
     bad_streak: u32,
     /// Clean windows since the last bad one (windows without data do not reset it).
@@ -117,11 +117,11 @@ struct Track {
     firing: Option<Firing>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Firing {
     id: String,
     /// The rule that fired (a key may lose or gain its benchmark while it fires).
-    rule: &'static str,
+    rule: String,
     parent_id: Option<String>,
     started_at: Millis,
     severity: Severity,
@@ -129,7 +129,7 @@ struct Firing {
 }
 
 /// All incidents, open and forming.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Incidents {
     tracks: BTreeMap<(Metric, Scope), Track>,
 }
@@ -226,7 +226,7 @@ impl Incidents {
                     None if t.bad_streak >= cfg.fire_after => {
                         let rule = v.finding.rule();
                         let f = Firing {
-                            rule,
+                            rule: rule.to_string(),
                             parent_id,
                             id: incident_id(rule, &v.scope, t.streak_start),
                             started_at: t.streak_start,
@@ -333,7 +333,7 @@ fn alert(
     Alert {
         id: f.id.clone(),
         status,
-        rule: f.rule.into(),
+        rule: f.rule.clone(),
         severity: f.severity,
         scope: scope.clone(),
         metric: f.last.metric,

@@ -5,7 +5,7 @@ use crate::decode::Report;
 use crate::table::Expected;
 
 /// Count, sum and sum of squares of `ln(x)`, for log-scale tests of skewed metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogStats {
     pub n: u64,
     pub sum: f64,
@@ -60,7 +60,7 @@ pub struct Normal {
 }
 
 /// Everything one window keeps about one key.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Acc {
     pub reports: u64,
     pub failures: u64,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use crate::time::Millis;
 
 /// A (location, cdn) pair. Strings are interned so each distinct name is stored once.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Key {
     pub location: Arc<str>,
     pub cdn: Arc<str>,
@@ -30,7 +32,7 @@ pub enum Recorded {
     KeyCapExceeded,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Open {
     keys: HashMap<Key, Acc>,
     /// Lowest source offset per partition that contributed to this window.
@@ -45,7 +47,7 @@ pub struct Closed {
     pub keys: HashMap<Key, Acc>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Windows {
     size: Millis,
     lateness: Millis,
@@ -60,10 +62,21 @@ pub struct Windows {
     idle: HashSet<i32>,
     /// Every window ending at or before this has been closed.
     closed_until: Millis,
+    /// Interned names; rebuilt as keys come in after a restore.
+    #[serde(skip)]
     names: HashSet<Arc<str>>,
 }
 
 impl Windows {
+    /// Whether `other` has the same window size and lateness.
+    pub fn same_shape(&self, other: &Windows) -> bool {
+        self.size == other.size && self.lateness == other.lateness
+    }
+
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys;
+    }
+
     pub fn new(size: Millis, lateness: Millis, max_keys: usize) -> Self {
         assert!(size > 0, "window size must be positive");
         Self {

@@ -246,3 +246,64 @@ pub fn settled_alerts(
     }
     out
 }
+
+/// A config file for the daemon binary.
+pub fn write_config(dir: &std::path::Path, cfg: &Config, receivers: &str) -> std::path::PathBuf {
+    let k = &cfg.kafka;
+    let text = format!(
+        r#"[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+reports_topic = "{reports}"
+benchmarks_topic = "{benchmarks}"
+alerts_topic = "{alerts}"
+dead_letter_topic = "{dlq}"
+session_timeout = "3s"
+
+[window]
+allowed_lateness = "10s"
+
+[state]
+dir = "{state}"
+
+[http]
+listen = "{listen}"
+
+[notify]
+flush_timeout = "1s"
+{receivers}
+"#,
+        brokers = k.brokers,
+        group = k.group_id,
+        reports = k.reports_topic,
+        benchmarks = k.benchmarks_topic,
+        alerts = k.alerts_topic,
+        dlq = k.dead_letter_topic,
+        state = cfg.state.dir.display(),
+        listen = cfg.http.listen,
+    );
+    let path = dir.join("qos-sentinel.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn spawn_daemon(
+    config: &std::path::Path,
+    envs: &[(&str, &str)],
+    log: &std::path::Path,
+) -> std::process::Child {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let out = err.try_clone().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
+        .args(["run", "--config"])
+        .arg(config)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::from(out))
+        .stderr(std::process::Stdio::from(err))
+        .spawn()
+        .unwrap()
+}

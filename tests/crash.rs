@@ -1,0 +1,162 @@
+//! Crash consistency: the daemon (a child process) is killed with SIGKILL at random moments
+//! while it works through a recorded stream on a broker outside it (the mock cluster in this
+//! test process); all its alerts, taken together, must equal an uninterrupted run's by id and
+//! status: none lost, none doubled, none resolved without firing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use qos_sentinel::config::Config;
+use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
+
+const KILLS: usize = 20;
+
+/// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds.
+fn scenario() -> Simulator {
+    let start = 1_767_290_400_000;
+    let min = 60_000;
+    let mut c = SimConfig::quiet(23, start, 90 * min);
+    c.locations = 6;
+    c.cdns = 2;
+    c.peak_sessions = 900;
+    let names = qos_sentinel::sim::location_names(c.locations);
+    let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
+        kind,
+        location: names[i].clone(),
+        cdn: cdn.into(),
+        start: start + from * min,
+        end: start + to * min,
+    };
+    c.incidents = vec![
+        inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
+        inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
+        inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
+        inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
+    ];
+    Simulator::new(c)
+}
+
+/// `id:status` → how many times it is on the topic.
+fn changes(alerts: &[Alert]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in alerts {
+        let s = match a.status {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        };
+        *m.entry(format!("{}:{s}", a.id)).or_default() += 1;
+    }
+    m
+}
+
+/// A run of its own: own group, alerts topic and state; same input topics.
+fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> (Config, std::path::PathBuf) {
+    let mut cfg = base.clone();
+    cfg.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
+    cfg.kafka.alerts_topic = format!("{}-{name}", base.kafka.alerts_topic);
+    cfg.state.dir = dir.join(name).join("state");
+    cfg.http.listen = common::free_addr();
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    let path = common::write_config(&dir.join(name), &cfg, "");
+    (cfg, path)
+}
+
+fn settled(cfg: &Config) -> Vec<Alert> {
+    common::settled_alerts(
+        &cfg.kafka.brokers,
+        &cfg.kafka.alerts_topic,
+        Duration::from_secs(240),
+        Duration::from_secs(5),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = common::test_config(&dir.path().join("unused"));
+    let cluster = common::mock_cluster(&mut base, 8);
+    for name in ["golden", "crashy"] {
+        cluster
+            .create_topic(&format!("{}-{name}", base.kafka.alerts_topic), 1, 1)
+            .unwrap();
+    }
+    let stats = common::feed_sim(&base, scenario()).await;
+    assert!(stats.reports > 100_000, "{stats:?}");
+
+    // The uninterrupted run.
+    let (golden_cfg, golden_path) = run_config(&base, dir.path(), "golden");
+    let log = dir.path().join("golden.log");
+    let mut child = common::spawn_daemon(&golden_path, &[("RUST_LOG", "info")], &log);
+    let gc = golden_cfg.clone();
+    let golden = tokio::task::spawn_blocking(move || settled(&gc))
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let want = changes(&golden);
+    assert!(want.len() >= 8, "four incidents fire and resolve: {want:?}");
+    assert!(
+        want.values().all(|n| *n == 1),
+        "golden run has no repeats: {want:?}"
+    );
+
+    // The same input, killed with SIGKILL at random moments.
+    let (crash_cfg, crash_path) = run_config(&base, dir.path(), "crashy");
+    let log = dir.path().join("crashy.log");
+    let mut rng = qos_sentinel::sim::Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    let started = Instant::now();
+    for _ in 0..KILLS {
+        let mut child = common::spawn_daemon(&crash_path, &[("RUST_LOG", "info")], &log);
+        // Start-up takes 2-5 s (the group waits out the killed member's session).
+        let ms = 2_500 + rng.below(4_500);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let mut child = common::spawn_daemon(&crash_path, &[("RUST_LOG", "info")], &log);
+    let cc = crash_cfg.clone();
+    let crashy = tokio::task::spawn_blocking(move || settled(&cc))
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = changes(&crashy);
+    let restores = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("Restored the engine from its checkpoint")
+        .count();
+    assert!(
+        restores >= KILLS / 2,
+        "most restarts restore a checkpoint ({restores}):\n{}",
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("librdkafka"))
+            .take(80)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        got,
+        want,
+        "after {KILLS} kills over {:?}, the alerts differ from the uninterrupted run",
+        started.elapsed()
+    );
+    // Never resolved without firing first, in topic order.
+    let mut fired = std::collections::HashSet::new();
+    for a in &crashy {
+        match a.status {
+            Status::Firing => {
+                fired.insert(a.id.clone());
+            }
+            Status::Resolved => assert!(fired.contains(&a.id), "{} resolved before firing", a.id),
+        }
+    }
+}
