@@ -152,14 +152,15 @@ pub async fn run(
     readiness.benchmarks_loaded.store(true, Ordering::Release);
 
     let consumer = source::reports_consumer(&cfg)?;
+    let probe = spawn_broker_probe(&cfg, readiness.clone(), metrics.clone(), stop.clone())?;
     let limit = cfg.limits.max_message_bytes;
     let topic = cfg.kafka.reports_topic.clone();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Next offset to read per partition (one past the last processed).
-    let mut next: HashMap<i32, i64> = restored_next.clone();
-    // Records below the checkpoint's positions are already in the restored state.
-    let skip_below = restored_next;
+    // Next offset to read per partition (one past the last processed). Records below it are
+    // already in the engine's state (restored from the checkpoint, or read before a
+    // rebalance or broker outage sent the consumer back to the committed offset): skipped.
+    let mut next: HashMap<i32, i64> = restored_next;
     // Wall time of each partition's last record, to stop waiting for silent partitions.
     let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows
@@ -217,16 +218,12 @@ pub async fn run(
                     error!(error = %e, "Cannot queue repeats in the outbox.");
                 }
                 store_offsets(&consumer, &topic, &engine, &next);
-                let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
+                let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen);
                 readiness.partitions_assigned.store(assigned, Ordering::Release);
                 publish_gauges(&metrics, &engine, &live);
                 if last_probe.elapsed() >= PROBE_EVERY {
                     last_probe = Instant::now();
-                    let reachable = probe_lag(&consumer, &topic, &next, &metrics);
-                    if reachable != readiness.broker_reachable.swap(reachable, Ordering::AcqRel) {
-                        if reachable { info!("Broker reachable again."); } else { warn!("Broker unreachable: not ready."); }
-                    }
-                    metrics.ready.set(i64::from(readiness.ready()));
+                    probe_lag(&consumer, &topic, &next, &metrics);
                     metrics.rocksdb_bytes.with_label_values(&["benchmarks"]).set(store.size_bytes() as i64);
                     metrics.rocksdb_bytes.with_label_values(&["outbox"]).set(dispatcher.outbox_bytes() as i64);
                     metrics.rocksdb_bytes.with_label_values(&["checkpoint"]).set(ckpt.store.size_bytes() as i64);
@@ -242,14 +239,14 @@ pub async fn run(
                 };
                 metrics.records_in.with_label_values(&["reports"]).inc();
                 let (p, o) = (msg.partition(), msg.offset());
-                if skip_below.get(&p).is_some_and(|s| o < *s) {
+                if next.get(&p).is_some_and(|n| o < *n) {
                     last_seen.insert(p, Instant::now());
                     continue;
                 }
                 if !engine.has_partition(p) {
                     // First record of a partition: register everything assigned first, so
                     // windows wait for the partitions that have not delivered yet.
-                    sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next);
+                    sync_assignment(&consumer, &mut engine, &mut last_seen);
                 }
                 match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
                     Ok(r) => {
@@ -289,7 +286,11 @@ pub async fn run(
         // Nothing stored yet is not an error worth alarming about.
         debug!(error = %e, "Final commit.");
     }
-    let _ = tokio::task::spawn_blocking(move || reader.handle.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = reader.handle.join();
+        let _ = probe.join();
+    })
+    .await;
     dispatcher.shutdown(cfg.notify.flush_timeout).await;
     Ok(())
 }
@@ -449,8 +450,12 @@ fn store_offsets(
     next: &HashMap<i32, i64>,
 ) {
     let pending = engine.pending_offsets();
+    let assigned: HashSet<i32> = match consumer.assignment() {
+        Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
+        Err(_) => return,
+    };
     let mut tpl = TopicPartitionList::new();
-    for (p, n) in next {
+    for (p, n) in next.iter().filter(|(p, _)| assigned.contains(p)) {
         let safe = pending.get(p).map_or(*n, |o| (*o).min(*n));
         if tpl
             .add_partition_offset(topic, *p, Offset::Offset(safe))
@@ -473,7 +478,6 @@ fn sync_assignment(
     consumer: &StreamConsumer,
     engine: &mut Engine,
     last_seen: &mut HashMap<i32, Instant>,
-    next: &mut HashMap<i32, i64>,
 ) -> bool {
     let Ok(tpl) = consumer.assignment() else {
         return false;
@@ -495,9 +499,46 @@ fn sync_assignment(
         info!(partition = p, "Partition revoked.");
         engine.remove_partition(p);
         last_seen.remove(&p);
-        next.remove(&p);
     }
     !assigned.is_empty()
+}
+
+/// Asks the cluster for the reports topic's metadata every 2 s on a thread of its own (the
+/// main loop may be busy retrying a produce while the broker is away) and keeps
+/// `broker_reachable` and the `qos_sentinel_ready` gauge current.
+fn spawn_broker_probe(
+    cfg: &Config,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use rdkafka::producer::Producer;
+    let producer: rdkafka::producer::BaseProducer = source::client_config(&cfg.kafka).create()?;
+    let topic = cfg.kafka.reports_topic.clone();
+    Ok(std::thread::Builder::new()
+        .name("broker-probe".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let ok = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .is_ok_and(|m| !m.brokers().is_empty());
+                if ok != readiness.broker_reachable.swap(ok, Ordering::AcqRel) {
+                    if ok {
+                        info!("Broker reachable again.");
+                    } else {
+                        warn!("Broker unreachable: not ready.");
+                    }
+                }
+                metrics.ready.set(i64::from(readiness.ready()));
+                for _ in 0..20 {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?)
 }
 
 /// Sets the lag gauge of every assigned partition (high watermark minus the next offset to

@@ -1,0 +1,119 @@
+//! A broker outage of a minute: the daemon does not crash, /readyz turns false, and once the
+//! broker is back it catches up and its alerts equal a run without the outage.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use qos_sentinel::config::Config;
+use qos_sentinel::daemon::{self, RunOptions};
+use qos_sentinel::incident::{Alert, Status};
+
+fn changes(alerts: &[Alert]) -> Vec<String> {
+    let mut v: Vec<String> = alerts
+        .iter()
+        .map(|a| {
+            let s = if a.status == Status::Firing {
+                "firing"
+            } else {
+                "resolved"
+            };
+            format!("{}:{s}", a.id)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn variant(base: &Config, dir: &std::path::Path, name: &str) -> Config {
+    let mut cfg = base.clone();
+    cfg.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
+    cfg.kafka.alerts_topic = format!("{}-{name}", base.kafka.alerts_topic);
+    cfg.state.dir = dir.join(name);
+    cfg.http.listen = common::free_addr();
+    cfg
+}
+
+async fn ready(base: &str) -> Option<bool> {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    Some(r.status().is_success())
+}
+
+async fn settled(cfg: &Config) -> Vec<Alert> {
+    let (b, t) = (cfg.kafka.brokers.clone(), cfg.kafka.alerts_topic.clone());
+    tokio::task::spawn_blocking(move || {
+        common::settled_alerts(&b, &t, Duration::from_secs(180), Duration::from_secs(4))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_without_the_broker_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = common::test_config(&dir.path().join("unused"));
+    base.window.allowed_lateness = Duration::from_secs(10);
+    let cluster = common::mock_cluster(&mut base, 4);
+    for name in ["steady", "outage"] {
+        cluster
+            .create_topic(&format!("{}-{name}", base.kafka.alerts_topic), 1, 1)
+            .unwrap();
+    }
+    common::feed_sim(&base, common::two_incident_sim()).await;
+    let opts = RunOptions {
+        print_alerts: false,
+        serve_http: true,
+    };
+
+    let steady = variant(&base, dir.path(), "steady");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let d = tokio::spawn(daemon::run(steady.clone(), opts.clone(), rx));
+    let want = changes(&settled(&steady).await);
+    let _ = stop.send(true);
+    d.await.unwrap().unwrap();
+    assert!(want.len() >= 4, "{want:?}");
+
+    let cfg = variant(&base, dir.path(), "outage");
+    let http = format!("http://{}", cfg.http.listen);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let d = tokio::spawn(daemon::run(cfg.clone(), opts, rx));
+    // Down as soon as the daemon is ready and has started on the reports.
+    let start = Instant::now();
+    while ready(&http).await != Some(true) {
+        assert!(start.elapsed() < Duration::from_secs(60), "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.broker_down(1).unwrap();
+    let down_at = Instant::now();
+    let mut saw_unready = false;
+    while down_at.elapsed() < Duration::from_secs(60) {
+        saw_unready |= ready(&http).await == Some(false);
+        assert!(!d.is_finished(), "the daemon stopped during the outage");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        saw_unready,
+        "/readyz turned false while the broker was down"
+    );
+    cluster.broker_up(1).unwrap();
+    let start = Instant::now();
+    while ready(&http).await != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "ready again after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = changes(&settled(&cfg).await);
+    assert_eq!(
+        got, want,
+        "the same alerts as without the outage, none doubled"
+    );
+    let _ = stop.send(true);
+    d.await.unwrap().unwrap();
+}
