@@ -30,6 +30,30 @@ use crate::source::{self, BenchmarkUpdate};
 use crate::table::store::TableStore;
 use crate::time::Millis;
 
+/// SIGHUPs as a channel (never fires when not wanted or not on Unix).
+fn hangups(wanted: bool) -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    if wanted {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "Cannot listen for SIGHUP; rules reload disabled."),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (wanted, tx);
+    rx
+}
+
 /// How often consumer lag, broker reachability and database sizes are measured.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -40,6 +64,9 @@ pub struct RunOptions {
     pub print_alerts: bool,
     /// Serve /metrics, /healthz and /readyz.
     pub serve_http: bool,
+    /// The config file: on SIGHUP its `[detect]` section (the rules) is read again and
+    /// applied if valid.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Runs until `shutdown` turns true, then commits what is safe and returns.
@@ -48,6 +75,8 @@ pub async fn run(
     opts: RunOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // First: a SIGHUP before the handler exists would end the process.
+    let mut hangup = hangups(opts.config_path.is_some());
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
     let live = Arc::new(Live::default());
@@ -176,6 +205,20 @@ pub async fn run(
             // before the reports: under a steady stream it must still mark idle partitions.
             biased;
             _ = shutdown.changed() => break,
+            Some(()) = hangup.recv() => {
+                let Some(path) = &opts.config_path else { continue };
+                match Config::load(path, std::env::vars()) {
+                    Ok(new) => {
+                        engine.set_detect(new.detect.clone());
+                        metrics.config_reloads.with_label_values(&["ok"]).inc();
+                        info!(path = %path.display(), detect = ?new.detect, "SIGHUP: reloaded the detection rules.");
+                    }
+                    Err(e) => {
+                        metrics.config_reloads.with_label_values(&["error"]).inc();
+                        error!(error = %e, "SIGHUP: config not reloaded; the old rules stay.");
+                    }
+                }
+            }
             Some(u) = bench_rx.recv() => {
                 engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
             }

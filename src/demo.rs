@@ -93,6 +93,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         RunOptions {
             print_alerts: false,
             serve_http: opts.http.is_some(),
+            config_path: None,
         },
         stop_rx.clone(),
     ));

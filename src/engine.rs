@@ -224,6 +224,11 @@ impl Engine {
         Ok(e)
     }
 
+    /// Replaces the detection rules (SIGHUP); open windows and incidents carry on.
+    pub fn set_detect(&mut self, detect: crate::config::DetectConfig) {
+        self.cfg.detect = detect;
+    }
+
     /// Viewer quality of the last closed window.
     pub fn quality(&self) -> &Quality {
         &self.quality

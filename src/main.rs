@@ -211,6 +211,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 RunOptions {
                     print_alerts: true,
                     serve_http: true,
+                    config_path: Some(config.clone()),
                 },
                 stop,
             )

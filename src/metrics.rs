@@ -28,6 +28,7 @@ pub struct Metrics {
     pub detection_seconds: Histogram,
     pub alert_ack_seconds: Histogram,
     pub incidents: IntCounterVec,
+    pub config_reloads: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub rocksdb_bytes: IntGaugeVec,
     pub viewer_quality: GaugeVec,
@@ -196,6 +197,13 @@ impl Metrics {
                     ),
                     &["rule", "severity", "status"],
                 ),
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "qos_sentinel_config_reloads_total",
+                "Rules reloads on SIGHUP, by result.",
+                "result",
+                &["ok", "error"],
             ),
             consumer_lag: vec_of(
                 &r,

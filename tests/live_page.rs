@@ -61,6 +61,7 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
     let opts = RunOptions {
         print_alerts: false,
         serve_http: true,
+        ..Default::default()
     };
     let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
 

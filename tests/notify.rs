@@ -84,6 +84,7 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
     let opts = RunOptions {
         print_alerts: false,
         serve_http: true,
+        ..Default::default()
     };
     let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
     common::feed_sim(&cfg, common::two_incident_sim()).await;

@@ -68,6 +68,7 @@ async fn a_minute_without_the_broker_loses_nothing() {
     let opts = RunOptions {
         print_alerts: false,
         serve_http: true,
+        ..Default::default()
     };
 
     let steady = variant(&base, dir.path(), "steady");

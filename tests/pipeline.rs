@@ -75,6 +75,7 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
     let opts = RunOptions {
         print_alerts: false,
         serve_http: true,
+        ..Default::default()
     };
     let daemon = tokio::spawn(daemon::run(cfg.clone(), opts.clone(), stop_rx));
 

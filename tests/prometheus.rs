@@ -175,6 +175,7 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
     let opts = RunOptions {
         print_alerts: false,
         serve_http: true,
+        ..Default::default()
     };
     let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
     common::feed_sim(&cfg, common::two_incident_sim()).await;

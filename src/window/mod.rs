@@ -257,9 +257,10 @@ impl Windows {
             }
             self.closed_until = boundary;
         }
-        if self.open.is_empty() {
-            // Names no longer referenced by any window can go: the interner stays bounded too.
-            self.names.clear();
+        if !out.is_empty() {
+            // Names no open window (nor anything downstream) references any more can go, so a
+            // flood of distinct ids does not grow the interner past what the windows hold.
+            self.names.retain(|n| Arc::strong_count(n) > 1);
         }
         out
     }
@@ -379,6 +380,41 @@ mod tests {
         assert_eq!(rec(&mut w, "C", 3), Recorded::KeyCapExceeded);
         assert_eq!(rec(&mut w, "A", 4), Recorded::Accepted);
         assert_eq!(w.open_stats(), (1, 2));
+    }
+
+    #[test]
+    fn a_flood_of_a_million_distinct_locations_stays_bounded() {
+        let max_keys = 1_000;
+        let mut w = Windows::new(60_000, 0, max_keys);
+        let (mut accepted, mut capped) = (0u64, 0u64);
+        let mut closed_keys = 0;
+        for i in 0..1_000_000u64 {
+            // 50 windows of 20,000 reports, every one from a location never seen before.
+            let ts = (i / 20_000) as i64 * 60_000 + (i % 20_000) as i64;
+            match w.record(
+                &format!("XX/flood/{i}"),
+                "cdn-a",
+                ts,
+                Some((0, i as i64)),
+                |_| {},
+            ) {
+                Recorded::Accepted => accepted += 1,
+                Recorded::KeyCapExceeded => capped += 1,
+                Recorded::Late => {}
+            }
+            for c in w.close_ready() {
+                closed_keys = closed_keys.max(c.keys.len());
+            }
+            assert!(
+                w.names.len() <= 2 * max_keys + 1,
+                "interner: {}",
+                w.names.len()
+            );
+            assert!(w.open_stats().1 <= max_keys);
+        }
+        assert_eq!(accepted, 50 * max_keys as u64);
+        assert_eq!(capped, 1_000_000 - accepted);
+        assert_eq!(closed_keys, max_keys);
     }
 
     #[test]
