@@ -190,6 +190,18 @@ pub async fn run(
     // already in the engine's state (restored from the checkpoint, or read before a
     // rebalance or broker outage sent the consumer back to the committed offset): skipped.
     let mut next: HashMap<i32, i64> = restored_next;
+    // A checkpoint from another cluster (or a recreated topic) claims positions past the
+    // partitions' ends: it would skip everything. Start fresh instead.
+    if next.iter().any(|(p, n)| {
+        let marks = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))
+        });
+        matches!(marks, Ok((_, high)) if *n > high)
+    }) {
+        warn!(positions = ?next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
+        engine = Engine::with_table(&cfg, engine.into_table());
+        next.clear();
+    }
     // Wall time of each partition's last record, to stop waiting for silent partitions.
     let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows

@@ -224,6 +224,11 @@ impl Engine {
         Ok(e)
     }
 
+    /// The benchmark table, giving up the rest.
+    pub fn into_table(self) -> BenchmarkTable {
+        self.table
+    }
+
     /// Replaces the detection rules (SIGHUP); open windows and incidents carry on.
     pub fn set_detect(&mut self, detect: crate::config::DetectConfig) {
         self.cfg.detect = detect;

@@ -160,3 +160,74 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_from_another_cluster_is_ignored() {
+    use qos_sentinel::daemon::{self, RunOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.window.allowed_lateness = Duration::from_secs(10);
+    cfg.http.listen = common::free_addr();
+    let _first = common::mock_cluster(&mut cfg, 2);
+    common::feed_sim(&cfg, common::two_incident_sim()).await;
+    let opts = RunOptions {
+        serve_http: false,
+        ..Default::default()
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let d = tokio::spawn(daemon::run(cfg.clone(), opts.clone(), rx));
+    let first = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || settled(&cfg)
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(true);
+    d.await.unwrap().unwrap();
+    assert!(!first.is_empty());
+
+    // The same topic names on a new, shorter-lived cluster; the same state directory.
+    let second = common::mock_cluster(&mut cfg, 2);
+    let start = 1_767_290_400_000;
+    let mut sc = SimConfig::quiet(8, start, 25 * 60_000);
+    sc.locations = 6;
+    sc.cdns = 2;
+    sc.peak_sessions = 1_000;
+    sc.incidents = vec![Injected {
+        kind: IncidentKind::FailureSpike,
+        location: qos_sentinel::sim::location_names(6)[4].clone(),
+        cdn: "cdn-a".into(),
+        start: start + 8 * 60_000,
+        end: start + 18 * 60_000,
+    }];
+    common::feed_sim(&cfg, Simulator::new(sc)).await;
+    assert_eq!(cfg.kafka.brokers, second.bootstrap_servers());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let d = tokio::spawn(daemon::run(cfg.clone(), opts, rx));
+    let loc = qos_sentinel::sim::location_names(6)[4].clone();
+    let again: Vec<Alert> = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || {
+            let c = common::tail(&cfg.kafka.brokers, &cfg.kafka.alerts_topic);
+            common::read_until(&c, Duration::from_secs(120), |r| {
+                r.iter().any(|m| {
+                    serde_json::from_slice::<Alert>(m.value.as_deref().unwrap_or_default())
+                        .is_ok_and(|a| a.scope.location.as_deref() == Some(loc.as_str()))
+                })
+            })
+            .iter()
+            .map(|m| serde_json::from_slice(m.value.as_deref().unwrap_or_default()).unwrap())
+            .collect()
+        }
+    })
+    .await
+    .unwrap();
+    let _ = stop.send(true);
+    d.await.unwrap().unwrap();
+    assert!(
+        again.iter().any(|a| a.status == Status::Firing
+            && a.scope.location.as_deref()
+                == Some(qos_sentinel::sim::location_names(6)[4].as_str())),
+        "the new cluster's incident is found, not skipped: {again:?}"
+    );
+}
