@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
@@ -14,15 +14,6 @@ use qos_sentinel::incident::{Alert, Scope, Status};
 use qos_sentinel::notify::deliver::{Dispatcher, now_ms};
 
 const BIN: &str = "prometheus-alertmanager";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn alert(status: Status, started_at: i64) -> Alert {
     Alert {
@@ -65,11 +56,7 @@ async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
-    let found = Command::new(BIN).arg("--version").output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "{BIN} not found: apt-get install prometheus-alertmanager (scripts/deps does)"
-    );
+    common::need(BIN, "prometheus-alertmanager");
     let dir = tempfile::tempdir().unwrap();
     let hook_addr = common::free_addr();
     let sink = Sink::default();
@@ -84,7 +71,7 @@ async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
     )
     .unwrap();
     let am_addr = common::free_addr();
-    let _am = Killed(
+    let _am = common::Killed(
         Command::new(BIN)
             .arg(format!("--config.file={}", am_config.display()))
             .arg(format!(

@@ -44,14 +44,7 @@ fn pixels_like(path: &std::path::Path, rgb: [u8; 3]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_page_renders_the_firing_incident_in_a_real_browser() {
-    let ok = Command::new(BROWSER)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{BROWSER} not found: apt-get install chromium (scripts/deps does)"
-    );
+    common::need(BROWSER, "chromium");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(&dir.path().join("state"));
     cfg.window.allowed_lateness = Duration::from_secs(10);

@@ -50,14 +50,6 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them_all() {
     let state = tempfile::tempdir().unwrap();
@@ -200,19 +192,19 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
 
     let m = common::scrape(&base).await;
     assert_eq!(
-        metric(&m, "qos_sentinel_outbox_depth{receiver=\"hook\"}"),
+        common::metric(&m, "qos_sentinel_outbox_depth{receiver=\"hook\"}"),
         0.0,
         "{m}"
     );
     assert!(
-        metric(
+        common::metric(
             &m,
             "qos_sentinel_deliveries_total{outcome=\"retried\",receiver=\"hook\"}"
         ) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        metric(
+        common::metric(
             &m,
             "qos_sentinel_deliveries_total{outcome=\"delivered\",receiver=\"hook\"}"
         ),
@@ -370,7 +362,7 @@ async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
     let want = changes(&alerts);
     assert!(!want.is_empty());
     let base = format!("http://{}", cfg.http.listen);
-    let depth = metric(
+    let depth = common::metric(
         &common::scrape(&base).await,
         "qos_sentinel_outbox_depth{receiver=\"hook\"}",
     );
@@ -440,11 +432,11 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
     let mut m = String::new();
     while start.elapsed() < Duration::from_secs(120) {
         m = common::scrape(&base).await;
-        if metric(
+        if common::metric(
             &m,
             "qos_sentinel_deliveries_total{outcome=\"retried\",receiver=\"hook\"}",
         ) >= 2.0
-            && metric(
+            && common::metric(
                 &m,
                 "qos_sentinel_deliveries_total{outcome=\"retried\",receiver=\"slack\"}",
             ) >= 2.0

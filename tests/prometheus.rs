@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
@@ -14,26 +14,6 @@ use qos_sentinel::daemon::{self, RunOptions};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn need(bin: &str) {
-    let ok = Command::new(bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{bin} not found: apt-get install prometheus (scripts/deps does)"
-    );
-}
 
 /// `promtool` with `args`, run in alerts/; panics with its output unless it succeeds.
 fn promtool(args: &[&str], stdin: Option<&str>) -> String {
@@ -60,7 +40,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> String {
 
 #[test]
 fn promtool_checks_and_unit_tests_the_rules() {
-    need("promtool");
+    common::need("promtool", "prometheus");
     promtool(&["check", "rules", "qos-sentinel.rules.yml"], None);
     let out = promtool(&["test", "rules", "qos-sentinel.rules.test.yml"], None);
     assert!(out.contains("SUCCESS"), "{out}");
@@ -127,7 +107,7 @@ async fn query(base: &str, expr: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus() {
-    need("prometheus");
+    common::need("prometheus", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::test_config(&dir.path().join("state"));
     cfg.window.allowed_lateness = std::time::Duration::from_secs(10);
@@ -156,7 +136,7 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
         ),
     )
     .unwrap();
-    let _prom = Killed(
+    let _prom = common::Killed(
         Command::new("prometheus")
             .arg(format!("--config.file={}", prom_cfg.display()))
             .arg(format!(

@@ -6,19 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn metric(text: &str, line_prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 async fn wait_metric(base: &str, line: &str, want: f64) {
     let start = Instant::now();
     loop {
         let got = match reqwest::get(format!("{base}/metrics")).await {
-            Ok(r) => metric(&r.text().await.unwrap_or_default(), line),
+            Ok(r) => common::metric(&r.text().await.unwrap_or_default(), line),
             Err(_) => f64::NAN,
         };
         if got == want {

@@ -307,3 +307,34 @@ pub fn spawn_daemon(
         .spawn()
         .unwrap()
 }
+
+/// Fails the test, naming the Debian package, unless `bin --version` runs.
+pub fn need(bin: &str, package: &str) {
+    let ok = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{bin} not found: apt-get install {package} (scripts/deps does)"
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of the first exposition line starting with `prefix` (NaN if none).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
