@@ -6,7 +6,6 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qos_sentinel::daemon::{self, RunOptions};
 use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
 
 const BROWSER: &str = "chromium";
@@ -50,13 +49,7 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
     cfg.window.allowed_lateness = Duration::from_secs(10);
     cfg.http.listen = common::free_addr();
     let _cluster = common::mock_cluster(&mut cfg, 2);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let opts = RunOptions {
-        print_alerts: false,
-        serve_http: true,
-        ..Default::default()
-    };
-    let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let d = common::start_daemon(&cfg);
 
     // A failure spike that is still going on when the traffic ends: it stays firing.
     let start = 1_767_290_400_000;
@@ -142,6 +135,5 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
         n > 200,
         "only {n} pixels of the incident's colour in the screenshot"
     );
-    let _ = stop_tx.send(true);
-    d.await.unwrap().unwrap();
+    d.stop().await;
 }

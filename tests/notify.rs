@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
 use qos_sentinel::config::{ReceiverConfig, ReceiverKind, Secret};
-use qos_sentinel::daemon::{self, RunOptions};
 use qos_sentinel::incident::{Alert, Status};
 use qos_sentinel::notify::render;
 
@@ -71,14 +70,8 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
         Some("http://grafana/d/qos-viewer?var-location={location}&var-cdn={cdn}".into());
     cfg.notify.receivers = vec![hook, slack];
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let base = format!("http://{}", cfg.http.listen);
-    let opts = RunOptions {
-        print_alerts: false,
-        serve_http: true,
-        ..Default::default()
-    };
-    let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let d = common::start_daemon(&cfg);
     common::feed_sim(&cfg, common::two_incident_sim()).await;
 
     let topic = cfg.kafka.alerts_topic.clone();
@@ -210,8 +203,7 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
         ),
         want.len() as f64
     );
-    let _ = stop_tx.send(true);
-    d.await.unwrap().unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
 use qos_sentinel::config::ReceiverConfig;
-use qos_sentinel::daemon::{self, RunOptions};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -151,13 +150,7 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
     );
     let prom = format!("http://{prom_addr}");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let opts = RunOptions {
-        print_alerts: false,
-        serve_http: true,
-        ..Default::default()
-    };
-    let d = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let d = common::start_daemon(&cfg);
     common::feed_sim(&cfg, common::two_incident_sim()).await;
     let topic = cfg.kafka.alerts_topic.clone();
     let brokers = cfg.kafka.brokers.clone();
@@ -246,6 +239,5 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    let _ = stop_tx.send(true);
-    d.await.unwrap().unwrap();
+    d.stop().await;
 }

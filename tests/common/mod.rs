@@ -338,3 +338,27 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// A daemon running in this process with HTTP on, until [`Daemon::stop`].
+pub struct Daemon {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn start_daemon(cfg: &Config) -> Daemon {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let opts = qos_sentinel::daemon::RunOptions {
+        serve_http: true,
+        ..Default::default()
+    };
+    let handle = tokio::spawn(qos_sentinel::daemon::run(cfg.clone(), opts, rx));
+    Daemon { stop, handle }
+}
+
+impl Daemon {
+    /// Asks for a clean shutdown and waits for it; panics if the daemon failed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.handle.await.expect("daemon task").expect("daemon run");
+    }
+}
