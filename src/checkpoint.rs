@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use rocksdb::{DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -50,10 +50,7 @@ impl CheckpointStore {
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
         let path = dir.join("checkpoint");
         let p = path.display().to_string();
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let db = DB::open(&opts, &path).map_err(|error| CheckpointError::Db {
+        let db = crate::table::store::open_db(&path).map_err(|error| CheckpointError::Db {
             path: p.clone(),
             error,
         })?;

@@ -597,15 +597,10 @@ fn spawn_broker_probe(
 }
 
 /// Sets the lag gauge of every assigned partition (high watermark minus the next offset to
-/// read). Returns false when the broker did not answer.
-fn probe_lag(
-    consumer: &StreamConsumer,
-    topic: &str,
-    next: &HashMap<i32, i64>,
-    metrics: &Metrics,
-) -> bool {
+/// read); the broker's reachability is the probe thread's job.
+fn probe_lag(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>, metrics: &Metrics) {
     let Ok(tpl) = consumer.assignment() else {
-        return false;
+        return;
     };
     metrics.consumer_lag.reset();
     for e in tpl.elements() {
@@ -623,11 +618,10 @@ fn probe_lag(
             }
             Err(e) => {
                 debug!(partition = p, error = %e, "Cannot read partition watermarks.");
-                return false;
+                return;
             }
         }
     }
-    true
 }
 
 fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rocksdb::{DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::incident::Alert;
@@ -63,10 +63,7 @@ impl Outbox {
     pub fn open(dir: &Path) -> Result<Self, OutboxError> {
         let path = dir.join("outbox");
         let p = path.display().to_string();
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let db = DB::open(&opts, &path).map_err(|error| OutboxError::Db {
+        let db = crate::table::store::open_db(&path).map_err(|error| OutboxError::Db {
             path: p.clone(),
             error,
         })?;

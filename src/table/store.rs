@@ -55,6 +55,14 @@ fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// Opens (creating it if missing) one of the daemon's RocksDB databases, LZ4-compressed.
+pub fn open_db(path: &Path) -> Result<DB, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    DB::open(&opts, path)
+}
+
 /// Bytes a RocksDB database holds: SST files plus memtables.
 pub fn db_size(db: &DB) -> u64 {
     let prop = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
@@ -69,11 +77,8 @@ impl TableStore {
 
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("benchmarks");
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let p = path.display().to_string();
-        let db = DB::open(&opts, &path).map_err(|error| StoreError::Db {
+        let db = open_db(&path).map_err(|error| StoreError::Db {
             path: p.clone(),
             error,
         })?;
