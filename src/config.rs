@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::Metric;
+use crate::detect::rules::{MetricRule, Override, lint};
+
 /// Prefix of environment variables that override config fields.
 pub const ENV_PREFIX: &str = "QOS_SENTINEL__";
 
@@ -29,6 +32,38 @@ pub enum ConfigError {
     Env { var: String, message: String },
 }
 
+/// Reads and checks a detection rules file; the error names the file, line and field of the
+/// first mistake and how many more there are.
+pub fn load_rules(path: &Path) -> Result<DetectConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
+    let problems = lint(&text);
+    if let Some(first) = problems.first() {
+        let more = match problems.len() - 1 {
+            0 => String::new(),
+            n => format!(
+                " ({n} more: `qos-sentinel rules lint {}` lists them)",
+                path.display()
+            ),
+        };
+        return Err(format!(
+            "rules file {}:{}: {first}{more}",
+            path.display(),
+            first.line
+        ));
+    }
+    toml::from_str(&text).map_err(|e| format!("rules file {}: {}", path.display(), e.message()))
+}
+
+/// [`load_rules`], as the TOML table it was read from (to merge under `[detect]`).
+fn load_rules_table(path: &Path) -> Result<toml::Table, String> {
+    load_rules(path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| format!("rules file {}: {}", path.display(), e.message()))
+}
+
 fn field(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
@@ -39,6 +74,11 @@ fn field(field: &str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Detection rules file (TOML: the fields of `[detect]`, e.g. `alerts/rules.toml`),
+    /// relative to this config file. It is the base of `[detect]`: keys set there or by
+    /// environment variables win. SIGHUP re-reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_file: Option<PathBuf>,
     #[serde(default)]
     pub kafka: KafkaConfig,
     #[serde(default)]
@@ -184,6 +224,14 @@ pub struct DetectConfig {
     /// one CDN-wide incident (scope `{cdn}`) is raised above the per-location ones.
     #[serde(default = "default_group_min_locations")]
     pub group_min_locations: usize,
+    /// Per-metric settings, `[detect.metrics.<metric>]`: enabled, min_samples,
+    /// min_relative_effect, critical_relative_effect.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<Metric, MetricRule>,
+    /// Settings for locations or CDNs matching patterns, `[[detect.overrides]]`; later
+    /// entries win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
 }
 
 const fn default_fdr() -> f64 {
@@ -218,6 +266,8 @@ impl Default for DetectConfig {
             fire_after: default_fire_after(),
             resolve_after: default_resolve_after(),
             group_min_locations: default_group_min_locations(),
+            metrics: BTreeMap::new(),
+            overrides: Vec::new(),
         }
     }
 }
@@ -489,6 +539,24 @@ impl Config {
                 apply_override(&mut doc, &var, rest, &value)?;
             }
         }
+        // The rules file is the base of [detect]; keys set in [detect] (or by environment
+        // variables) win over it.
+        if let Some(rel) = doc.get("rules_file") {
+            let rel = rel
+                .as_str()
+                .ok_or_else(|| field("rules_file", "must be a path (a string)"))?;
+            let file = path.parent().unwrap_or(Path::new("")).join(rel);
+            let rules = load_rules_table(&file).map_err(|m| field("rules_file", m))?;
+            let detect = doc
+                .entry("detect")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(detect) = detect.as_table_mut() else {
+                return Err(field("detect", "must be a table"));
+            };
+            for (k, v) in rules {
+                detect.entry(k).or_insert(v);
+            }
+        }
         let cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
                 let path = e.path().to_string();
@@ -556,46 +624,8 @@ impl Config {
         if w.max_keys == 0 {
             return Err(field("window.max_keys", "(0) must be at least 1"));
         }
-        let d = &self.detect;
-        if !(d.fdr > 0.0 && d.fdr < 1.0) {
-            return Err(field(
-                "detect.fdr",
-                format!("({}) must be in (0, 1)", d.fdr),
-            ));
-        }
-        if !(d.min_relative_effect >= 0.0 && d.min_relative_effect.is_finite()) {
-            return Err(field(
-                "detect.min_relative_effect",
-                format!("({}) must be a finite number >= 0", d.min_relative_effect),
-            ));
-        }
-        if d.critical_relative_effect.is_nan() || d.critical_relative_effect < d.min_relative_effect
-        {
-            return Err(field(
-                "detect.critical_relative_effect",
-                format!(
-                    "({}) must be at least detect.min_relative_effect ({})",
-                    d.critical_relative_effect, d.min_relative_effect
-                ),
-            ));
-        }
-        if d.min_samples < 2 {
-            return Err(field(
-                "detect.min_samples",
-                format!("({}) must be at least 2", d.min_samples),
-            ));
-        }
-        if d.fire_after == 0 {
-            return Err(field("detect.fire_after", "(0) must be at least 1"));
-        }
-        if d.resolve_after == 0 {
-            return Err(field("detect.resolve_after", "(0) must be at least 1"));
-        }
-        if d.group_min_locations < 2 {
-            return Err(field(
-                "detect.group_min_locations",
-                format!("({}) must be at least 2", d.group_min_locations),
-            ));
+        if let Some((path, message)) = self.detect.problems().into_iter().next() {
+            return Err(field(&format!("detect.{path}"), message));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(field(
@@ -790,7 +820,7 @@ mod tests {
             ),
             (
                 "[detect]\nmin_relative_effect = 0.5\ncritical_relative_effect = 0.2",
-                "`detect.critical_relative_effect`: (0.2) must be at least detect.min_relative_effect (0.5)",
+                "`detect.critical_relative_effect`: (0.2) must be at least min_relative_effect (0.5)",
             ),
             (
                 "[kafka]\nalerts_topic = \"qos.client-reports\"",
@@ -830,6 +860,42 @@ mod tests {
             }
             _ => out.push(prefix.to_string()),
         }
+    }
+
+    #[test]
+    fn rules_file_is_the_base_of_detect_and_config_keys_win() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.toml"),
+            "fire_after = 4\nfdr = 0.01\n\n[[overrides]]\ncdn = \"cdn-x\"\nenabled = false\n",
+        )
+        .unwrap();
+        let path = dir.path().join("qos.toml");
+        let text = "rules_file = \"rules.toml\"\n[detect]\nfdr = 0.002\n";
+        let cfg = Config::from_toml(
+            text,
+            &path,
+            [(
+                "QOS_SENTINEL__DETECT__RESOLVE_AFTER".to_string(),
+                "5".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(cfg.detect.fire_after, 4);
+        assert_eq!(cfg.detect.fdr, 0.002);
+        assert_eq!(cfg.detect.resolve_after, 5);
+        assert!(
+            !cfg.detect
+                .tuning(Some("l"), Some("cdn-x"), Metric::FailureRate)
+                .enabled
+        );
+        let missing = Config::from_toml("rules_file = \"nope.toml\"\n", &path, []).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("`rules_file`: cannot read rules file"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! The daemon, the backtest and the benchmarks all drive this same type, so the backtest runs
 //! exactly the daemon's detection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::Config;
 use crate::decode::Report;
@@ -45,6 +45,9 @@ pub struct Engine {
     volumes: HashMap<Key, Baseline>,
     /// Viewer quality of the last closed window: totals and the worst keys.
     quality: Quality,
+    /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
+    /// device) so that an incident can name the cohort behind it.
+    suspects: HashSet<Key>,
 }
 
 #[derive(serde::Serialize)]
@@ -56,6 +59,7 @@ struct StateRef<'a> {
     baselines: &'a HashMap<(Key, Metric), Baseline>,
     levels: &'a HashMap<(Key, Metric), Baseline>,
     volumes: &'a HashMap<Key, Baseline>,
+    suspects: &'a HashSet<Key>,
 }
 
 #[derive(serde::Deserialize)]
@@ -67,6 +71,8 @@ struct State {
     baselines: HashMap<(Key, Metric), Baseline>,
     levels: HashMap<(Key, Metric), Baseline>,
     volumes: HashMap<Key, Baseline>,
+    #[serde(default)]
+    suspects: HashSet<Key>,
 }
 
 /// One key's viewer quality in a closed window, with what its benchmark expected.
@@ -173,6 +179,7 @@ impl Engine {
             levels: HashMap::new(),
             volumes: HashMap::new(),
             quality: Quality::default(),
+            suspects: HashSet::new(),
         }
     }
 
@@ -187,6 +194,7 @@ impl Engine {
             baselines: &self.baselines,
             levels: &self.levels,
             volumes: &self.volumes,
+            suspects: &self.suspects,
         };
         let mut out = Vec::new();
         ciborium::into_writer(&state, &mut out).map_err(|e| e.to_string())?;
@@ -221,6 +229,7 @@ impl Engine {
         e.baselines = s.baselines;
         e.levels = s.levels;
         e.volumes = s.volumes;
+        e.suspects = s.suspects;
         Ok(e)
     }
 
@@ -280,9 +289,16 @@ impl Engine {
             normal.own_throughput_log = level(Metric::ThroughputKbps);
             normal.own_startup_log = level(Metric::StartupMs);
         }
+        let suspect = !self.suspects.is_empty()
+            && self
+                .suspects
+                .contains(&self.windows.key(&r.location, &r.cdn));
         let out = self
             .windows
             .record(&r.location, &r.cdn, r.ts, source, |acc| {
+                if suspect && acc.cohorts.is_none() {
+                    acc.cohorts = Some(Box::default());
+                }
                 acc.add_with(r, expected, &normal)
             });
         match out {
@@ -389,7 +405,9 @@ impl Engine {
                 } else {
                     OwnLevels::default()
                 };
-                for mut f in detect::evaluate_with(acc, &self.cfg.detect, &offsets, &own) {
+                let detect = &self.cfg.detect;
+                let tune = |m| detect.tuning(Some(&key.location), Some(&key.cdn), m);
+                for mut f in detect::evaluate_with(acc, &tune, &offsets, &own) {
                     let warm = match (f.reference, f.metric) {
                         (Reference::Baseline, _) => true, // own levels are only used warm
                         (_, Metric::ThroughputKbps) => tp.warm(),
@@ -398,14 +416,14 @@ impl Engine {
                     };
                     if !warm {
                         // Not yet known what is normal here: only a critical deviation counts.
-                        f.eligible &= f.effect >= self.cfg.detect.critical_relative_effect;
+                        f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
                     }
                     findings.push((i, f));
                 }
                 if let Some(b) = self.volumes.get(key)
                     && b.windows >= detect::OWN_LEVEL_WARMUP
                     && let Some(f) =
-                        detect::evaluate_volume(acc.reports, b.offset, &self.cfg.detect)
+                        detect::evaluate_volume(acc.reports, b.offset, &tune(Metric::ReportVolume))
                 {
                     findings.push((i, f));
                 }
@@ -422,15 +440,32 @@ impl Engine {
                     self.counters.discoveries += u64::from(bad);
                     let k = &keys[i].0;
                     let scope = Scope::pair(&k.location, &k.cdn);
+                    let t = self
+                        .cfg
+                        .detect
+                        .tuning(Some(&k.location), Some(&k.cdn), finding.metric);
                     (
                         i,
                         Verdict {
                             scope,
+                            severity: detect::severity(finding.effect, &t),
                             finding,
                             bad,
                         },
                     )
                 })
+                .collect();
+            for (i, v) in verdicts.iter_mut() {
+                if v.bad
+                    && let Some(c) = &keys[*i].1.cohorts
+                {
+                    v.finding.cohort = c.explain(&v.finding);
+                }
+            }
+            self.suspects = verdicts
+                .iter()
+                .filter(|(_, v)| v.bad)
+                .map(|(i, _)| keys[*i].0.clone())
                 .collect();
             self.learn(&keys, &verdicts, w.end);
             let parents = self.roll_up(&keys, &verdicts);
@@ -573,6 +608,10 @@ impl Engine {
         }
         let mut out = Vec::new();
         let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
+            let t = self
+                .cfg
+                .detect
+                .tuning(scope.location.as_deref(), scope.cdn.as_deref(), metric);
             if metric == Metric::ReportVolume {
                 let (obs, usual) = verdicts
                     .iter()
@@ -580,10 +619,10 @@ impl Engine {
                     .fold((0.0, 0.0), |(o, u), (_, v)| {
                         (o + v.finding.observed, u + v.finding.expected)
                     });
-                if let Some(finding) = detect::evaluate_volume(obs as u64, usual, &self.cfg.detect)
-                {
+                if let Some(finding) = detect::evaluate_volume(obs as u64, usual, &t) {
                     out.push(Verdict {
                         scope,
+                        severity: detect::severity(finding.effect, &t),
                         finding,
                         bad: true,
                     });
@@ -594,12 +633,19 @@ impl Engine {
             for i in idx {
                 merged.merge(&keys[*i].1);
             }
-            if let Some(finding) = detect::evaluate(&merged, &self.cfg.detect)
+            let tune = |m| {
+                self.cfg
+                    .detect
+                    .tuning(scope.location.as_deref(), scope.cdn.as_deref(), m)
+            };
+            let own = OwnLevels::default();
+            if let Some(finding) = detect::evaluate_with(&merged, &tune, &Offsets::default(), &own)
                 .into_iter()
                 .find(|f| f.metric == metric)
             {
                 out.push(Verdict {
                     scope,
+                    severity: detect::severity(finding.effect, &t),
                     finding,
                     bad: true,
                 });

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod demo;
 pub mod detect;
 pub mod engine;
+pub mod glob;
 pub mod http;
 pub mod incident;
 pub mod metrics;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use qos_sentinel::config::{Config, DetectConfig};
+use qos_sentinel::config::Config;
 use qos_sentinel::daemon::{self, RunOptions};
 use qos_sentinel::sim::feed::{FeedOptions, feed};
 use qos_sentinel::sim::{Labels, SimConfig, Simulator};
@@ -25,6 +25,12 @@ struct Cli {
     /// Check the arguments and exit (used by the docker-compose test).
     #[arg(long, global = true, hide = true)]
     parse_only: bool,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check a rules file (e.g. alerts/rules.toml): every mistake with its line; exit 1 if any.
+    Lint { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +109,11 @@ enum Command {
         #[arg(long, default_value = "qos.cdn-benchmarks")]
         benchmarks_topic: String,
     },
+    /// Detection rules files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Run the daemon's detection over recorded files (CONTRACTS section 4).
     Backtest {
         #[arg(long)]
@@ -124,21 +135,6 @@ enum Command {
 
 fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path, std::env::vars())?)
-}
-
-fn load_rules(path: &Path) -> anyhow::Result<DetectConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read rules file {}", path.display()))?;
-    let de = toml::Deserializer::parse(&text)
-        .map_err(|e| anyhow::anyhow!("rules file {}: {e}", path.display()))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        anyhow::anyhow!(
-            "rules file {}: field `{}`: {}",
-            path.display(),
-            e.path(),
-            e.inner()
-        )
-    })
 }
 
 async fn shutdown_signal() -> watch::Receiver<bool> {
@@ -169,6 +165,22 @@ async fn shutdown_signal() -> watch::Receiver<bool> {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Rules {
+            command: RulesCommand::Lint { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read rules file {}", file.display()))?;
+            let problems = qos_sentinel::detect::rules::lint(&text);
+            for p in &problems {
+                println!("{}:{}: {p}", file.display(), p.line);
+            }
+            if problems.is_empty() {
+                println!("{}: ok", file.display());
+                Ok(())
+            } else {
+                anyhow::bail!("{} problem(s) in {}", problems.len(), file.display())
+            }
+        }
         Command::Receive {
             listen,
             hmac_secret,
@@ -331,7 +343,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => Config::default(),
             };
             if let Some(r) = rules {
-                cfg.detect = load_rules(&r)?;
+                cfg.detect = qos_sentinel::config::load_rules(&r).map_err(anyhow::Error::msg)?;
                 cfg.validate()?;
             }
             let labels = labels.map(|l| backtest::read_labels(&l)).transpose()?;

@@ -33,6 +33,7 @@ fn alert(status: Status, started_at: i64) -> Alert {
         resolved_at: (status == Status::Resolved).then_some(started_at + 180_000),
         summary: "Playback failures at 25 % against a 1 % benchmark".into(),
         parent_id: None,
+        cohort: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn scenario() -> SimConfig {
             cdn: "cdn-a".into(),
             start: START + 6 * 60_000,
             end: START + 13 * 60_000,
+            asn: None,
         },
         Injected {
             kind: IncidentKind::Degradation,
@@ -36,6 +37,7 @@ fn scenario() -> SimConfig {
             cdn: "cdn-a".into(),
             start: START + 15 * 60_000,
             end: START + 23 * 60_000,
+            asn: None,
         },
     ];
     c

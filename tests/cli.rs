@@ -51,3 +51,60 @@ fn environment_overrides_are_validated_too() {
         "{err}"
     );
 }
+
+#[test]
+fn rules_lint_explains_every_mistake_with_its_line() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/rules.toml");
+    let out = bin().args(["rules", "lint", shipped]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "fdr = 0.001\nmin_samles = 30\n\n[metrics.failure_rate]\nmin_relative_effect = \"big\"\n\n[[overrides]]\ncdn = \"cdn-b\"\nmetrics = [\"startup\"]\n",
+    )
+    .unwrap();
+    let out = bin().args(["rules", "lint"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let b = bad.display();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{b}:2: `min_samles`: unknown field (did you mean `min_samples`?)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{b}:5: `metrics.failure_rate.min_relative_effect`: must be a number"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "{b}:9: `overrides[0].metrics`: unknown metric \"startup\""
+        )),
+        "{stdout}"
+    );
+
+    // A config naming the file refuses to start, pointing at the same line.
+    let cfg = dir.path().join("qos.toml");
+    std::fs::write(&cfg, "rules_file = \"bad.toml\"\n").unwrap();
+    let out = bin().arg("check-config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`rules_file`")
+            && err.contains(&format!("{b}:2: `min_samles`"))
+            && err.contains("2 more"),
+        "{err}"
+    );
+}

@@ -29,6 +29,7 @@ fn scenario() -> Simulator {
         cdn: cdn.into(),
         start: start + from * min,
         end: start + to * min,
+        asn: None,
     };
     c.incidents = vec![
         inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
@@ -199,6 +200,7 @@ async fn a_checkpoint_from_another_cluster_is_ignored() {
         cdn: "cdn-a".into(),
         start: start + 8 * 60_000,
         end: start + 18 * 60_000,
+        asn: None,
     }];
     common::feed_sim(&cfg, Simulator::new(sc)).await;
     assert_eq!(cfg.kafka.brokers, second.bootstrap_servers());

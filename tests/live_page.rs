@@ -64,6 +64,7 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
         cdn: "cdn-b".into(),
         start: start + 6 * 60_000,
         end: start + 60 * 60_000,
+        asn: None,
     }];
     common::feed_sim(&cfg, Simulator::new(sc)).await;
 

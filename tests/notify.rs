@@ -229,6 +229,7 @@ async fn alerts_that_change_together_are_grouped_and_held_children_stay_quiet() 
             cdn: Some("cdn-c".into()),
         },
         parent_id: None,
+        cohort: None,
         ..child(0)
     };
     let mut batch = vec![parent.clone()];
@@ -278,6 +279,7 @@ async fn alerts_that_change_together_are_grouped_and_held_children_stay_quiet() 
     let fresh: Vec<Alert> = (100..145)
         .map(|i| Alert {
             parent_id: None,
+            cohort: None,
             ..child(i)
         })
         .collect();
@@ -323,6 +325,7 @@ fn child(i: usize) -> Alert {
         resolved_at: None,
         summary: "Throughput a quarter of the benchmark".into(),
         parent_id: Some("p".into()),
+        cohort: None,
     }
 }
 

@@ -86,6 +86,42 @@ async fn sighup_reloads_rules_and_sigterm_exits_cleanly() {
         "{logs}"
     );
 
+    // Rules in their own file, as shipped in alerts/: reloaded on SIGHUP too, and a mistake
+    // in it is named with its line.
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "fire_after = 4\n\n[[overrides]]\ncdn = \"cdn-x\"\nenabled = false\n",
+    )
+    .unwrap();
+    std::fs::write(&path, format!("rules_file = \"rules.toml\"\n{original}")).unwrap();
+    signal(&child, "-HUP");
+    wait_metric(
+        &base,
+        "qos_sentinel_config_reloads_total{result=\"ok\"}",
+        2.0,
+    )
+    .await;
+    std::fs::write(&rules, "fire_after = 4\nresolve_aftr = 2\n").unwrap();
+    signal(&child, "-HUP");
+    wait_metric(
+        &base,
+        "qos_sentinel_config_reloads_total{result=\"error\"}",
+        2.0,
+    )
+    .await;
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("fire_after: 4") && logs.contains("cdn-x"),
+        "the rules file was applied:\n{logs}"
+    );
+    assert!(
+        logs.contains(
+            "rules.toml:2: `resolve_aftr`: unknown field (did you mean `resolve_after`?)"
+        ),
+        "{logs}"
+    );
+
     signal(&child, "-TERM");
     let start = Instant::now();
     let status = loop {

@@ -14,8 +14,11 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
+pub mod rules;
+
 use crate::config::DetectConfig;
 use crate::window::{Acc, LogStats};
+use rules::Tuning;
 
 /// What is measured. Names are the `metric` field of alerts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -126,6 +129,9 @@ pub struct Finding {
     /// Passed the sample, effect and robustness floors (before the multiple-test correction).
     pub eligible: bool,
     pub reference: Reference,
+    /// The client cohort (ASN, device) that carries most of the deviation, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<crate::window::cohort::Cohort>,
 }
 
 impl Finding {
@@ -218,20 +224,23 @@ pub struct Offsets {
 
 /// Tests every metric of `acc` that has an expectation and enough samples.
 pub fn evaluate(acc: &Acc, cfg: &DetectConfig) -> Vec<Finding> {
-    evaluate_with(acc, cfg, &Offsets::default(), &OwnLevels::default())
+    evaluate_with(
+        acc,
+        &|m| cfg.tuning(None, None, m),
+        &Offsets::default(),
+        &OwnLevels::default(),
+    )
 }
 
 /// Like [`evaluate`], with expectations shifted by what is normal for the key, and the key's
 /// own levels where it has no benchmark.
 pub fn evaluate_with(
     acc: &Acc,
-    cfg: &DetectConfig,
+    tune: &dyn Fn(Metric) -> Tuning,
     offsets: &Offsets,
     own: &OwnLevels,
 ) -> Vec<Finding> {
     let mut out = Vec::with_capacity(4);
-    let min_n = cfg.min_samples;
-    let min_eff = cfg.min_relative_effect;
 
     let failure_ref = if acc.exp_error_n > 0 {
         Some((
@@ -241,8 +250,10 @@ pub fn evaluate_with(
     } else {
         own.failure_rate.map(|x| (x, Reference::Baseline))
     };
+    let t = tune(Metric::FailureRate);
     if let Some((p0, reference)) = failure_ref
-        && acc.reports >= min_n
+        && t.enabled
+        && acc.reports >= t.min_samples
     {
         let p0 = p0.max(MIN_EXPECTED_RATE);
         let obs = acc.failure_rate();
@@ -259,8 +270,9 @@ pub fn evaluate_with(
             samples: acc.reports,
             p_value,
             effect,
-            eligible: effect >= min_eff && obs - p0 >= MIN_FAILURE_RATE_DELTA,
+            eligible: effect >= t.min_relative_effect && obs - p0 >= MIN_FAILURE_RATE_DELTA,
             reference,
+            cohort: None,
         });
     }
 
@@ -272,8 +284,11 @@ pub fn evaluate_with(
     } else {
         own.rebuffer_ratio.map(|x| (x, Reference::Baseline))
     };
+    let t = tune(Metric::RebufferRatio);
+    let min_eff = t.min_relative_effect;
     if let Some((e, reference)) = rebuffer_ref
-        && acc.reports >= min_n
+        && t.enabled
+        && acc.reports >= t.min_samples
         && acc.sum_d > 0.0
     {
         let e = e.max(MIN_EXPECTED_RATE);
@@ -308,6 +323,7 @@ pub fn evaluate_with(
                 && r - e >= MIN_REBUFFER_DELTA
                 && without_worst / e - 1.0 >= min_eff,
             reference,
+            cohort: None,
         });
     }
 
@@ -319,13 +335,14 @@ pub fn evaluate_with(
                     offset: f64,
                     own_log: Option<f64>,
                     (cmp, worse): (u64, u64)| {
+        let t = tune(metric);
         let min_n = if metric == Metric::StartupMs {
             // Only a session's first report carries startup time.
-            (min_n / 3).max(10)
+            (t.min_samples / 3).max(10)
         } else {
-            min_n
+            t.min_samples
         };
-        if stats.n < min_n {
+        if !t.enabled || stats.n < min_n {
             return None;
         }
         let (mu0, reference) = if exp_n > 0 {
@@ -362,8 +379,9 @@ pub fn evaluate_with(
             samples: stats.n,
             p_value,
             effect,
-            eligible: effect >= min_eff && broad,
+            eligible: effect >= t.min_relative_effect && broad,
             reference,
+            cohort: None,
         })
     };
     out.extend(log_test(
@@ -394,8 +412,8 @@ pub const MIN_USUAL_VOLUME: f64 = 60.0;
 
 /// Is a key's report count far below its usual level? Lower-tail Poisson test, and the count
 /// must have at least halved: load curves and session churn move counts, outages cut them.
-pub fn evaluate_volume(observed: u64, usual: f64, cfg: &DetectConfig) -> Option<Finding> {
-    if usual < MIN_USUAL_VOLUME {
+pub fn evaluate_volume(observed: u64, usual: f64, t: &Tuning) -> Option<Finding> {
+    if !t.enabled || usual < MIN_USUAL_VOLUME {
         return None;
     }
     // Reports come in sessions (about DESIGN_EFFECT per window each), so counts vary more
@@ -412,8 +430,9 @@ pub fn evaluate_volume(observed: u64, usual: f64, cfg: &DetectConfig) -> Option<
         samples: observed,
         p_value,
         effect,
-        eligible: (observed as f64) <= 0.5 * usual && effect >= cfg.min_relative_effect,
+        eligible: (observed as f64) <= 0.5 * usual && effect >= t.min_relative_effect,
         reference: Reference::Baseline,
+        cohort: None,
     })
 }
 
@@ -438,8 +457,8 @@ pub fn benjamini_hochberg(p_values: &[f64], q: f64) -> Vec<bool> {
 }
 
 /// Severity from the size of the deviation.
-pub fn severity(effect: f64, cfg: &DetectConfig) -> Severity {
-    if effect >= cfg.critical_relative_effect {
+pub fn severity(effect: f64, t: &Tuning) -> Severity {
+    if effect >= t.critical_relative_effect {
         Severity::Critical
     } else {
         Severity::Warning
@@ -549,7 +568,10 @@ mod tests {
         let f = finding(&acc, Metric::ThroughputKbps);
         assert!(f.eligible && f.p_value < 1e-6, "{f:?}");
         assert!(f.effect > 1.0, "5000 vs ~2400 is more than 2x worse: {f:?}");
-        assert_eq!(severity(f.effect, &cfg()), Severity::Critical);
+        assert_eq!(
+            severity(f.effect, &cfg().tuning(None, None, f.metric)),
+            Severity::Critical
+        );
     }
 
     #[test]

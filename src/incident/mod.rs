@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::DetectConfig;
-use crate::detect::{Finding, Metric, Severity, severity};
+use crate::detect::{Finding, Metric, Severity};
 use crate::time::{Millis, format_ms};
+use crate::window::cohort::Cohort;
 
 /// What an incident is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -76,6 +77,10 @@ pub struct Alert {
     /// id. Receivers may hold such alerts back while the parent fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// Drill-down: the client cohort (ASN or device) carrying most of the deviation, when one
+    /// does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<Cohort>,
 }
 
 /// Stable 64-bit FNV-1a: unlike std's hasher its output is fixed across Rust releases.
@@ -104,6 +109,8 @@ pub struct Verdict {
     pub finding: Finding,
     /// Significant after the multiple-test correction and past every floor.
     pub bad: bool,
+    /// From the size of the deviation and the scope's `critical_relative_effect`.
+    pub severity: Severity,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -169,11 +176,21 @@ fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String 
         Status::Firing if f.metric == Metric::ReportVolume => {
             format!("{where_}: {what} since {}.", format_ms(since))
         }
-        Status::Firing => format!(
-            "{where_}: {what} over {} reports since {}.",
-            f.samples,
-            format_ms(since)
-        ),
+        Status::Firing => {
+            let cohort = f.cohort.as_ref().map_or(String::new(), |c| {
+                format!(
+                    "; {} carries {:.0}% of it with {:.0}% of the reports",
+                    c.label(),
+                    c.share * 100.0,
+                    c.traffic_share * 100.0
+                )
+            });
+            format!(
+                "{where_}: {what} over {} reports since {}{cohort}.",
+                f.samples,
+                format_ms(since)
+            )
+        }
         Status::Resolved => format!("{where_}: back to normal ({what})."),
     }
 }
@@ -221,7 +238,7 @@ impl Incidents {
                 t.bad_streak += 1;
                 t.clean_streak = 0;
                 t.quiet_streak = 0;
-                let sev = severity(v.finding.effect, cfg);
+                let sev = v.severity;
                 match &mut t.firing {
                     None if t.bad_streak >= cfg.fire_after => {
                         let rule = v.finding.rule();
@@ -347,6 +364,7 @@ fn alert(
         resolved_at,
         summary: summary(status, scope, &f.last, f.started_at),
         parent_id: f.parent_id.clone(),
+        cohort: f.last.cohort.clone(),
     }
 }
 
@@ -388,8 +406,14 @@ mod tests {
                 effect: if bad { 19.0 } else { 0.0 },
                 eligible: bad,
                 reference: Default::default(),
+                cohort: None,
             },
             bad,
+            severity: if bad {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
         }
     }
 

@@ -7,6 +7,7 @@ use sha2::Sha256;
 
 use crate::config::{ReceiverConfig, ReceiverKind};
 use crate::detect::{Metric, Severity};
+use crate::glob::glob;
 use crate::incident::{Alert, Status};
 use crate::time::{Millis, format_ms};
 
@@ -16,29 +17,6 @@ pub const TIMESTAMP_HEADER: &str = "X-QoS-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-QoS-Signature";
 /// Header naming the state change, the same on every retry of it.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
-
-/// `*` matches any run of characters, `?` any one; everything else literally.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
 
 /// Whether `a` goes to receiver `r` by its severity, rule and scope patterns.
 pub fn routes(r: &ReceiverConfig, a: &Alert) -> bool {
@@ -297,18 +275,8 @@ pub(crate) mod tests {
             resolved_at: (status == Status::Resolved).then_some(1_700_000_300_000),
             summary: "Rebuffering 4x the benchmark".into(),
             parent_id: None,
+            cohort: None,
         }
-    }
-
-    #[test]
-    fn glob_matches_wildcards() {
-        assert!(glob("*", ""));
-        assert!(glob("location=IN/*", "location=IN/MH/Mumbai,cdn=cdn-a"));
-        assert!(glob("*cdn=cdn-?", "location=X,cdn=cdn-a"));
-        assert!(!glob("*cdn=cdn-?", "location=X,cdn=cdn-ab"));
-        assert!(glob("a*b*c", "axxbyyc"));
-        assert!(!glob("a*b*c", "axxbyy"));
-        assert!(!glob("cdn=*", "location=X,cdn=y"));
     }
 
     #[test]

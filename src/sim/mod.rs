@@ -90,11 +90,16 @@ pub struct Injected {
     pub start: Millis,
     #[serde(with = "crate::time")]
     pub end: Millis,
+    /// Only sessions on this network (ASN) are hit: a peering or ISP problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
 }
 
 impl Injected {
-    fn hits(&self, location: &str, cdn: &str, ts: Millis) -> bool {
-        ts >= self.start
+    /// Whether a session on `asn` at this key and time is hit.
+    fn hits(&self, location: &str, cdn: &str, ts: Millis, asn: Option<u32>) -> bool {
+        (self.asn.is_none() || self.asn == asn)
+            && ts >= self.start
             && ts < self.end
             && cdn == self.cdn
             && match self.kind {
@@ -203,6 +208,7 @@ impl SimConfig {
                 cdn: "cdn-a".into(),
                 start: at(0.12),
                 end: at(0.30),
+                asn: None,
             },
             Injected {
                 kind: IncidentKind::FailureSpike,
@@ -210,6 +216,7 @@ impl SimConfig {
                 cdn: "cdn-b".into(),
                 start: at(0.30),
                 end: at(0.45),
+                asn: None,
             },
             Injected {
                 kind: IncidentKind::StartupRegression,
@@ -217,6 +224,7 @@ impl SimConfig {
                 cdn: "cdn-a".into(),
                 start: at(0.48),
                 end: at(0.65),
+                asn: None,
             },
             Injected {
                 kind: IncidentKind::RegionalCdnDegradation,
@@ -224,6 +232,7 @@ impl SimConfig {
                 cdn: "cdn-c".into(),
                 start: at(0.68),
                 end: at(0.85),
+                asn: None,
             },
             // At the same time as another incident, elsewhere: on-call gets both.
             Injected {
@@ -232,6 +241,7 @@ impl SimConfig {
                 cdn: "cdn-a".into(),
                 start: at(0.35),
                 end: at(0.47),
+                asn: None,
             },
         ];
         c
@@ -239,6 +249,14 @@ impl SimConfig {
 }
 
 /// Location ids: real-looking cities first, synthetic ones beyond them.
+/// Networks (ASNs) per location; sessions spread evenly over them.
+pub const NETWORKS_PER_LOCATION: u32 = 5;
+
+/// The `k`-th network (ASN) of the location at `index` of [`location_names`].
+pub const fn network(index: usize, k: u32) -> u32 {
+    64_500 + index as u32 * 7 + k
+}
+
 pub fn location_names(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| match CITIES.get(i) {
@@ -395,7 +413,7 @@ impl Simulator {
             id,
             loc,
             cdn,
-            asn: 64_500 + (loc as u32 * 7 + self.rng.below(5) as u32),
+            asn: network(loc, self.rng.below(NETWORKS_PER_LOCATION as u64) as u32),
             device: self.rng.below(DEVICES.len() as u64) as usize,
             quality: self.rng.lognormal(0.0, 0.35),
             terrible,
@@ -405,11 +423,11 @@ impl Simulator {
         }
     }
 
-    fn effects(&self, loc: usize, cdn: usize, ts: Millis) -> (f64, f64, f64, f64) {
+    fn effects(&self, loc: usize, cdn: usize, asn: u32, ts: Millis) -> (f64, f64, f64, f64) {
         // (throughput x, stall x, startup x, error rate override)
         let (mut tp, mut stall, mut startup, mut err) = (1.0, 1.0, 1.0, 0.0_f64);
         for inc in &self.cfg.incidents {
-            if inc.hits(&self.locations[loc], &self.cdns[cdn], ts) {
+            if inc.hits(&self.locations[loc], &self.cdns[cdn], ts, Some(asn)) {
                 match inc.kind {
                     IncidentKind::Degradation | IncidentKind::RegionalCdnDegradation => {
                         tp *= 0.3;
@@ -429,7 +447,7 @@ impl Simulator {
         let s = &self.sessions[i];
         let (loc, cdn, terrible, quality) = (s.loc, s.cdn, s.terrible, s.quality);
         let q = self.quality[loc][cdn];
-        let (tp_x, stall_x, startup_x, err_override) = self.effects(loc, cdn, ts);
+        let (tp_x, stall_x, startup_x, err_override) = self.effects(loc, cdn, s.asn, ts);
         let net = if terrible { 0.12 } else { 1.0 };
         let throughput = q.throughput_kbps * quality * net * tp_x * self.rng.lognormal(0.0, 0.15);
         let stall_prob = (q.stall_prob * stall_x * if terrible { 12.0 } else { 1.0 }).min(0.95);
@@ -525,7 +543,12 @@ impl Simulator {
             let (loc, cdn) = (self.sessions[i].loc, self.sessions[i].cdn);
             let silenced = self.cfg.incidents.iter().any(|inc| {
                 inc.kind == IncidentKind::Outage
-                    && inc.hits(&self.locations[loc], &self.cdns[cdn], ts)
+                    && inc.hits(
+                        &self.locations[loc],
+                        &self.cdns[cdn],
+                        ts,
+                        Some(self.sessions[i].asn),
+                    )
             });
             if !silenced {
                 reports.push(self.report(i, ts));
@@ -626,6 +649,7 @@ mod tests {
             cdn: "cdn-a".into(),
             start: 600_000,
             end: 1_200_000,
+            asn: None,
         }];
         let (mut before, mut during) = ((0, 0), (0, 0));
         for e in Simulator::new(cfg) {

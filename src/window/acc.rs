@@ -1,6 +1,7 @@
 //! Per-window, per-key accumulators: sums from which every metric and its test statistic
 //! can be computed at close time, in constant memory per key.
 
+use super::cohort::{Cohorts, Compared};
 use crate::decode::Report;
 use crate::table::Expected;
 
@@ -95,6 +96,9 @@ pub struct Acc {
     pub throughput_worse: u64,
     pub startup_cmp: u64,
     pub startup_worse: u64,
+    /// Per-cohort sums for the drill-down, only for keys under suspicion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohorts: Option<Box<Cohorts>>,
 }
 
 impl Acc {
@@ -132,18 +136,17 @@ impl Acc {
             self.bitrate_sum += b;
             self.bitrate_n += 1;
         }
+        let mut cmp = Compared::default();
         let has = |f: fn(&Expected) -> Option<f64>| expected.and_then(f).is_some();
         if !has(|e| e.throughput_kbps)
             && let (Some(level), Some(t)) = (normal.own_throughput_log, r.throughput_kbps)
         {
-            self.throughput_cmp += 1;
-            self.throughput_worse += u64::from(t.max(1.0).ln() < level);
+            cmp.throughput_worse = Some(t.max(1.0).ln() < level);
         }
         if !has(|e| e.startup_ms)
             && let (Some(level), Some(s)) = (normal.own_startup_log, r.startup_ms)
         {
-            self.startup_cmp += 1;
-            self.startup_worse += u64::from((s as f64).max(1.0).ln() > level);
+            cmp.startup_worse = Some((s as f64).max(1.0).ln() > level);
         }
         if let Some(e) = expected {
             self.joined += 1;
@@ -159,16 +162,25 @@ impl Acc {
                 let l = x.max(1.0).ln();
                 self.exp_throughput_log_sum += l;
                 self.exp_throughput_n += 1;
-                self.throughput_cmp += 1;
-                self.throughput_worse += u64::from(t.max(1.0).ln() < l + throughput_offset);
+                cmp.throughput_worse = Some(t.max(1.0).ln() < l + throughput_offset);
             }
             if let (Some(x), Some(s)) = (e.startup_ms, r.startup_ms) {
                 let l = x.max(1.0).ln();
                 self.exp_startup_log_sum += l;
                 self.exp_startup_n += 1;
-                self.startup_cmp += 1;
-                self.startup_worse += u64::from((s as f64).max(1.0).ln() > l + startup_offset);
+                cmp.startup_worse = Some((s as f64).max(1.0).ln() > l + startup_offset);
             }
+        }
+        if let Some(w) = cmp.throughput_worse {
+            self.throughput_cmp += 1;
+            self.throughput_worse += u64::from(w);
+        }
+        if let Some(w) = cmp.startup_worse {
+            self.startup_cmp += 1;
+            self.startup_worse += u64::from(w);
+        }
+        if let Some(c) = self.cohorts.as_mut() {
+            c.add(r, cmp);
         }
     }
 
@@ -202,6 +214,9 @@ impl Acc {
         self.throughput_worse += o.throughput_worse;
         self.startup_cmp += o.startup_cmp;
         self.startup_worse += o.startup_worse;
+        if let Some(c) = &o.cohorts {
+            self.cohorts.get_or_insert_default().merge(c);
+        }
     }
 
     /// Σrebuffer / Σ(played + rebuffer), 0 with no playback.

@@ -5,6 +5,7 @@
 //! window only accumulators are kept, never reports, so memory is bounded by keys x open windows.
 
 mod acc;
+pub mod cohort;
 
 pub use acc::{Acc, LogStats, Normal};
 

@@ -183,6 +183,7 @@ pub fn two_incident_sim() -> Simulator {
             cdn: "cdn-a".into(),
             start: start + 8 * min,
             end: start + 22 * min,
+            asn: None,
         },
         Injected {
             kind: IncidentKind::Degradation,
@@ -190,6 +191,7 @@ pub fn two_incident_sim() -> Simulator {
             cdn: "cdn-b".into(),
             start: start + 10 * min,
             end: start + 24 * min,
+            asn: None,
         },
     ];
     Simulator::new(c)
