@@ -598,36 +598,38 @@ critical_relative_effect = 3.0
 
     #[test]
     fn every_mistake_is_reported_with_its_line() {
-        let text = "fdr = 2.0\nfire_afterr = 3\n\n[metrics.bitrate]\nenabled = true\n\n[metrics.failure_rate]\nmin_samples = \"many\"\n\n[[overrides]]\nlocation = \"x\"\nmetrics = [\"failure\"]\ncolour = \"red\"\n";
-        let got: Vec<(usize, String)> = lint(text).into_iter().map(|p| (p.line, p.field)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (2, "fire_afterr".to_string()),
-                (4, "metrics.bitrate".to_string()),
-                (8, "metrics.failure_rate.min_samples".to_string()),
-                (12, "overrides[0].metrics".to_string()),
-                (13, "overrides[0].colour".to_string()),
-            ]
-        );
-        let p = lint(text);
-        assert!(
-            p[0].message.contains("did you mean `fire_after`"),
-            "{}",
-            p[0]
-        );
-        // Once the structure is right, values are checked, also with lines.
-        let text = "fdr = 2.0\n\n[[overrides]]\ncdn = \"c\"\nmin_relative_effect = 0.9\ncritical_relative_effect = 0.5\n\n[[overrides]]\nmetrics = [\"startup_ms\"]\nmin_samples = 1\n";
-        let got: Vec<(usize, String)> = lint(text).into_iter().map(|p| (p.line, p.field)).collect();
-        assert_eq!(
-            got,
-            vec![
-                (1, "fdr".to_string()),
-                (6, "overrides[0].critical_relative_effect".to_string()),
-                (8, "overrides[1].location".to_string()),
-                (10, "overrides[1].min_samples".to_string()),
-            ]
-        );
+        // Structural mistakes first; once the structure is right, the values, also with lines.
+        let cases: [(&str, &[(usize, &str)]); 2] = [
+            (
+                "fdr = 2.0\nfire_afterr = 3\n\n[metrics.bitrate]\nenabled = true\n\n[metrics.failure_rate]\nmin_samples = \"many\"\n\n[[overrides]]\nlocation = \"x\"\nmetrics = [\"failure\"]\ncolour = \"red\"\n",
+                &[
+                    (2, "fire_afterr"),
+                    (4, "metrics.bitrate"),
+                    (8, "metrics.failure_rate.min_samples"),
+                    (12, "overrides[0].metrics"),
+                    (13, "overrides[0].colour"),
+                ],
+            ),
+            (
+                "fdr = 2.0\n\n[[overrides]]\ncdn = \"c\"\nmin_relative_effect = 0.9\ncritical_relative_effect = 0.5\n\n[[overrides]]\nmetrics = [\"startup_ms\"]\nmin_samples = 1\n",
+                &[
+                    (1, "fdr"),
+                    (6, "overrides[0].critical_relative_effect"),
+                    (8, "overrides[1].location"),
+                    (10, "overrides[1].min_samples"),
+                ],
+            ),
+        ];
+        for (text, want) in cases {
+            let problems = lint(text);
+            let got: Vec<(usize, &str)> = problems
+                .iter()
+                .map(|p| (p.line, p.field.as_str()))
+                .collect();
+            assert_eq!(got, want, "{problems:#?}");
+        }
+        let p = &lint(cases[0].0)[0];
+        assert!(p.message.contains("did you mean `fire_after`"), "{p}");
     }
 
     #[test]
