@@ -23,20 +23,26 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
 
 /// Accepts RFC 3339 strings or integer epoch milliseconds (CONTRACTS: "time").
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw<'a> {
-        Int(i64),
-        #[serde(borrow)]
-        Str(std::borrow::Cow<'a, str>),
+    // A visitor rather than an untagged enum: no buffering of the value, no second attempt
+    // (this runs for every report on the hot path).
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Millis;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("RFC 3339 string or epoch milliseconds")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Millis, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Millis, E> {
+            Millis::try_from(v)
+                .map_err(|_| E::custom(format!("epoch milliseconds {v} out of range")))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Millis, E> {
+            parse_rfc3339(s).ok_or_else(|| E::custom(format!("invalid RFC 3339 time `{s}`")))
+        }
     }
-    match Raw::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected RFC 3339 string or epoch milliseconds"))?
-    {
-        Raw::Int(ms) => Ok(ms),
-        Raw::Str(s) => parse_rfc3339(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid RFC 3339 time `{s}`"))),
-    }
+    d.deserialize_any(Visitor)
 }
 
 pub fn serialize<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
