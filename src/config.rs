@@ -35,6 +35,13 @@ pub enum ConfigError {
 /// Reads and checks a detection rules file; the error names the file, line and field of the
 /// first mistake and how many more there are.
 pub fn load_rules(path: &Path) -> Result<DetectConfig, String> {
+    toml::Value::Table(load_rules_table(path)?)
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("rules file {}: {}", path.display(), e.message()))
+}
+
+/// [`load_rules`], as the checked TOML table (to merge under `[detect]`): read and parsed once.
+fn load_rules_table(path: &Path) -> Result<toml::Table, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
     let problems = lint(&text);
@@ -52,14 +59,6 @@ pub fn load_rules(path: &Path) -> Result<DetectConfig, String> {
             first.line
         ));
     }
-    toml::from_str(&text).map_err(|e| format!("rules file {}: {}", path.display(), e.message()))
-}
-
-/// [`load_rules`], as the TOML table it was read from (to merge under `[detect]`).
-fn load_rules_table(path: &Path) -> Result<toml::Table, String> {
-    load_rules(path)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
     text.parse()
         .map_err(|e: toml::de::Error| format!("rules file {}: {}", path.display(), e.message()))
 }
