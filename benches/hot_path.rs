@@ -12,7 +12,7 @@ use qos_sentinel::table::Expected;
 
 const START: i64 = 1_767_297_600_000;
 
-fn traffic(minutes: i64) -> (Vec<Report>, Vec<qos_sentinel::decode::Benchmark>) {
+fn traffic(minutes: i64) -> (Vec<Report<'static>>, Vec<qos_sentinel::decode::Benchmark>) {
     let mut sc = SimConfig::quiet(9, START, minutes * 60_000);
     sc.locations = 200;
     sc.cdns = 4;

@@ -160,7 +160,12 @@ pub fn run(
     let limit = cfg.limits.max_message_bytes;
     let mut bad = 0;
     let benchmarks = read_all(benchmarks_path, limit, decode::decode_benchmark, &mut bad)?;
-    let mut reports = read_all(reports_path, limit, decode::decode_report, &mut bad)?;
+    let mut reports = read_all(
+        reports_path,
+        limit,
+        |b, l| decode::decode_report(b, l).map(Report::into_owned),
+        &mut bad,
+    )?;
     let mut summary = run_events(cfg, &benchmarks, &mut reports);
     summary.bad_lines = bad;
     write_alerts(out_path, &summary.alerts)?;

@@ -277,6 +277,15 @@ pub struct StateConfig {
     /// Directory of the RocksDB database (benchmark table and its consumed offsets).
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// Most often the engine state is checkpointed when windows close without alerts (a
+    /// close with alerts always checkpoints). Offsets are committed only up to the last
+    /// checkpoint, so a longer interval means a longer replay after a crash, never a loss.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -287,6 +296,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: default_state_dir(),
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
 }

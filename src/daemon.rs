@@ -55,6 +55,9 @@ fn hangups(wanted: bool) -> mpsc::UnboundedReceiver<()> {
 }
 
 /// How often consumer lag, broker reachability and database sizes are measured.
+/// Most records handled between two looks at the other event sources (ticker, benchmarks,
+/// signals).
+const BATCH: u32 = 512;
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// Options of a daemon run beyond the config file.
@@ -67,6 +70,9 @@ pub struct RunOptions {
     /// The config file: on SIGHUP its `[detect]` section (the rules) is read again and
     /// applied if valid.
     pub config_path: Option<std::path::PathBuf>,
+    /// Register the metrics here instead of in a registry of the run's own (the benchmark
+    /// watches the record counters).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Runs until `shutdown` turns true, then commits what is safe and returns.
@@ -77,7 +83,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First: a SIGHUP before the handler exists would end the process.
     let mut hangup = hangups(opts.config_path.is_some());
-    let metrics = Arc::new(Metrics::new());
+    let metrics = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Arc::new(Metrics::new()));
     let readiness = Arc::new(Readiness::default());
     let live = Arc::new(Live::default());
     if opts.serve_http {
@@ -134,6 +143,10 @@ pub async fn run(
         store: ckpt_store,
         topic: cfg.kafka.reports_topic.clone(),
         emitted,
+        interval: cfg.state.checkpoint_interval,
+        last: None,
+        dirty: false,
+        committable: HashMap::new(),
     };
 
     let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
@@ -202,6 +215,7 @@ pub async fn run(
         engine = Engine::with_table(&cfg, engine.into_table());
         next.clear();
     }
+    ckpt.committable = committable(&engine, &next);
     // Wall time of each partition's last record, to stop waiting for silent partitions.
     let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows
@@ -211,6 +225,9 @@ pub async fn run(
     let mut last_probe = Instant::now() - PROBE_EVERY;
     info!(topic = %topic, group = %cfg.kafka.group_id, "Consuming reports.");
 
+    let reports_in = metrics.records_in.with_label_values(&["reports"]);
+    // Partitions' read positions at the last tick: one that moved since is not idle.
+    let mut seen_at: HashMap<i32, i64> = HashMap::new();
     loop {
         tokio::select! {
             // Benchmarks first: a report should join a row that has already arrived. The ticker
@@ -235,6 +252,13 @@ pub async fn run(
                 engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
             }
             _ = ticker.tick() => {
+                // Which partitions delivered since the last tick (cheaper than a clock read
+                // per record).
+                for (p, n) in &next {
+                    if seen_at.insert(*p, *n) != Some(*n) {
+                        last_seen.insert(*p, Instant::now());
+                    }
+                }
                 for (p, seen) in &last_seen {
                     if seen.elapsed() > idle_grace {
                         engine.set_partition_idle(*p);
@@ -272,7 +296,7 @@ pub async fn run(
                 if let Err(e) = dispatcher.repeat_due() {
                     error!(error = %e, "Cannot queue repeats in the outbox.");
                 }
-                store_offsets(&consumer, &topic, &engine, &next);
+                store_offsets(&consumer, &topic, &ckpt.committable);
                 let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen);
                 readiness.partitions_assigned.store(assigned, Ordering::Release);
                 publish_gauges(&metrics, &engine, &live);
@@ -285,42 +309,55 @@ pub async fn run(
                 }
             }
             msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(error = %e, "Report consumer error.");
-                        continue;
-                    }
-                };
-                metrics.records_in.with_label_values(&["reports"]).inc();
-                let (p, o) = (msg.partition(), msg.offset());
-                if next.get(&p).is_some_and(|n| o < *n) {
-                    last_seen.insert(p, Instant::now());
-                    continue;
-                }
-                if !engine.has_partition(p) {
-                    // First record of a partition: register everything assigned first, so
-                    // windows wait for the partitions that have not delivered yet.
-                    sync_assignment(&consumer, &mut engine, &mut last_seen);
-                }
-                match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
-                    Ok(r) => {
-                        engine.on_report(&r, Some((p, o)));
-                    }
-                    Err(e) => {
-                        metrics.decode_failures.with_label_values(&[e.reason()]).inc();
-                        debug!(reason = e.reason(), partition = p, offset = o, "Dead-lettered a report.");
-                        // Wait for the dead letter to be durable before this offset can be committed.
-                        match dlq.send(DeadLetter::from_message(&msg, &e)).await {
-                            Ok(()) => metrics.dead_letters.inc(),
-                            Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                // Then whatever else is already fetched, up to a batch, without going back
+                // through the select (its futures cost more than a record's processing).
+                let mut msg = Some(msg);
+                let mut budget = BATCH;
+                while let Some(m) = msg.take() {
+                    'one: {
+                        let msg = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                warn!(error = %e, "Report consumer error.");
+                                break 'one;
+                            }
+                        };
+                        reports_in.inc();
+                        let (p, o) = (msg.partition(), msg.offset());
+                        if next.get(&p).is_some_and(|n| o < *n) {
+                            last_seen.insert(p, Instant::now());
+                            break 'one;
+                        }
+                        if !engine.has_partition(p) {
+                            // First record of a partition: register everything assigned first, so
+                            // windows wait for the partitions that have not delivered yet.
+                            sync_assignment(&consumer, &mut engine, &mut last_seen);
+                        }
+                        match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
+                            Ok(r) => {
+                                engine.on_report(&r, Some((p, o)));
+                            }
+                            Err(e) => {
+                                metrics.decode_failures.with_label_values(&[e.reason()]).inc();
+                                debug!(reason = e.reason(), partition = p, offset = o, "Dead-lettered a report.");
+                                // Wait for the dead letter to be durable before this offset can be committed.
+                                match dlq.send(DeadLetter::from_message(&msg, &e)).await {
+                                    Ok(()) => metrics.dead_letters.inc(),
+                                    Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                                }
+                            }
+                        }
+                        next.insert(p, o + 1);
+                        if engine.has_ready() {
+                            let out = close(&mut engine, &metrics, None);
+                            finish(&mut ckpt, &engine, &next, &outputs, out).await;
                         }
                     }
+                    budget -= 1;
+                    if budget > 0 {
+                        msg = ready_now(consumer.recv());
+                    }
                 }
-                next.insert(p, o + 1);
-                last_seen.insert(p, Instant::now());
-                let out = close(&mut engine, &metrics, None);
-                finish(&mut ckpt, &engine, &next, &outputs, out).await;
             }
         }
     }
@@ -336,7 +373,10 @@ pub async fn run(
         "Shutting down: committing offsets."
     );
     stop.store(true, Ordering::Release);
-    store_offsets(&consumer, &topic, &engine, &next);
+    if ckpt.dirty {
+        ckpt.save(&engine, &next, &[]).await;
+    }
+    store_offsets(&consumer, &topic, &ckpt.committable);
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         // Nothing stored yet is not an error worth alarming about.
         debug!(error = %e, "Final commit.");
@@ -392,6 +432,49 @@ struct Checkpointer {
     store: CheckpointStore,
     topic: String,
     emitted: HashSet<String>,
+    /// Closes without alerts checkpoint at most this often (catching up on a backlog closes
+    /// many windows a second; each checkpoint encodes the whole state and syncs it).
+    interval: Duration,
+    last: Option<Instant>,
+    /// Windows closed since the last checkpoint.
+    dirty: bool,
+    /// Per partition, the offset that is safe to commit given the last checkpoint: the
+    /// lowest offset its open windows needed, or its next offset. Committing past it would
+    /// lose records that a restore from that checkpoint needs.
+    committable: HashMap<i32, i64>,
+}
+
+impl Checkpointer {
+    /// Writes the state, the read positions and the newly emitted alerts (retrying until the
+    /// disk takes them), then moves the committable offsets up to this state.
+    async fn save(&mut self, engine: &Engine, next: &HashMap<i32, i64>, keys: &[String]) {
+        let state = match engine.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "Cannot encode the engine state; no checkpoint.");
+                return;
+            }
+        };
+        let now = crate::notify::deliver::now_ms();
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self.store.save(&self.topic, &state, next, keys, now) {
+            error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write the checkpoint.");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        self.emitted.extend(keys.iter().cloned());
+        self.committable = committable(engine, next);
+        self.last = Some(Instant::now());
+        self.dirty = false;
+    }
+}
+
+/// Per partition: the lowest offset an open window still needs, or the next one to read.
+fn committable(engine: &Engine, next: &HashMap<i32, i64>) -> HashMap<i32, i64> {
+    let pending = engine.pending_offsets();
+    next.iter()
+        .map(|(p, n)| (*p, pending.get(p).map_or(*n, |o| (*o).min(*n))))
+        .collect()
 }
 
 fn change_key(a: &Alert) -> String {
@@ -420,21 +503,14 @@ async fn finish(
     if !closed {
         return;
     }
-    let state = match engine.snapshot() {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "Cannot encode the engine state; no checkpoint.");
-            return;
-        }
-    };
-    let now = crate::notify::deliver::now_ms();
-    let mut delay = Duration::from_millis(100);
-    while let Err(e) = ckpt.store.save(&ckpt.topic, &state, next, &keys, now) {
-        error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write the checkpoint.");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+    ckpt.dirty = true;
+    // Alerts always checkpoint at once: their `id:status` must be on disk before a replay
+    // could regenerate them.
+    let due = ckpt.last.is_none_or(|t| t.elapsed() >= ckpt.interval);
+    if keys.is_empty() && !due {
+        return;
     }
-    ckpt.emitted.extend(keys);
+    ckpt.save(engine, next, &keys).await;
 }
 
 async fn emit(out: &Outputs, closing: Closing) {
@@ -453,8 +529,9 @@ async fn emit(out: &Outputs, closing: Closing) {
     }
     // Into the outbox (synced) before anything else: the offsets behind these alerts are
     // committed only after this returns, so a crash either replays them or finds them here.
+    let detected_ms = crate::notify::deliver::now_ms() - started.elapsed().as_millis() as Millis;
     let mut delay = Duration::from_millis(100);
-    while let Err(e) = dispatcher.enqueue(&alerts) {
+    while let Err(e) = dispatcher.enqueue_detected(&alerts, detected_ms) {
         error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write alerts to the outbox.");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
@@ -496,24 +573,17 @@ async fn emit(out: &Outputs, closing: Closing) {
     }
 }
 
-/// Stores, per partition, the lowest offset an open window still needs (or the next one to
-/// read when no open window needs any); auto-commit then commits it.
-fn store_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-    engine: &Engine,
-    next: &HashMap<i32, i64>,
-) {
-    let pending = engine.pending_offsets();
+/// Stores, per assigned partition, the offset the last checkpoint makes safe (see
+/// [`Checkpointer::committable`]); auto-commit then commits it.
+fn store_offsets(consumer: &StreamConsumer, topic: &str, committable: &HashMap<i32, i64>) {
     let assigned: HashSet<i32> = match consumer.assignment() {
         Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
         Err(_) => return,
     };
     let mut tpl = TopicPartitionList::new();
-    for (p, n) in next.iter().filter(|(p, _)| assigned.contains(p)) {
-        let safe = pending.get(p).map_or(*n, |o| (*o).min(*n));
+    for (p, safe) in committable.iter().filter(|(p, _)| assigned.contains(p)) {
         if tpl
-            .add_partition_offset(topic, *p, Offset::Offset(safe))
+            .add_partition_offset(topic, *p, Offset::Offset(*safe))
             .is_err()
         {
             continue;
@@ -636,4 +706,14 @@ fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {
     metrics
         .open_keys
         .set(engine.windows().open_stats().1 as i64);
+}
+
+/// The output of `f` if it is ready at once, without waiting.
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
 }

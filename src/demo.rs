@@ -94,6 +94,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             print_alerts: false,
             serve_http: opts.http.is_some(),
             config_path: None,
+            metrics: None,
         },
         stop_rx.clone(),
     ));

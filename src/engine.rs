@@ -349,6 +349,11 @@ impl Engine {
         self.windows.remove_partition(partition);
     }
 
+    /// Whether the watermark has passed a window that is still open (cheap).
+    pub fn has_ready(&self) -> bool {
+        self.windows.has_ready()
+    }
+
     /// Closes every window the watermark has passed and returns the alerts they caused.
     pub fn close_ready(&mut self) -> Vec<Alert> {
         let closed = self.windows.close_ready();
@@ -686,12 +691,12 @@ mod tests {
 
     const W: i64 = 60_000;
 
-    fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
+    fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
         Report {
             ts,
-            session_id: format!("s{i}"),
-            location: loc.into(),
-            cdn: cdn.into(),
+            session_id: format!("s{i}").into(),
+            location: loc.to_string().into(),
+            cdn: cdn.to_string().into(),
             asn: None,
             device: None,
             played_ms: 20_000,

@@ -7,6 +7,7 @@
 //! chains join, windows, detection and incidents; [`daemon`] is the async shell around it.
 
 pub mod backtest;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;

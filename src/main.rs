@@ -109,6 +109,36 @@ enum Command {
         #[arg(long, default_value = "qos.cdn-benchmarks")]
         benchmarks_topic: String,
     },
+    /// End-to-end benchmark: produce N simulated reports to a broker on loopback, measure
+    /// a bare consumer (the ceiling), the daemon's rate, alert latency to a webhook, memory per
+    /// key and restart time. Prints a Markdown table (stdout) and progress (stderr).
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        reports: u64,
+        /// Partitions of the reports topic (the in-process broker keeps 5 MiB per partition).
+        #[arg(long, default_value_t = 256)]
+        partitions: i32,
+        /// Active-key counts for the memory figure (comma separated); the largest also gets
+        /// the restart figure.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        keys: Vec<usize>,
+        /// An external Kafka cluster instead of the in-process one.
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One memory measurement of `bench`, run in a child process of its own.
+    #[command(hide = true)]
+    BenchMemory {
+        #[arg(long)]
+        keys: usize,
+        #[arg(long)]
+        restart: bool,
+    },
     /// Detection rules files.
     Rules {
         #[command(subcommand)]
@@ -165,6 +195,40 @@ async fn shutdown_signal() -> watch::Receiver<bool> {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Bench {
+            reports,
+            partitions,
+            keys,
+            brokers,
+            seed,
+            json,
+        } => {
+            anyhow::ensure!(reports > 0, "--reports must be at least 1");
+            anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
+            anyhow::ensure!(
+                !keys.is_empty() && keys.iter().all(|k| *k > 0),
+                "--keys must list positive counts"
+            );
+            let opts = qos_sentinel::bench::BenchOptions {
+                reports,
+                partitions,
+                keys,
+                brokers,
+                seed,
+            };
+            let figures = qos_sentinel::bench::run(&opts).await?;
+            print!("{}", qos_sentinel::bench::render(&figures));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::BenchMemory { keys, restart } => {
+            let m = qos_sentinel::bench::memory(keys, restart)?;
+            println!("{}", serde_json::to_string(&m)?);
+            Ok(())
+        }
         Command::Rules {
             command: RulesCommand::Lint { file },
         } => {
@@ -224,6 +288,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     print_alerts: true,
                     serve_http: true,
                     config_path: Some(config.clone()),
+                    metrics: None,
                 },
                 stop,
             )
@@ -433,7 +498,7 @@ fn main() -> ExitCode {
     }
     // The demo prints its own story; the daemon logs what it does.
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::Bench { .. } | Command::BenchMemory { .. } => "warn",
         _ => "warn,qos_sentinel=info",
     };
     tracing_subscriber::fmt()

@@ -21,12 +21,12 @@ const KEYS: [(&str, &str); 4] = [
 /// Failure spike on (Mumbai, cdn-a) in windows 4..8.
 const BAD: (usize, std::ops::Range<i64>) = (0, 4..8);
 
-fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report {
+fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
     Report {
         ts,
-        session_id: format!("s{i}"),
-        location: loc.into(),
-        cdn: cdn.into(),
+        session_id: format!("s{i}").into(),
+        location: loc.to_string().into(),
+        cdn: cdn.to_string().into(),
         asn: Some(64_500),
         device: Some("tv".into()),
         played_ms: 19_500,

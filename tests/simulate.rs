@@ -63,10 +63,10 @@ fn simulate_feeds_both_topics_with_valid_keyed_messages() {
         let msgs = common::read_until(&c, Duration::from_secs(5), |_| false);
         for m in &msgs {
             let r = decode_report(m.value.as_deref().unwrap(), 65_536).unwrap();
-            distinct.insert((r.session_id.clone(), r.ts));
+            distinct.insert((r.session_id.to_string(), r.ts));
             assert_eq!(
                 m.key.as_deref(),
-                Some(r.location.as_str()),
+                Some(r.location.as_ref()),
                 "keyed by location"
             );
         }

@@ -4,22 +4,30 @@
 //! `DecodeError` is always the producer's fault and never retryable; the caller routes the
 //! message to the dead-letter topic with [`DecodeError::reason`] and moves on.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
 
 /// One client quality report (CONTRACTS section 1).
+///
+/// Strings borrow from the message where they can (no escapes in the JSON): decoding a
+/// report allocates nothing on the hot path. `Report<'static>` owns its strings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct Report {
+pub struct Report<'a> {
     #[serde(with = "crate::time")]
     pub ts: Millis,
-    pub session_id: String,
-    pub location: String,
-    pub cdn: String,
+    #[serde(borrow)]
+    pub session_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub location: Cow<'a, str>,
+    #[serde(borrow)]
+    pub cdn: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Cow<'a, str>>,
     pub played_ms: u64,
     pub rebuffer_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,11 +36,24 @@ pub struct Report {
     pub bitrate_kbps: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_kbps: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Cow<'a, str>>,
 }
 
-impl Report {
+impl Report<'_> {
+    /// The same report owning its strings.
+    pub fn into_owned(self) -> Report<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Report {
+            session_id: own(self.session_id),
+            location: own(self.location),
+            cdn: own(self.cdn),
+            device: self.device.map(own),
+            error: self.error.map(own),
+            ..self
+        }
+    }
+
     /// True when this interval saw a playback failure.
     pub fn failed(&self) -> bool {
         self.error.as_deref().is_some_and(|e| !e.is_empty())
@@ -143,7 +164,7 @@ fn unit_interval(field: &'static str, v: Option<f64>) -> Result<(), DecodeError>
 }
 
 /// Decodes and validates one client report.
-pub fn decode_report(bytes: &[u8], limit: usize) -> Result<Report, DecodeError> {
+pub fn decode_report(bytes: &[u8], limit: usize) -> Result<Report<'_>, DecodeError> {
     let r: Report = from_json(bytes, limit)?;
     non_empty("session_id", &r.session_id)?;
     non_empty("location", &r.location)?;

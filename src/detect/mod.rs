@@ -475,10 +475,10 @@ mod tests {
         DetectConfig::default()
     }
 
-    fn report(i: u64, rebuffer_ms: u64, tp: f64, error: bool) -> Report {
+    fn report(i: u64, rebuffer_ms: u64, tp: f64, error: bool) -> Report<'static> {
         Report {
             ts: 0,
-            session_id: format!("s{i}"),
+            session_id: format!("s{i}").into(),
             location: "L".into(),
             cdn: "c".into(),
             asn: None,
@@ -488,7 +488,7 @@ mod tests {
             startup_ms: None,
             bitrate_kbps: None,
             throughput_kbps: Some(tp),
-            error: error.then(|| "E1".to_string()),
+            error: error.then(|| "E1".into()),
         }
     }
 
@@ -608,7 +608,7 @@ mod props {
             acc.add(
                 &Report {
                     ts: 0,
-                    session_id: format!("s{i}"),
+                    session_id: format!("s{i}").into(),
                     location: "L".into(),
                     cdn: "c".into(),
                     asn: None,

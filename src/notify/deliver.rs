@@ -206,6 +206,15 @@ impl Dispatcher {
     /// Routes alerts that changed together to the receivers, grouped, and writes them to the
     /// outbox (synced) before returning. Only an outbox failure is an error.
     pub fn enqueue(&self, alerts: &[Alert]) -> Result<(), OutboxError> {
+        self.enqueue_detected(alerts, now_ms())
+    }
+
+    /// [`Dispatcher::enqueue`] for alerts whose window close began at `detected_ms` (epoch ms).
+    pub fn enqueue_detected(
+        &self,
+        alerts: &[Alert],
+        detected_ms: Millis,
+    ) -> Result<(), OutboxError> {
         if self.receivers.is_empty() || alerts.is_empty() {
             return Ok(());
         }
@@ -254,7 +263,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.push(per, 0, queued_ms)
+        self.push(per, 0, queued_ms, Some(detected_ms))
     }
 
     /// Queues reminders of incidents still firing whose receiver's repeat interval has passed.
@@ -281,7 +290,7 @@ impl Dispatcher {
                 }
             }
         }
-        self.push(per, repeat, now_ms())
+        self.push(per, repeat, now_ms(), None)
     }
 
     fn push(
@@ -289,6 +298,7 @@ impl Dispatcher {
         per: Vec<Vec<Alert>>,
         repeat: u32,
         queued_ms: Millis,
+        detected_ms: Option<Millis>,
     ) -> Result<(), OutboxError> {
         let mut items: Vec<(&str, Delivery)> = Vec::new();
         for (i, list) in per.into_iter().enumerate() {
@@ -305,6 +315,7 @@ impl Dispatcher {
                         alerts: chunk.to_vec(),
                         repeat,
                         queued_ms,
+                        detected_ms,
                     },
                 ));
             }
@@ -583,6 +594,9 @@ fn request(r: &ReceiverConfig, d: &Delivery) -> Result<(String, Vec<u8>, HeaderM
                 key.parse().map_err(|_| "idempotency key")?,
             );
             h.insert(render::TIMESTAMP_HEADER, ts.into());
+            if let Some(at) = d.detected_ms {
+                h.insert(render::DETECTED_HEADER, at.into());
+            }
             if let Some(s) = &r.hmac_secret {
                 let sig = render::sign(s.expose().as_bytes(), ts, &body);
                 h.insert(

@@ -31,6 +31,11 @@ pub struct Delivery {
     pub repeat: u32,
     /// Wall-clock time it was queued, epoch ms: the retry deadline counts from here.
     pub queued_ms: Millis,
+    /// Wall-clock time, epoch ms, the window close that produced these alerts began (absent
+    /// for reminders): sent to webhooks as `X-QoS-Detected-At` so receivers can measure
+    /// detection-to-delivery latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_ms: Option<Millis>,
 }
 
 pub struct Outbox {
@@ -236,6 +241,7 @@ mod tests {
             alerts: vec![a],
             repeat: 0,
             queued_ms: 0,
+            detected_ms: None,
         }
     }
 

@@ -15,6 +15,9 @@ use crate::time::{Millis, format_ms};
 pub const TIMESTAMP_HEADER: &str = "X-QoS-Timestamp";
 /// Header carrying `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
 pub const SIGNATURE_HEADER: &str = "X-QoS-Signature";
+/// Header carrying the wall-clock time (epoch ms) the window close that produced the alert
+/// began: receipt time minus this is the detection-to-delivery latency.
+pub const DETECTED_HEADER: &str = "X-QoS-Detected-At";
 /// Header naming the state change, the same on every retry of it.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 

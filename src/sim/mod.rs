@@ -303,7 +303,7 @@ struct Session {
 /// One simulated input event.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Report(Report),
+    Report(Report<'static>),
     Benchmark(Benchmark),
 }
 
@@ -442,7 +442,7 @@ impl Simulator {
         (tp, stall, startup, err)
     }
 
-    fn report(&mut self, i: usize, ts: Millis) -> Report {
+    fn report(&mut self, i: usize, ts: Millis) -> Report<'static> {
         let interval = self.cfg.report_interval as f64;
         let s = &self.sessions[i];
         let (loc, cdn, terrible, quality) = (s.loc, s.cdn, s.terrible, s.quality);
@@ -479,17 +479,17 @@ impl Simulator {
         };
         Report {
             ts,
-            session_id: format!("s{:08x}", s.id),
-            location: self.locations[loc].clone(),
-            cdn: self.cdns[cdn].clone(),
+            session_id: format!("s{:08x}", s.id).into(),
+            location: self.locations[loc].clone().into(),
+            cdn: self.cdns[cdn].clone().into(),
             asn: Some(s.asn),
-            device: Some(DEVICES[s.device].to_string()),
+            device: Some(DEVICES[s.device].into()),
             played_ms: played.max(0.0) as u64,
             rebuffer_ms: rebuffer as u64,
             startup_ms: startup,
             bitrate_kbps: Some((throughput * 0.7).min(8_000.0).round()),
             throughput_kbps: Some(throughput.round()),
-            error: failed.then(|| ERRORS[self.rng.below(ERRORS.len() as u64) as usize].to_string()),
+            error: failed.then(|| ERRORS[self.rng.below(ERRORS.len() as u64) as usize].into()),
         }
     }
 
@@ -626,7 +626,7 @@ mod tests {
         let mut disorder = 0;
         for e in &a {
             if let Event::Report(r) = e {
-                *per_loc.entry(r.location.clone()).or_default() += 1;
+                *per_loc.entry(r.location.to_string()).or_default() += 1;
                 disorder = disorder.max(last - r.ts);
                 last = last.max(r.ts);
             }

@@ -53,6 +53,10 @@ pub fn reports_consumer(cfg: &Config) -> Result<StreamConsumer, SourceError> {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
+        // librdkafka pauses fetching for this long once its prefetch queue is full (default
+        // 1 s): a consumer that is slower than the fetcher, as every real one is during a
+        // catch-up, then idles most of each second (measured: 125k/s instead of 700k/s).
+        .set("fetch.queue.backoff.ms", "10")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set(

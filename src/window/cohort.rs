@@ -196,7 +196,7 @@ mod tests {
     use super::*;
     use crate::detect::Reference;
 
-    fn report(asn: u32, device: &str, failed: bool) -> Report {
+    fn report(asn: u32, device: &str, failed: bool) -> Report<'_> {
         Report {
             ts: 0,
             session_id: "s".into(),
@@ -209,7 +209,7 @@ mod tests {
             startup_ms: None,
             bitrate_kbps: None,
             throughput_kbps: None,
-            error: failed.then(|| "E".to_string()),
+            error: failed.then(|| "E".into()),
         }
     }
 

@@ -11,6 +11,7 @@ pub use acc::{Acc, LogStats, Normal};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::time::Millis;
 
@@ -66,6 +67,45 @@ pub struct Windows {
     /// Interned names; rebuilt as keys come in after a restore.
     #[serde(skip)]
     names: HashSet<Arc<str>>,
+    /// The slowest active partition's newest event time (before lateness), while no
+    /// partition change could have moved it: `watermark()` runs for every report.
+    #[serde(skip, default = "WmCache::default")]
+    wm_cache: WmCache,
+}
+
+/// A cached `Option<Option<Millis>>` (not computed / no watermark / a watermark) in one
+/// atomic, so that `&Windows` stays `Sync`.
+#[derive(Debug)]
+struct WmCache(AtomicI64);
+
+impl WmCache {
+    const UNSET: i64 = i64::MIN;
+    const NONE: i64 = i64::MIN + 1;
+
+    fn get(&self) -> Option<Option<Millis>> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UNSET => None,
+            Self::NONE => Some(None),
+            t => Some(Some(t)),
+        }
+    }
+
+    fn set(&self, v: Option<Option<Millis>>) {
+        let raw = match v {
+            None => Self::UNSET,
+            Some(None) => Self::NONE,
+            // Event times this far in the past are not real; they are not cached.
+            Some(Some(t)) if t <= Self::NONE => Self::UNSET,
+            Some(Some(t)) => t,
+        };
+        self.0.store(raw, Ordering::Relaxed);
+    }
+}
+
+impl Default for WmCache {
+    fn default() -> Self {
+        WmCache(AtomicI64::new(Self::UNSET))
+    }
 }
 
 impl Windows {
@@ -89,6 +129,7 @@ impl Windows {
             idle: HashSet::new(),
             closed_until: Millis::MIN,
             names: HashSet::new(),
+            wm_cache: WmCache::default(),
         }
     }
 
@@ -104,6 +145,9 @@ impl Windows {
     /// Newest event time of the slowest active partition minus the allowed lateness; `None`
     /// before any input. With every partition idle, the newest of all.
     pub fn watermark(&self) -> Option<Millis> {
+        if let Some(raw) = self.wm_cache.get() {
+            return raw.map(|t| t.saturating_sub(self.lateness));
+        }
         let mut active = self
             .max_event_ts
             .iter()
@@ -116,12 +160,14 @@ impl Windows {
         } else {
             self.max_event_ts.values().max().copied().flatten()
         };
+        self.wm_cache.set(Some(wm));
         wm.map(|t| t.saturating_sub(self.lateness))
     }
 
     /// Registers a source partition before its first record, so that windows wait for it
     /// (until it is declared idle).
     pub fn add_partition(&mut self, partition: i32) {
+        self.wm_cache.set(None);
         self.max_event_ts.entry(partition).or_insert(None);
     }
 
@@ -149,13 +195,14 @@ impl Windows {
 
     /// Stops `partition` holding the watermark back until it has input again.
     pub fn set_idle(&mut self, partition: i32) {
-        if self.max_event_ts.contains_key(&partition) {
-            self.idle.insert(partition);
+        if self.max_event_ts.contains_key(&partition) && self.idle.insert(partition) {
+            self.wm_cache.set(None);
         }
     }
 
     /// Forgets a partition (revoked in a rebalance).
     pub fn remove_partition(&mut self, partition: i32) {
+        self.wm_cache.set(None);
         self.max_event_ts.remove(&partition);
         self.idle.remove(&partition);
     }
@@ -207,9 +254,17 @@ impl Windows {
             *m = (*m).min(o);
         }
         let p = source.map_or(-1, |s| s.0);
+        let was_idle = !self.idle.is_empty() && self.idle.remove(&p);
         let m = self.max_event_ts.entry(p).or_insert(None);
-        *m = Some(m.map_or(ts, |m| m.max(ts)));
-        self.idle.remove(&p);
+        let old = *m;
+        *m = Some(old.map_or(ts, |m| m.max(ts)));
+        // The slowest partition's time moves only if this partition was the slowest (or
+        // idle, or new).
+        if (*m != old || was_idle)
+            && !matches!(self.wm_cache.get(), Some(Some(raw)) if !was_idle && old.is_some_and(|o| o > raw))
+        {
+            self.wm_cache.set(None);
+        }
         Recorded::Accepted
     }
 
@@ -267,6 +322,19 @@ impl Windows {
     }
 
     /// Closes what the current watermark allows.
+    /// Whether [`Windows::close_ready`] would close anything (cheap: for every report).
+    pub fn has_ready(&self) -> bool {
+        match self.watermark() {
+            Some(wm) => {
+                self.open
+                    .first_key_value()
+                    .is_some_and(|(s, _)| s + self.size <= wm)
+                    || self.start_of(wm) > self.closed_until
+            }
+            None => false,
+        }
+    }
+
     pub fn close_ready(&mut self) -> Vec<Closed> {
         match self.watermark() {
             Some(wm) => self.close_until(wm),
@@ -472,6 +540,28 @@ mod props {
                 }
             }
             prop_assert!(closed.windows(2).all(|p| p[0].end <= p[1].start));
+        }
+
+        /// The cached watermark always equals a fresh computation over the partitions,
+        /// whatever mix of records, idle marks, registrations and revocations came before.
+        #[test]
+        fn cached_watermark_matches_recomputation(
+            ops in proptest::collection::vec((0u8..4, 0i32..4, 0i64..600_000), 1..300),
+        ) {
+            let mut w = Windows::new(60_000, 5_000, 1_000);
+            for (op, p, ts) in ops {
+                match op {
+                    0 | 1 => {
+                        w.record("L", "c", ts, Some((p, ts)), |a| a.reports += 1);
+                    }
+                    2 => w.set_idle(p),
+                    _ if ts % 2 == 0 => w.add_partition(p),
+                    _ => w.remove_partition(p),
+                }
+                let cached = w.watermark();
+                w.wm_cache.set(None);
+                prop_assert_eq!(cached, w.watermark());
+            }
         }
     }
 }
