@@ -494,7 +494,12 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
                 store.write(chunk, "bench", &[])?;
             }
             let ckpt = CheckpointStore::open(dir.path())?;
-            ckpt.save("bench", &snapshot, &Default::default(), &[], now_ms())?;
+            ckpt.save(
+                "bench",
+                Some((&snapshot, &Default::default())),
+                &[],
+                now_ms(),
+            )?;
         }
         drop(snapshot);
         drop(engine);

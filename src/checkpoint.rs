@@ -1,11 +1,15 @@
 //! Checkpoints of the engine (RocksDB, `<state.dir>/checkpoint`): its state, how far each
-//! report partition was read into it, and which alerts were already emitted, written in one
-//! synced batch after every window close.
+//! report partition was read into it, and which alerts were already decided, written in one
+//! synced batch (at once when a close raised alerts, otherwise at most every
+//! `state.checkpoint_interval`).
 //!
-//! After a crash the daemon restores the state, skips the records the state already holds
-//! (offsets below the checkpoint's) and drops alerts it regenerates that were emitted before,
-//! so the alerts of a run killed at any moment, taken together, are those of an uninterrupted
-//! run: none lost, none doubled.
+//! Alerts are decided here before they are produced: the batch that records `id:status` as
+//! emitted also keeps the alert as *pending* until the alerts topic acknowledged it. After a
+//! crash the daemon restores the state, skips the records the state already holds (offsets
+//! below the checkpoint's), drops alerts it regenerates that were decided before, and looks
+//! up its pending alerts on the alerts topic (from the positions of its last acknowledged
+//! produce) to send only those that are not there. So the alerts of a run killed at any
+//! moment, taken together, are those of an uninterrupted run: none lost, none doubled.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -20,11 +24,15 @@ pub enum CheckpointError {
     Corrupt(String),
 }
 
-// Keys: `s/engine`, `s/next`, and `e/<id>:<status>` per emitted alert (prefixes kept
-// disjoint: the emitted scan must never meet the state).
+// Keys: `s/engine`, `s/next`, `e/<id>:<status>` per decided alert, `p/<id>:<status>` (the
+// alert's JSON) per alert not yet acknowledged by the alerts topic, and `d/<partition>` (the
+// alerts topic's offset after our last acknowledged alert there). Prefixes are kept
+// disjoint: a prefix scan must never meet another kind.
 const ENGINE: &[u8] = b"s/engine";
 const NEXT: &[u8] = b"s/next";
 const EMITTED: &[u8] = b"e/";
+const PENDING: &[u8] = b"p/";
+const DELIVERED: &[u8] = b"d/";
 
 /// What a checkpoint holds.
 pub struct Restored {
@@ -40,9 +48,12 @@ pub struct CheckpointStore {
     path: String,
 }
 
-fn emitted_key(change: &str) -> Vec<u8> {
-    let mut k = EMITTED.to_vec();
-    k.extend_from_slice(change.as_bytes());
+/// A key (without its prefix) and its value.
+type Entry = (Vec<u8>, Vec<u8>);
+
+fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(rest);
     k
 }
 
@@ -79,17 +90,11 @@ impl CheckpointStore {
         if next.0 != topic {
             return Ok(None);
         }
-        let mut emitted = HashSet::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(EMITTED, rocksdb::Direction::Forward))
-        {
-            let (k, _) = item.map_err(|e| self.err(e))?;
-            let Some(change) = k.strip_prefix(EMITTED) else {
-                break;
-            };
-            emitted.insert(String::from_utf8_lossy(change).into_owned());
-        }
+        let emitted = self
+            .scan(EMITTED)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+            .collect();
         Ok(Some(Restored {
             engine,
             next: next.1,
@@ -97,27 +102,95 @@ impl CheckpointStore {
         }))
     }
 
-    /// Writes the engine state, the read positions and newly emitted alerts, atomically and
-    /// synced.
+    /// `(key without prefix, value)` of every entry under `prefix`.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, CheckpointError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, rocksdb::Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break;
+            };
+            out.push((rest.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes the engine state with the read positions it covers (if given) and the newly
+    /// decided alerts (`(id:status, alert JSON)`: recorded as emitted and kept as pending),
+    /// atomically and synced.
     pub fn save(
         &self,
         topic: &str,
-        engine: &[u8],
-        next: &HashMap<i32, i64>,
-        emitted: &[String],
-        emitted_at_ms: i64,
+        state: Option<(&[u8], &HashMap<i32, i64>)>,
+        decided: &[(String, Vec<u8>)],
+        decided_at_ms: i64,
     ) -> Result<(), CheckpointError> {
         let mut batch = WriteBatch::default();
-        batch.put(ENGINE, engine);
-        let n = serde_json::to_vec(&(topic, next))
-            .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
-        batch.put(NEXT, n);
-        for c in emitted {
-            batch.put(emitted_key(c), emitted_at_ms.to_be_bytes());
+        if let Some((engine, next)) = state {
+            batch.put(ENGINE, engine);
+            let n = serde_json::to_vec(&(topic, next))
+                .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
+            batch.put(NEXT, n);
+        }
+        for (change, alert) in decided {
+            batch.put(
+                prefixed(EMITTED, change.as_bytes()),
+                decided_at_ms.to_be_bytes(),
+            );
+            batch.put(prefixed(PENDING, change.as_bytes()), alert);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo).map_err(|e| self.err(e))
+    }
+
+    /// Alerts decided but not yet acknowledged by the alerts topic: `(id:status, JSON)`.
+    pub fn pending(&self) -> Result<Vec<(String, Vec<u8>)>, CheckpointError> {
+        Ok(self
+            .scan(PENDING)?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
+    /// Per alerts-topic partition, the offset after the last alert of ours it acknowledged:
+    /// pending alerts, if they got there, are at or after it.
+    pub fn delivered(&self) -> Result<HashMap<i32, i64>, CheckpointError> {
+        let mut out = HashMap::new();
+        for (k, v) in self.scan(DELIVERED)? {
+            let p: [u8; 4] = k
+                .as_slice()
+                .try_into()
+                .map_err(|_| CheckpointError::Corrupt(format!("alerts partition key {k:?}")))?;
+            let o: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| CheckpointError::Corrupt(format!("alerts partition offset {v:?}")))?;
+            out.insert(i32::from_be_bytes(p), i64::from_be_bytes(o));
+        }
+        Ok(out)
+    }
+
+    /// The alerts topic acknowledged `changes`, the last of them at `acked` (partition,
+    /// offset): they are no longer pending. Not synced: if this write is lost, the pending
+    /// alerts are looked up on the topic again and found there.
+    pub fn confirm(&self, changes: &[String], acked: &[(i32, i64)]) -> Result<(), CheckpointError> {
+        let mut batch = WriteBatch::default();
+        for c in changes {
+            batch.delete(prefixed(PENDING, c.as_bytes()));
+        }
+        let mut after: HashMap<i32, i64> = HashMap::new();
+        for (p, o) in acked {
+            let e = after.entry(*p).or_insert(o + 1);
+            *e = (*e).max(o + 1);
+        }
+        for (p, o) in after {
+            batch.put(prefixed(DELIVERED, &p.to_be_bytes()), o.to_be_bytes());
+        }
+        self.db.write(batch).map_err(|e| self.err(e))
     }
 
     /// Forgets emitted alerts recorded before `before_ms` (wall clock): a replay reaches back
@@ -125,17 +198,10 @@ impl CheckpointStore {
     pub fn prune_emitted(&self, before_ms: i64) -> Result<usize, CheckpointError> {
         let mut batch = WriteBatch::default();
         let mut n = 0;
-        for item in self
-            .db
-            .iterator(IteratorMode::From(EMITTED, rocksdb::Direction::Forward))
-        {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if !k.starts_with(EMITTED) {
-                break;
-            }
-            let at = v.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+        for (k, v) in self.scan(EMITTED)? {
+            let at = v.as_slice().try_into().map(i64::from_be_bytes).unwrap_or(0);
             if at < before_ms {
-                batch.delete(&k);
+                batch.delete(prefixed(EMITTED, &k));
                 n += 1;
             }
         }
@@ -160,10 +226,22 @@ mod tests {
             let s = CheckpointStore::open(dir.path()).unwrap();
             assert!(s.load("reports").unwrap().is_none());
             let next: HashMap<i32, i64> = [(0, 10), (3, 7)].into();
-            s.save("reports", b"state-1", &next, &["a:firing".into()], 1_000)
+            s.save(
+                "reports",
+                Some((b"state-1", &next)),
+                &[("a:firing".into(), b"{1}".to_vec())],
+                1_000,
+            )
+            .unwrap();
+            s.confirm(&["a:firing".into()], &[(0, 41), (2, 5), (0, 40)])
                 .unwrap();
-            s.save("reports", b"state-2", &next, &["a:resolved".into()], 2_000)
-                .unwrap();
+            s.save(
+                "reports",
+                Some((b"state-2", &next)),
+                &[("a:resolved".into(), b"{2}".to_vec())],
+                2_000,
+            )
+            .unwrap();
         }
         let s = CheckpointStore::open(dir.path()).unwrap();
         assert!(s.load("other-topic").unwrap().is_none());
@@ -174,6 +252,12 @@ mod tests {
             r.emitted,
             ["a:firing".to_string(), "a:resolved".to_string()].into()
         );
+        // Only the unacknowledged alert is pending; positions are one past the last ack.
+        assert_eq!(
+            s.pending().unwrap(),
+            vec![("a:resolved".into(), b"{2}".to_vec())]
+        );
+        assert_eq!(s.delivered().unwrap(), [(0, 42), (2, 6)].into());
         assert_eq!(s.prune_emitted(1_500).unwrap(), 1);
         let r = s.load("reports").unwrap().unwrap();
         assert_eq!(r.emitted, ["a:resolved".to_string()].into());

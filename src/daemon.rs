@@ -153,12 +153,14 @@ pub async fn run(
     let producer = notify::producer(&cfg.kafka)?;
     let outputs = Outputs {
         alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
+        kafka: cfg.kafka.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
         live: live.clone(),
         opts: opts.clone(),
     };
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
+    send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (bench_tx, mut bench_rx) = mpsc::unbounded_channel::<BenchmarkUpdate>();
@@ -421,6 +423,8 @@ struct Closing {
 /// Where alerts go.
 struct Outputs {
     alerts: AlertSink,
+    /// To look alerts up on their topic.
+    kafka: crate::config::KafkaConfig,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
     live: Arc<Live>,
@@ -445,27 +449,38 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Writes the state, the read positions and the newly emitted alerts (retrying until the
+    /// Writes the state, the read positions and the newly decided alerts (retrying until the
     /// disk takes them), then moves the committable offsets up to this state.
-    async fn save(&mut self, engine: &Engine, next: &HashMap<i32, i64>, keys: &[String]) {
-        let state = match engine.snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "Cannot encode the engine state; no checkpoint.");
-                return;
+    async fn save(&mut self, engine: &Engine, next: &HashMap<i32, i64>, alerts: &[Alert]) {
+        let mut decided = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            match serde_json::to_vec(a) {
+                Ok(v) => decided.push((notify::change_key(a), v)),
+                Err(e) => error!(error = %e, id = %a.id, "Cannot encode an alert."),
             }
-        };
+        }
+        let state = engine
+            .snapshot()
+            .map_err(|e| error!(error = %e, "Cannot encode the engine state; only the alerts are checkpointed."))
+            .ok();
         let now = crate::notify::deliver::now_ms();
         let mut delay = Duration::from_millis(100);
-        while let Err(e) = self.store.save(&self.topic, &state, next, keys, now) {
+        while let Err(e) = self.store.save(
+            &self.topic,
+            state.as_deref().map(|s| (s, next)),
+            &decided,
+            now,
+        ) {
             error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write the checkpoint.");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
-        self.emitted.extend(keys.iter().cloned());
-        self.committable = committable(engine, next);
-        self.last = Some(Instant::now());
-        self.dirty = false;
+        self.emitted.extend(decided.into_iter().map(|(k, _)| k));
+        if state.is_some() {
+            self.committable = committable(engine, next);
+            self.last = Some(Instant::now());
+            self.dirty = false;
+        }
     }
 }
 
@@ -477,16 +492,13 @@ fn committable(engine: &Engine, next: &HashMap<i32, i64>) -> HashMap<i32, i64> {
         .collect()
 }
 
-fn change_key(a: &Alert) -> String {
-    let status = match a.status {
-        Status::Firing => "firing",
-        Status::Resolved => "resolved",
-    };
-    format!("{}:{status}", a.id)
-}
-
-/// Emits a close's alerts that were not emitted before (a replay after a restore
-/// regenerates some), then checkpoints the state when windows closed.
+/// Emits a close's alerts that were not decided before (a replay after a restore regenerates
+/// some) and checkpoints the state when windows closed.
+///
+/// Order, so that a kill at any point neither loses nor doubles an alert on the alerts topic:
+/// outbox (receivers), then the checkpoint that marks them decided and pending, then the
+/// produce, then the confirmation that clears pending. A restart finds the alerts of an
+/// interrupted produce pending and sends those the topic does not have ([`send_pending`]).
 async fn finish(
     ckpt: &mut Checkpointer,
     engine: &Engine,
@@ -496,48 +508,93 @@ async fn finish(
 ) {
     closing
         .alerts
-        .retain(|a| !ckpt.emitted.contains(&change_key(a)));
-    let keys: Vec<String> = closing.alerts.iter().map(change_key).collect();
-    let closed = closing.closed;
-    emit(out, closing).await;
-    if !closed {
+        .retain(|a| !ckpt.emitted.contains(&notify::change_key(a)));
+    if !closing.closed {
         return;
     }
     ckpt.dirty = true;
-    // Alerts always checkpoint at once: their `id:status` must be on disk before a replay
-    // could regenerate them.
-    let due = ckpt.last.is_none_or(|t| t.elapsed() >= ckpt.interval);
-    if keys.is_empty() && !due {
+    if closing.alerts.is_empty() {
+        if ckpt.last.is_none_or(|t| t.elapsed() >= ckpt.interval) {
+            ckpt.save(engine, next, &[]).await;
+        }
         return;
     }
-    ckpt.save(engine, next, &keys).await;
+    announce(out, &closing).await;
+    ckpt.save(engine, next, &closing.alerts).await;
+    let landed = produce(out, &ckpt.store, &closing.alerts, closing.started).await;
+    let keys: Vec<String> = closing.alerts.iter().map(notify::change_key).collect();
+    if let Err(e) = ckpt.store.confirm(&keys, &landed) {
+        // Still pending on disk: a restart looks them up on the topic and finds them.
+        warn!(error = %e, "Cannot clear acknowledged alerts from the checkpoint.");
+    }
 }
 
-async fn emit(out: &Outputs, closing: Closing) {
-    let (sink, dispatcher, metrics, live, opts) = (
-        &out.alerts,
-        &*out.dispatcher,
-        &*out.metrics,
-        &*out.live,
-        &out.opts,
-    );
-    let Closing {
-        alerts, started, ..
-    } = closing;
-    if alerts.is_empty() {
-        return;
+/// Sends the alerts a previous run decided but may not have produced: those not found on the
+/// alerts topic after the positions of its last acknowledged produce. Runs before any report
+/// is read.
+async fn send_pending(store: &CheckpointStore, out: &Outputs) -> anyhow::Result<()> {
+    let pending = store.pending()?;
+    if pending.is_empty() {
+        return Ok(());
     }
-    // Into the outbox (synced) before anything else: the offsets behind these alerts are
-    // committed only after this returns, so a crash either replays them or finds them here.
-    let detected_ms = crate::notify::deliver::now_ms() - started.elapsed().as_millis() as Millis;
+    let from = store.delivered()?;
+    let wanted: HashSet<String> = pending.iter().map(|(k, _)| k.clone()).collect();
+    let (k, topic) = (out.kafka.clone(), out.alerts.topic().to_string());
+    let found = {
+        let wanted = wanted.clone();
+        tokio::task::spawn_blocking(move || {
+            notify::find_on_topic(&k, &topic, &from, &wanted, Duration::from_secs(60))
+        })
+        .await?
+    };
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            // Cannot tell what got there: sending again may double an alert, not sending may
+            // lose one. Losing is worse.
+            warn!(error = %e, pending = pending.len(), "Cannot read the alerts topic to its end: sending every pending alert.");
+            HashSet::new()
+        }
+    };
+    let mut missing = Vec::new();
+    for (key, json) in &pending {
+        if found.contains(key) {
+            continue;
+        }
+        match serde_json::from_slice::<Alert>(json) {
+            Ok(a) => missing.push(a),
+            Err(e) => {
+                error!(error = %e, change = %key, "Pending alert in the checkpoint is corrupt; dropped.")
+            }
+        }
+    }
+    info!(
+        pending = pending.len(),
+        already_there = found.len(),
+        sending = missing.len(),
+        "Alerts decided before a restart, looked up on the alerts topic."
+    );
+    let landed = produce(out, store, &missing, Instant::now()).await;
+    let keys: Vec<String> = pending.into_iter().map(|(k, _)| k).collect();
+    store.confirm(&keys, &landed)?;
+    Ok(())
+}
+
+/// Hands alerts to the receivers' outbox (synced), the live page, metrics, logs and stdout.
+async fn announce(out: &Outputs, closing: &Closing) {
+    let (dispatcher, metrics, live, opts) =
+        (&*out.dispatcher, &*out.metrics, &*out.live, &out.opts);
+    let alerts = &closing.alerts;
+    let detected_ms =
+        crate::notify::deliver::now_ms() - closing.started.elapsed().as_millis() as Millis;
     let mut delay = Duration::from_millis(100);
-    while let Err(e) = dispatcher.enqueue_detected(&alerts, detected_ms) {
+    while let Err(e) = dispatcher.enqueue_detected(alerts, detected_ms) {
         error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Cannot write alerts to the outbox.");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
-    live.record(&alerts);
-    for a in &alerts {
+    live.record(alerts);
+    for a in alerts {
         let status = match a.status {
             Status::Firing => "firing",
             Status::Resolved => "resolved",
@@ -552,25 +609,65 @@ async fn emit(out: &Outputs, closing: Closing) {
             println!("{}", notify::render_line(a));
         }
     }
-    // Retry until the broker takes them: an alert is never dropped, and the offsets behind it
-    // are not committed before it is acknowledged.
+}
+
+/// Produces alerts to the alerts topic until each is there (an alert is never dropped) and
+/// returns where the acknowledged ones landed. After a failure the alerts in doubt are first
+/// looked up on the topic (a produce whose acknowledgement was lost may have got there), so
+/// none is doubled either.
+async fn produce(
+    out: &Outputs,
+    store: &CheckpointStore,
+    alerts: &[Alert],
+    started: Instant,
+) -> Vec<(i32, i64)> {
+    let mut landed = Vec::with_capacity(alerts.len());
+    let mut remaining = alerts.to_vec();
     let mut delay = Duration::from_millis(100);
-    loop {
-        match sink.send_all(&alerts).await {
-            Ok(()) => {
-                metrics.alerts_out.inc_by(alerts.len() as u64);
-                metrics
-                    .alert_ack_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                return;
+    while !remaining.is_empty() {
+        let results = out.alerts.send_each(&remaining).await;
+        let mut failed = Vec::new();
+        for (a, r) in remaining.into_iter().zip(results) {
+            match r {
+                Ok(at) => {
+                    out.metrics.alerts_out.inc();
+                    landed.push(at);
+                }
+                Err(e) => {
+                    error!(error = %e, id = %a.id, retry_in_ms = delay.as_millis() as u64, "Could not produce an alert.");
+                    failed.push(a);
+                }
             }
-            Err(e) => {
-                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "Could not produce alerts.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        remaining = failed;
+        // Which of the failed ones got there anyway? Ask until the topic answers.
+        while !remaining.is_empty() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            let from = store.delivered().unwrap_or_default();
+            let wanted: HashSet<String> = remaining.iter().map(notify::change_key).collect();
+            let (k, topic) = (out.kafka.clone(), out.alerts.topic().to_string());
+            let found = tokio::task::spawn_blocking(move || {
+                notify::find_on_topic(&k, &topic, &from, &wanted, Duration::from_secs(20))
+            })
+            .await;
+            match found {
+                Ok(Ok(found)) => {
+                    remaining.retain(|a| !found.contains(&notify::change_key(a)));
+                    out.metrics.alerts_out.inc_by(found.len() as u64);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Cannot read the alerts topic yet; will look again.")
+                }
+                Err(e) => warn!(error = %e, "Alerts topic lookup failed; will look again."),
             }
         }
     }
+    out.metrics
+        .alert_ack_seconds
+        .observe(started.elapsed().as_secs_f64());
+    landed
 }
 
 /// Stores, per assigned partition, the offset the last checkpoint makes safe (see

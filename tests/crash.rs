@@ -233,3 +233,105 @@ async fn a_checkpoint_from_another_cluster_is_ignored() {
         "the new cluster's incident is found, not skipped: {again:?}"
     );
 }
+
+/// An alert for the pending-alerts test.
+fn alert(id: &str, status: &str) -> Alert {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "status": status, "rule": "failure_rate", "severity": "critical",
+        "scope": {"location": "loc-1", "cdn": "cdn-a"}, "metric": "failure_rate",
+        "observed": 0.2, "expected": 0.01, "samples": 500, "p_value": 1e-9,
+        "window_start": "2026-01-01T10:00:00Z", "window_end": "2026-01-01T10:01:00Z",
+        "started_at": "2026-01-01T10:00:00Z",
+        "resolved_at": if status == "resolved" { serde_json::json!("2026-01-01T10:05:00Z") } else { serde_json::Value::Null },
+        "summary": "test"
+    }))
+    .unwrap()
+}
+
+/// A run killed between deciding alerts (checkpoint) and their acknowledgement leaves them
+/// pending; some reached the alerts topic, some did not. The next start sends exactly the
+/// missing ones: each is on the topic once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_pending_at_a_kill_are_on_the_topic_once_after_restart() {
+    use qos_sentinel::checkpoint::CheckpointStore;
+    use qos_sentinel::notify::change_key;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.http.listen = common::free_addr();
+    let cluster = common::mock_cluster(&mut cfg, 2);
+    // Two partitions: the lookup must read every one.
+    cfg.kafka.alerts_topic = format!("{}-2p", cfg.kafka.alerts_topic);
+    cluster.create_topic(&cfg.kafka.alerts_topic, 2, 1).unwrap();
+    let p = common::producer(&cfg.kafka.brokers);
+    let send = |a: &Alert, part: i32| {
+        let v = serde_json::to_vec(a).unwrap();
+        let rec = rdkafka::producer::BaseRecord::to(&cfg.kafka.alerts_topic)
+            .key("loc-1/cdn-a")
+            .payload(&v)
+            .partition(part);
+        p.poll(Duration::ZERO);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    };
+    // History: alerts acknowledged before the last confirmed position (not looked at), then
+    // two of the three pending ones, as a killed run left them.
+    let (old, a, b, c) = (
+        alert("0000000000000099", "firing"),
+        alert("00000000000000aa", "firing"),
+        alert("00000000000000bb", "firing"),
+        alert("00000000000000aa", "resolved"),
+    );
+    send(&old, 0);
+    send(&old, 1);
+    common::flush(&p);
+    std::fs::create_dir_all(&cfg.state.dir).unwrap();
+    {
+        let store = CheckpointStore::open(&cfg.state.dir).unwrap();
+        store.confirm(&[], &[(0, 0), (1, 0)]).unwrap();
+        let decided: Vec<(String, Vec<u8>)> = [&a, &b, &c]
+            .iter()
+            .map(|x| (change_key(x), serde_json::to_vec(x).unwrap()))
+            .collect();
+        store
+            .save(&cfg.kafka.reports_topic, None, &decided, 1_000)
+            .unwrap();
+    }
+    send(&a, 1);
+    send(&c, 0);
+    common::flush(&p);
+
+    let d = common::start_daemon(&cfg);
+    let (brokers, topic) = (cfg.kafka.brokers.clone(), cfg.kafka.alerts_topic.clone());
+    let read_all = move || {
+        let mut all: Vec<Alert> = Vec::new();
+        for part in 0..2 {
+            let t = common::tail_partition(&brokers, &topic, part);
+            for m in common::read_until(&t, Duration::from_secs(1), |_| false) {
+                all.push(serde_json::from_slice(m.value.as_deref().unwrap_or_default()).unwrap());
+            }
+        }
+        all
+    };
+    let missing = change_key(&b);
+    let got = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60)
+            && !read_all().iter().any(|x| change_key(x) == missing)
+        {}
+        // Anything sent twice would be there by now.
+        std::thread::sleep(Duration::from_secs(2));
+        read_all()
+    })
+    .await
+    .unwrap();
+    d.stop().await;
+    let want: BTreeMap<String, usize> = [
+        ("0000000000000099:firing".to_string(), 2),
+        ("00000000000000aa:firing".to_string(), 1),
+        ("00000000000000aa:resolved".to_string(), 1),
+        ("00000000000000bb:firing".to_string(), 1),
+    ]
+    .into();
+    assert_eq!(changes(&got), want);
+    let store = CheckpointStore::open(&cfg.state.dir).unwrap();
+    assert!(store.pending().unwrap().is_empty(), "nothing left pending");
+}

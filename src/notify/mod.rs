@@ -53,42 +53,126 @@ impl AlertSink {
         }
     }
 
-    /// Sends every alert and waits until the broker has acknowledged all of them. Order is
-    /// kept per scope (one key, one partition; the idempotent producer keeps order on retries).
-    pub async fn send_all(&self, alerts: &[Alert]) -> Result<(), NotifyError> {
+    /// Sends every alert and waits for the broker's answer to each: where it landed,
+    /// `(partition, offset)`, or why not. Order is kept per scope (one key, one partition; the
+    /// idempotent producer keeps order on retries).
+    pub async fn send_each(&self, alerts: &[Alert]) -> Vec<Result<(i32, i64), NotifyError>> {
         let mut pending = Vec::with_capacity(alerts.len());
         for a in alerts {
             let key = a.scope.to_string();
-            let value = serde_json::to_vec(a)?;
-            let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
-            let fut = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| NotifyError::Produce {
-                    topic: self.topic.clone(),
-                    source: e,
-                })?;
+            let fut = serde_json::to_vec(a)
+                .map_err(NotifyError::from)
+                .and_then(|value| {
+                    let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+                    self.producer
+                        .send_result(record)
+                        .map_err(|(e, _)| self.error(e))
+                });
             pending.push(fut);
         }
+        let mut out = Vec::with_capacity(pending.len());
         for fut in pending {
-            match fut.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(NotifyError::Produce {
-                        topic: self.topic.clone(),
-                        source: e,
-                    });
+            out.push(match fut {
+                Err(e) => Err(e),
+                Ok(fut) => match fut.await {
+                    Ok(Ok(d)) => Ok((d.partition, d.offset)),
+                    Ok(Err((e, _))) => Err(self.error(e)),
+                    Err(_) => Err(self.error(KafkaError::Canceled)),
+                },
+            });
+        }
+        out
+    }
+
+    fn error(&self, source: KafkaError) -> NotifyError {
+        NotifyError::Produce {
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+/// `id:status` of an alert, the unit of "emitted once".
+pub fn change_key(a: &Alert) -> String {
+    let status = match a.status {
+        crate::incident::Status::Firing => "firing",
+        crate::incident::Status::Resolved => "resolved",
+    };
+    format!("{}:{status}", a.id)
+}
+
+/// Which of `wanted` (`id:status`) are on the alerts topic at or after `from` (per partition;
+/// partitions not in it are read from their start), up to the topic's current end. Blocking.
+/// An error means the topic could not be read to its end within `timeout`.
+pub fn find_on_topic(
+    k: &KafkaConfig,
+    topic: &str,
+    from: &std::collections::HashMap<i32, i64>,
+    wanted: &std::collections::HashSet<String>,
+    timeout: Duration,
+) -> Result<std::collections::HashSet<String>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let started = std::time::Instant::now();
+    let left = || timeout.saturating_sub(started.elapsed());
+    let consumer: BaseConsumer = client_config(k)
+        .set("group.id", format!("{}.alerts-lookup", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let meta = consumer.fetch_metadata(Some(topic), left())?;
+    let partitions: Vec<i32> = meta
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    // Per partition, the offset of its last message: read until every one is reached.
+    let mut until = std::collections::HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, left())?;
+        let start = from.get(&p).copied().unwrap_or(low).max(low);
+        if start < high {
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+            until.insert(p, high - 1);
+        }
+    }
+    let mut found = std::collections::HashSet::new();
+    if until.is_empty() {
+        return Ok(found);
+    }
+    consumer.assign(&tpl)?;
+    while !until.is_empty() && found.len() < wanted.len() {
+        if left().is_zero() {
+            return Err(KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        match consumer.poll(left().min(Duration::from_millis(200))) {
+            Some(Ok(m)) => {
+                if let Some(a) = m
+                    .payload()
+                    .and_then(|v| serde_json::from_slice::<Alert>(v).ok())
+                {
+                    let c = change_key(&a);
+                    if wanted.contains(&c) {
+                        found.insert(c);
+                    }
                 }
-                Err(_) => {
-                    return Err(NotifyError::Produce {
-                        topic: self.topic.clone(),
-                        source: KafkaError::Canceled,
-                    });
+                if until.get(&m.partition()).is_some_and(|u| m.offset() >= *u) {
+                    until.remove(&m.partition());
                 }
             }
+            Some(Err(e)) => return Err(e),
+            None => {}
         }
-        Ok(())
     }
+    Ok(found)
 }
 
 /// A bad message, ready for the dead-letter topic.
