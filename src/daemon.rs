@@ -225,6 +225,7 @@ pub async fn run(
     let idle_grace = cfg.window.size + cfg.window.allowed_lateness;
     let mut last_progress = (Instant::now(), engine.watermark());
     let mut last_probe = Instant::now() - PROBE_EVERY;
+    let mut lag_shown: HashSet<i32> = HashSet::new();
     info!(topic = %topic, group = %cfg.kafka.group_id, "Consuming reports.");
 
     let reports_in = metrics.records_in.with_label_values(&["reports"]);
@@ -304,7 +305,7 @@ pub async fn run(
                 publish_gauges(&metrics, &engine, &live);
                 if last_probe.elapsed() >= PROBE_EVERY {
                     last_probe = Instant::now();
-                    probe_lag(&consumer, &topic, &next, &metrics);
+                    probe_lag(&consumer, &topic, &next, &metrics, &mut lag_shown);
                     metrics.rocksdb_bytes.with_label_values(&["benchmarks"]).set(store.size_bytes() as i64);
                     metrics.rocksdb_bytes.with_label_values(&["outbox"]).set(dispatcher.outbox_bytes() as i64);
                     metrics.rocksdb_bytes.with_label_values(&["checkpoint"]).set(ckpt.store.size_bytes() as i64);
@@ -764,14 +765,28 @@ fn spawn_broker_probe(
 }
 
 /// Sets the lag gauge of every assigned partition (high watermark minus the next offset to
-/// read); the broker's reachability is the probe thread's job.
-fn probe_lag(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>, metrics: &Metrics) {
+/// read) and removes the series of partitions no longer assigned; `shown` is the partitions
+/// with a series. A partition whose watermarks cannot be read keeps its last value. (The
+/// gauge is never reset as a whole: a scrape during the watermark reads would find no series.)
+/// The broker's reachability is the probe thread's job.
+fn probe_lag(
+    consumer: &StreamConsumer,
+    topic: &str,
+    next: &HashMap<i32, i64>,
+    metrics: &Metrics,
+    shown: &mut HashSet<i32>,
+) {
     let Ok(tpl) = consumer.assignment() else {
         return;
     };
-    metrics.consumer_lag.reset();
-    for e in tpl.elements() {
-        let p = e.partition();
+    let assigned: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    for p in shown.iter().filter(|p| !assigned.contains(p)) {
+        let _ = metrics
+            .consumer_lag
+            .remove_label_values(&[p.to_string().as_str()]);
+    }
+    shown.retain(|p| assigned.contains(p));
+    for p in assigned {
         let marks = tokio::task::block_in_place(|| {
             consumer.fetch_watermarks(topic, p, Duration::from_millis(1000))
         });
@@ -782,6 +797,7 @@ fn probe_lag(consumer: &StreamConsumer, topic: &str, next: &HashMap<i32, i64>, m
                     .consumer_lag
                     .with_label_values(&[p.to_string().as_str()])
                     .set((high - at).max(0));
+                shown.insert(p);
             }
             Err(e) => {
                 debug!(partition = p, error = %e, "Cannot read partition watermarks.");
