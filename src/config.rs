@@ -118,6 +118,12 @@ pub struct KafkaConfig {
     /// Consumer group session timeout: how long a dead instance keeps its partitions.
     #[serde(default = "default_session_timeout", with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Topic each report partition's state is written to at every checkpoint (partition p's
+    /// state to partition p: as many partitions as the reports topic; compacted). When set,
+    /// an instance that is assigned a partition takes its state over from there, so several
+    /// instances can share the work. Off (`None`) for a single instance.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
     /// Extra librdkafka properties passed through to every client (TLS, SASL, ...), e.g.
     /// `"security.protocol" = "SASL_SSL"`. Values are never logged.
     #[serde(default)]
@@ -156,6 +162,7 @@ impl Default for KafkaConfig {
             alerts_topic: default_alerts_topic(),
             dead_letter_topic: default_dead_letter_topic(),
             session_timeout: default_session_timeout(),
+            changelog_topic: None,
             options: BTreeMap::new(),
         }
     }
@@ -584,12 +591,15 @@ impl Config {
         if k.group_id.trim().is_empty() {
             return Err(field("kafka.group_id", "must not be empty"));
         }
-        let topics = [
+        let mut topics = vec![
             ("kafka.reports_topic", &k.reports_topic),
             ("kafka.benchmarks_topic", &k.benchmarks_topic),
             ("kafka.alerts_topic", &k.alerts_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
         ];
+        if let Some(changelog) = &k.changelog_topic {
+            topics.push(("kafka.changelog_topic", changelog));
+        }
         for (i, (name, topic)) in topics.iter().enumerate() {
             if topic.trim().is_empty() {
                 return Err(field(name, "must not be empty"));

@@ -147,6 +147,7 @@ pub async fn run(
         last: None,
         dirty: false,
         committable: HashMap::new(),
+        changelog: None,
     };
 
     let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
@@ -160,6 +161,15 @@ pub async fn run(
         opts: opts.clone(),
     };
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
+    if let Some(topic) = &cfg.kafka.changelog_topic {
+        check_changelog_topic(&cfg, &producer, topic)?;
+        ckpt.changelog = Some(ChangelogWriter {
+            producer: producer.clone(),
+            topic: topic.clone(),
+            reports_topic: cfg.kafka.reports_topic.clone(),
+            owned: HashSet::new(),
+        });
+    }
     send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -255,6 +265,10 @@ pub async fn run(
                 engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
             }
             _ = ticker.tick() => {
+                // Rebalances first: nothing is decided for a partition that has moved away.
+                let a = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next, &mut ckpt);
+                take_over(&cfg, &mut engine, &mut next, &mut ckpt, &outputs, &a.added).await;
+                readiness.partitions_assigned.store(a.any, Ordering::Release);
                 // Which partitions delivered since the last tick (cheaper than a clock read
                 // per record).
                 for (p, n) in &next {
@@ -300,8 +314,6 @@ pub async fn run(
                     error!(error = %e, "Cannot queue repeats in the outbox.");
                 }
                 store_offsets(&consumer, &topic, &ckpt.committable);
-                let assigned = sync_assignment(&consumer, &mut engine, &mut last_seen);
-                readiness.partitions_assigned.store(assigned, Ordering::Release);
                 publish_gauges(&metrics, &engine, &live);
                 if last_probe.elapsed() >= PROBE_EVERY {
                     last_probe = Instant::now();
@@ -327,14 +339,16 @@ pub async fn run(
                         };
                         reports_in.inc();
                         let (p, o) = (msg.partition(), msg.offset());
+                        if !engine.has_partition(p) {
+                            // First record of a partition: register everything assigned first, so
+                            // windows wait for the partitions that have not delivered yet (and
+                            // take over their state from the changelog, if there is one).
+                            let a = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next, &mut ckpt);
+                            take_over(&cfg, &mut engine, &mut next, &mut ckpt, &outputs, &a.added).await;
+                        }
                         if next.get(&p).is_some_and(|n| o < *n) {
                             last_seen.insert(p, Instant::now());
                             break 'one;
-                        }
-                        if !engine.has_partition(p) {
-                            // First record of a partition: register everything assigned first, so
-                            // windows wait for the partitions that have not delivered yet.
-                            sync_assignment(&consumer, &mut engine, &mut last_seen);
                         }
                         match msg.payload().map_or(Err(decode::DecodeError::Empty), |v| decode::decode_report(v, limit)) {
                             Ok(r) => {
@@ -396,12 +410,13 @@ pub async fn run(
 /// Closes what the watermark (or `until`) allows and times the detection.
 fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closing {
     let started = Instant::now();
-    let before = engine.counters().windows_closed;
+    let before = engine.decisions();
     let alerts = match until {
         Some(t) => engine.close_until(t),
         None => engine.close_ready(),
     };
-    if engine.counters().windows_closed > before {
+    let decided = engine.decisions() > before;
+    if decided {
         metrics
             .detection_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -409,7 +424,7 @@ fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closi
     Closing {
         alerts,
         started,
-        closed: engine.counters().windows_closed > before,
+        closed: decided,
     }
 }
 
@@ -447,6 +462,141 @@ struct Checkpointer {
     /// lowest offset its open windows needed, or its next offset. Committing past it would
     /// lose records that a restore from that checkpoint needs.
     committable: HashMap<i32, i64>,
+    /// Where each partition's state goes for its next owner, when several instances share.
+    changelog: Option<ChangelogWriter>,
+}
+
+/// Writes owned partitions' state to the changelog topic.
+struct ChangelogWriter {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    reports_topic: String,
+    /// Report partitions assigned to this instance now.
+    owned: HashSet<i32>,
+}
+
+impl ChangelogWriter {
+    /// Writes every owned partition's state, with the alerts of `alerts` that are its own
+    /// (CDN-wide ones go with the lowest owned partition). Must succeed when there are alerts
+    /// (they are produced only after it); otherwise a failure only makes the next owner start
+    /// from an older state. Returns whether every partition's state was written.
+    async fn write(
+        &self,
+        engine: &Engine,
+        next: &HashMap<i32, i64>,
+        alerts: &[Alert],
+        delivered: &HashMap<i32, i64>,
+    ) -> bool {
+        let mut owned: Vec<i32> = self.owned.iter().copied().collect();
+        owned.sort_unstable();
+        let home = |a: &Alert| {
+            a.scope
+                .location
+                .as_deref()
+                .and_then(|l| engine.home_of(l))
+                .or_else(|| owned.first().copied())
+        };
+        let mut records = Vec::new();
+        for p in &owned {
+            let Some(n) = next.get(p) else { continue };
+            let share = match engine.export_partition(*p) {
+                Ok(Some(share)) => share,
+                Ok(None) => continue,
+                Err(e) => {
+                    error!(error = %e, partition = p, "Cannot encode a partition's state.");
+                    continue;
+                }
+            };
+            let header = crate::changelog::Header {
+                reports_topic: self.reports_topic.clone(),
+                partition: *p,
+                next: *n,
+                pending: alerts
+                    .iter()
+                    .filter(|a| home(a) == Some(*p))
+                    .cloned()
+                    .collect(),
+                delivered: delivered.clone(),
+            };
+            match crate::changelog::encode(&header, &share) {
+                Ok(v) => records.push((*p, v)),
+                Err(e) => error!(error = %e, partition = p, "Cannot encode a changelog record."),
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            // Enqueue all, then wait for each: they are in flight together.
+            let mut failed = 0;
+            let mut futures = Vec::with_capacity(records.len());
+            for (p, v) in &records {
+                let key = p.to_string();
+                let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                    .partition(*p)
+                    .key(&key)
+                    .payload(v);
+                match self.producer.send_result(record) {
+                    Ok(f) => futures.push(f),
+                    Err((e, _)) => {
+                        debug!(error = %e, partition = p, "Changelog record not queued.");
+                        failed += 1;
+                    }
+                }
+            }
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        debug!(error = %e, "Changelog record not written.");
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            if failed == 0 {
+                return true;
+            }
+            if alerts.is_empty() {
+                warn!(
+                    failed,
+                    "Cannot write partition state to the changelog; the next checkpoint will."
+                );
+                return false;
+            }
+            error!(
+                failed,
+                retry_in_ms = delay.as_millis() as u64,
+                "Cannot write partition state to the changelog before its alerts."
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The changelog topic must exist with a partition for every report partition.
+fn check_changelog_topic(
+    cfg: &Config,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer;
+    let count = |t: &str| -> anyhow::Result<usize> {
+        let md = tokio::task::block_in_place(|| {
+            producer
+                .client()
+                .fetch_metadata(Some(t), Duration::from_secs(10))
+        })
+        .map_err(|e| anyhow::anyhow!("cannot read the metadata of {t}: {e}"))?;
+        Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+    };
+    let (reports, changelog) = (count(&cfg.kafka.reports_topic)?, count(topic)?);
+    if changelog < reports {
+        anyhow::bail!(
+            "kafka.changelog_topic: {topic} has {changelog} partitions; it needs as many as {} ({reports})",
+            cfg.kafka.reports_topic
+        );
+    }
+    Ok(())
 }
 
 impl Checkpointer {
@@ -477,7 +627,13 @@ impl Checkpointer {
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         self.emitted.extend(decided.into_iter().map(|(k, _)| k));
-        if state.is_some() {
+        let mut shared = true;
+        if let (Some(cl), Some(_)) = (&self.changelog, &state) {
+            let delivered = self.store.delivered().unwrap_or_default();
+            shared = cl.write(engine, next, alerts, &delivered).await;
+        }
+        // Offsets past what the changelog has would be lost to the partitions' next owner.
+        if state.is_some() && shared {
             self.committable = committable(engine, next);
             self.last = Some(Instant::now());
             self.dirty = false;
@@ -695,22 +851,39 @@ fn store_offsets(consumer: &StreamConsumer, topic: &str, committable: &HashMap<i
     }
 }
 
-/// Registers newly assigned report partitions with the engine and forgets revoked ones.
-/// Returns whether any partition is assigned.
+/// What changed in the assignment.
+struct Assignment {
+    /// Whether any partition is assigned.
+    any: bool,
+    /// Newly assigned partitions.
+    added: Vec<i32>,
+}
+
+/// Registers newly assigned report partitions with the engine and handles revoked ones:
+/// with a changelog their state is dropped (their next owner takes it from there), without
+/// one it stays and only stops holding windows back (the partition is probably coming back:
+/// an assignment lost in a broker outage).
 fn sync_assignment(
     consumer: &StreamConsumer,
     engine: &mut Engine,
     last_seen: &mut HashMap<i32, Instant>,
-) -> bool {
+    next: &mut HashMap<i32, i64>,
+    ckpt: &mut Checkpointer,
+) -> Assignment {
     let Ok(tpl) = consumer.assignment() else {
-        return false;
+        return Assignment {
+            any: false,
+            added: Vec::new(),
+        };
     };
     let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let mut added = Vec::new();
     for p in &assigned {
         if !engine.has_partition(*p) {
             info!(partition = p, "Partition assigned.");
             engine.add_partition(*p);
             last_seen.entry(*p).or_insert_with(Instant::now);
+            added.push(*p);
         }
     }
     let revoked: Vec<i32> = last_seen
@@ -719,11 +892,133 @@ fn sync_assignment(
         .copied()
         .collect();
     for p in revoked {
-        info!(partition = p, "Partition revoked.");
-        engine.remove_partition(p);
         last_seen.remove(&p);
+        if ckpt.changelog.is_some() {
+            info!(
+                partition = p,
+                "Partition revoked: its state goes to its next owner."
+            );
+            engine.drop_partition(p);
+            next.remove(&p);
+            ckpt.committable.remove(&p);
+        } else {
+            info!(partition = p, "Partition revoked.");
+            engine.remove_partition(p);
+        }
     }
-    !assigned.is_empty()
+    if let Some(cl) = &mut ckpt.changelog {
+        cl.owned = assigned.iter().copied().collect();
+    }
+    Assignment {
+        any: !assigned.is_empty(),
+        added,
+    }
+}
+
+/// Takes newly assigned partitions' state over from the changelog (when there is one and its
+/// state is newer than this instance's), then sends the alerts their last owner decided but
+/// may not have produced.
+async fn take_over(
+    cfg: &Config,
+    engine: &mut Engine,
+    next: &mut HashMap<i32, i64>,
+    ckpt: &mut Checkpointer,
+    out: &Outputs,
+    added: &[i32],
+) {
+    let Some(topic) = cfg.kafka.changelog_topic.as_deref() else {
+        return;
+    };
+    let mut pending = Vec::new();
+    let mut from: HashMap<i32, i64> = HashMap::new();
+    for p in added {
+        let last = tokio::task::block_in_place(|| {
+            crate::changelog::read_last(&cfg.kafka, topic, *p, Duration::from_secs(10))
+        });
+        let value = match last {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                info!(
+                    partition = p,
+                    "No state for this partition in the changelog: starting at the committed offset."
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(partition = p, error = %e, "Cannot read the changelog: starting at the committed offset.");
+                continue;
+            }
+        };
+        let (header, share) = match crate::changelog::decode(&value) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(partition = p, error = %e, "Changelog record unusable: starting at the committed offset.");
+                continue;
+            }
+        };
+        if header.reports_topic != cfg.kafka.reports_topic || header.partition != *p {
+            warn!(partition = p, record_topic = %header.reports_topic, record_partition = header.partition, "Changelog record is another partition's: ignored.");
+            continue;
+        }
+        if next.get(p).is_some_and(|n| *n >= header.next) {
+            info!(
+                partition = p,
+                "This instance's state of the partition is as new as the changelog's."
+            );
+            continue;
+        }
+        if let Err(e) = engine.absorb_partition(*p, share) {
+            warn!(partition = p, error = %e, "Changelog state unusable: starting at the committed offset.");
+            continue;
+        }
+        info!(
+            partition = p,
+            next = header.next,
+            pending = header.pending.len(),
+            "Took the partition's state over from the changelog."
+        );
+        next.insert(*p, header.next);
+        for (ap, o) in header.delivered {
+            let m = from.entry(ap).or_insert(o);
+            *m = (*m).min(o);
+        }
+        pending.extend(header.pending);
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let wanted: HashSet<String> = pending.iter().map(notify::change_key).collect();
+    let (k, alerts_topic) = (cfg.kafka.clone(), out.alerts.topic().to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        notify::find_on_topic(&k, &alerts_topic, &from, &wanted, Duration::from_secs(60))
+    })
+    .await;
+    let found = match found {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            warn!(error = %e, "Cannot read the alerts topic to its end: sending every alert the last owner left pending.");
+            HashSet::new()
+        }
+        Err(e) => {
+            warn!(error = %e, "Alerts topic lookup failed: sending every alert the last owner left pending.");
+            HashSet::new()
+        }
+    };
+    let missing: Vec<Alert> = pending
+        .into_iter()
+        .filter(|a| !found.contains(&notify::change_key(a)))
+        .collect();
+    info!(
+        sending = missing.len(),
+        already_there = found.len(),
+        "Alerts left pending by the partitions' last owner, looked up on the alerts topic."
+    );
+    let closing = Closing {
+        alerts: missing,
+        started: Instant::now(),
+        closed: true,
+    };
+    finish(ckpt, engine, next, out, closing).await;
 }
 
 /// Asks the cluster for the reports topic's metadata every 2 s on a thread of its own (the
@@ -816,9 +1111,7 @@ fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {
         metrics.watermark.set(wm / 1000);
     }
     metrics.benchmark_versions.set(engine.table().len() as i64);
-    metrics
-        .open_keys
-        .set(engine.windows().open_stats().1 as i64);
+    metrics.open_keys.set(engine.open_stats().1 as i64);
 }
 
 /// The output of `f` if it is ready at once, without waiting.

@@ -2,8 +2,20 @@
 //!
 //! The daemon, the backtest and the benchmarks all drive this same type, so the backtest runs
 //! exactly the daemon's detection.
+//!
+//! Work is split by source partition, as Kafka Streams splits it into tasks. Each partition
+//! has a [`Part`]: its own windows and watermark, and what is normal for its keys. A partition
+//! closes a window when its own event time has passed it, and tests that window's keys as one
+//! family (the multiple-test correction runs per partition and window). Everything in a part
+//! therefore depends only on that partition's records, in their order, not on how reads of
+//! several partitions interleave (a catch-up after a restart reads them at other relative
+//! speeds than a live run). The verdicts wait in a stash until every partition that is not
+//! idle has closed the window; then the window is decided: CDN-wide grouping over all
+//! partitions first, then each partition's own incidents (location-wide parents and
+//! location+CDN scopes), which live in its part. A part is therefore the whole state of a
+//! partition: [`Engine::export_partition`] hands it to another instance (the changelog).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::config::Config;
 use crate::decode::Report;
@@ -30,53 +42,218 @@ pub struct Counters {
 /// How many closed windows of benchmark history to keep behind the watermark.
 const TABLE_HISTORY_WINDOWS: i64 = 120;
 
-pub struct Engine {
-    cfg: Config,
-    table: BenchmarkTable,
+/// Most empty windows decided at once after a gap in all input.
+const MAX_GAP_WINDOWS: i64 = 120;
+
+/// One source partition's share of the state (input without partitions is partition -1).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Part {
     windows: Windows,
-    incidents: Incidents,
-    counters: Counters,
-    closes_since_prune: u32,
     /// What is normal per key and log-scale metric, relative to the benchmark.
     baselines: HashMap<(Key, Metric), Baseline>,
     /// Own levels of keys without a benchmark (rates, or means of logs).
     levels: HashMap<(Key, Metric), Baseline>,
     /// Usual reports per window of each key, to notice silence.
     volumes: HashMap<Key, Baseline>,
-    /// Viewer quality of the last closed window: totals and the worst keys.
-    quality: Quality,
     /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
     /// device) so that an incident can name the cohort behind it.
+    #[serde(default)]
     suspects: HashSet<Key>,
+    /// Incidents on its locations and location+CDN pairs.
+    incidents: Incidents,
+    /// Every window ending at or before this has been decided for its incidents.
+    decided_until: Millis,
+}
+
+impl Part {
+    fn new(cfg: &Config) -> Self {
+        Part {
+            windows: Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys),
+            baselines: HashMap::new(),
+            levels: HashMap::new(),
+            volumes: HashMap::new(),
+            suspects: HashSet::new(),
+            incidents: Incidents::new(),
+            decided_until: Millis::MIN,
+        }
+    }
+
+    /// Updates the per-key baselines from the clean windows' log-scale findings.
+    fn learn(
+        &mut self,
+        min_n: u64,
+        keys: &[(Key, Acc)],
+        verdicts: &[(usize, Verdict)],
+        at: Millis,
+    ) {
+        let mut bad = std::collections::HashSet::new();
+        for (i, v) in verdicts {
+            if v.bad {
+                bad.insert((*i, v.finding.metric));
+            }
+        }
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            let b = self.volumes.entry(key.clone()).or_default();
+            let x = acc.reports as f64;
+            let seen = b.last_seen;
+            if bad.contains(&(i, Metric::ReportVolume)) {
+                b.drift(x);
+            } else {
+                b.track(x, at);
+            }
+            if acc.reports == 0 {
+                b.last_seen = seen; // silent keys age out
+            }
+        }
+        // Keys without a benchmark learn their own level of every metric with enough samples.
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            if acc.joined > 0 {
+                continue;
+            }
+            let observed = [
+                (
+                    Metric::FailureRate,
+                    acc.reports >= min_n,
+                    acc.failure_rate(),
+                ),
+                (
+                    Metric::RebufferRatio,
+                    acc.reports >= min_n && acc.sum_d > 0.0,
+                    acc.rebuffer_ratio(),
+                ),
+                (
+                    Metric::ThroughputKbps,
+                    acc.throughput.n >= min_n,
+                    acc.throughput.mean_log(),
+                ),
+                (
+                    Metric::StartupMs,
+                    acc.startup.n >= (min_n / 3).max(10),
+                    acc.startup.mean_log(),
+                ),
+            ];
+            for (m, enough, x) in observed {
+                if enough && !bad.contains(&(i, m)) {
+                    self.levels
+                        .entry((key.clone(), m))
+                        .or_default()
+                        .track(x, at);
+                }
+            }
+        }
+        for (i, v) in verdicts {
+            let m = v.finding.metric;
+            if v.bad
+                || v.finding.reference != Reference::Benchmark
+                || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs)
+            {
+                continue;
+            }
+            let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
+            // The finding's expectation already includes the offset used: undo it.
+            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
+            b.learn(raw, at);
+        }
+    }
+
+    /// Keys unseen since `horizon` forget what was normal for them.
+    fn forget_before(&mut self, horizon: Millis) {
+        self.baselines.retain(|_, b| b.last_seen >= horizon);
+        self.levels.retain(|_, b| b.last_seen >= horizon);
+        self.volumes.retain(|_, b| b.last_seen >= horizon);
+    }
+}
+
+/// A partition's verdicts on one window, until every partition has closed it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Stash {
+    /// Keys with findings: their verdicts, and their accumulator where a verdict is bad (the
+    /// evidence of a CDN-wide or location-wide parent; empty otherwise).
+    keys: Vec<(Key, Acc, Vec<Verdict>)>,
+    reports: Acc,
+    key_count: usize,
+    worst: Vec<KeyQuality>,
+    /// Lowest source offset per partition that contributed (for safe commits).
+    min_offsets: HashMap<i32, i64>,
+}
+
+/// Worst first, at most [`WORST_KEYS`] (ties broken by name, so the order does not depend on
+/// which partition was merged first).
+fn sort_worst(worst: &mut Vec<KeyQuality>) {
+    worst.sort_by(|a, b| {
+        b.badness
+            .total_cmp(&a.badness)
+            .then(b.reports.cmp(&a.reports))
+            .then_with(|| (&a.location, &a.cdn).cmp(&(&b.location, &b.cdn)))
+    });
+    worst.truncate(WORST_KEYS);
+}
+
+pub struct Engine {
+    cfg: Config,
+    table: BenchmarkTable,
+    parts: BTreeMap<i32, Part>,
+    /// Partitions that do not hold the decision of windows back: idle ones (no input for a
+    /// while) and revoked ones. They close as far as the others have.
+    idle: BTreeSet<i32>,
+    /// Partitions revoked in a rebalance (their state stays until they come back).
+    revoked: BTreeSet<i32>,
+    /// Verdicts per window start and partition, waiting for the slower partitions.
+    stash: BTreeMap<Millis, BTreeMap<i32, Stash>>,
+    /// Every window ending at or before this has been decided.
+    decided_until: Millis,
+    /// Whether a record may have made a window closable (cheap check per report).
+    ready: bool,
+    /// Windows decided again for partitions catching up (not in `counters`: a window counts
+    /// once there).
+    redecided: u64,
+    /// CDN-wide incidents (the others live in the partitions' parts).
+    incidents: Incidents,
+    counters: Counters,
+    closes_since_prune: u32,
+    /// Viewer quality of the last closed window: totals and the worst keys.
+    quality: Quality,
 }
 
 #[derive(serde::Serialize)]
 struct StateRef<'a> {
-    windows: &'a Windows,
+    shape: (Millis, Millis),
+    parts: &'a BTreeMap<i32, Part>,
+    stash: &'a BTreeMap<Millis, BTreeMap<i32, Stash>>,
+    decided_until: Millis,
     incidents: &'a Incidents,
     counters: &'a Counters,
     closes_since_prune: u32,
-    baselines: &'a HashMap<(Key, Metric), Baseline>,
-    levels: &'a HashMap<(Key, Metric), Baseline>,
-    volumes: &'a HashMap<Key, Baseline>,
-    suspects: &'a HashSet<Key>,
+}
+
+/// One partition's share of the state, as another instance takes it over.
+#[derive(serde::Serialize)]
+struct ShareRef<'a> {
+    shape: (Millis, Millis),
+    partition: i32,
+    part: &'a Part,
+    stash: BTreeMap<Millis, &'a Stash>,
+}
+
+#[derive(serde::Deserialize)]
+struct Share {
+    shape: (Millis, Millis),
+    partition: i32,
+    part: Part,
+    stash: BTreeMap<Millis, Stash>,
 }
 
 #[derive(serde::Deserialize)]
 struct State {
-    windows: Windows,
+    shape: (Millis, Millis),
+    parts: BTreeMap<i32, Part>,
+    stash: BTreeMap<Millis, BTreeMap<i32, Stash>>,
+    decided_until: Millis,
     incidents: Incidents,
     counters: Counters,
     closes_since_prune: u32,
-    baselines: HashMap<(Key, Metric), Baseline>,
-    levels: HashMap<(Key, Metric), Baseline>,
-    volumes: HashMap<Key, Baseline>,
-    #[serde(default)]
-    suspects: HashSet<Key>,
 }
-
-/// One key's viewer quality in a closed window, with what its benchmark expected.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KeyQuality {
     pub location: String,
     pub cdn: String,
@@ -169,32 +346,33 @@ impl Engine {
     /// Starts from a benchmark table loaded elsewhere (the RocksDB cache).
     pub fn with_table(cfg: &Config, table: BenchmarkTable) -> Self {
         Self {
-            windows: Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys),
             cfg: cfg.clone(),
             table,
+            parts: BTreeMap::new(),
+            idle: BTreeSet::new(),
+            revoked: BTreeSet::new(),
+            stash: BTreeMap::new(),
+            decided_until: Millis::MIN,
+            ready: false,
+            redecided: 0,
             incidents: Incidents::new(),
             counters: Counters::default(),
             closes_since_prune: 0,
-            baselines: HashMap::new(),
-            levels: HashMap::new(),
-            volumes: HashMap::new(),
             quality: Quality::default(),
-            suspects: HashSet::new(),
         }
     }
 
-    /// The engine's state (windows, incidents, learned baselines, counters; not the
-    /// benchmark table, which has its own cache) as CBOR, for a checkpoint.
+    /// The engine's state (windows, stashed verdicts, incidents, learned baselines, counters;
+    /// not the benchmark table, which has its own cache) as CBOR, for a checkpoint.
     pub fn snapshot(&self) -> Result<Vec<u8>, String> {
         let state = StateRef {
-            windows: &self.windows,
+            shape: (self.cfg.window_ms(), self.cfg.lateness_ms()),
+            parts: &self.parts,
+            stash: &self.stash,
+            decided_until: self.decided_until,
             incidents: &self.incidents,
             counters: &self.counters,
             closes_since_prune: self.closes_since_prune,
-            baselines: &self.baselines,
-            levels: &self.levels,
-            volumes: &self.volumes,
-            suspects: &self.suspects,
         };
         let mut out = Vec::new();
         ciborium::into_writer(&state, &mut out).map_err(|e| e.to_string())?;
@@ -213,23 +391,23 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return Err((e.to_string(), table)),
         };
-        let shape = Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys);
-        if !s.windows.same_shape(&shape) {
+        if s.shape != (cfg.window_ms(), cfg.lateness_ms()) {
             return Err((
                 "window.size or window.allowed_lateness changed".into(),
                 table,
             ));
         }
         let mut e = Self::with_table(cfg, table);
-        e.windows = s.windows;
-        e.windows.set_max_keys(cfg.window.max_keys);
+        e.parts = s.parts;
+        for part in e.parts.values_mut() {
+            part.windows.set_max_keys(cfg.window.max_keys);
+        }
+        e.stash = s.stash;
+        e.decided_until = s.decided_until;
         e.incidents = s.incidents;
         e.counters = s.counters;
         e.closes_since_prune = s.closes_since_prune;
-        e.baselines = s.baselines;
-        e.levels = s.levels;
-        e.volumes = s.volumes;
-        e.suspects = s.suspects;
+        e.ready = true;
         Ok(e)
     }
 
@@ -252,16 +430,31 @@ impl Engine {
         self.counters
     }
 
+    /// How many times a window was decided, including again for partitions catching up:
+    /// the state changed when it moves.
+    pub fn decisions(&self) -> u64 {
+        self.counters.windows_closed + self.redecided
+    }
+
     pub fn table(&self) -> &BenchmarkTable {
         &self.table
     }
 
-    pub fn windows(&self) -> &Windows {
-        &self.windows
+    /// Open windows and keys over all of them, summed over the partitions.
+    pub fn open_stats(&self) -> (usize, usize) {
+        self.parts
+            .values()
+            .map(|p| p.windows.open_stats())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn firing(&self) -> usize {
         self.incidents.firing()
+            + self
+                .parts
+                .values()
+                .map(|p| p.incidents.firing())
+                .sum::<usize>()
     }
 
     /// Applies a benchmark row (or a tombstone, `None`) valid from `ts`.
@@ -269,31 +462,41 @@ impl Engine {
         self.table.upsert(location, cdn, ts, row);
     }
 
+    /// A part for `partition`, created if new.
+    fn part_mut(&mut self, partition: i32) -> &mut Part {
+        part_entry(&mut self.parts, &self.cfg, partition)
+    }
+
     /// Joins a report with the benchmark valid at its event time and folds it into its window.
     pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
+        let p = source.map_or(-1, |s| s.0);
+        if !self.idle.is_empty() && !self.revoked.contains(&p) && self.idle.remove(&p) {
+            self.ready = true;
+        }
         let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
         let joined = expected.is_some();
+        let part = part_entry(&mut self.parts, &self.cfg, p);
         let mut normal = Normal::default();
-        if joined && !self.baselines.is_empty() {
-            let key = self.windows.key(&r.location, &r.cdn);
+        if joined && !part.baselines.is_empty() {
+            let key = part.windows.key(&r.location, &r.cdn);
             let off = |m| {
-                self.baselines
+                part.baselines
                     .get(&(key.clone(), m))
                     .map_or(0.0, |b| b.offset)
             };
             normal.throughput_offset = off(Metric::ThroughputKbps);
             normal.startup_offset = off(Metric::StartupMs);
-        } else if !joined && !self.levels.is_empty() {
-            let key = self.windows.key(&r.location, &r.cdn);
-            let level = |m| own_level(&self.levels, &key, m);
+        } else if !joined && !part.levels.is_empty() {
+            let key = part.windows.key(&r.location, &r.cdn);
+            let level = |m| own_level(&part.levels, &key, m);
             normal.own_throughput_log = level(Metric::ThroughputKbps);
             normal.own_startup_log = level(Metric::StartupMs);
         }
-        let suspect = !self.suspects.is_empty()
-            && self
+        let suspect = !part.suspects.is_empty()
+            && part
                 .suspects
-                .contains(&self.windows.key(&r.location, &r.cdn));
-        let out = self
+                .contains(&part.windows.key(&r.location, &r.cdn));
+        let out = part
             .windows
             .record(&r.location, &r.cdn, r.ts, source, |acc| {
                 if suspect && acc.cohorts.is_none() {
@@ -301,6 +504,8 @@ impl Engine {
                 }
                 acc.add_with(r, expected, &normal)
             });
+        let ready = part.windows.has_ready();
+        self.ready |= ready;
         match out {
             Recorded::Accepted => {
                 self.counters.accepted += 1;
@@ -316,338 +521,521 @@ impl Engine {
         out
     }
 
+    /// The slowest partition's watermark, over those that hold windows back; with every
+    /// owned partition idle, the newest. `None` while one of them has sent nothing yet, or
+    /// with none owned.
     pub fn watermark(&self) -> Option<Millis> {
-        self.windows.watermark()
+        let owned = self.parts.iter().filter(|(p, _)| !self.revoked.contains(p));
+        let mut holding = owned
+            .clone()
+            .filter(|(p, _)| !self.idle.contains(p))
+            .map(|(_, part)| part.windows.watermark())
+            .peekable();
+        if holding.peek().is_some() {
+            holding.min().flatten()
+        } else {
+            owned.filter_map(|(_, part)| part.windows.watermark()).max()
+        }
     }
 
     /// Registers a source partition this instance now owns; windows wait for its input.
     pub fn add_partition(&mut self, partition: i32) {
-        self.windows.add_partition(partition);
+        self.revoked.remove(&partition);
+        self.idle.remove(&partition);
+        self.part_mut(partition);
     }
 
-    /// Registered partitions that have not delivered a record yet.
+    /// Registered partitions that hold windows back and have not delivered a record yet.
     pub fn silent_partitions(&self) -> Vec<i32> {
-        self.windows.silent_partitions()
+        self.parts
+            .iter()
+            .filter(|(p, part)| !self.idle.contains(p) && part.windows.newest(**p).is_none())
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Per registered partition: newest event time (if any) and whether it is idle.
     pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
-        self.windows.partition_state()
+        self.parts
+            .iter()
+            .map(|(p, part)| (*p, (part.windows.newest(*p), self.idle.contains(p))))
+            .collect()
     }
 
     pub fn has_partition(&self, partition: i32) -> bool {
-        self.windows.has_partition(partition)
+        self.parts.contains_key(&partition) && !self.revoked.contains(&partition)
     }
 
     /// A source partition without input for a while: stop waiting for it.
     pub fn set_partition_idle(&mut self, partition: i32) {
-        self.windows.set_idle(partition);
+        if self.parts.contains_key(&partition) && self.idle.insert(partition) {
+            self.ready = true;
+        }
     }
 
-    /// A source partition this instance no longer owns.
+    /// A source partition this instance no longer owns: windows stop waiting for it; its
+    /// state stays (it may come back, or its records may still be in flight).
     pub fn remove_partition(&mut self, partition: i32) {
-        self.windows.remove_partition(partition);
+        if self.parts.contains_key(&partition) {
+            self.revoked.insert(partition);
+            self.idle.insert(partition);
+            self.ready = true;
+        }
     }
 
-    /// Whether the watermark has passed a window that is still open (cheap).
+    /// Whether a window may be ready to close or decide (cheap).
     pub fn has_ready(&self) -> bool {
-        self.windows.has_ready()
+        self.ready
     }
 
-    /// Closes every window the watermark has passed and returns the alerts they caused.
+    /// Closes every window the partitions' watermarks have passed and decides those every
+    /// partition has closed; returns the alerts they caused.
     pub fn close_ready(&mut self) -> Vec<Alert> {
-        let closed = self.windows.close_ready();
-        self.detect(closed)
+        self.ready = false;
+        let mut closed = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            if part.windows.has_ready() {
+                closed.push((*p, part.windows.close_ready()));
+            }
+        }
+        for (p, windows) in closed {
+            for w in windows {
+                self.stage_one(p, w);
+            }
+        }
+        self.decide()
     }
 
-    /// Closes every window ending at or before `watermark` (used when input is idle, and to
-    /// flush at the end of a backtest).
+    /// Closes and decides every window ending at or before `watermark` in every partition
+    /// (used when input is idle, and to flush at the end of a backtest).
     pub fn close_until(&mut self, watermark: Millis) -> Vec<Alert> {
-        let closed = self.windows.close_until(watermark);
-        self.detect(closed)
+        let mut closed = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            closed.push((*p, part.windows.close_until(watermark)));
+        }
+        for (p, windows) in closed {
+            for w in windows {
+                self.stage_one(p, w);
+            }
+        }
+        self.decide()
     }
 
-    /// Lowest source offset per partition still needed by an open window.
-    pub fn pending_offsets(&self) -> std::collections::HashMap<i32, i64> {
-        self.windows.pending_offsets()
+    /// Partitions this engine holds state for (owned, idle or revoked).
+    pub fn partitions(&self) -> Vec<i32> {
+        self.parts.keys().copied().collect()
     }
 
-    fn detect(&mut self, closed: Vec<Closed>) -> Vec<Alert> {
-        let mut alerts = Vec::new();
-        for w in closed {
-            self.counters.windows_closed += 1;
-            let mut present = w.keys;
-            // Keys that usually report but sent nothing in this window are tested too.
-            for (k, b) in &self.volumes {
-                if b.windows >= detect::OWN_LEVEL_WARMUP && b.offset >= detect::MIN_USUAL_VOLUME {
-                    present.entry(k.clone()).or_default();
-                }
-            }
-            let mut keys: Vec<_> = present.into_iter().collect();
-            // HashMap order is random; detection output must not be.
-            keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let mut findings: Vec<(usize, Finding)> = Vec::new();
-            for (i, (key, acc)) in keys.iter().enumerate() {
-                let base = |m| {
-                    self.baselines
-                        .get(&(key.clone(), m))
-                        .copied()
-                        .unwrap_or_default()
-                };
-                let (tp, su) = (base(Metric::ThroughputKbps), base(Metric::StartupMs));
-                let offsets = Offsets {
-                    throughput: tp.offset,
-                    startup: su.offset,
-                };
-                let own = if acc.joined == 0 && !self.levels.is_empty() {
-                    let level = |m| own_level(&self.levels, key, m);
-                    OwnLevels {
-                        failure_rate: level(Metric::FailureRate),
-                        rebuffer_ratio: level(Metric::RebufferRatio),
-                        throughput_log: level(Metric::ThroughputKbps),
-                        startup_log: level(Metric::StartupMs),
-                    }
-                } else {
-                    OwnLevels::default()
-                };
-                let detect = &self.cfg.detect;
-                let tune = |m| detect.tuning(Some(&key.location), Some(&key.cdn), m);
-                for mut f in detect::evaluate_with(acc, &tune, &offsets, &own) {
-                    let warm = match (f.reference, f.metric) {
-                        (Reference::Baseline, _) => true, // own levels are only used warm
-                        (_, Metric::ThroughputKbps) => tp.warm(),
-                        (_, Metric::StartupMs) => su.warm(),
-                        _ => true,
-                    };
-                    if !warm {
-                        // Not yet known what is normal here: only a critical deviation counts.
-                        f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
-                    }
-                    findings.push((i, f));
-                }
-                if let Some(b) = self.volumes.get(key)
-                    && b.windows >= detect::OWN_LEVEL_WARMUP
-                    && let Some(f) =
-                        detect::evaluate_volume(acc.reports, b.offset, &tune(Metric::ReportVolume))
-                {
-                    findings.push((i, f));
-                }
-            }
-            self.quality = self.summarise(w.start, &keys);
-            let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
-            let discovered = detect::benjamini_hochberg(&p, self.cfg.detect.fdr);
-            self.counters.tests += findings.len() as u64;
-            let mut verdicts: Vec<(usize, Verdict)> = findings
-                .into_iter()
-                .zip(discovered)
-                .map(|((i, finding), disc)| {
-                    let bad = disc && finding.eligible;
-                    self.counters.discoveries += u64::from(bad);
-                    let k = &keys[i].0;
-                    let scope = Scope::pair(&k.location, &k.cdn);
-                    let t = self
-                        .cfg
-                        .detect
-                        .tuning(Some(&k.location), Some(&k.cdn), finding.metric);
-                    (
-                        i,
-                        Verdict {
-                            scope,
-                            severity: detect::severity(finding.effect, &t),
-                            finding,
-                            bad,
-                        },
-                    )
-                })
-                .collect();
-            for (i, v) in verdicts.iter_mut() {
-                if v.bad
-                    && let Some(c) = &keys[*i].1.cohorts
-                {
-                    v.finding.cohort = c.explain(&v.finding);
-                }
-            }
-            self.suspects = verdicts
+    /// The partition whose state knows `location` (its keys' history), if any.
+    pub fn home_of(&self, location: &str) -> Option<i32> {
+        self.parts
+            .iter()
+            .find(|(_, part)| part.volumes.keys().any(|k| &*k.location == location))
+            .map(|(p, _)| *p)
+    }
+
+    /// One partition's whole state (windows, what is normal for its keys, its incidents and
+    /// its undecided verdicts) as CBOR, for another instance to take the partition over.
+    /// `None` if this engine has nothing for it.
+    pub fn export_partition(&self, partition: i32) -> Result<Option<Vec<u8>>, String> {
+        let Some(part) = self.parts.get(&partition) else {
+            return Ok(None);
+        };
+        let share = ShareRef {
+            shape: (self.cfg.window_ms(), self.cfg.lateness_ms()),
+            partition,
+            part,
+            stash: self
+                .stash
                 .iter()
-                .filter(|(_, v)| v.bad)
-                .map(|(i, _)| keys[*i].0.clone())
-                .collect();
-            self.learn(&keys, &verdicts, w.end);
-            let parents = self.roll_up(&keys, &verdicts);
-            let mut all: Vec<Verdict> = parents;
-            all.extend(verdicts.drain(..).map(|(_, v)| v));
-            let out = self.incidents.apply(w.start, w.end, all, &self.cfg.detect);
-            self.counters.alerts += out.len() as u64;
-            alerts.extend(out);
-            self.closes_since_prune += 1;
-            if self.closes_since_prune >= 10 {
-                self.closes_since_prune = 0;
-                let horizon = w.end - TABLE_HISTORY_WINDOWS * self.windows.size();
-                self.table.prune_before(horizon);
-                // Keys unseen for as long forget what was normal for them.
-                self.baselines.retain(|_, b| b.last_seen >= horizon);
-                self.levels.retain(|_, b| b.last_seen >= horizon);
-                self.volumes.retain(|_, b| b.last_seen >= horizon);
+                .filter_map(|(start, w)| w.get(&partition).map(|s| (*start, s)))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        ciborium::into_writer(&share, &mut out).map_err(|e| e.to_string())?;
+        Ok(Some(out))
+    }
+
+    /// Takes over a partition from an [`Engine::export_partition`] taken elsewhere, replacing
+    /// whatever this engine had for it. Its windows catch up on their own: the ones this
+    /// engine decided already are decided again for this partition alone.
+    pub fn absorb_partition(&mut self, partition: i32, bytes: &[u8]) -> Result<(), String> {
+        let share: Share = ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        if share.shape != (self.cfg.window_ms(), self.cfg.lateness_ms()) {
+            return Err("window.size or window.allowed_lateness differ".into());
+        }
+        if share.partition != partition {
+            return Err(format!(
+                "the share is partition {}'s, not {partition}'s",
+                share.partition
+            ));
+        }
+        self.drop_partition(partition);
+        let mut part = share.part;
+        part.windows.set_max_keys(self.cfg.window.max_keys);
+        self.parts.insert(partition, part);
+        for (start, s) in share.stash {
+            self.stash.entry(start).or_default().insert(partition, s);
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Forgets a partition's state (it was handed to another instance).
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+        self.idle.remove(&partition);
+        self.revoked.remove(&partition);
+        for w in self.stash.values_mut() {
+            w.remove(&partition);
+        }
+        self.stash.retain(|_, w| !w.is_empty());
+        self.ready = true;
+    }
+
+    /// Lowest source offset per partition still needed by an open or undecided window.
+    pub fn pending_offsets(&self) -> HashMap<i32, i64> {
+        let mut out: HashMap<i32, i64> = HashMap::new();
+        let stashed = self
+            .stash
+            .values()
+            .flat_map(|w| w.values())
+            .flat_map(|s| s.min_offsets.iter());
+        for (p, o) in self
+            .parts
+            .values()
+            .flat_map(|part| part.windows.pending_offsets())
+            .chain(stashed.map(|(p, o)| (*p, *o)))
+        {
+            let m = out.entry(p).or_insert(o);
+            *m = (*m).min(o);
+        }
+        out
+    }
+
+    /// Tests one partition's closed window: its keys are one family for the multiple-test
+    /// correction. What is normal for its keys learns from it; the verdicts wait in the stash.
+    fn stage_one(&mut self, partition: i32, w: Closed) {
+        let cfg = &self.cfg;
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
+        let mut present = w.keys;
+        // Keys that usually report but sent nothing in this window are tested too.
+        for (k, b) in &part.volumes {
+            if b.windows >= detect::OWN_LEVEL_WARMUP && b.offset >= detect::MIN_USUAL_VOLUME {
+                present.entry(k.clone()).or_default();
             }
+        }
+        let mut keys: Vec<_> = present.into_iter().collect();
+        // HashMap order is random; detection output must not be.
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut findings: Vec<(usize, Finding)> = Vec::new();
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            let base = |m| {
+                part.baselines
+                    .get(&(key.clone(), m))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let (tp, su) = (base(Metric::ThroughputKbps), base(Metric::StartupMs));
+            let offsets = Offsets {
+                throughput: tp.offset,
+                startup: su.offset,
+            };
+            let own = if acc.joined == 0 && !part.levels.is_empty() {
+                let level = |m| own_level(&part.levels, key, m);
+                OwnLevels {
+                    failure_rate: level(Metric::FailureRate),
+                    rebuffer_ratio: level(Metric::RebufferRatio),
+                    throughput_log: level(Metric::ThroughputKbps),
+                    startup_log: level(Metric::StartupMs),
+                }
+            } else {
+                OwnLevels::default()
+            };
+            let detect = &cfg.detect;
+            let tune = |m| detect.tuning(Some(&key.location), Some(&key.cdn), m);
+            for mut f in detect::evaluate_with(acc, &tune, &offsets, &own) {
+                let warm = match (f.reference, f.metric) {
+                    (Reference::Baseline, _) => true, // own levels are only used warm
+                    (_, Metric::ThroughputKbps) => tp.warm(),
+                    (_, Metric::StartupMs) => su.warm(),
+                    _ => true,
+                };
+                if !warm {
+                    // Not yet known what is normal here: only a critical deviation counts.
+                    f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
+                }
+                findings.push((i, f));
+            }
+            if let Some(b) = part.volumes.get(key)
+                && b.windows >= detect::OWN_LEVEL_WARMUP
+                && let Some(f) =
+                    detect::evaluate_volume(acc.reports, b.offset, &tune(Metric::ReportVolume))
+            {
+                findings.push((i, f));
+            }
+        }
+        let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
+        let discovered = detect::benjamini_hochberg(&p, cfg.detect.fdr);
+        self.counters.tests += findings.len() as u64;
+        let mut verdicts: Vec<(usize, Verdict)> = Vec::with_capacity(findings.len());
+        for ((i, finding), disc) in findings.into_iter().zip(discovered) {
+            let bad = disc && finding.eligible;
+            self.counters.discoveries += u64::from(bad);
+            let k = &keys[i].0;
+            let t = cfg
+                .detect
+                .tuning(Some(&k.location), Some(&k.cdn), finding.metric);
+            verdicts.push((
+                i,
+                Verdict {
+                    scope: Scope::pair(&k.location, &k.cdn),
+                    severity: detect::severity(finding.effect, &t),
+                    finding,
+                    bad,
+                },
+            ));
+        }
+        for (i, v) in verdicts.iter_mut() {
+            if v.bad
+                && let Some(c) = &keys[*i].1.cohorts
+            {
+                v.finding.cohort = c.explain(&v.finding);
+            }
+        }
+        part.suspects = verdicts
+            .iter()
+            .filter(|(_, v)| v.bad)
+            .map(|(i, _)| keys[*i].0.clone())
+            .collect();
+        part.learn(cfg.detect.min_samples, &keys, &verdicts, w.end);
+
+        let stash = self
+            .stash
+            .entry(w.start)
+            .or_default()
+            .entry(partition)
+            .or_default();
+        for (k, acc) in &keys {
+            if acc.reports == 0 {
+                continue;
+            }
+            stash.reports.merge(acc);
+            if acc.reports >= cfg.detect.min_samples {
+                stash.worst.push(key_quality(k, acc));
+            }
+        }
+        sort_worst(&mut stash.worst);
+        stash.key_count += keys.len();
+        for (p, o) in w.min_offsets {
+            let m = stash.min_offsets.entry(p).or_insert(o);
+            *m = (*m).min(o);
+        }
+        let mut grouped: Vec<Vec<Verdict>> = vec![Vec::new(); keys.len()];
+        for (i, v) in verdicts {
+            grouped[i].push(v);
+        }
+        for ((key, mut acc), vs) in keys.into_iter().zip(grouped) {
+            if vs.is_empty() {
+                continue;
+            }
+            if vs.iter().any(|v| v.bad) {
+                acc.cohorts = None;
+            } else {
+                acc = Acc::default();
+            }
+            stash.keys.push((key, acc, vs));
+        }
+    }
+
+    /// Decides, in order, every window that all partitions holding windows back have closed.
+    /// Idle and revoked partitions first close as far.
+    fn decide(&mut self) -> Vec<Alert> {
+        // Revoked partitions count for nothing: with every partition revoked (before the
+        // first assignment, or while a broker is away) nothing is decided.
+        let owned = self.parts.iter().filter(|(p, _)| !self.revoked.contains(p));
+        let holding: Vec<Millis> = owned
+            .clone()
+            .filter(|(p, _)| !self.idle.contains(p))
+            .map(|(_, part)| part.windows.closed_until())
+            .collect();
+        let frontier = if holding.is_empty() {
+            owned.map(|(_, part)| part.windows.closed_until()).max()
+        } else {
+            holding.into_iter().min()
+        };
+        let Some(frontier) = frontier.filter(|f| *f != Millis::MIN) else {
+            return Vec::new();
+        };
+        let mut behind = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            if part.windows.closed_until() < frontier {
+                behind.push((*p, part.windows.close_until(frontier)));
+            }
+        }
+        for (p, windows) in behind {
+            for w in windows {
+                self.stage_one(p, w);
+            }
+        }
+        let size = self.cfg.window_ms();
+        let mut alerts = Vec::new();
+        loop {
+            let next = self
+                .stash
+                .first_key_value()
+                .map(|(s, _)| *s)
+                .filter(|s| s + size <= frontier);
+            // Windows nobody had anything for are decided too (as empty ones): silence is news.
+            let upto = next.unwrap_or(frontier);
+            if self.decided_until != Millis::MIN {
+                let mut s = self.decided_until.max(upto - MAX_GAP_WINDOWS * size);
+                while s + size <= upto {
+                    alerts.extend(self.stage_two(s, BTreeMap::new()));
+                    s += size;
+                }
+            }
+            let Some(start) = next else {
+                self.decided_until = self.decided_until.max(frontier);
+                break;
+            };
+            if let Some(stash) = self.stash.remove(&start) {
+                alerts.extend(self.stage_two(start, stash));
+            }
+            self.decided_until = self.decided_until.max(start + size);
         }
         alerts
     }
 
-    fn summarise(&self, start: Millis, keys: &[(Key, Acc)]) -> Quality {
-        let mut total = Acc::default();
-        let mut worst: Vec<KeyQuality> = Vec::new();
-        for (k, acc) in keys {
-            if acc.reports == 0 {
-                continue;
-            }
-            total.merge(acc);
-            if acc.reports >= self.cfg.detect.min_samples {
-                worst.push(key_quality(k, acc));
-            }
+    /// Decides one window over all partitions' verdicts: CDN-wide parents over all of them,
+    /// then each partition's incidents (location-wide parents and location+CDN scopes).
+    /// A window decided before is decided again only for partitions behind it (one taken
+    /// over from another instance, catching up).
+    fn stage_two(&mut self, start: Millis, mut stashed: BTreeMap<i32, Stash>) -> Vec<Alert> {
+        let end = start + self.cfg.window_ms();
+        let fresh = end > self.decided_until;
+        if !fresh {
+            self.redecided += 1;
         }
-        worst.sort_by(|a, b| {
-            b.badness
-                .total_cmp(&a.badness)
-                .then(b.reports.cmp(&a.reports))
-        });
-        worst.truncate(WORST_KEYS);
-        Quality {
-            window_start: start,
-            keys: keys.len(),
-            reports: total.reports,
-            rebuffer_ratio: total.rebuffer_ratio(),
-            failure_rate: total.failure_rate(),
-            worst,
-        }
-    }
-
-    /// Updates the per-key baselines from the clean windows' log-scale findings.
-    fn learn(&mut self, keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)], at: Millis) {
-        let mut bad = std::collections::HashSet::new();
-        for (i, v) in verdicts {
-            if v.bad {
-                bad.insert((*i, v.finding.metric));
+        let mut alerts = Vec::new();
+        if fresh {
+            self.counters.windows_closed += 1;
+            let (mut reports, mut key_count, mut worst) = (Acc::default(), 0, Vec::new());
+            for s in stashed.values() {
+                reports.merge(&s.reports);
+                key_count += s.key_count;
+                worst.extend(s.worst.iter().cloned());
             }
-        }
-        for (i, (key, acc)) in keys.iter().enumerate() {
-            let b = self.volumes.entry(key.clone()).or_default();
-            let x = acc.reports as f64;
-            let seen = b.last_seen;
-            if bad.contains(&(i, Metric::ReportVolume)) {
-                b.drift(x);
-            } else {
-                b.track(x, at);
-            }
-            if acc.reports == 0 {
-                b.last_seen = seen; // silent keys age out
-            }
-        }
-        // Keys without a benchmark learn their own level of every metric with enough samples.
-        let min_n = self.cfg.detect.min_samples;
-        for (i, (key, acc)) in keys.iter().enumerate() {
-            if acc.joined > 0 {
-                continue;
-            }
-            let observed = [
-                (
-                    Metric::FailureRate,
-                    acc.reports >= min_n,
-                    acc.failure_rate(),
-                ),
-                (
-                    Metric::RebufferRatio,
-                    acc.reports >= min_n && acc.sum_d > 0.0,
-                    acc.rebuffer_ratio(),
-                ),
-                (
-                    Metric::ThroughputKbps,
-                    acc.throughput.n >= min_n,
-                    acc.throughput.mean_log(),
-                ),
-                (
-                    Metric::StartupMs,
-                    acc.startup.n >= (min_n / 3).max(10),
-                    acc.startup.mean_log(),
-                ),
-            ];
-            for (m, enough, x) in observed {
-                if enough && !bad.contains(&(i, m)) {
-                    self.levels
-                        .entry((key.clone(), m))
-                        .or_default()
-                        .track(x, at);
-                }
-            }
-        }
-        for (i, v) in verdicts {
-            let m = v.finding.metric;
-            if v.bad
-                || v.finding.reference != Reference::Benchmark
-                || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs)
-            {
-                continue;
-            }
-            let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
-            // The finding's expectation already includes the offset used: undo it.
-            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
-            b.learn(raw, at);
-        }
-    }
-
-    /// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
-    /// locations is one CDN-wide incident; a location bad on one metric on every CDN tested
-    /// there (two or more) is one location-wide incident. The parent's evidence is the
-    /// merged accumulators of the bad keys under it.
-    fn roll_up(&self, keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<Verdict> {
-        let mut by_cdn: BTreeMap<(Metric, &str), Vec<usize>> = BTreeMap::new();
-        let mut by_loc: BTreeMap<(Metric, &str), (Vec<usize>, usize)> = BTreeMap::new();
-        for (i, v) in verdicts {
-            let k = &keys[*i].0;
-            let m = v.finding.metric;
-            let e = by_loc.entry((m, &*k.location)).or_default();
-            e.1 += 1;
-            if v.bad {
-                by_cdn.entry((m, &*k.cdn)).or_default().push(*i);
-                e.0.push(*i);
-            }
-        }
-        let mut out = Vec::new();
-        let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
-            let t = self
-                .cfg
-                .detect
-                .tuning(scope.location.as_deref(), scope.cdn.as_deref(), metric);
-            if metric == Metric::ReportVolume {
-                let (obs, usual) = verdicts
-                    .iter()
-                    .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
-                    .fold((0.0, 0.0), |(o, u), (_, v)| {
-                        (o + v.finding.observed, u + v.finding.expected)
-                    });
-                if let Some(finding) = detect::evaluate_volume(obs as u64, usual, &t) {
-                    out.push(Verdict {
-                        scope,
-                        severity: detect::severity(finding.effect, &t),
-                        finding,
-                        bad: true,
-                    });
-                }
-                return;
-            }
-            let mut merged = Acc::default();
-            for i in idx {
-                merged.merge(&keys[*i].1);
-            }
-            let tune = |m| {
-                self.cfg
-                    .detect
-                    .tuning(scope.location.as_deref(), scope.cdn.as_deref(), m)
+            sort_worst(&mut worst);
+            self.quality = Quality {
+                window_start: start,
+                keys: key_count,
+                reports: reports.reports,
+                rebuffer_ratio: reports.rebuffer_ratio(),
+                failure_rate: reports.failure_rate(),
+                worst,
             };
-            let own = OwnLevels::default();
-            if let Some(finding) = detect::evaluate_with(&merged, &tune, &Offsets::default(), &own)
-                .into_iter()
-                .find(|f| f.metric == metric)
-            {
+            let bad: Vec<(Key, Acc, Vec<Verdict>)> = stashed
+                .values()
+                .flat_map(|s| s.keys.iter())
+                .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
+                .cloned()
+                .collect();
+            let (keys, verdicts) = flatten(bad);
+            let parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
+            alerts.extend(self.incidents.apply(start, end, parents, &self.cfg.detect));
+        }
+        for (p, part) in self.parts.iter_mut() {
+            if part.decided_until >= end {
+                continue;
+            }
+            let groups = stashed.remove(p).map(|s| s.keys).unwrap_or_default();
+            let (keys, verdicts) = flatten(groups);
+            let mut all = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Location);
+            all.extend(verdicts.into_iter().map(|(_, v)| v));
+            alerts.extend(part.incidents.apply_under(
+                start,
+                end,
+                all,
+                &self.cfg.detect,
+                Some(&self.incidents),
+            ));
+            part.decided_until = end;
+        }
+        self.counters.alerts += alerts.len() as u64;
+        if fresh {
+            self.closes_since_prune += 1;
+        }
+        if self.closes_since_prune >= 10 {
+            self.closes_since_prune = 0;
+            let horizon = end - TABLE_HISTORY_WINDOWS * self.cfg.window_ms();
+            self.table.prune_before(horizon);
+            for part in self.parts.values_mut() {
+                part.forget_before(horizon);
+            }
+        }
+        alerts
+    }
+}
+
+/// Which parents [`roll_up`] raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grouping {
+    /// One CDN at many locations: spans partitions, decided over all of them.
+    Cdn,
+    /// Every CDN at one location: a location is in one partition.
+    Location,
+}
+
+/// Keys with their verdicts (as a partition stashes them), sorted by key, as the parallel
+/// lists detection works on.
+#[allow(clippy::type_complexity)]
+fn flatten(mut groups: Vec<(Key, Acc, Vec<Verdict>)>) -> (Vec<(Key, Acc)>, Vec<(usize, Verdict)>) {
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keys = Vec::with_capacity(groups.len());
+    let mut verdicts = Vec::new();
+    for (i, (key, acc, vs)) in groups.into_iter().enumerate() {
+        keys.push((key, acc));
+        verdicts.extend(vs.into_iter().map(|v| (i, v)));
+    }
+    (keys, verdicts)
+}
+
+/// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
+/// locations is one CDN-wide incident; a location bad on one metric on every CDN tested
+/// there (two or more) is one location-wide incident. The parent's evidence is the
+/// merged accumulators of the bad keys under it. `grouping` says which of the two to raise.
+fn roll_up(
+    detect_cfg: &crate::config::DetectConfig,
+    keys: &[(Key, Acc)],
+    verdicts: &[(usize, Verdict)],
+    grouping: Grouping,
+) -> Vec<Verdict> {
+    let mut by_cdn: BTreeMap<(Metric, &str), Vec<usize>> = BTreeMap::new();
+    let mut by_loc: BTreeMap<(Metric, &str), (Vec<usize>, usize)> = BTreeMap::new();
+    for (i, v) in verdicts {
+        let k = &keys[*i].0;
+        let m = v.finding.metric;
+        let e = by_loc.entry((m, &*k.location)).or_default();
+        e.1 += 1;
+        if v.bad {
+            by_cdn.entry((m, &*k.cdn)).or_default().push(*i);
+            e.0.push(*i);
+        }
+    }
+    let mut out = Vec::new();
+    let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
+        let t = detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), metric);
+        if metric == Metric::ReportVolume {
+            let (obs, usual) = verdicts
+                .iter()
+                .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
+                .fold((0.0, 0.0), |(o, u), (_, v)| {
+                    (o + v.finding.observed, u + v.finding.expected)
+                });
+            if let Some(finding) = detect::evaluate_volume(obs as u64, usual, &t) {
                 out.push(Verdict {
                     scope,
                     severity: detect::severity(finding.effect, &t),
@@ -655,33 +1043,63 @@ impl Engine {
                     bad: true,
                 });
             }
-        };
-        for ((m, cdn), idx) in &by_cdn {
-            if idx.len() >= self.cfg.detect.group_min_locations {
-                parent(
-                    *m,
-                    idx,
-                    Scope {
-                        location: None,
-                        cdn: Some((*cdn).into()),
-                    },
-                );
-            }
+            return;
         }
-        for ((m, loc), (idx, tested)) in &by_loc {
-            if idx.len() >= 2 && idx.len() == *tested {
-                parent(
-                    *m,
-                    idx,
-                    Scope {
-                        location: Some((*loc).into()),
-                        cdn: None,
-                    },
-                );
-            }
+        let mut merged = Acc::default();
+        for i in idx {
+            merged.merge(&keys[*i].1);
         }
-        out
+        let tune = |m| detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), m);
+        let own = OwnLevels::default();
+        if let Some(finding) = detect::evaluate_with(&merged, &tune, &Offsets::default(), &own)
+            .into_iter()
+            .find(|f| f.metric == metric)
+        {
+            out.push(Verdict {
+                scope,
+                severity: detect::severity(finding.effect, &t),
+                finding,
+                bad: true,
+            });
+        }
+    };
+    for ((m, cdn), idx) in by_cdn.iter().filter(|_| grouping == Grouping::Cdn) {
+        if idx.len() >= detect_cfg.group_min_locations {
+            parent(
+                *m,
+                idx,
+                Scope {
+                    location: None,
+                    cdn: Some((*cdn).into()),
+                },
+            );
+        }
     }
+    for ((m, loc), (idx, tested)) in by_loc.iter().filter(|_| grouping == Grouping::Location) {
+        if idx.len() >= 2 && idx.len() == *tested {
+            parent(
+                *m,
+                idx,
+                Scope {
+                    location: Some((*loc).into()),
+                    cdn: None,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// `partition`'s part in `parts`, created if new. A new part starts from nothing: its first
+/// windows may be older than what the others have decided (a partition taken over without
+/// state replays from its committed offset); they are decided for its own incidents as it
+/// catches up, holding the others' decisions back meanwhile.
+fn part_entry<'a>(
+    parts: &'a mut BTreeMap<i32, Part>,
+    cfg: &Config,
+    partition: i32,
+) -> &'a mut Part {
+    parts.entry(partition).or_insert_with(|| Part::new(cfg))
 }
 
 #[cfg(test)]
@@ -952,5 +1370,294 @@ mod tests {
         let mut other = cfg.clone();
         other.window.size = std::time::Duration::from_secs(30);
         assert!(Engine::restore(&other, BenchmarkTable::new(), &snap).is_err());
+    }
+
+    /// The crash test's scenario, shorter: 6 locations x 2 CDNs, three incidents.
+    fn partitioned_scenario() -> (Vec<crate::sim::Event>, i64) {
+        use crate::sim::{IncidentKind, Injected, SimConfig, Simulator};
+        let start = 1_767_290_400_000;
+        let min = 60_000;
+        let mut c = SimConfig::quiet(23, start, 70 * min);
+        c.locations = 6;
+        c.cdns = 2;
+        c.peak_sessions = 600;
+        let names = crate::sim::location_names(c.locations);
+        let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
+            kind,
+            location: names[i].clone(),
+            cdn: cdn.into(),
+            start: start + from * min,
+            end: start + to * min,
+            asn: None,
+        };
+        c.incidents = vec![
+            inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
+            inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
+            inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
+        ];
+        (Simulator::new(c).collect(), start + 70 * min)
+    }
+
+    /// Runs `events` with reports split over 4 partitions by location; `next` picks the
+    /// partition whose next record is read (among those with records left).
+    fn run_partitioned(
+        events: &[crate::sim::Event],
+        end: i64,
+        mut next: impl FnMut(&[usize]) -> usize,
+    ) -> Vec<Alert> {
+        use crate::sim::Event;
+        let part = |loc: &str| {
+            loc.bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                % 4
+        };
+        let mut e = Engine::new(&Config::default());
+        let mut queues: Vec<std::collections::VecDeque<&Report>> = vec![Default::default(); 4];
+        for ev in events {
+            match ev {
+                Event::Benchmark(b) => {
+                    e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)))
+                }
+                Event::Report(r) => queues[part(&r.location) as usize].push_back(r),
+            }
+        }
+        for p in 0..4 {
+            e.add_partition(p);
+        }
+        let mut out = Vec::new();
+        let mut offsets = [0i64; 4];
+        loop {
+            let left: Vec<usize> = (0..4).filter(|p| !queues[*p].is_empty()).collect();
+            if left.is_empty() {
+                break;
+            }
+            let p = next(&left);
+            let r = queues[p]
+                .pop_front()
+                .expect("a partition with records left");
+            offsets[p] += 1;
+            e.on_report(r, Some((p as i32, offsets[p])));
+            if e.has_ready() {
+                out.extend(e.close_ready());
+            }
+            if queues[p].is_empty() {
+                // Read to its end: the daemon stops waiting for such a partition.
+                e.set_partition_idle(p as i32);
+                out.extend(e.close_ready());
+            }
+        }
+        out.extend(e.close_until(end + 10 * W));
+        out
+    }
+
+    #[test]
+    fn alerts_do_not_depend_on_how_reads_of_partitions_interleave() {
+        let (events, end) = partitioned_scenario();
+        // Reports in event-time order across partitions, as a live run reads them: the
+        // partition whose next report is oldest goes first.
+        let in_order = {
+            let mut queues_ts: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); 4];
+            for ev in &events {
+                if let crate::sim::Event::Report(r) = ev {
+                    let p = r
+                        .location
+                        .bytes()
+                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                        % 4;
+                    queues_ts[p as usize].push_back(r.ts);
+                }
+            }
+            run_partitioned(&events, end, |left| {
+                let p = *left
+                    .iter()
+                    .min_by_key(|p| queues_ts[**p].front().copied().unwrap_or(i64::MAX))
+                    .expect("a partition");
+                queues_ts[p].pop_front();
+                p
+            })
+        };
+        let fired = in_order
+            .iter()
+            .filter(|a| a.status == crate::incident::Status::Firing)
+            .count();
+        assert!(fired >= 3, "the incidents fire: {in_order:#?}");
+        // Whole alerts: ids, and the evidence in them (observed, p-values, samples) too.
+        let ids = |alerts: &[Alert]| -> Vec<String> {
+            let mut v: Vec<_> = alerts.iter().map(|a| format!("{a:?}")).collect();
+            v.sort();
+            v
+        };
+        // A catch-up reads partitions in bursts of different sizes, one far behind the others.
+        for seed in [1u64, 2, 3] {
+            let mut rng = crate::sim::Rng::new(seed);
+            let mut burst = (0usize, 0u64);
+            let shuffled = run_partitioned(&events, end, |left| {
+                if burst.1 == 0 || !left.contains(&burst.0) {
+                    // Partition 0 is read least often: it falls far behind.
+                    let pick = left[rng.below(left.len() as u64) as usize];
+                    let pick = if pick == 0 && rng.below(3) > 0 {
+                        left[left.len() - 1]
+                    } else {
+                        pick
+                    };
+                    burst = (pick, 1 + rng.below(5_000));
+                }
+                burst.1 -= 1;
+                burst.0
+            });
+            assert_eq!(ids(&shuffled), ids(&in_order), "seed {seed}");
+        }
+    }
+
+    /// Reads the owned partitions' reports in event-time order, up to event time `until`;
+    /// `on_close` sees the engine and the read positions after every close.
+    fn read_owned(
+        e: &mut Engine,
+        queues: &[Vec<&Report>],
+        pos: &mut [usize],
+        owned: &[usize],
+        until: i64,
+        mut on_close: impl FnMut(&Engine, &[usize], &[Alert]),
+    ) -> Vec<Alert> {
+        let mut out = Vec::new();
+        loop {
+            let next = owned
+                .iter()
+                .filter(|p| pos[**p] < queues[**p].len())
+                .min_by_key(|p| queues[**p][pos[**p]].ts)
+                .copied();
+            let Some(p) = next.filter(|p| queues[*p][pos[*p]].ts < until) else {
+                break;
+            };
+            let r = queues[p][pos[p]];
+            pos[p] += 1;
+            e.on_report(r, Some((p as i32, pos[p] as i64)));
+            if pos[p] == queues[p].len() {
+                e.set_partition_idle(p as i32);
+            }
+            if e.has_ready() {
+                let alerts = e.close_ready();
+                on_close(e, pos, &alerts);
+                out.extend(alerts);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
+        let (events, end) = partitioned_scenario();
+        let part = |loc: &str| {
+            (loc.bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                % 4) as usize
+        };
+        let cfg = Config::default();
+        let fresh = || {
+            let mut e = Engine::new(&cfg);
+            for ev in &events {
+                if let crate::sim::Event::Benchmark(b) = ev {
+                    e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+                }
+            }
+            e
+        };
+        let mut queues: Vec<Vec<&Report>> = vec![Vec::new(); 4];
+        for ev in &events {
+            if let crate::sim::Event::Report(r) = ev {
+                queues[part(&r.location)].push(r);
+            }
+        }
+        let ids = |alerts: &[Alert]| -> Vec<(String, String)> {
+            let mut v: Vec<_> = alerts
+                .iter()
+                .map(|a| (a.id.clone(), format!("{:?}", a.status)))
+                .collect();
+            v.sort();
+            v
+        };
+        let all = [0, 1, 2, 3];
+        let mut single = fresh();
+        for p in all {
+            single.add_partition(p as i32);
+        }
+        let mut want = read_owned(
+            &mut single,
+            &queues,
+            &mut [0; 4],
+            &all,
+            i64::MAX,
+            |_, _, _| {},
+        );
+        want.extend(single.close_until(end + 10 * W));
+        assert!(
+            want.iter()
+                .filter(|a| a.status == crate::incident::Status::Firing)
+                .count()
+                >= 3,
+            "{want:#?}"
+        );
+        let start = end - 70 * W;
+        // The victim dies early and the survivor is ahead, then the other way round.
+        for (victim_until, survivor_until) in [(20, 50), (50, 20), (35, 35)] {
+            let (mut a, mut b) = (fresh(), fresh());
+            let (mut pos_a, mut pos_b) = ([0usize; 4], [0usize; 4]);
+            for p in [0, 1] {
+                a.add_partition(p);
+            }
+            for p in [2, 3] {
+                b.add_partition(p);
+            }
+            // The victim's last checkpoint: its shares and positions, and the alerts emitted
+            // up to it (those decided after it die with it, as in the daemon).
+            let mut last = None;
+            let mut emitted = 0;
+            let mut a_alerts = Vec::new();
+            let got_a = read_owned(
+                &mut a,
+                &queues,
+                &mut pos_a,
+                &[0, 1],
+                start + victim_until * W,
+                |e, pos, alerts| {
+                    a_alerts.extend(alerts.iter().cloned());
+                    emitted = a_alerts.len();
+                    let shares: Vec<_> = [0, 1]
+                        .iter()
+                        .map(|p| e.export_partition(*p).unwrap().unwrap())
+                        .collect();
+                    last = Some((shares, pos.to_vec()));
+                },
+            );
+            assert_eq!(got_a.len(), a_alerts.len());
+            let mut got = a_alerts[..emitted].to_vec();
+            got.extend(read_owned(
+                &mut b,
+                &queues,
+                &mut pos_b,
+                &[2, 3],
+                start + survivor_until * W,
+                |_, _, _| {},
+            ));
+            let (shares, pos) = last.expect("the victim checkpointed");
+            for (p, share) in [0, 1].iter().zip(&shares) {
+                b.absorb_partition(*p, share).unwrap();
+                pos_b[*p as usize] = pos[*p as usize];
+            }
+            got.extend(read_owned(
+                &mut b,
+                &queues,
+                &mut pos_b,
+                &all,
+                i64::MAX,
+                |_, _, _| {},
+            ));
+            got.extend(b.close_until(end + 10 * W));
+            assert_eq!(
+                ids(&got),
+                ids(&want),
+                "victim killed at minute {victim_until}, survivor at {survivor_until}"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod backtest;
 pub mod bench;
+pub mod changelog;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;

@@ -103,7 +103,7 @@ pub fn incident_id(rule: &str, scope: &Scope, started_at: Millis) -> String {
 }
 
 /// One window's verdict on one (metric, scope).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub scope: Scope,
     pub finding: Finding,
@@ -211,6 +211,19 @@ impl Incidents {
         verdicts: Vec<Verdict>,
         cfg: &DetectConfig,
     ) -> Vec<Alert> {
+        self.apply_under(window_start, window_end, verdicts, cfg, None)
+    }
+
+    /// Like [`Incidents::apply`]; a location+CDN incident that fires also looks for its
+    /// parent in `outer` (where the CDN-wide incidents are kept apart from a partition's).
+    pub fn apply_under(
+        &mut self,
+        window_start: Millis,
+        window_end: Millis,
+        verdicts: Vec<Verdict>,
+        cfg: &DetectConfig,
+        outer: Option<&Incidents>,
+    ) -> Vec<Alert> {
         let mut seen = std::collections::BTreeSet::new();
         let mut alerts = Vec::new();
         for v in verdicts {
@@ -220,7 +233,9 @@ impl Incidents {
                 continue; // Clean and nothing pending: keep no state.
             }
             let parent_id = if v.bad && v.scope.location.is_some() && v.scope.cdn.is_some() {
-                parent_of(&self.tracks, v.finding.metric, &v.scope)
+                parent_of(&self.tracks, v.finding.metric, &v.scope).or_else(|| {
+                    outer.and_then(|o| parent_of(&o.tracks, v.finding.metric, &v.scope))
+                })
             } else {
                 None
             };

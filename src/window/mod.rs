@@ -47,6 +47,8 @@ pub struct Closed {
     pub start: Millis,
     pub end: Millis,
     pub keys: HashMap<Key, Acc>,
+    /// Lowest source offset per partition that contributed to it.
+    pub min_offsets: HashMap<i32, i64>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -180,6 +182,11 @@ impl Windows {
             .collect()
     }
 
+    /// Newest event time read from `partition`, if any.
+    pub fn newest(&self, partition: i32) -> Option<Millis> {
+        self.max_event_ts.get(&partition).copied().flatten()
+    }
+
     /// Per registered partition: newest event time (if any) and whether it is idle.
     pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
         self.max_event_ts
@@ -291,6 +298,7 @@ impl Windows {
                 start,
                 end: start + self.size,
                 keys: w.keys,
+                min_offsets: w.min_offsets,
             });
         }
         let boundary = self.start_of(watermark);
@@ -305,6 +313,7 @@ impl Windows {
                             start: s,
                             end: s + self.size,
                             keys: HashMap::new(),
+                            min_offsets: HashMap::new(),
                         });
                     }
                     s += self.size;

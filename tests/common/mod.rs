@@ -261,7 +261,7 @@ benchmarks_topic = "{benchmarks}"
 alerts_topic = "{alerts}"
 dead_letter_topic = "{dlq}"
 session_timeout = "3s"
-
+{changelog}
 [window]
 allowed_lateness = "10s"
 
@@ -283,6 +283,10 @@ flush_timeout = "1s"
         dlq = k.dead_letter_topic,
         state = cfg.state.dir.display(),
         listen = cfg.http.listen,
+        changelog = k
+            .changelog_topic
+            .as_ref()
+            .map_or(String::new(), |t| format!("changelog_topic = \"{t}\"\n")),
     );
     let path = dir.join("qos-sentinel.toml");
     std::fs::write(&path, text).unwrap();

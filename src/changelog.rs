@@ -1,0 +1,120 @@
+//! The changelog topic: each report partition's state, written at every checkpoint, so that
+//! the partition's next owner in the consumer group takes it over where it was (Kafka
+//! Streams' changelog, per partition rather than per key).
+//!
+//! Partition p of the changelog holds report partition p's state; each record (key: the
+//! partition number) is a whole share: a JSON header (where reading resumes, the alerts that
+//! were decided but maybe not yet produced) followed by the engine's CBOR share. Only the
+//! last record of a partition matters: compaction keeps it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::incident::Alert;
+
+/// What comes with a partition's state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Header {
+    /// The reports topic the state was read from (a changelog shared by mistake is ignored).
+    pub reports_topic: String,
+    pub partition: i32,
+    /// Next report offset to read.
+    pub next: i64,
+    /// Alerts decided with this state and produced only after it was written: the next
+    /// owner looks them up on the alerts topic and sends those missing.
+    pub pending: Vec<Alert>,
+    /// Alerts topic positions after the writer's last acknowledged alerts (where to look).
+    pub delivered: HashMap<i32, i64>,
+}
+
+/// Header and share as one record value: 4-byte big-endian header length, header, share.
+pub fn encode(header: &Header, share: &[u8]) -> Result<Vec<u8>, String> {
+    let h = serde_json::to_vec(header).map_err(|e| e.to_string())?;
+    let len = u32::try_from(h.len()).map_err(|_| "header too long".to_string())?;
+    let mut out = Vec::with_capacity(4 + h.len() + share.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(share);
+    Ok(out)
+}
+
+/// The header and the share of a record value.
+pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), String> {
+    let (len, rest) = value
+        .split_first_chunk::<4>()
+        .ok_or_else(|| "record shorter than its length prefix".to_string())?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(format!("header of {len} bytes, record of {}", value.len()));
+    }
+    let (h, share) = rest.split_at(len);
+    let header = serde_json::from_slice(h).map_err(|e| format!("header: {e}"))?;
+    Ok((header, share))
+}
+
+/// The last record of changelog partition `partition`, if it has one (blocking).
+pub fn read_last(
+    k: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, String> {
+    let consumer: BaseConsumer = crate::source::client_config(k)
+        .set("group.id", format!("{}-changelog-reader", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| format!("{topic}/{partition} watermarks: {e}"))?;
+    if high <= low {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(high - 1))
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.offset() >= high - 1 => {
+                return Ok(Some(m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
+        }
+    }
+    Err(format!(
+        "{topic}/{partition}: offset {} not read within {timeout:?}",
+        high - 1
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded_and_garbage_is_an_error() {
+        let h = Header {
+            reports_topic: "r".into(),
+            partition: 3,
+            next: 42,
+            pending: Vec::new(),
+            delivered: HashMap::from([(0, 7)]),
+        };
+        let v = encode(&h, b"share").unwrap();
+        let (back, share) = decode(&v).unwrap();
+        assert_eq!((back.partition, back.next, share), (3, 42, &b"share"[..]));
+        assert_eq!(back.delivered, h.delivered);
+        assert!(decode(b"\0\0").is_err());
+        assert!(decode(b"\0\0\0\x09{}").is_err());
+        assert!(decode(b"\0\0\0\x02{]").is_err());
+    }
+}

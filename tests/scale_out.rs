@@ -1,0 +1,211 @@
+//! Scale-out: two and three daemon instances (child processes) in one consumer group share
+//! the report partitions through a changelog topic; one of them is killed with SIGKILL while
+//! they work; the others take its partitions over with their state from the changelog. The
+//! alerts of the group, taken together, must equal one instance's alone over the same input
+//! by id and status: none lost, none doubled.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use qos_sentinel::config::Config;
+use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
+
+/// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds (as crash.rs).
+fn scenario() -> Simulator {
+    let start = 1_767_290_400_000;
+    let min = 60_000;
+    let mut c = SimConfig::quiet(23, start, 90 * min);
+    c.locations = 6;
+    c.cdns = 2;
+    c.peak_sessions = 900;
+    let names = qos_sentinel::sim::location_names(c.locations);
+    let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
+        kind,
+        location: names[i].clone(),
+        cdn: cdn.into(),
+        start: start + from * min,
+        end: start + to * min,
+        asn: None,
+    };
+    c.incidents = vec![
+        inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
+        inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
+        inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
+        inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
+    ];
+    Simulator::new(c)
+}
+
+/// `id:status` → how many times it is on the topic.
+fn changes(alerts: &[Alert]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in alerts {
+        let s = match a.status {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        };
+        *m.entry(format!("{}:{s}", a.id)).or_default() += 1;
+    }
+    m
+}
+
+/// One instance: its own state, HTTP port and config file; group, alerts topic and
+/// changelog as given.
+fn instance(base: &Config, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let mut cfg = base.clone();
+    cfg.state.dir = dir.join(name).join("state");
+    cfg.http.listen = common::free_addr();
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    common::write_config(&dir.join(name), &cfg, "")
+}
+
+fn settled(cfg: &Config) -> Vec<Alert> {
+    common::settled_alerts(
+        &cfg.kafka.brokers,
+        &cfg.kafka.alerts_topic,
+        Duration::from_secs(300),
+        Duration::from_secs(8),
+    )
+}
+
+fn log_text(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("librdkafka"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs `n` instances in one group over the (complete) reports topic, kills one of them
+/// `kill_after` after the group's first alert (they are all at work then), and returns the
+/// group's alerts and the members' logs.
+async fn group_run(
+    base: &Config,
+    dir: &std::path::Path,
+    n: usize,
+    kill_after: Duration,
+    victim: usize,
+) -> (Vec<Alert>, String) {
+    let mut paths = Vec::new();
+    for i in 0..n {
+        paths.push(instance(base, dir, &format!("member-{i}")));
+    }
+    let logs: Vec<_> = (0..n)
+        .map(|i| dir.join(format!("member-{i}.log")))
+        .collect();
+    let mut children: Vec<common::Killed> = paths
+        .iter()
+        .zip(&logs)
+        .map(|(p, l)| common::Killed(common::spawn_daemon(p, &[("RUST_LOG", "info")], l)))
+        .collect();
+    let (brokers, topic) = (base.kafka.brokers.clone(), base.kafka.alerts_topic.clone());
+    let first = tokio::task::spawn_blocking(move || {
+        let c = common::tail(&brokers, &topic);
+        common::read_until(&c, Duration::from_secs(120), |r| !r.is_empty())
+    })
+    .await
+    .unwrap();
+    assert!(!first.is_empty(), "the group raised no alert within 120 s");
+    tokio::time::sleep(kill_after).await;
+    children[victim].0.kill().unwrap(); // SIGKILL
+    children[victim].0.wait().unwrap();
+    let cfg = base.clone();
+    let alerts = tokio::task::spawn_blocking(move || settled(&cfg))
+        .await
+        .unwrap();
+    drop(children);
+    let survivors = (0..n)
+        .filter(|i| *i != victim)
+        .map(|i| format!("--- member-{i}\n{}", log_text(&logs[i])))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let victim_log = format!("--- victim member-{victim}\n{}", log_text(&logs[victim]));
+    (alerts, format!("{victim_log}\n{survivors}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = common::test_config(&dir.path().join("unused"));
+    let cluster = common::mock_cluster(&mut base, 8);
+    let stats = common::feed_sim(&base, scenario()).await;
+    assert!(stats.reports > 100_000, "{stats:?}");
+
+    // One instance alone, without a changelog: the reference.
+    let mut single = base.clone();
+    single.kafka.group_id = format!("{}-single", base.kafka.group_id);
+    single.kafka.alerts_topic = format!("{}-single", base.kafka.alerts_topic);
+    cluster
+        .create_topic(&single.kafka.alerts_topic, 1, 1)
+        .unwrap();
+    let path = instance(&single, dir.path(), "single");
+    let log = dir.path().join("single.log");
+    let started = Instant::now();
+    let child = common::Killed(common::spawn_daemon(&path, &[("RUST_LOG", "info")], &log));
+    let sc = single.clone();
+    let alone = tokio::task::spawn_blocking(move || settled(&sc))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    drop(child);
+    let want = changes(&alone);
+    assert!(want.len() >= 8, "four incidents fire and resolve: {want:?}");
+    assert!(want.values().all(|n| *n == 1), "no repeats alone: {want:?}");
+
+    let mut rng = qos_sentinel::sim::Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64),
+    );
+    let mut took_over = 0;
+    for n in [2usize, 3] {
+        let mut group = base.clone();
+        group.kafka.group_id = format!("{}-group{n}", base.kafka.group_id);
+        group.kafka.alerts_topic = format!("{}-group{n}", base.kafka.alerts_topic);
+        let changelog = format!("changelog-{}-{n}", base.kafka.group_id);
+        cluster
+            .create_topic(&group.kafka.alerts_topic, 1, 1)
+            .unwrap();
+        cluster.create_topic(&changelog, 8, 1).unwrap();
+        group.kafka.changelog_topic = Some(changelog);
+        // Somewhere in the first half of the work (the alone run took `took`, start-up and
+        // settling included).
+        let half = took.as_millis() as u64 / 4;
+        let kill_after = Duration::from_millis(rng.below(half.max(500)));
+        let victim = rng.below(n as u64) as usize;
+        let (alerts, logs) = group_run(
+            &group,
+            &dir.path().join(format!("group{n}")),
+            n,
+            kill_after,
+            victim,
+        )
+        .await;
+        took_over += logs
+            .matches("Took the partition's state over from the changelog")
+            .count();
+        let got = changes(&alerts);
+        assert_eq!(
+            got, want,
+            "{n} instances, member {victim} killed after {kill_after:?}: the group's alerts \
+             differ from one instance's\n{logs}"
+        );
+        let mut fired = std::collections::HashSet::new();
+        for a in &alerts {
+            match a.status {
+                Status::Firing => {
+                    fired.insert(a.id.clone());
+                }
+                Status::Resolved => assert!(fired.contains(&a.id), "{} resolved first", a.id),
+            }
+        }
+    }
+    assert!(
+        took_over > 0,
+        "no partition was taken over from the changelog in either run"
+    );
+}
