@@ -169,7 +169,7 @@ impl Part {
 struct Stash {
     /// Keys with findings: their verdicts, and their accumulator where a verdict is bad (the
     /// evidence of a CDN-wide or location-wide parent; empty otherwise).
-    keys: Vec<(Key, Acc, Vec<Verdict>)>,
+    keys: Vec<Tested>,
     reports: Acc,
     key_count: usize,
     worst: Vec<KeyQuality>,
@@ -937,7 +937,7 @@ impl Engine {
                 failure_rate: reports.failure_rate(),
                 worst,
             };
-            let bad: Vec<(Key, Acc, Vec<Verdict>)> = stashed
+            let bad: Vec<Tested> = stashed
                 .values()
                 .flat_map(|s| s.keys.iter())
                 .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
@@ -989,10 +989,12 @@ enum Grouping {
     Location,
 }
 
-/// Keys with their verdicts (as a partition stashes them), sorted by key, as the parallel
-/// lists detection works on.
-#[allow(clippy::type_complexity)]
-fn flatten(mut groups: Vec<(Key, Acc, Vec<Verdict>)>) -> (Vec<(Key, Acc)>, Vec<(usize, Verdict)>) {
+/// A key with its accumulator and its verdicts, as a partition stashes them.
+type Tested = (Key, Acc, Vec<Verdict>);
+
+/// Stashed keys sorted by key, as the parallel lists detection works on: keys, and verdicts
+/// with the index of their key.
+fn flatten(mut groups: Vec<Tested>) -> (Vec<(Key, Acc)>, Vec<(usize, Verdict)>) {
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut keys = Vec::with_capacity(groups.len());
     let mut verdicts = Vec::new();

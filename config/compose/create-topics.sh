@@ -10,4 +10,7 @@ create --topic qos.client-reports --partitions 12 --config retention.ms=86400000
 create --topic qos.cdn-benchmarks --partitions 1 --config cleanup.policy=compact
 create --topic qos.alerts --partitions 3
 create --topic qos.dead-letter --partitions 3 --config retention.ms=604800000
+# Partition state for hand-over between instances (kafka.changelog_topic): as many partitions
+# as the reports topic, compacted. Needed only to run more than one instance.
+create --topic qos.sentinel-changelog --partitions 12 --config cleanup.policy=compact --config max.message.bytes=67108864
 "$topics" --bootstrap-server "$b" --list
