@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -266,6 +266,7 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 // Rebalances first: nothing is decided for a partition that has moved away.
+                consumer.context().take_revoked();
                 let a = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next, &mut ckpt);
                 take_over(&cfg, &mut engine, &mut next, &mut ckpt, &outputs, &a.added).await;
                 readiness.partitions_assigned.store(a.any, Ordering::Release);
@@ -339,10 +340,12 @@ pub async fn run(
                         };
                         reports_in.inc();
                         let (p, o) = (msg.partition(), msg.offset());
-                        if !engine.has_partition(p) {
+                        if !engine.has_partition(p) || consumer.context().take_revoked() {
                             // First record of a partition: register everything assigned first, so
                             // windows wait for the partitions that have not delivered yet (and
-                            // take over their state from the changelog, if there is one).
+                            // take over their state from the changelog, if there is one). After a
+                            // revocation, at once: nothing is decided for a partition that has
+                            // moved away.
                             let a = sync_assignment(&consumer, &mut engine, &mut last_seen, &mut next, &mut ckpt);
                             take_over(&cfg, &mut engine, &mut next, &mut ckpt, &outputs, &a.added).await;
                         }
@@ -829,7 +832,7 @@ async fn produce(
 
 /// Stores, per assigned partition, the offset the last checkpoint makes safe (see
 /// [`Checkpointer::committable`]); auto-commit then commits it.
-fn store_offsets(consumer: &StreamConsumer, topic: &str, committable: &HashMap<i32, i64>) {
+fn store_offsets(consumer: &source::ReportsConsumer, topic: &str, committable: &HashMap<i32, i64>) {
     let assigned: HashSet<i32> = match consumer.assignment() {
         Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
         Err(_) => return,
@@ -864,7 +867,7 @@ struct Assignment {
 /// one it stays and only stops holding windows back (the partition is probably coming back:
 /// an assignment lost in a broker outage).
 fn sync_assignment(
-    consumer: &StreamConsumer,
+    consumer: &source::ReportsConsumer,
     engine: &mut Engine,
     last_seen: &mut HashMap<i32, Instant>,
     next: &mut HashMap<i32, i64>,
@@ -1065,7 +1068,7 @@ fn spawn_broker_probe(
 /// gauge is never reset as a whole: a scrape during the watermark reads would find no series.)
 /// The broker's reachability is the probe thread's job.
 fn probe_lag(
-    consumer: &StreamConsumer,
+    consumer: &source::ReportsConsumer,
     topic: &str,
     next: &HashMap<i32, i64>,
     metrics: &Metrics,

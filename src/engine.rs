@@ -992,9 +992,12 @@ enum Grouping {
 /// A key with its accumulator and its verdicts, as a partition stashes them.
 type Tested = (Key, Acc, Vec<Verdict>);
 
-/// Stashed keys sorted by key, as the parallel lists detection works on: keys, and verdicts
-/// with the index of their key.
-fn flatten(mut groups: Vec<Tested>) -> (Vec<(Key, Acc)>, Vec<(usize, Verdict)>) {
+/// Keys with their accumulators, and verdicts with the index of their key: the parallel
+/// lists detection works on.
+type Flat = (Vec<(Key, Acc)>, Vec<(usize, Verdict)>);
+
+/// Stashed keys sorted by key, as the parallel lists detection works on.
+fn flatten(mut groups: Vec<Tested>) -> Flat {
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut keys = Vec::with_capacity(groups.len());
     let mut verdicts = Vec::new();

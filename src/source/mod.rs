@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -46,9 +47,9 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 /// Offsets: auto-commit is on but auto *store* is off: the daemon stores, per partition, the
 /// lowest offset still needed by an open window (see `Windows::pending_offsets`), so a crash
 /// replays whatever had not yet been turned into closed windows and alerts.
-pub fn reports_consumer(cfg: &Config) -> Result<StreamConsumer, SourceError> {
+pub fn reports_consumer(cfg: &Config) -> Result<ReportsConsumer, SourceError> {
     let k = &cfg.kafka;
-    let consumer: StreamConsumer = client_config(k)
+    let consumer: ReportsConsumer = client_config(k)
         .set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
@@ -67,9 +68,37 @@ pub fn reports_consumer(cfg: &Config) -> Result<StreamConsumer, SourceError> {
             "heartbeat.interval.ms",
             (k.session_timeout.as_millis() / 3).max(100).to_string(),
         )
-        .create()?;
+        .create_with_context(ReportsContext::default())?;
     consumer.subscribe(&[&k.reports_topic])?;
     Ok(consumer)
+}
+
+/// The report consumer, with its context.
+pub type ReportsConsumer = StreamConsumer<ReportsContext>;
+
+/// Notes that partitions were revoked, as it happens: inside the consumer's poll, before the
+/// poll hands out anything else, so the daemon stops deciding for a partition the moment it
+/// has moved away (its next owner takes it over from the changelog).
+#[derive(Default)]
+pub struct ReportsContext {
+    revoked: AtomicBool,
+}
+
+impl ReportsContext {
+    /// Whether partitions were revoked since the last call.
+    pub fn take_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed) && self.revoked.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl ClientContext for ReportsContext {}
+
+impl ConsumerContext for ReportsContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) {
+            self.revoked.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// One benchmark table change, sent from the reader thread to the engine.
