@@ -689,6 +689,33 @@ async fn finish(
     }
 }
 
+/// Which of `wanted` (alert change keys) are on the alerts topic after the positions `from`.
+/// None when the topic cannot be read to its end: sending again may double an alert, not
+/// sending may lose one, and losing is worse.
+async fn found_on_alerts_topic(
+    out: &Outputs,
+    from: HashMap<i32, i64>,
+    wanted: HashSet<String>,
+) -> HashSet<String> {
+    let (k, topic) = (out.kafka.clone(), out.alerts.topic().to_string());
+    let pending = wanted.len();
+    let found = tokio::task::spawn_blocking(move || {
+        notify::find_on_topic(&k, &topic, &from, &wanted, Duration::from_secs(60))
+    })
+    .await;
+    match found {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            warn!(error = %e, pending, "Cannot read the alerts topic to its end: sending every pending alert.");
+            HashSet::new()
+        }
+        Err(e) => {
+            warn!(error = %e, pending, "Alerts topic lookup failed: sending every pending alert.");
+            HashSet::new()
+        }
+    }
+}
+
 /// Sends the alerts a previous run decided but may not have produced: those not found on the
 /// alerts topic after the positions of its last acknowledged produce. Runs before any report
 /// is read.
@@ -699,23 +726,7 @@ async fn send_pending(store: &CheckpointStore, out: &Outputs) -> anyhow::Result<
     }
     let from = store.delivered()?;
     let wanted: HashSet<String> = pending.iter().map(|(k, _)| k.clone()).collect();
-    let (k, topic) = (out.kafka.clone(), out.alerts.topic().to_string());
-    let found = {
-        let wanted = wanted.clone();
-        tokio::task::spawn_blocking(move || {
-            notify::find_on_topic(&k, &topic, &from, &wanted, Duration::from_secs(60))
-        })
-        .await?
-    };
-    let found = match found {
-        Ok(f) => f,
-        Err(e) => {
-            // Cannot tell what got there: sending again may double an alert, not sending may
-            // lose one. Losing is worse.
-            warn!(error = %e, pending = pending.len(), "Cannot read the alerts topic to its end: sending every pending alert.");
-            HashSet::new()
-        }
-    };
+    let found = found_on_alerts_topic(out, from, wanted).await;
     let mut missing = Vec::new();
     for (key, json) in &pending {
         if found.contains(key) {
@@ -991,22 +1002,7 @@ async fn take_over(
         return;
     }
     let wanted: HashSet<String> = pending.iter().map(notify::change_key).collect();
-    let (k, alerts_topic) = (cfg.kafka.clone(), out.alerts.topic().to_string());
-    let found = tokio::task::spawn_blocking(move || {
-        notify::find_on_topic(&k, &alerts_topic, &from, &wanted, Duration::from_secs(60))
-    })
-    .await;
-    let found = match found {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            warn!(error = %e, "Cannot read the alerts topic to its end: sending every alert the last owner left pending.");
-            HashSet::new()
-        }
-        Err(e) => {
-            warn!(error = %e, "Alerts topic lookup failed: sending every alert the last owner left pending.");
-            HashSet::new()
-        }
-    };
+    let found = found_on_alerts_topic(out, from, wanted).await;
     let missing: Vec<Alert> = pending
         .into_iter()
         .filter(|a| !found.contains(&notify::change_key(a)))

@@ -1403,6 +1403,14 @@ mod tests {
         (Simulator::new(c).collect(), start + 70 * min)
     }
 
+    /// Which of 4 test partitions a location's reports go to.
+    fn partition_of(location: &str) -> usize {
+        let h = location
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        (h % 4) as usize
+    }
+
     /// Runs `events` with reports split over 4 partitions by location; `next` picks the
     /// partition whose next record is read (among those with records left).
     fn run_partitioned(
@@ -1411,11 +1419,6 @@ mod tests {
         mut next: impl FnMut(&[usize]) -> usize,
     ) -> Vec<Alert> {
         use crate::sim::Event;
-        let part = |loc: &str| {
-            loc.bytes()
-                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                % 4
-        };
         let mut e = Engine::new(&Config::default());
         let mut queues: Vec<std::collections::VecDeque<&Report>> = vec![Default::default(); 4];
         for ev in events {
@@ -1423,7 +1426,7 @@ mod tests {
                 Event::Benchmark(b) => {
                     e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)))
                 }
-                Event::Report(r) => queues[part(&r.location) as usize].push_back(r),
+                Event::Report(r) => queues[partition_of(&r.location)].push_back(r),
             }
         }
         for p in 0..4 {
@@ -1464,12 +1467,7 @@ mod tests {
             let mut queues_ts: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); 4];
             for ev in &events {
                 if let crate::sim::Event::Report(r) = ev {
-                    let p = r
-                        .location
-                        .bytes()
-                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                        % 4;
-                    queues_ts[p as usize].push_back(r.ts);
+                    queues_ts[partition_of(&r.location)].push_back(r.ts);
                 }
             }
             run_partitioned(&events, end, |left| {
@@ -1552,11 +1550,6 @@ mod tests {
     #[test]
     fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
         let (events, end) = partitioned_scenario();
-        let part = |loc: &str| {
-            (loc.bytes()
-                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                % 4) as usize
-        };
         let cfg = Config::default();
         let fresh = || {
             let mut e = Engine::new(&cfg);
@@ -1570,7 +1563,7 @@ mod tests {
         let mut queues: Vec<Vec<&Report>> = vec![Vec::new(); 4];
         for ev in &events {
             if let crate::sim::Event::Report(r) = ev {
-                queues[part(&r.location)].push(r);
+                queues[partition_of(&r.location)].push(r);
             }
         }
         let ids = |alerts: &[Alert]| -> Vec<(String, String)> {

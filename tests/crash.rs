@@ -14,45 +14,6 @@ use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
 
 const KILLS: usize = 20;
 
-/// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds.
-fn scenario() -> Simulator {
-    let start = 1_767_290_400_000;
-    let min = 60_000;
-    let mut c = SimConfig::quiet(23, start, 90 * min);
-    c.locations = 6;
-    c.cdns = 2;
-    c.peak_sessions = 900;
-    let names = qos_sentinel::sim::location_names(c.locations);
-    let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
-        kind,
-        location: names[i].clone(),
-        cdn: cdn.into(),
-        start: start + from * min,
-        end: start + to * min,
-        asn: None,
-    };
-    c.incidents = vec![
-        inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
-        inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
-        inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
-        inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
-    ];
-    Simulator::new(c)
-}
-
-/// `id:status` → how many times it is on the topic.
-fn changes(alerts: &[Alert]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for a in alerts {
-        let s = match a.status {
-            Status::Firing => "firing",
-            Status::Resolved => "resolved",
-        };
-        *m.entry(format!("{}:{s}", a.id)).or_default() += 1;
-    }
-    m
-}
-
 /// A run of its own: own group, alerts topic and state; same input topics.
 fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> (Config, std::path::PathBuf) {
     let mut cfg = base.clone();
@@ -84,7 +45,7 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
             .create_topic(&format!("{}-{name}", base.kafka.alerts_topic), 1, 1)
             .unwrap();
     }
-    let stats = common::feed_sim(&base, scenario()).await;
+    let stats = common::feed_sim(&base, common::four_incident_sim()).await;
     assert!(stats.reports > 100_000, "{stats:?}");
 
     // The uninterrupted run.
@@ -97,7 +58,7 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    let want = changes(&golden);
+    let want = common::changes(&golden);
     assert!(want.len() >= 8, "four incidents fire and resolve: {want:?}");
     assert!(
         want.values().all(|n| *n == 1),
@@ -128,7 +89,7 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    let got = changes(&crashy);
+    let got = common::changes(&crashy);
     let restores = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .matches("Restored the engine from its checkpoint")
@@ -331,7 +292,7 @@ async fn alerts_pending_at_a_kill_are_on_the_topic_once_after_restart() {
         ("00000000000000bb:firing".to_string(), 1),
     ]
     .into();
-    assert_eq!(changes(&got), want);
+    assert_eq!(common::changes(&got), want);
     let store = CheckpointStore::open(&cfg.state.dir).unwrap();
     assert!(store.pending().unwrap().is_empty(), "nothing left pending");
 }

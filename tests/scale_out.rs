@@ -7,51 +7,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use qos_sentinel::config::Config;
 use qos_sentinel::incident::{Alert, Status};
-use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
-
-/// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds (as crash.rs).
-fn scenario() -> Simulator {
-    let start = 1_767_290_400_000;
-    let min = 60_000;
-    let mut c = SimConfig::quiet(23, start, 90 * min);
-    c.locations = 6;
-    c.cdns = 2;
-    c.peak_sessions = 900;
-    let names = qos_sentinel::sim::location_names(c.locations);
-    let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
-        kind,
-        location: names[i].clone(),
-        cdn: cdn.into(),
-        start: start + from * min,
-        end: start + to * min,
-        asn: None,
-    };
-    c.incidents = vec![
-        inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
-        inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
-        inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
-        inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
-    ];
-    Simulator::new(c)
-}
-
-/// `id:status` → how many times it is on the topic.
-fn changes(alerts: &[Alert]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for a in alerts {
-        let s = match a.status {
-            Status::Firing => "firing",
-            Status::Resolved => "resolved",
-        };
-        *m.entry(format!("{}:{s}", a.id)).or_default() += 1;
-    }
-    m
-}
 
 /// One instance: its own state, HTTP port and config file; group, alerts topic and
 /// changelog as given.
@@ -143,7 +102,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     let dir = tempfile::tempdir().unwrap();
     let mut base = common::test_config(&dir.path().join("unused"));
     let cluster = common::mock_cluster(&mut base, 8);
-    let stats = common::feed_sim(&base, scenario()).await;
+    let stats = common::feed_sim(&base, common::four_incident_sim()).await;
     assert!(stats.reports > 100_000, "{stats:?}");
 
     // One instance alone, without a changelog: the reference.
@@ -163,7 +122,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
         .unwrap();
     let took = started.elapsed();
     drop(child);
-    let want = changes(&alone);
+    let want = common::changes(&alone);
     assert!(want.len() >= 8, "four incidents fire and resolve: {want:?}");
     assert!(want.values().all(|n| *n == 1), "no repeats alone: {want:?}");
 
@@ -218,7 +177,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
                 "the member that joined took no partition over with its state:\n{logs}"
             );
         }
-        let got = changes(&alerts);
+        let got = common::changes(&alerts);
         assert_eq!(
             got, want,
             "{n} instances, one joining late: {}, killed: {:?}: the group's alerts differ from \

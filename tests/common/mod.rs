@@ -197,6 +197,49 @@ pub fn two_incident_sim() -> Simulator {
     Simulator::new(c)
 }
 
+/// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds, ~250k reports:
+/// the crash and scale-out tests' input.
+pub fn four_incident_sim() -> Simulator {
+    let start = 1_767_290_400_000;
+    let min = 60_000;
+    let mut c = SimConfig::quiet(23, start, 90 * min);
+    c.locations = 6;
+    c.cdns = 2;
+    c.peak_sessions = 900;
+    let names = qos_sentinel::sim::location_names(c.locations);
+    let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
+        kind,
+        location: names[i].clone(),
+        cdn: cdn.into(),
+        start: start + from * min,
+        end: start + to * min,
+        asn: None,
+    };
+    c.incidents = vec![
+        inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
+        inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
+        inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
+        inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
+    ];
+    Simulator::new(c)
+}
+
+/// `id:status` → how many times it is among `alerts`.
+pub fn changes(
+    alerts: &[qos_sentinel::incident::Alert],
+) -> std::collections::BTreeMap<String, usize> {
+    use qos_sentinel::incident::Status;
+    let mut m = std::collections::BTreeMap::new();
+    for a in alerts {
+        let s = match a.status {
+            Status::Firing => "firing",
+            Status::Resolved => "resolved",
+        };
+        *m.entry(format!("{}:{s}", a.id)).or_default() += 1;
+    }
+    m
+}
+
 /// Produces all of `sim` to the config's topics as fast as the broker takes it.
 pub async fn feed_sim(cfg: &Config, sim: Simulator) -> qos_sentinel::sim::feed::FeedStats {
     let producer = qos_sentinel::notify::producer(&cfg.kafka).expect("producer");
