@@ -177,6 +177,79 @@ struct Stash {
     min_offsets: HashMap<i32, i64>,
 }
 
+/// One partition's news for the instances that share the report partitions, on the
+/// summaries topic: how far it has closed windows, whether its owner stopped waiting for it
+/// (idle), and the keys it found bad in the windows it closed (the evidence of CDN-wide
+/// incidents; clean keys are not needed there).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Summary {
+    partition: i32,
+    closed_until: Millis,
+    idle: bool,
+    windows: Vec<(Millis, Vec<Tested>)>,
+}
+
+/// The CDN-wide stage when report partitions are spread over several instances. A CDN bad
+/// at many locations is bad in many partitions, so no instance sees all of its evidence.
+/// Every instance therefore publishes its partitions' [`Summary`]s to one summaries topic
+/// and reads all of them back; every instance runs the CDN-wide stage on that one stream
+/// (its own partitions included), so they all hold the same CDN-wide incidents: a
+/// location+CDN incident finds its CDN-wide parent anywhere, and whoever owns report
+/// partition 0 sends the CDN-wide alerts (as part of that partition's decisions, so they
+/// move with it: its changelog share carries them).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Peers {
+    /// Partitions of the reports topic: a window is decided once all have closed it.
+    partitions: i32,
+    /// Per partition, from its last summary: closed until, idle.
+    progress: BTreeMap<i32, (Millis, bool)>,
+    /// Bad keys per window and partition, until the window is decided.
+    bad: BTreeMap<Millis, BTreeMap<i32, Vec<Tested>>>,
+    /// CDN-wide alerts per window, sent by partition 0's owner as it decides the window.
+    cdn_alerts: BTreeMap<Millis, Vec<Alert>>,
+    /// Next offset to read on the summaries topic.
+    next: i64,
+    /// Bad keys of the windows owned partitions closed since the last summary.
+    #[serde(skip)]
+    outgoing: BTreeMap<i32, Vec<(Millis, Vec<Tested>)>>,
+    /// What the last summary of each owned partition said (closed until, idle).
+    #[serde(skip)]
+    published: BTreeMap<i32, (Millis, bool)>,
+    /// Summaries to send.
+    #[serde(skip)]
+    outbox: Vec<Summary>,
+}
+
+impl Peers {
+    /// How far the partitions that hold windows back have closed (with all of them idle,
+    /// the furthest): idle partitions close as far. `None` until every partition has been
+    /// heard of.
+    fn frontier(&self) -> Option<Millis> {
+        if (self.progress.len() as i32) < self.partitions {
+            return None;
+        }
+        let holding = self.progress.values().filter(|(_, idle)| !idle);
+        let f = if holding.clone().next().is_some() {
+            holding.map(|(c, _)| *c).min()
+        } else {
+            self.progress.values().map(|(c, _)| *c).max()
+        };
+        f.filter(|f| *f != Millis::MIN)
+    }
+
+    /// How far every partition has closed: windows up to here have all their evidence.
+    fn decidable(&self) -> Option<Millis> {
+        if (self.progress.len() as i32) < self.partitions {
+            return None;
+        }
+        self.progress
+            .values()
+            .map(|(c, _)| *c)
+            .min()
+            .filter(|f| *f != Millis::MIN)
+    }
+}
+
 /// Worst first, at most [`WORST_KEYS`] (ties broken by name, so the order does not depend on
 /// which partition was merged first).
 fn sort_worst(worst: &mut Vec<KeyQuality>) {
@@ -209,6 +282,10 @@ pub struct Engine {
     redecided: u64,
     /// CDN-wide incidents (the others live in the partitions' parts).
     incidents: Incidents,
+    /// With the partitions spread over several instances: every partition's progress and
+    /// bad keys, from the summaries topic. The CDN-wide stage then runs on them (the same
+    /// way on every instance); `None`: this instance alone decides over the parts it holds.
+    peers: Option<Peers>,
     counters: Counters,
     closes_since_prune: u32,
     /// Viewer quality of the last closed window: totals and the worst keys.
@@ -222,6 +299,7 @@ struct StateRef<'a> {
     stash: &'a BTreeMap<Millis, BTreeMap<i32, Stash>>,
     decided_until: Millis,
     incidents: &'a Incidents,
+    peers: Option<&'a Peers>,
     counters: &'a Counters,
     closes_since_prune: u32,
 }
@@ -233,6 +311,24 @@ struct ShareRef<'a> {
     partition: i32,
     part: &'a Part,
     stash: BTreeMap<Millis, &'a Stash>,
+    /// Partition 0's share also carries the CDN-wide stage (see [`Peers`]).
+    cdn: Option<CdnRef<'a>>,
+}
+
+/// The CDN-wide stage as partition 0's share carries it: a new instance starts its own
+/// from it, then reads the summaries topic on from `peers.next`.
+#[derive(serde::Serialize)]
+struct CdnRef<'a> {
+    decided_until: Millis,
+    incidents: &'a Incidents,
+    peers: &'a Peers,
+}
+
+#[derive(serde::Deserialize)]
+struct Cdn {
+    decided_until: Millis,
+    incidents: Incidents,
+    peers: Peers,
 }
 
 #[derive(serde::Deserialize)]
@@ -241,6 +337,8 @@ struct Share {
     partition: i32,
     part: Part,
     stash: BTreeMap<Millis, Stash>,
+    #[serde(default)]
+    cdn: Option<Cdn>,
 }
 
 #[derive(serde::Deserialize)]
@@ -250,6 +348,8 @@ struct State {
     stash: BTreeMap<Millis, BTreeMap<i32, Stash>>,
     decided_until: Millis,
     incidents: Incidents,
+    #[serde(default)]
+    peers: Option<Peers>,
     counters: Counters,
     closes_since_prune: u32,
 }
@@ -356,6 +456,7 @@ impl Engine {
             ready: false,
             redecided: 0,
             incidents: Incidents::new(),
+            peers: None,
             counters: Counters::default(),
             closes_since_prune: 0,
             quality: Quality::default(),
@@ -371,6 +472,7 @@ impl Engine {
             stash: &self.stash,
             decided_until: self.decided_until,
             incidents: &self.incidents,
+            peers: self.peers.as_ref(),
             counters: &self.counters,
             closes_since_prune: self.closes_since_prune,
         };
@@ -405,6 +507,7 @@ impl Engine {
         e.stash = s.stash;
         e.decided_until = s.decided_until;
         e.incidents = s.incidents;
+        e.peers = s.peers;
         e.counters = s.counters;
         e.closes_since_prune = s.closes_since_prune;
         e.ready = true;
@@ -449,12 +552,16 @@ impl Engine {
     }
 
     pub fn firing(&self) -> usize {
-        self.incidents.firing()
-            + self
-                .parts
-                .values()
-                .map(|p| p.incidents.firing())
-                .sum::<usize>()
+        // Peered, every instance holds the CDN-wide incidents; partition 0's owner counts them.
+        let cdn = match &self.peers {
+            Some(_) if !self.has_partition(0) => 0,
+            _ => self.incidents.firing(),
+        };
+        cdn + self
+            .parts
+            .values()
+            .map(|p| p.incidents.firing())
+            .sum::<usize>()
     }
 
     /// Applies a benchmark row (or a tombstone, `None`) valid from `ts`.
@@ -650,6 +757,15 @@ impl Engine {
                 .iter()
                 .filter_map(|(start, w)| w.get(&partition).map(|s| (*start, s)))
                 .collect(),
+            cdn: self
+                .peers
+                .as_ref()
+                .filter(|_| partition == 0)
+                .map(|peers| CdnRef {
+                    decided_until: self.decided_until,
+                    incidents: &self.incidents,
+                    peers,
+                }),
         };
         let mut out = Vec::new();
         ciborium::into_writer(&share, &mut out).map_err(|e| e.to_string())?;
@@ -690,7 +806,121 @@ impl Engine {
             w.remove(&partition);
         }
         self.stash.retain(|_, w| !w.is_empty());
+        if let Some(peers) = &mut self.peers {
+            peers.published.remove(&partition);
+            peers.outgoing.remove(&partition);
+        }
         self.ready = true;
+    }
+
+    /// Spreads the CDN-wide stage over the instances sharing `partitions` report partitions
+    /// (see [`Peers`]): from now on windows are decided as the summaries topic, read back
+    /// through [`Engine::on_summary`], allows. Keeps what a restored checkpoint had.
+    pub fn share_with_peers(&mut self, partitions: i32) {
+        let peers = self.peers.get_or_insert_with(Peers::default);
+        peers.partitions = partitions;
+        peers.published.clear();
+        self.ready = true;
+    }
+
+    /// The next offset to read on the summaries topic, when peered.
+    pub fn summaries_next(&self) -> Option<i64> {
+        self.peers.as_ref().map(|p| p.next)
+    }
+
+    /// Starts the CDN-wide stage from partition 0's changelog share (an instance without a
+    /// checkpoint of its own joining the others); returns the summaries offset to read on
+    /// from, or `None` if the share has no CDN-wide stage.
+    pub fn adopt_cdn_stage(&mut self, bytes: &[u8]) -> Result<Option<i64>, String> {
+        let share: Share = ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        if share.shape != (self.cfg.window_ms(), self.cfg.lateness_ms()) {
+            return Err("window.size or window.allowed_lateness differ".into());
+        }
+        let (Some(cdn), Some(peers)) = (share.cdn, &mut self.peers) else {
+            return Ok(None);
+        };
+        let partitions = peers.partitions;
+        *peers = cdn.peers;
+        peers.partitions = partitions;
+        self.incidents = cdn.incidents;
+        self.decided_until = cdn.decided_until;
+        self.ready = true;
+        Ok(Some(peers.next))
+    }
+
+    /// One record of the summaries topic, at `offset` (records before the stage's position,
+    /// read again after a restart, are skipped). [`Engine::close_ready`] then decides what
+    /// it allows.
+    pub fn on_summary(&mut self, offset: i64, bytes: &[u8]) -> Result<(), String> {
+        let size = self.cfg.window_ms();
+        let Some(peers) = &mut self.peers else {
+            return Ok(());
+        };
+        if offset < peers.next {
+            return Ok(());
+        }
+        peers.next = offset + 1;
+        let s: Summary = ciborium::from_reader(bytes).map_err(|e| e.to_string())?;
+        if !(0..peers.partitions).contains(&s.partition) {
+            return Err(format!(
+                "summary of partition {}, the reports topic has {}",
+                s.partition, peers.partitions
+            ));
+        }
+        peers.progress.insert(s.partition, (s.closed_until, s.idle));
+        for (start, keys) in s.windows {
+            // A window decided already (a new owner closing it again) keeps its decision.
+            if start + size > self.decided_until {
+                peers
+                    .bad
+                    .entry(start)
+                    .or_default()
+                    .insert(s.partition, keys);
+            }
+        }
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Summaries of the owned partitions to send to the summaries topic, in order, with
+    /// their partition (the record key).
+    pub fn take_summaries(&mut self) -> Result<Vec<(i32, Vec<u8>)>, String> {
+        let Some(peers) = &mut self.peers else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(peers.outbox.len());
+        for s in peers.outbox.drain(..) {
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&s, &mut bytes).map_err(|e| e.to_string())?;
+            out.push((s.partition, bytes));
+        }
+        Ok(out)
+    }
+
+    /// Queues a summary for each owned partition whose progress changed or that closed
+    /// windows with bad keys.
+    fn collect_summaries(&mut self) {
+        let Some(peers) = &mut self.peers else {
+            return;
+        };
+        for (p, part) in &self.parts {
+            if self.revoked.contains(p) {
+                continue;
+            }
+            let now = (part.windows.closed_until(), self.idle.contains(p));
+            let windows = peers.outgoing.remove(p).unwrap_or_default();
+            if windows.is_empty() && peers.published.get(p) == Some(&now) {
+                continue;
+            }
+            peers.published.insert(*p, now);
+            peers.outbox.push(Summary {
+                partition: *p,
+                closed_until: now.0,
+                idle: now.1,
+                windows,
+            });
+        }
+        peers.outgoing.clear();
     }
 
     /// Lowest source offset per partition still needed by an open or undecided window.
@@ -837,22 +1067,38 @@ impl Engine {
         for (i, v) in verdicts {
             grouped[i].push(v);
         }
+        let mut bad = Vec::new();
         for ((key, mut acc), vs) in keys.into_iter().zip(grouped) {
             if vs.is_empty() {
                 continue;
             }
             if vs.iter().any(|v| v.bad) {
                 acc.cohorts = None;
+                if self.peers.is_some() {
+                    bad.push((key.clone(), acc.clone(), vs.clone()));
+                }
             } else {
                 acc = Acc::default();
             }
             stash.keys.push((key, acc, vs));
+        }
+        if let Some(peers) = &mut self.peers
+            && !bad.is_empty()
+        {
+            peers
+                .outgoing
+                .entry(partition)
+                .or_default()
+                .push((w.start, bad));
         }
     }
 
     /// Decides, in order, every window that all partitions holding windows back have closed.
     /// Idle and revoked partitions first close as far.
     fn decide(&mut self) -> Vec<Alert> {
+        if self.peers.is_some() {
+            return self.decide_peered();
+        }
         // Revoked partitions count for nothing: with every partition revoked (before the
         // first assignment, or while a broker is away) nothing is decided.
         let owned = self.parts.iter().filter(|(p, _)| !self.revoked.contains(p));
@@ -909,6 +1155,67 @@ impl Engine {
         alerts
     }
 
+    /// Like [`Engine::decide`] with the partitions spread over instances: idle owned
+    /// partitions close as far as the summaries say the others have; windows every
+    /// partition has closed (by the summaries, this instance's own included) are decided.
+    fn decide_peered(&mut self) -> Vec<Alert> {
+        if let Some(f) = self.peers.as_ref().and_then(Peers::frontier) {
+            let mut behind = Vec::new();
+            for (p, part) in self.parts.iter_mut() {
+                if self.idle.contains(p)
+                    && !self.revoked.contains(p)
+                    && part.windows.closed_until() < f
+                {
+                    behind.push((*p, part.windows.close_until(f)));
+                }
+            }
+            for (p, windows) in behind {
+                for w in windows {
+                    self.stage_one(p, w);
+                }
+            }
+        }
+        self.collect_summaries();
+        let Some(upto) = self.peers.as_ref().and_then(Peers::decidable) else {
+            return Vec::new();
+        };
+        let size = self.cfg.window_ms();
+        let mut alerts = Vec::new();
+        loop {
+            let first_bad = self
+                .peers
+                .as_ref()
+                .and_then(|p| p.bad.keys().next().copied());
+            let next = [first_bad, self.stash.keys().next().copied()]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|s| s + size <= upto);
+            let gap_end = next.unwrap_or(upto);
+            if self.decided_until != Millis::MIN {
+                let mut s = self.decided_until.max(gap_end - MAX_GAP_WINDOWS * size);
+                while s + size <= gap_end {
+                    alerts.extend(self.stage_two(s, BTreeMap::new()));
+                    s += size;
+                }
+            }
+            let Some(start) = next else {
+                self.decided_until = self.decided_until.max(upto);
+                break;
+            };
+            let stash = self.stash.remove(&start).unwrap_or_default();
+            alerts.extend(self.stage_two(start, stash));
+            self.decided_until = self.decided_until.max(start + size);
+        }
+        let horizon = self.decided_until - MAX_GAP_WINDOWS * size;
+        if let Some(peers) = &mut self.peers {
+            peers.cdn_alerts.retain(|s, _| s + size > horizon);
+            let decided = self.decided_until;
+            peers.bad.retain(|s, _| s + size > decided);
+        }
+        alerts
+    }
+
     /// Decides one window over all partitions' verdicts: CDN-wide parents over all of them,
     /// then each partition's incidents (location-wide parents and location+CDN scopes).
     /// A window decided before is decided again only for partitions behind it (one taken
@@ -937,19 +1244,53 @@ impl Engine {
                 failure_rate: reports.failure_rate(),
                 worst,
             };
-            let bad: Vec<Tested> = stashed
-                .values()
-                .flat_map(|s| s.keys.iter())
-                .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
-                .cloned()
-                .collect();
+            let bad: Vec<Tested> = match &mut self.peers {
+                // Every partition's, as their summaries said.
+                Some(peers) => peers
+                    .bad
+                    .remove(&start)
+                    .into_iter()
+                    .flat_map(|w| w.into_values())
+                    .flatten()
+                    .collect(),
+                None => stashed
+                    .values()
+                    .flat_map(|s| s.keys.iter())
+                    .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
+                    .cloned()
+                    .collect(),
+            };
             let (keys, verdicts) = flatten(bad);
             let parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
-            alerts.extend(self.incidents.apply(start, end, parents, &self.cfg.detect));
+            let cdn = self.incidents.apply(start, end, parents, &self.cfg.detect);
+            match &mut self.peers {
+                Some(peers) if !cdn.is_empty() => {
+                    peers.cdn_alerts.insert(start, cdn);
+                }
+                Some(_) => {}
+                None => alerts.extend(cdn),
+            }
         }
         for (p, part) in self.parts.iter_mut() {
             if part.decided_until >= end {
                 continue;
+            }
+            if let Some(peers) = &self.peers {
+                // A part that has not closed the window yet (catching up) decides it later.
+                if self.revoked.contains(p) || part.windows.closed_until() < end {
+                    continue;
+                }
+                // Partition 0's owner sends the CDN-wide alerts of the windows it decides.
+                if *p == 0 {
+                    let from = if part.decided_until == Millis::MIN {
+                        start
+                    } else {
+                        part.decided_until
+                    };
+                    for (_, cdn) in peers.cdn_alerts.range(from..end) {
+                        alerts.extend(cdn.iter().cloned());
+                    }
+                }
             }
             let groups = stashed.remove(p).map(|s| s.keys).unwrap_or_default();
             let (keys, verdicts) = flatten(groups);
@@ -1403,6 +1744,38 @@ mod tests {
         (Simulator::new(c).collect(), start + 70 * min)
     }
 
+    /// [`partitioned_scenario`] with a CDN degrading across the three "IN/" locations, which
+    /// [`partition_of`] spreads over partitions 0, 2 and 3.
+    fn cdn_wide_scenario() -> (Vec<crate::sim::Event>, i64) {
+        use crate::sim::{IncidentKind, Injected, SimConfig, Simulator};
+        let start = 1_767_290_400_000;
+        let min = 60_000;
+        let mut c = SimConfig::quiet(29, start, 60 * min);
+        c.locations = 6;
+        c.cdns = 2;
+        c.peak_sessions = 600;
+        let names = crate::sim::location_names(c.locations);
+        c.incidents = vec![
+            Injected {
+                kind: IncidentKind::FailureSpike,
+                location: names[3].clone(),
+                cdn: "cdn-b".into(),
+                start: start + 10 * min,
+                end: start + 22 * min,
+                asn: None,
+            },
+            Injected {
+                kind: IncidentKind::RegionalCdnDegradation,
+                location: "IN/".into(),
+                cdn: "cdn-a".into(),
+                start: start + 30 * min,
+                end: start + 45 * min,
+                asn: None,
+            },
+        ];
+        (Simulator::new(c).collect(), start + 60 * min)
+    }
+
     /// Which of 4 test partitions a location's reports go to.
     fn partition_of(location: &str) -> usize {
         let h = location
@@ -1656,6 +2029,123 @@ mod tests {
                 ids(&want),
                 "victim killed at minute {victim_until}, survivor at {survivor_until}"
             );
+        }
+    }
+
+    /// Two engines, each owning some of the 4 partitions, peered through an in-memory
+    /// summaries log that both read; reports are read in event-time order.
+    fn run_peered(events: &[crate::sim::Event], end: i64, owners: [usize; 4]) -> Vec<Alert> {
+        use crate::sim::Event;
+        let cfg = Config::default();
+        let mut engines: Vec<(Engine, usize)> = (0..2)
+            .map(|_| {
+                let mut e = Engine::new(&cfg);
+                e.share_with_peers(4);
+                (e, 0)
+            })
+            .collect();
+        let mut queues: Vec<std::collections::VecDeque<&Report>> = vec![Default::default(); 4];
+        for ev in events {
+            match ev {
+                Event::Benchmark(b) => {
+                    for (e, _) in &mut engines {
+                        e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+                    }
+                }
+                Event::Report(r) => queues[partition_of(&r.location)].push_back(r),
+            }
+        }
+        for (p, o) in owners.iter().enumerate() {
+            engines[*o].0.add_partition(p as i32);
+        }
+        let mut log: Vec<Vec<u8>> = Vec::new();
+        let mut out = Vec::new();
+        // Until nothing moves: every engine reads the log on, decides, and publishes.
+        let pump = |engines: &mut Vec<(Engine, usize)>,
+                    log: &mut Vec<Vec<u8>>,
+                    out: &mut Vec<Alert>| loop {
+            let mut moved = false;
+            for (e, read) in engines.iter_mut() {
+                while *read < log.len() {
+                    e.on_summary(*read as i64, &log[*read]).expect("a summary");
+                    *read += 1;
+                }
+                if e.has_ready() {
+                    out.extend(e.close_ready());
+                }
+                let sent = e.take_summaries().expect("encodes");
+                moved |= !sent.is_empty();
+                log.extend(sent.into_iter().map(|(_, b)| b));
+            }
+            if !moved {
+                break;
+            }
+        };
+        let mut offsets = [0i64; 4];
+        loop {
+            let next = (0..4)
+                .filter(|p| !queues[*p].is_empty())
+                .min_by_key(|p| queues[*p].front().map(|r| r.ts));
+            let Some(p) = next else { break };
+            let r = queues[p]
+                .pop_front()
+                .expect("a partition with records left");
+            offsets[p] += 1;
+            let e = &mut engines[owners[p]].0;
+            e.on_report(r, Some((p as i32, offsets[p])));
+            if queues[p].is_empty() {
+                e.set_partition_idle(p as i32);
+            }
+            pump(&mut engines, &mut log, &mut out);
+        }
+        for (e, _) in &mut engines {
+            out.extend(e.close_until(end + 10 * W));
+        }
+        pump(&mut engines, &mut log, &mut out);
+        out
+    }
+
+    #[test]
+    fn instances_sharing_partitions_raise_the_cdn_wide_incidents_one_instance_would() {
+        let (events, end) = cdn_wide_scenario();
+        let mut queues_ts: Vec<std::collections::VecDeque<i64>> = vec![Default::default(); 4];
+        for ev in &events {
+            if let crate::sim::Event::Report(r) = ev {
+                queues_ts[partition_of(&r.location)].push_back(r.ts);
+            }
+        }
+        let single = run_partitioned(&events, end, |left| {
+            let p = *left
+                .iter()
+                .min_by_key(|p| queues_ts[**p].front().copied().unwrap_or(i64::MAX))
+                .expect("a partition");
+            queues_ts[p].pop_front();
+            p
+        });
+        let cdn_wide: Vec<&Alert> = single
+            .iter()
+            .filter(|a| a.scope.location.is_none())
+            .collect();
+        assert!(
+            cdn_wide
+                .iter()
+                .any(|a| a.status == crate::incident::Status::Firing)
+                && cdn_wide
+                    .iter()
+                    .any(|a| a.status == crate::incident::Status::Resolved),
+            "the scenario has a CDN-wide incident: {single:#?}"
+        );
+        // Whole alerts (ids, parents, evidence), each once.
+        let all = |alerts: &[Alert]| -> Vec<String> {
+            let mut v: Vec<_> = alerts.iter().map(|a| format!("{a:?}")).collect();
+            v.sort();
+            v
+        };
+        // The "IN/" locations' partitions (0, 2, 3) on both instances; partition 0's owner
+        // sends the CDN-wide alerts: either instance.
+        for owners in [[0, 0, 1, 1], [1, 0, 0, 1]] {
+            let peered = run_peered(&events, end, owners);
+            assert_eq!(all(&peered), all(&single), "owners {owners:?}");
         }
     }
 }
