@@ -124,6 +124,12 @@ pub struct KafkaConfig {
     /// instances can share the work. Off (`None`) for a single instance.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// Topic (one partition) where each instance publishes its partitions' per-window
+    /// summaries (progress and bad keys) and reads everyone's back, so a CDN bad at
+    /// locations owned by different instances is still one CDN-wide incident. Needs
+    /// `changelog_topic`. Off (`None`): each instance groups over its own partitions.
+    #[serde(default)]
+    pub summaries_topic: Option<String>,
     /// Extra librdkafka properties passed through to every client (TLS, SASL, ...), e.g.
     /// `"security.protocol" = "SASL_SSL"`. Values are never logged.
     #[serde(default)]
@@ -163,6 +169,7 @@ impl Default for KafkaConfig {
             dead_letter_topic: default_dead_letter_topic(),
             session_timeout: default_session_timeout(),
             changelog_topic: None,
+            summaries_topic: None,
             options: BTreeMap::new(),
         }
     }
@@ -600,6 +607,15 @@ impl Config {
         if let Some(changelog) = &k.changelog_topic {
             topics.push(("kafka.changelog_topic", changelog));
         }
+        if let Some(summaries) = &k.summaries_topic {
+            if k.changelog_topic.is_none() {
+                return Err(field(
+                    "kafka.summaries_topic",
+                    "needs kafka.changelog_topic (partition 0's share carries the CDN-wide stage)",
+                ));
+            }
+            topics.push(("kafka.summaries_topic", summaries));
+        }
         for (i, (name, topic)) in topics.iter().enumerate() {
             if topic.trim().is_empty() {
                 return Err(field(name, "must not be empty"));
@@ -844,6 +860,10 @@ mod tests {
             (
                 "[kafka]\nalerts_topic = \"qos.client-reports\"",
                 "`kafka.alerts_topic`: (\"qos.client-reports\") must differ from kafka.reports_topic",
+            ),
+            (
+                "[kafka]\nsummaries_topic = \"qos.sentinel-summaries\"",
+                "`kafka.summaries_topic`: needs kafka.changelog_topic",
             ),
             (
                 "[http]\nlisten = \"nowhere\"",

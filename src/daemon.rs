@@ -148,6 +148,7 @@ pub async fn run(
         dirty: false,
         committable: HashMap::new(),
         changelog: None,
+        flush_first: None,
     };
 
     let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
@@ -228,6 +229,25 @@ pub async fn run(
         next.clear();
     }
     ckpt.committable = committable(&engine, &next);
+    let summaries = match &cfg.kafka.summaries_topic {
+        Some(topic) => {
+            let partitions = partition_count(&producer, &cfg.kafka.reports_topic)?;
+            let restored = engine.summaries_next().is_some();
+            engine.share_with_peers(i32::try_from(partitions).unwrap_or(i32::MAX));
+            if !restored && let Some(changelog) = &cfg.kafka.changelog_topic {
+                join_cdn_stage(&cfg, &mut engine, changelog);
+            }
+            let next = engine.summaries_next().unwrap_or(0);
+            info!(topic = %topic, next, partitions, "CDN-wide stage over the summaries topic.");
+            ckpt.flush_first = Some(producer.clone());
+            Some(Summaries {
+                consumer: source::summaries_consumer(&cfg.kafka, topic, next)?,
+                producer: producer.clone(),
+                topic: topic.clone(),
+            })
+        }
+        None => None,
+    };
     // Wall time of each partition's last record, to stop waiting for silent partitions.
     let mut last_seen: HashMap<i32, Instant> = HashMap::new();
     // When input goes idle, event time is advanced by wall-clock time so the last windows
@@ -264,6 +284,28 @@ pub async fn run(
             Some(u) = bench_rx.recv() => {
                 engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
             }
+            m = next_summary(summaries.as_ref()) => {
+                let mut m = Some(m);
+                let mut budget = BATCH;
+                while let Some(r) = m.take() {
+                    match r {
+                        Ok(msg) => {
+                            if let Err(e) = engine.on_summary(msg.offset(), msg.payload().unwrap_or_default()) {
+                                warn!(offset = msg.offset(), error = %e, "Unusable summary: skipped.");
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "Summaries consumer error."),
+                    }
+                    budget -= 1;
+                    if budget > 0 {
+                        m = ready_now(next_summary(summaries.as_ref()));
+                    }
+                }
+                if engine.has_ready() {
+                    let out = close(&mut engine, &metrics, None, summaries.as_ref());
+                    finish(&mut ckpt, &engine, &next, &outputs, out).await;
+                }
+            }
             _ = ticker.tick() => {
                 // Rebalances first: nothing is decided for a partition that has moved away.
                 consumer.context().take_revoked();
@@ -298,7 +340,7 @@ pub async fn run(
                     }
                 }
                 // Idle marking may have moved the watermark.
-                let out = close(&mut engine, &metrics, None);
+                let out = close(&mut engine, &metrics, None, summaries.as_ref());
                 finish(&mut ckpt, &engine, &next, &outputs, out).await;
                 let wm = engine.watermark();
                 if wm != last_progress.1 {
@@ -307,7 +349,7 @@ pub async fn run(
                     let idle = last_progress.0.elapsed();
                     if idle > idle_grace {
                         let advanced = wm + (idle - idle_grace).as_millis() as Millis;
-                        let out = close(&mut engine, &metrics, Some(advanced));
+                        let out = close(&mut engine, &metrics, Some(advanced), summaries.as_ref());
                         finish(&mut ckpt, &engine, &next, &outputs, out).await;
                     }
                 }
@@ -369,7 +411,7 @@ pub async fn run(
                         }
                         next.insert(p, o + 1);
                         if engine.has_ready() {
-                            let out = close(&mut engine, &metrics, None);
+                            let out = close(&mut engine, &metrics, None, summaries.as_ref());
                             finish(&mut ckpt, &engine, &next, &outputs, out).await;
                         }
                     }
@@ -410,14 +452,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Closes what the watermark (or `until`) allows and times the detection.
-fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closing {
+/// Closes what the watermark (or `until`) allows and times the detection; sends the
+/// summaries of the windows closed to the other instances.
+fn close(
+    engine: &mut Engine,
+    metrics: &Metrics,
+    until: Option<Millis>,
+    summaries: Option<&Summaries>,
+) -> Closing {
     let started = Instant::now();
     let before = engine.decisions();
     let alerts = match until {
         Some(t) => engine.close_until(t),
         None => engine.close_ready(),
     };
+    if let Some(s) = summaries {
+        s.publish(engine);
+    }
     let decided = engine.decisions() > before;
     if decided {
         metrics
@@ -428,6 +479,59 @@ fn close(engine: &mut Engine, metrics: &Metrics, until: Option<Millis>) -> Closi
         alerts,
         started,
         closed: decided,
+    }
+}
+
+/// The summaries topic: this instance's partitions' summaries go out, everyone's come back.
+struct Summaries {
+    consumer: rdkafka::consumer::StreamConsumer,
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl Summaries {
+    /// Queues the engine's new summaries (all to partition 0, so every reader sees one
+    /// order; keyed by report partition). The idempotent producer keeps their order.
+    fn publish(&self, engine: &mut Engine) {
+        let out = match engine.take_summaries() {
+            Ok(out) => out,
+            Err(e) => {
+                error!(error = %e, "Cannot encode partitions' summaries.");
+                return;
+            }
+        };
+        for (p, bytes) in out {
+            let key = p.to_string();
+            let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(&key)
+                .payload(&bytes);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    tokio::spawn(async move {
+                        if !matches!(delivery.await, Ok(Ok(_))) {
+                            error!(
+                                partition = p,
+                                "A summary was not delivered: the CDN-wide stage of every instance waits for this partition's next one."
+                            );
+                        }
+                    });
+                }
+                Err((e, _)) => {
+                    error!(error = %e, partition = p, "Cannot queue a summary: the CDN-wide stage waits for this partition's next one.");
+                }
+            }
+        }
+    }
+}
+
+/// The next record of the summaries topic; never, without one.
+async fn next_summary(
+    summaries: Option<&Summaries>,
+) -> rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>> {
+    match summaries {
+        Some(s) => s.consumer.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -467,6 +571,9 @@ struct Checkpointer {
     committable: HashMap<i32, i64>,
     /// Where each partition's state goes for its next owner, when several instances share.
     changelog: Option<ChangelogWriter>,
+    /// Flushed before each checkpoint: the summaries of the windows in it must be out (a
+    /// restore would not send them again).
+    flush_first: Option<rdkafka::producer::FutureProducer>,
 }
 
 /// Writes owned partitions' state to the changelog topic.
@@ -582,17 +689,8 @@ fn check_changelog_topic(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
 ) -> anyhow::Result<()> {
-    use rdkafka::producer::Producer;
-    let count = |t: &str| -> anyhow::Result<usize> {
-        let md = tokio::task::block_in_place(|| {
-            producer
-                .client()
-                .fetch_metadata(Some(t), Duration::from_secs(10))
-        })
-        .map_err(|e| anyhow::anyhow!("cannot read the metadata of {t}: {e}"))?;
-        Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
-    };
-    let (reports, changelog) = (count(&cfg.kafka.reports_topic)?, count(topic)?);
+    let reports = partition_count(producer, &cfg.kafka.reports_topic)?;
+    let changelog = partition_count(producer, topic)?;
     if changelog < reports {
         anyhow::bail!(
             "kafka.changelog_topic: {topic} has {changelog} partitions; it needs as many as {} ({reports})",
@@ -602,10 +700,65 @@ fn check_changelog_topic(
     Ok(())
 }
 
+/// How many partitions `topic` has (0 if it does not exist).
+fn partition_count(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    use rdkafka::producer::Producer;
+    let md = tokio::task::block_in_place(|| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .map_err(|e| anyhow::anyhow!("cannot read the metadata of {topic}: {e}"))?;
+    Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+}
+
+/// An instance with no CDN-wide stage of its own (no checkpoint) starts it from report
+/// partition 0's last changelog share, as the other instances had it, and reads the
+/// summaries topic on from there; with no share yet, from the topic's start.
+fn join_cdn_stage(cfg: &Config, engine: &mut Engine, changelog: &str) {
+    let last = tokio::task::block_in_place(|| {
+        crate::changelog::read_last(&cfg.kafka, changelog, 0, Duration::from_secs(10))
+    });
+    let value = match last {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "Cannot read partition 0's changelog: the CDN-wide stage starts from the summaries topic's start.");
+            return;
+        }
+    };
+    let adopted = crate::changelog::decode(&value).and_then(|(header, share)| {
+        if header.reports_topic != cfg.kafka.reports_topic || header.partition != 0 {
+            return Err("another partition's record".into());
+        }
+        engine.adopt_cdn_stage(share)
+    });
+    match adopted {
+        Ok(Some(next)) => info!(
+            next,
+            "Joined the CDN-wide stage from partition 0's changelog share."
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "Partition 0's changelog share unusable: the CDN-wide stage starts from the summaries topic's start.")
+        }
+    }
+}
+
 impl Checkpointer {
     /// Writes the state, the read positions and the newly decided alerts (retrying until the
     /// disk takes them), then moves the committable offsets up to this state.
     async fn save(&mut self, engine: &Engine, next: &HashMap<i32, i64>, alerts: &[Alert]) {
+        if let Some(producer) = &self.flush_first {
+            use rdkafka::producer::Producer;
+            if let Err(e) = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)))
+            {
+                error!(error = %e, "Summaries not all delivered before the checkpoint.");
+            }
+        }
         let mut decided = Vec::with_capacity(alerts.len());
         for a in alerts {
             match serde_json::to_vec(a) {

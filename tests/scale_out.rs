@@ -1,5 +1,6 @@
 //! Scale-out: two and three daemon instances (child processes) in one consumer group share
-//! the report partitions through a changelog topic. One instance joins while the other works
+//! the report partitions through a changelog topic, and the CDN-wide stage through a
+//! summaries topic. One instance joins while the other works
 //! (partitions move from a live owner); one of them is killed with SIGKILL while they work
 //! (the others take its partitions over with their state from the changelog). The alerts of
 //! the group, taken together, must equal one instance's alone over the same input by id and
@@ -102,7 +103,18 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     let dir = tempfile::tempdir().unwrap();
     let mut base = common::test_config(&dir.path().join("unused"));
     let cluster = common::mock_cluster(&mut base, 8);
-    let stats = common::feed_sim(&base, common::four_incident_sim()).await;
+    // The four location+CDN incidents, and a CDN degrading at the three "IN/" locations,
+    // which the partitioner spreads over partitions owned by different members.
+    let mut sim = common::four_incident_config();
+    sim.incidents.push(qos_sentinel::sim::Injected {
+        kind: qos_sentinel::sim::IncidentKind::RegionalCdnDegradation,
+        location: "IN/".into(),
+        cdn: "cdn-a".into(),
+        start: sim.start + 46 * 60_000,
+        end: sim.start + 60 * 60_000,
+        asn: None,
+    });
+    let stats = common::feed_sim(&base, qos_sentinel::sim::Simulator::new(sim)).await;
     assert!(stats.reports > 100_000, "{stats:?}");
 
     // One instance alone, without a changelog: the reference.
@@ -123,7 +135,13 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     let took = started.elapsed();
     drop(child);
     let want = common::changes(&alone);
-    assert!(want.len() >= 8, "four incidents fire and resolve: {want:?}");
+    assert!(want.len() >= 8, "the incidents fire and resolve: {want:?}");
+    assert!(
+        alone
+            .iter()
+            .any(|a| a.scope.location.is_none() && a.status == Status::Firing),
+        "the regional incident raises a CDN-wide one: {alone:#?}"
+    );
     assert!(want.values().all(|n| *n == 1), "no repeats alone: {want:?}");
 
     let mut rng = qos_sentinel::sim::Rng::new(
@@ -164,6 +182,9 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
             .unwrap();
         cluster.create_topic(&changelog, 8, 1).unwrap();
         group.kafka.changelog_topic = Some(changelog);
+        let summaries = format!("summaries-{}-{k}", base.kafka.group_id);
+        cluster.create_topic(&summaries, 1, 1).unwrap();
+        group.kafka.summaries_topic = Some(summaries);
         let (alerts, logs) = group_run(&group, &dir.path().join(format!("group{k}")), run).await;
         let taken = |log: &str| {
             log.matches("Took the partition's state over from the changelog")

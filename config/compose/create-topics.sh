@@ -13,4 +13,7 @@ create --topic qos.dead-letter --partitions 3 --config retention.ms=604800000
 # Partition state for hand-over between instances (kafka.changelog_topic): as many partitions
 # as the reports topic, compacted. Needed only to run more than one instance.
 create --topic qos.sentinel-changelog --partitions 12 --config cleanup.policy=compact --config max.message.bytes=67108864
+# Partitions' per-window summaries for the CDN-wide stage across instances
+# (kafka.summaries_topic): one partition, a day is plenty.
+create --topic qos.sentinel-summaries --partitions 1 --config retention.ms=86400000
 "$topics" --bootstrap-server "$b" --list

@@ -73,6 +73,25 @@ pub fn reports_consumer(cfg: &Config) -> Result<ReportsConsumer, SourceError> {
     Ok(consumer)
 }
 
+/// Reads the summaries topic (one partition) from `next`, outside the consumer group:
+/// every instance reads all of it (the CDN-wide stage across instances).
+pub fn summaries_consumer(
+    k: &KafkaConfig,
+    topic: &str,
+    next: i64,
+) -> Result<StreamConsumer, SourceError> {
+    let consumer: StreamConsumer = client_config(k)
+        .set("group.id", format!("{}.summaries", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(next))?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// The report consumer, with its context.
 pub type ReportsConsumer = StreamConsumer<ReportsContext>;
 

@@ -200,6 +200,11 @@ pub fn two_incident_sim() -> Simulator {
 /// 90 simulated minutes, 6 locations x 2 CDNs, four incidents of three kinds, ~250k reports:
 /// the crash and scale-out tests' input.
 pub fn four_incident_sim() -> Simulator {
+    Simulator::new(four_incident_config())
+}
+
+/// [`four_incident_sim`]'s scenario, to add to.
+pub fn four_incident_config() -> SimConfig {
     let start = 1_767_290_400_000;
     let min = 60_000;
     let mut c = SimConfig::quiet(23, start, 90 * min);
@@ -221,7 +226,7 @@ pub fn four_incident_sim() -> Simulator {
         inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
         inc(IncidentKind::Degradation, 3, "cdn-a", 65, 80),
     ];
-    Simulator::new(c)
+    c
 }
 
 /// `id:status` → how many times it is among `alerts`.
@@ -304,7 +309,7 @@ benchmarks_topic = "{benchmarks}"
 alerts_topic = "{alerts}"
 dead_letter_topic = "{dlq}"
 session_timeout = "3s"
-{changelog}
+{changelog}{summaries}
 [window]
 allowed_lateness = "10s"
 
@@ -330,6 +335,10 @@ flush_timeout = "1s"
             .changelog_topic
             .as_ref()
             .map_or(String::new(), |t| format!("changelog_topic = \"{t}\"\n")),
+        summaries = k
+            .summaries_topic
+            .as_ref()
+            .map_or(String::new(), |t| format!("summaries_topic = \"{t}\"\n")),
     );
     let path = dir.join("qos-sentinel.toml");
     std::fs::write(&path, text).unwrap();
