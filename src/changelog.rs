@@ -67,7 +67,8 @@ pub fn read_last(
     let consumer: BaseConsumer = crate::source::client_config(k)
         .set("group.id", format!("{}-changelog-reader", k.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| e.to_string())?;
     let (low, high) = consumer
@@ -76,22 +77,26 @@ pub fn read_last(
     if high <= low {
         return Ok(None);
     }
+    // The last record is at high - 1, or further (some brokers, tansu 0.6, answer the offset
+    // lookup with the last batch's first offset + 1): read on to the end fetching reports.
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(high - 1))
         .map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let started = Instant::now();
+    let mut last = None;
     while started.elapsed() < timeout {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) if m.offset() >= high - 1 => {
-                return Ok(Some(m.payload().unwrap_or_default().to_vec()));
+            Some(Ok(m)) => last = Some(m.payload().unwrap_or_default().to_vec()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if last.is_some() => {
+                return Ok(last);
             }
-            Some(Ok(_)) | None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
             Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
         }
     }
     Err(format!(
-        "{topic}/{partition}: offset {} not read within {timeout:?}",
+        "{topic}/{partition}: not read to its end (from offset {}) within {timeout:?}",
         high - 1
     ))
 }

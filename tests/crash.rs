@@ -1,6 +1,6 @@
 //! Crash consistency: the daemon (a child process) is killed with SIGKILL at random moments
-//! while it works through a recorded stream on a broker outside it (the mock cluster in this
-//! test process); all its alerts, taken together, must equal an uninterrupted run's by id and
+//! while it works through a recorded stream on a broker in a process of its own (tansu);
+//! all its alerts, taken together, must equal an uninterrupted run's by id and
 //! status: none lost, none doubled, none resolved without firing.
 
 mod common;
@@ -39,11 +39,9 @@ fn settled(cfg: &Config) -> Vec<Alert> {
 async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut base = common::test_config(&dir.path().join("unused"));
-    let cluster = common::mock_cluster(&mut base, 8);
+    let broker = common::tansu(&mut base, 8, &dir.path().join("tansu.log"));
     for name in ["golden", "crashy"] {
-        cluster
-            .create_topic(&format!("{}-{name}", base.kafka.alerts_topic), 1, 1)
-            .unwrap();
+        broker.create_topic(&format!("{}-{name}", base.kafka.alerts_topic), 1);
     }
     let stats = common::feed_sim(&base, common::four_incident_sim()).await;
     assert!(stats.reports > 100_000, "{stats:?}");

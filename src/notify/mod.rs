@@ -122,7 +122,10 @@ pub fn find_on_topic(
     let consumer: BaseConsumer = client_config(k)
         .set("group.id", format!("{}.alerts-lookup", k.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // The end is where fetching reports it (partition EOF), not the offset lookup's high
+        // watermark: some brokers (tansu 0.6) answer that one short of the last batch.
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
         .create()?;
     let meta = consumer.fetch_metadata(Some(topic), left())?;
     let partitions: Vec<i32> = meta
@@ -131,23 +134,21 @@ pub fn find_on_topic(
         .filter(|t| t.name() == topic)
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    // Per partition, the offset of its last message: read until every one is reached.
-    let mut until = std::collections::HashMap::new();
+    let mut reading = std::collections::HashSet::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, left())?;
-        let start = from.get(&p).copied().unwrap_or(low).max(low);
-        if start < high {
-            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
-            until.insert(p, high - 1);
-        }
+        let start = from
+            .get(&p)
+            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+        tpl.add_partition_offset(topic, p, start)?;
+        reading.insert(p);
     }
     let mut found = std::collections::HashSet::new();
-    if until.is_empty() {
+    if reading.is_empty() {
         return Ok(found);
     }
     consumer.assign(&tpl)?;
-    while !until.is_empty() && found.len() < wanted.len() {
+    while !reading.is_empty() && found.len() < wanted.len() {
         if left().is_zero() {
             return Err(KafkaError::MessageConsumption(
                 rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
@@ -164,9 +165,9 @@ pub fn find_on_topic(
                         found.insert(c);
                     }
                 }
-                if until.get(&m.partition()).is_some_and(|u| m.offset() >= *u) {
-                    until.remove(&m.partition());
-                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                reading.remove(&p);
             }
             Some(Err(e)) => return Err(e),
             None => {}

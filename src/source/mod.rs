@@ -58,6 +58,8 @@ pub fn reports_consumer(cfg: &Config) -> Result<ReportsConsumer, SourceError> {
         // 1 s): a consumer that is slower than the fetcher, as every real one is during a
         // catch-up, then idles most of each second (measured: 125k/s instead of 700k/s).
         .set("fetch.queue.backoff.ms", "10")
+        // The daemon stops waiting for a partition read to its end that never delivered.
+        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set(
@@ -90,6 +92,44 @@ pub fn summaries_consumer(
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(next))?;
     consumer.assign(&tpl)?;
     Ok(consumer)
+}
+
+/// Whether `topic`/`partition` holds a record at `offset` (read, not looked up: some brokers
+/// answer offset lookups wrong). Blocking; `false` on any error.
+pub fn has_record_at(
+    k: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> bool {
+    let consumer: BaseConsumer = match client_config(k)
+        .set("group.id", format!("{}.position-check", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "latest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(offset.max(0)))
+        .is_err()
+        || consumer.assign(&tpl).is_err()
+    {
+        return false;
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => return m.offset() == offset,
+            Some(Err(_)) => return false,
+            None => {}
+        }
+    }
+    false
 }
 
 /// The report consumer, with its context.

@@ -78,6 +78,95 @@ pub fn mock_cluster(
     cluster
 }
 
+/// The tansu binary: `$TANSU`, else `~/.cache/tansu/bin/tansu`, where `scripts/deps` builds it.
+pub fn tansu_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return p.into();
+    }
+    let p = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/tansu/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu not found at {} (scripts/deps builds it: cargo install tansu --version 0.6.0 \
+         --locked --features dynostore --root ~/.cache/tansu)",
+        p.display()
+    );
+    p
+}
+
+/// A tansu broker (Apache Kafka compatible, memory storage) in a process of its own,
+/// stopped when dropped.
+pub struct Tansu {
+    child: std::process::Child,
+    bin: std::path::PathBuf,
+    pub brokers: String,
+}
+
+/// Starts tansu (its output to `log`), creates the config's topics on it and points the
+/// config at it.
+pub fn tansu(cfg: &mut Config, report_partitions: i32, log: &std::path::Path) -> Tansu {
+    let bin = tansu_bin();
+    let addr = free_addr();
+    let url = format!("tcp://{addr}");
+    let out = std::fs::File::create(log).expect("tansu log");
+    let child = std::process::Command::new(&bin)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start tansu");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "tansu did not listen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Tansu {
+        child,
+        bin,
+        brokers: addr,
+    };
+    cfg.kafka.brokers = t.brokers.clone();
+    let k = &cfg.kafka;
+    t.create_topic(&k.reports_topic, report_partitions);
+    t.create_topic(&k.benchmarks_topic, 1);
+    t.create_topic(&k.alerts_topic, 1);
+    t.create_topic(&k.dead_letter_topic, 1);
+    t
+}
+
+impl Tansu {
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = std::process::Command::new(&self.bin)
+            .args(["topic", "create", name, "--broker"])
+            .arg(format!("tcp://{}", self.brokers))
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn producer(brokers: &str) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -308,7 +397,7 @@ reports_topic = "{reports}"
 benchmarks_topic = "{benchmarks}"
 alerts_topic = "{alerts}"
 dead_letter_topic = "{dlq}"
-session_timeout = "3s"
+session_timeout = "{session}ms"
 {changelog}{summaries}
 [window]
 allowed_lateness = "10s"
@@ -324,6 +413,7 @@ flush_timeout = "1s"
 {receivers}
 "#,
         brokers = k.brokers,
+        session = k.session_timeout.as_millis(),
         group = k.group_id,
         reports = k.reports_topic,
         benchmarks = k.benchmarks_topic,
