@@ -64,12 +64,12 @@ pub fn read_last(
     partition: i32,
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>, String> {
-    let consumer: BaseConsumer = crate::source::client_config(k)
+    let consumer: BaseConsumer<crate::source::ToTheEnd> = crate::source::client_config(k)
         .set("group.id", format!("{}-changelog-reader", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(crate::source::ToTheEnd)
         .map_err(|e| e.to_string())?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)

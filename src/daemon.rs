@@ -217,18 +217,23 @@ pub async fn run(
     // rebalance or broker outage sent the consumer back to the committed offset): skipped.
     let mut next: HashMap<i32, i64> = restored_next;
     // A checkpoint from another cluster (or a recreated topic) claims positions past the
-    // partitions' ends: it would skip everything. Start fresh instead.
-    if next.iter().any(|(p, n)| {
-        let marks = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))
-        });
-        // Some brokers (tansu 0.6) answer the offset lookup short of the last batch: past
-        // that answer, the record before the position must really be missing.
-        matches!(marks, Ok((_, high)) if *n > high)
-            && !tokio::task::block_in_place(|| {
-                source::has_record_at(&cfg.kafka, &topic, *p, *n - 1, Duration::from_secs(10))
-            })
-    }) {
+    // partitions' ends: it would skip everything. Start fresh instead. (Past the offset
+    // lookup's answer, the record before each position is read to be sure: some brokers,
+    // tansu 0.6, answer it short of the last batch.)
+    let past: Vec<(i32, i64)> = next
+        .iter()
+        .filter(|(p, n)| {
+            let marks = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(&topic, **p, Duration::from_secs(10))
+            });
+            matches!(marks, Ok((_, high)) if **n > high)
+        })
+        .map(|(p, n)| (*p, *n - 1))
+        .collect();
+    let there = tokio::task::block_in_place(|| {
+        source::records_at(&cfg.kafka, &topic, &past, Duration::from_secs(10))
+    });
+    if past.iter().any(|(p, _)| !there.contains(p)) {
         warn!(positions = ?next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
         engine = Engine::with_table(&cfg, engine.into_table());
         next.clear();
@@ -264,6 +269,7 @@ pub async fn run(
     info!(topic = %topic, group = %cfg.kafka.group_id, "Consuming reports.");
 
     let reports_in = metrics.records_in.with_label_values(&["reports"]);
+    let summaries_in = metrics.records_in.with_label_values(&["summaries"]);
     // Partitions' read positions at the last tick: one that moved since is not idle.
     let mut seen_at: HashMap<i32, i64> = HashMap::new();
     // Partitions the consumer has read to their end since their last record.
@@ -297,6 +303,7 @@ pub async fn run(
                 while let Some(r) = m.take() {
                     match r {
                         Ok(msg) => {
+                            summaries_in.inc();
                             if let Err(e) = engine.on_summary(msg.offset(), msg.payload().unwrap_or_default()) {
                                 warn!(offset = msg.offset(), error = %e, "Unusable summary: skipped.");
                             }

@@ -103,7 +103,7 @@ impl Metrics {
                 "qos_sentinel_records_in_total",
                 "Messages read from Kafka, by input.",
                 "input",
-                &["reports", "benchmarks"],
+                &["reports", "benchmarks", "summaries"],
             ),
             decode_failures: counter_vec(
                 &r,

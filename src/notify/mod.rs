@@ -119,14 +119,14 @@ pub fn find_on_topic(
     use rdkafka::{Offset, TopicPartitionList};
     let started = std::time::Instant::now();
     let left = || timeout.saturating_sub(started.elapsed());
-    let consumer: BaseConsumer = client_config(k)
+    let consumer: BaseConsumer<crate::source::ToTheEnd> = client_config(k)
         .set("group.id", format!("{}.alerts-lookup", k.group_id))
         .set("enable.auto.commit", "false")
         // The end is where fetching reports it (partition EOF), not the offset lookup's high
         // watermark: some brokers (tansu 0.6) answer that one short of the last batch.
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(crate::source::ToTheEnd)?;
     let meta = consumer.fetch_metadata(Some(topic), left())?;
     let partitions: Vec<i32> = meta
         .topics()

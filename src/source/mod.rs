@@ -94,42 +94,60 @@ pub fn summaries_consumer(
     Ok(consumer)
 }
 
-/// Whether `topic`/`partition` holds a record at `offset` (read, not looked up: some brokers
-/// answer offset lookups wrong). Blocking; `false` on any error.
-pub fn has_record_at(
+/// Which of `wanted` (partition, offset) hold a record at that offset in `topic`: read, not
+/// looked up (some brokers, tansu 0.6, answer offset lookups short of the last batch). One
+/// consumer for all of them. Blocking; a partition that cannot be read in `timeout` counts
+/// as not holding it.
+pub fn records_at(
     k: &KafkaConfig,
     topic: &str,
-    partition: i32,
-    offset: i64,
+    wanted: &[(i32, i64)],
     timeout: Duration,
-) -> bool {
-    let consumer: BaseConsumer = match client_config(k)
+) -> std::collections::HashSet<i32> {
+    let mut found = std::collections::HashSet::new();
+    if wanted.is_empty() {
+        return found;
+    }
+    let Ok(consumer) = client_config(k)
         .set("group.id", format!("{}.position-check", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "latest")
-        .create()
-    {
-        Ok(c) => c,
-        Err(_) => return false,
+        .set("fetch.wait.max.ms", "10")
+        .create_with_context::<_, BaseConsumer<ToTheEnd>>(ToTheEnd)
+    else {
+        return found;
     };
     let mut tpl = TopicPartitionList::new();
-    if tpl
-        .add_partition_offset(topic, partition, Offset::Offset(offset.max(0)))
-        .is_err()
-        || consumer.assign(&tpl).is_err()
-    {
-        return false;
-    }
-    let started = std::time::Instant::now();
-    while started.elapsed() < timeout {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => return m.offset() == offset,
-            Some(Err(_)) => return false,
-            None => {}
+    for (p, o) in wanted {
+        if tpl
+            .add_partition_offset(topic, *p, Offset::Offset((*o).max(0)))
+            .is_err()
+        {
+            return found;
         }
     }
-    false
+    if consumer.assign(&tpl).is_err() {
+        return found;
+    }
+    let mut open: std::collections::HashMap<i32, i64> = wanted.iter().copied().collect();
+    let started = std::time::Instant::now();
+    while !open.is_empty() && started.elapsed() < timeout {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(o) = open.remove(&m.partition())
+                    && m.offset() == o
+                {
+                    found.insert(m.partition());
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(_)) | None => {}
+        }
+    }
+    found
 }
 
 /// The report consumer, with its context.
@@ -150,7 +168,34 @@ impl ReportsContext {
     }
 }
 
-impl ClientContext for ReportsContext {}
+impl ClientContext for ReportsContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+/// librdkafka's errors as the default context logs them, but a partition's end: consumers
+/// that ask for partition EOF events read them as a signal (rdkafka hands every error event
+/// to the context as well).
+fn log_client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+        tracing::trace!(reason, "Partition read to its end.");
+    } else {
+        tracing::error!("librdkafka: {}: {}", error, reason);
+    }
+}
+
+/// Context of the consumers that read a partition to its end (partition EOF as a signal).
+#[derive(Default)]
+pub struct ToTheEnd;
+
+impl ClientContext for ToTheEnd {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for ToTheEnd {}
 
 impl ConsumerContext for ReportsContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -356,6 +356,18 @@ pub fn settled_alerts(
     timeout: Duration,
     quiet: Duration,
 ) -> Vec<qos_sentinel::incident::Alert> {
+    settled_alerts_min(brokers, topic, 0, timeout, quiet)
+}
+
+/// [`settled_alerts`], and not before there are `min` of them (a run that restarts a lot may
+/// pause longer than `quiet` between them).
+pub fn settled_alerts_min(
+    brokers: &str,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+    quiet: Duration,
+) -> Vec<qos_sentinel::incident::Alert> {
     use qos_sentinel::incident::{Alert, Status};
     let c = tail(brokers, topic);
     let start = Instant::now();
@@ -379,7 +391,7 @@ pub fn settled_alerts(
                 out.iter()
                     .any(|a| a.id == *id && a.status == Status::Resolved)
             });
-        if all_resolved && last_new.elapsed() >= quiet {
+        if all_resolved && out.len() >= min && last_new.elapsed() >= quiet {
             break;
         }
     }
@@ -404,6 +416,7 @@ allowed_lateness = "10s"
 
 [state]
 dir = "{state}"
+checkpoint_interval = "{checkpoint}ms"
 
 [http]
 listen = "{listen}"
@@ -420,6 +433,7 @@ flush_timeout = "1s"
         alerts = k.alerts_topic,
         dlq = k.dead_letter_topic,
         state = cfg.state.dir.display(),
+        checkpoint = cfg.state.checkpoint_interval.as_millis(),
         listen = cfg.http.listen,
         changelog = k
             .changelog_topic
