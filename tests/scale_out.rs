@@ -24,10 +24,13 @@ fn instance(base: &Config, dir: &std::path::Path, name: &str) -> std::path::Path
     common::write_config(&dir.join(name), &cfg, "")
 }
 
-fn settled(cfg: &Config) -> Vec<Alert> {
-    common::settled_alerts(
+/// The alerts once every incident has resolved, there are `at_least` of them (a group pauses
+/// for its rebalances) and nothing new came for 8 s.
+fn settled(cfg: &Config, at_least: usize) -> Vec<Alert> {
+    common::settled_alerts_min(
         &cfg.kafka.brokers,
         &cfg.kafka.alerts_topic,
+        at_least,
         Duration::from_secs(300),
         Duration::from_secs(8),
     )
@@ -52,9 +55,14 @@ struct Run {
     kill: Option<(usize, Duration)>,
 }
 
-/// Runs a group over the (complete) reports topic and returns its alerts and the members'
-/// logs.
-async fn group_run(base: &Config, dir: &std::path::Path, run: &Run) -> (Vec<Alert>, String) {
+/// Runs a group over the (complete) reports topic and returns its alerts (at least
+/// `at_least`, unless it takes over 300 s) and the members' logs.
+async fn group_run(
+    base: &Config,
+    dir: &std::path::Path,
+    run: &Run,
+    at_least: usize,
+) -> (Vec<Alert>, String) {
     let n = run.members;
     let paths: Vec<_> = (0..n)
         .map(|i| instance(base, dir, &format!("member-{i}")))
@@ -88,7 +96,7 @@ async fn group_run(base: &Config, dir: &std::path::Path, run: &Run) -> (Vec<Aler
         children[victim].0.wait().unwrap();
     }
     let cfg = base.clone();
-    let alerts = tokio::task::spawn_blocking(move || settled(&cfg))
+    let alerts = tokio::task::spawn_blocking(move || settled(&cfg, at_least))
         .await
         .unwrap();
     drop(children);
@@ -131,7 +139,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     let started = Instant::now();
     let child = common::Killed(common::spawn_daemon(&path, &[("RUST_LOG", "info")], &log));
     let sc = single.clone();
-    let alone = tokio::task::spawn_blocking(move || settled(&sc))
+    let alone = tokio::task::spawn_blocking(move || settled(&sc, 0))
         .await
         .unwrap();
     let took = started.elapsed();
@@ -185,7 +193,13 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
         let summaries = format!("summaries-{}-{k}", base.kafka.group_id);
         broker.create_topic(&summaries, 1);
         group.kafka.summaries_topic = Some(summaries);
-        let (alerts, logs) = group_run(&group, &dir.path().join(format!("group{k}")), run).await;
+        let (alerts, logs) = group_run(
+            &group,
+            &dir.path().join(format!("group{k}")),
+            run,
+            alone.len(),
+        )
+        .await;
         let taken = |log: &str| {
             log.matches("Took the partition's state over from the changelog")
                 .count()
