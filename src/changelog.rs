@@ -58,7 +58,7 @@ pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), String> {
 }
 
 /// The last record of changelog partition `partition`, if it has one (blocking).
-pub fn read_last(
+fn read_last(
     k: &KafkaConfig,
     topic: &str,
     partition: i32,
@@ -99,6 +99,28 @@ pub fn read_last(
         "{topic}/{partition}: not read to its end (from offset {}) within {timeout:?}",
         high - 1
     ))
+}
+
+/// Report partition `partition`'s last share on the changelog, if it has one: its header and
+/// the engine's share. An error if it cannot be read or is not that partition's of
+/// `reports_topic` (a changelog shared by mistake).
+pub fn read_share(
+    k: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<(Header, Vec<u8>)>, String> {
+    let Some(value) = read_last(k, topic, partition, timeout)? else {
+        return Ok(None);
+    };
+    let (header, share) = decode(&value)?;
+    if header.reports_topic != k.reports_topic || header.partition != partition {
+        return Err(format!(
+            "the record is {}/{}'s, not {}/{partition}'s",
+            header.reports_topic, header.partition, k.reports_topic
+        ));
+    }
+    Ok(Some((header, share.to_vec())))
 }
 
 #[cfg(test)]

@@ -218,8 +218,8 @@ pub async fn run(
     let mut next: HashMap<i32, i64> = restored_next;
     // A checkpoint from another cluster (or a recreated topic) claims positions past the
     // partitions' ends: it would skip everything. Start fresh instead. (Past the offset
-    // lookup's answer, the record before each position is read to be sure: some brokers,
-    // tansu 0.6, answer it short of the last batch.)
+    // lookup's answer, the partition is read to its end to be sure: some brokers, tansu
+    // 0.6, answer it short of the last batch.)
     let past: Vec<(i32, i64)> = next
         .iter()
         .filter(|(p, n)| {
@@ -228,12 +228,12 @@ pub async fn run(
             });
             matches!(marks, Ok((_, high)) if **n > high)
         })
-        .map(|(p, n)| (*p, *n - 1))
+        .map(|(p, n)| (*p, *n))
         .collect();
-    let there = tokio::task::block_in_place(|| {
-        source::records_at(&cfg.kafka, &topic, &past, Duration::from_secs(10))
+    let short = tokio::task::block_in_place(|| {
+        source::ends_before(&cfg.kafka, &topic, &past, Duration::from_secs(10))
     });
-    if past.iter().any(|(p, _)| !there.contains(p)) {
+    if !short.is_empty() {
         warn!(positions = ?next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
         engine = Engine::with_table(&cfg, engine.into_table());
         next.clear();
@@ -734,21 +734,11 @@ fn partition_count(
 /// summaries topic on from there; with no share yet, from the topic's start.
 fn join_cdn_stage(cfg: &Config, engine: &mut Engine, changelog: &str) {
     let last = tokio::task::block_in_place(|| {
-        crate::changelog::read_last(&cfg.kafka, changelog, 0, Duration::from_secs(10))
+        crate::changelog::read_share(&cfg.kafka, changelog, 0, Duration::from_secs(10))
     });
-    let value = match last {
-        Ok(Some(v)) => v,
-        Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "Cannot read partition 0's changelog: the CDN-wide stage starts from the summaries topic's start.");
-            return;
-        }
-    };
-    let adopted = crate::changelog::decode(&value).and_then(|(header, share)| {
-        if header.reports_topic != cfg.kafka.reports_topic || header.partition != 0 {
-            return Err("another partition's record".into());
-        }
-        engine.adopt_cdn_stage(share)
+    let adopted = last.and_then(|s| match s {
+        Some((_, share)) => engine.adopt_cdn_stage(&share),
+        None => Ok(None),
     });
     match adopted {
         Ok(Some(next)) => info!(
@@ -1114,10 +1104,10 @@ async fn take_over(
     let mut from: HashMap<i32, i64> = HashMap::new();
     for p in added {
         let last = tokio::task::block_in_place(|| {
-            crate::changelog::read_last(&cfg.kafka, topic, *p, Duration::from_secs(10))
+            crate::changelog::read_share(&cfg.kafka, topic, *p, Duration::from_secs(10))
         });
-        let value = match last {
-            Ok(Some(v)) => v,
+        let (header, share) = match last {
+            Ok(Some(s)) => s,
             Ok(None) => {
                 info!(
                     partition = p,
@@ -1126,21 +1116,10 @@ async fn take_over(
                 continue;
             }
             Err(e) => {
-                warn!(partition = p, error = %e, "Cannot read the changelog: starting at the committed offset.");
+                warn!(partition = p, error = %e, "Changelog not usable: starting at the committed offset.");
                 continue;
             }
         };
-        let (header, share) = match crate::changelog::decode(&value) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(partition = p, error = %e, "Changelog record unusable: starting at the committed offset.");
-                continue;
-            }
-        };
-        if header.reports_topic != cfg.kafka.reports_topic || header.partition != *p {
-            warn!(partition = p, record_topic = %header.reports_topic, record_partition = header.partition, "Changelog record is another partition's: ignored.");
-            continue;
-        }
         if next.get(p).is_some_and(|n| *n >= header.next) {
             info!(
                 partition = p,
@@ -1148,7 +1127,7 @@ async fn take_over(
             );
             continue;
         }
-        if let Err(e) = engine.absorb_partition(*p, share) {
+        if let Err(e) = engine.absorb_partition(*p, &share) {
             warn!(partition = p, error = %e, "Changelog state unusable: starting at the committed offset.");
             continue;
         }

@@ -1115,9 +1115,42 @@ impl Engine {
         let Some(frontier) = frontier.filter(|f| *f != Millis::MIN) else {
             return Vec::new();
         };
+        self.close_behind(frontier, false);
+        self.decide_until(frontier)
+    }
+
+    /// Like [`Engine::decide`] with the partitions spread over instances: idle owned
+    /// partitions close as far as the summaries say the others have; windows every
+    /// partition has closed (by the summaries, this instance's own included) are decided.
+    fn decide_peered(&mut self) -> Vec<Alert> {
+        if let Some(f) = self.peers.as_ref().and_then(Peers::frontier) {
+            self.close_behind(f, true);
+        }
+        self.collect_summaries();
+        let Some(upto) = self.peers.as_ref().and_then(Peers::decidable) else {
+            return Vec::new();
+        };
+        let alerts = self.decide_until(upto);
+        let size = self.cfg.window_ms();
+        let horizon = self.decided_until - MAX_GAP_WINDOWS * size;
+        if let Some(peers) = &mut self.peers {
+            peers.cdn_alerts.retain(|s, _| s + size > horizon);
+            let decided = self.decided_until;
+            peers.bad.retain(|s, _| s + size > decided);
+        }
+        alerts
+    }
+
+    /// Closes the parts behind `frontier` (only the idle ones, with `idle_only`; revoked ones
+    /// too, unless peered) up to it, testing the windows that closes.
+    fn close_behind(&mut self, frontier: Millis, idle_only: bool) {
+        let peered = self.peers.is_some();
         let mut behind = Vec::new();
         for (p, part) in self.parts.iter_mut() {
-            if part.windows.closed_until() < frontier {
+            if (!idle_only || self.idle.contains(p))
+                && !(peered && self.revoked.contains(p))
+                && part.windows.closed_until() < frontier
+            {
                 behind.push((*p, part.windows.close_until(frontier)));
             }
         }
@@ -1126,59 +1159,11 @@ impl Engine {
                 self.stage_one(p, w);
             }
         }
-        let size = self.cfg.window_ms();
-        let mut alerts = Vec::new();
-        loop {
-            let next = self
-                .stash
-                .first_key_value()
-                .map(|(s, _)| *s)
-                .filter(|s| s + size <= frontier);
-            // Windows nobody had anything for are decided too (as empty ones): silence is news.
-            let upto = next.unwrap_or(frontier);
-            if self.decided_until != Millis::MIN {
-                let mut s = self.decided_until.max(upto - MAX_GAP_WINDOWS * size);
-                while s + size <= upto {
-                    alerts.extend(self.stage_two(s, BTreeMap::new()));
-                    s += size;
-                }
-            }
-            let Some(start) = next else {
-                self.decided_until = self.decided_until.max(frontier);
-                break;
-            };
-            if let Some(stash) = self.stash.remove(&start) {
-                alerts.extend(self.stage_two(start, stash));
-            }
-            self.decided_until = self.decided_until.max(start + size);
-        }
-        alerts
     }
 
-    /// Like [`Engine::decide`] with the partitions spread over instances: idle owned
-    /// partitions close as far as the summaries say the others have; windows every
-    /// partition has closed (by the summaries, this instance's own included) are decided.
-    fn decide_peered(&mut self) -> Vec<Alert> {
-        if let Some(f) = self.peers.as_ref().and_then(Peers::frontier) {
-            let mut behind = Vec::new();
-            for (p, part) in self.parts.iter_mut() {
-                if self.idle.contains(p)
-                    && !self.revoked.contains(p)
-                    && part.windows.closed_until() < f
-                {
-                    behind.push((*p, part.windows.close_until(f)));
-                }
-            }
-            for (p, windows) in behind {
-                for w in windows {
-                    self.stage_one(p, w);
-                }
-            }
-        }
-        self.collect_summaries();
-        let Some(upto) = self.peers.as_ref().and_then(Peers::decidable) else {
-            return Vec::new();
-        };
+    /// Decides, in window order, every window ending at or before `upto` with stashed
+    /// verdicts or (peered) partitions' bad keys, and the empty ones between them.
+    fn decide_until(&mut self, upto: Millis) -> Vec<Alert> {
         let size = self.cfg.window_ms();
         let mut alerts = Vec::new();
         loop {
@@ -1191,6 +1176,7 @@ impl Engine {
                 .flatten()
                 .min()
                 .filter(|s| s + size <= upto);
+            // Windows nobody had anything for are decided too (as empty ones): silence is news.
             let gap_end = next.unwrap_or(upto);
             if self.decided_until != Millis::MIN {
                 let mut s = self.decided_until.max(gap_end - MAX_GAP_WINDOWS * size);
@@ -1206,12 +1192,6 @@ impl Engine {
             let stash = self.stash.remove(&start).unwrap_or_default();
             alerts.extend(self.stage_two(start, stash));
             self.decided_until = self.decided_until.max(start + size);
-        }
-        let horizon = self.decided_until - MAX_GAP_WINDOWS * size;
-        if let Some(peers) = &mut self.peers {
-            peers.cdn_alerts.retain(|s, _| s + size > horizon);
-            let decided = self.decided_until;
-            peers.bad.retain(|s, _| s + size > decided);
         }
         alerts
     }
@@ -1718,62 +1698,62 @@ mod tests {
         assert!(Engine::restore(&other, BenchmarkTable::new(), &snap).is_err());
     }
 
-    /// The crash test's scenario, shorter: 6 locations x 2 CDNs, three incidents.
-    fn partitioned_scenario() -> (Vec<crate::sim::Event>, i64) {
-        use crate::sim::{IncidentKind, Injected, SimConfig, Simulator};
+    /// 6 locations x 2 CDNs, quiet but for `incidents` (kind, location, CDN, first and last
+    /// minute), over `minutes`; the events and their end.
+    fn scenario(
+        seed: u64,
+        minutes: i64,
+        incidents: &[(crate::sim::IncidentKind, &str, &str, i64, i64)],
+    ) -> (Vec<crate::sim::Event>, i64) {
+        use crate::sim::{Injected, SimConfig, Simulator};
         let start = 1_767_290_400_000;
         let min = 60_000;
-        let mut c = SimConfig::quiet(23, start, 70 * min);
+        let mut c = SimConfig::quiet(seed, start, minutes * min);
         c.locations = 6;
         c.cdns = 2;
         c.peak_sessions = 600;
-        let names = crate::sim::location_names(c.locations);
-        let inc = |kind, i: usize, cdn: &str, from: i64, to: i64| Injected {
-            kind,
-            location: names[i].clone(),
-            cdn: cdn.into(),
-            start: start + from * min,
-            end: start + to * min,
-            asn: None,
-        };
-        c.incidents = vec![
-            inc(IncidentKind::FailureSpike, 0, "cdn-a", 10, 25),
-            inc(IncidentKind::Degradation, 1, "cdn-b", 30, 45),
-            inc(IncidentKind::FailureSpike, 2, "cdn-b", 50, 62),
-        ];
-        (Simulator::new(c).collect(), start + 70 * min)
+        c.incidents = incidents
+            .iter()
+            .map(|(kind, location, cdn, from, to)| Injected {
+                kind: *kind,
+                location: (*location).into(),
+                cdn: (*cdn).into(),
+                start: start + from * min,
+                end: start + to * min,
+                asn: None,
+            })
+            .collect();
+        (Simulator::new(c).collect(), start + minutes * min)
     }
 
-    /// [`partitioned_scenario`] with a CDN degrading across the three "IN/" locations, which
+    /// The crash test's scenario, shorter: three location+CDN incidents.
+    fn partitioned_scenario() -> (Vec<crate::sim::Event>, i64) {
+        use crate::sim::IncidentKind::{Degradation, FailureSpike};
+        let names = crate::sim::location_names(6);
+        scenario(
+            23,
+            70,
+            &[
+                (FailureSpike, &names[0], "cdn-a", 10, 25),
+                (Degradation, &names[1], "cdn-b", 30, 45),
+                (FailureSpike, &names[2], "cdn-b", 50, 62),
+            ],
+        )
+    }
+
+    /// A location+CDN incident, then a CDN degrading across the three "IN/" locations, which
     /// [`partition_of`] spreads over partitions 0, 2 and 3.
     fn cdn_wide_scenario() -> (Vec<crate::sim::Event>, i64) {
-        use crate::sim::{IncidentKind, Injected, SimConfig, Simulator};
-        let start = 1_767_290_400_000;
-        let min = 60_000;
-        let mut c = SimConfig::quiet(29, start, 60 * min);
-        c.locations = 6;
-        c.cdns = 2;
-        c.peak_sessions = 600;
-        let names = crate::sim::location_names(c.locations);
-        c.incidents = vec![
-            Injected {
-                kind: IncidentKind::FailureSpike,
-                location: names[3].clone(),
-                cdn: "cdn-b".into(),
-                start: start + 10 * min,
-                end: start + 22 * min,
-                asn: None,
-            },
-            Injected {
-                kind: IncidentKind::RegionalCdnDegradation,
-                location: "IN/".into(),
-                cdn: "cdn-a".into(),
-                start: start + 30 * min,
-                end: start + 45 * min,
-                asn: None,
-            },
-        ];
-        (Simulator::new(c).collect(), start + 60 * min)
+        use crate::sim::IncidentKind::{FailureSpike, RegionalCdnDegradation};
+        let names = crate::sim::location_names(6);
+        scenario(
+            29,
+            60,
+            &[
+                (FailureSpike, &names[3], "cdn-b", 10, 22),
+                (RegionalCdnDegradation, "IN/", "cdn-a", 30, 45),
+            ],
+        )
     }
 
     /// Which of 4 test partitions a location's reports go to.

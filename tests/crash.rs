@@ -26,11 +26,14 @@ fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> (Config, std:
     (cfg, path)
 }
 
-fn settled(cfg: &Config) -> Vec<Alert> {
-    common::settled_alerts(
+/// The run's alerts once every incident has resolved, there are `at_least` of them (a run
+/// that restarts a lot pauses longer than the quiet period) and nothing new came for 5 s.
+fn settled(cfg: &Config, at_least: usize) -> Vec<Alert> {
+    common::settled_alerts_min(
         &cfg.kafka.brokers,
         &cfg.kafka.alerts_topic,
-        Duration::from_secs(240),
+        at_least,
+        Duration::from_secs(300),
         Duration::from_secs(5),
     )
 }
@@ -53,7 +56,7 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
     let log = dir.path().join("golden.log");
     let mut child = common::spawn_daemon(&golden_path, &[("RUST_LOG", "info")], &log);
     let gc = golden_cfg.clone();
-    let golden = tokio::task::spawn_blocking(move || settled(&gc))
+    let golden = tokio::task::spawn_blocking(move || settled(&gc, 0))
         .await
         .unwrap();
     let _ = child.kill();
@@ -87,17 +90,9 @@ async fn alerts_of_a_run_killed_20_times_equal_an_uninterrupted_run() {
     let cc = crash_cfg.clone();
     // At least as many as the golden run (the last life may start slowly), then quiet.
     let at_least = golden.len();
-    let crashy = tokio::task::spawn_blocking(move || {
-        common::settled_alerts_min(
-            &cc.kafka.brokers,
-            &cc.kafka.alerts_topic,
-            at_least,
-            Duration::from_secs(300),
-            Duration::from_secs(5),
-        )
-    })
-    .await
-    .unwrap();
+    let crashy = tokio::task::spawn_blocking(move || settled(&cc, at_least))
+        .await
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     let got = common::changes(&crashy);
@@ -165,7 +160,7 @@ async fn a_checkpoint_from_another_cluster_is_ignored() {
     let d = tokio::spawn(daemon::run(cfg.clone(), opts.clone(), rx));
     let first = tokio::task::spawn_blocking({
         let cfg = cfg.clone();
-        move || settled(&cfg)
+        move || settled(&cfg, 0)
     })
     .await
     .unwrap();

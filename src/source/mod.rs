@@ -94,60 +94,61 @@ pub fn summaries_consumer(
     Ok(consumer)
 }
 
-/// Which of `wanted` (partition, offset) hold a record at that offset in `topic`: read, not
-/// looked up (some brokers, tansu 0.6, answer offset lookups short of the last batch). One
-/// consumer for all of them. Blocking; a partition that cannot be read in `timeout` counts
-/// as not holding it.
-pub fn records_at(
+/// Which of `wanted` (partition, offset) end before that offset in `topic`: found by
+/// reading to the end (some brokers, tansu 0.6, answer offset lookups short of the last
+/// batch), with one consumer for all of them. Only a partition read to its end short of the
+/// offset counts; one that cannot be read in `timeout` does not. Blocking.
+pub fn ends_before(
     k: &KafkaConfig,
     topic: &str,
     wanted: &[(i32, i64)],
     timeout: Duration,
 ) -> std::collections::HashSet<i32> {
-    let mut found = std::collections::HashSet::new();
+    let mut short = std::collections::HashSet::new();
     if wanted.is_empty() {
-        return found;
+        return short;
     }
     let Ok(consumer) = client_config(k)
         .set("group.id", format!("{}.position-check", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // Past the end: read from the end (an EOF at once).
         .set("auto.offset.reset", "latest")
         .set("fetch.wait.max.ms", "10")
         .create_with_context::<_, BaseConsumer<ToTheEnd>>(ToTheEnd)
     else {
-        return found;
+        return short;
     };
     let mut tpl = TopicPartitionList::new();
     for (p, o) in wanted {
+        // From the record before the offset: it arrives unless the partition ends short.
         if tpl
-            .add_partition_offset(topic, *p, Offset::Offset((*o).max(0)))
+            .add_partition_offset(topic, *p, Offset::Offset((*o - 1).max(0)))
             .is_err()
         {
-            return found;
+            return short;
         }
     }
     if consumer.assign(&tpl).is_err() {
-        return found;
+        return short;
     }
-    let mut open: std::collections::HashMap<i32, i64> = wanted.iter().copied().collect();
+    let mut open: std::collections::HashSet<i32> = wanted.iter().map(|(p, _)| *p).collect();
     let started = std::time::Instant::now();
     while !open.is_empty() && started.elapsed() < timeout {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                if let Some(o) = open.remove(&m.partition())
-                    && m.offset() == o
-                {
-                    found.insert(m.partition());
-                }
+                open.remove(&m.partition());
             }
+            // The end came before the record just below the offset: it ends short of it.
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
+                if open.remove(&p) {
+                    short.insert(p);
+                }
             }
             Some(Err(_)) | None => {}
         }
     }
-    found
+    short
 }
 
 /// The report consumer, with its context.
