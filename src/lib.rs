@@ -21,6 +21,7 @@ pub mod http;
 pub mod incident;
 pub mod metrics;
 pub mod notify;
+pub mod retry;
 pub mod sim;
 pub mod source;
 pub mod table;

@@ -9,6 +9,9 @@ use prometheus::{
 use crate::decode::DecodeError;
 use crate::engine::{Counters, Quality};
 
+/// The loops that retry until they succeed, as `qos_sentinel_retries_total` labels them.
+pub const RETRY_LOOPS: [&str; 4] = ["checkpoint", "changelog", "outbox", "alerts_produce"];
+
 pub struct Metrics {
     pub registry: Registry,
     pub records_in: IntCounterVec,
@@ -29,6 +32,8 @@ pub struct Metrics {
     pub alert_ack_seconds: Histogram,
     pub incidents: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Failed attempts of the loops that retry until they succeed, by loop.
+    pub retries: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub rocksdb_bytes: IntGaugeVec,
     pub viewer_quality: GaugeVec,
@@ -204,6 +209,13 @@ impl Metrics {
                 "Rules reloads on SIGHUP, by result.",
                 "result",
                 &["ok", "error"],
+            ),
+            retries: counter_vec(
+                &r,
+                "qos_sentinel_retries_total",
+                "Failed attempts of a loop that retries until it succeeds (checkpoint write, changelog write before its alerts, outbox write, alerts produce), by loop.",
+                "loop",
+                &RETRY_LOOPS,
             ),
             consumer_lag: vec_of(
                 &r,

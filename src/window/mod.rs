@@ -11,7 +11,6 @@ pub use acc::{Acc, LogStats, Normal};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::time::Millis;
 
@@ -52,61 +51,50 @@ pub struct Closed {
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(from = "WindowsRepr")]
 pub struct Windows {
     size: Millis,
     lateness: Millis,
     max_keys: usize,
     open: BTreeMap<Millis, Open>,
-    /// Newest event time per source partition (-1 for input without partitions). The
-    /// watermark follows the slowest active partition, so a partition read behind the others
-    /// does not see its reports declared late.
-    /// A partition registered but not yet heard from (`None`) holds the watermark.
-    max_event_ts: HashMap<i32, Option<Millis>>,
-    /// Partitions without input for a while: they no longer hold the watermark back.
-    idle: HashSet<i32>,
+    /// Newest event time recorded. The windows belong to one source partition (the engine
+    /// keeps one per partition), so this is that partition's event time.
+    newest: Option<Millis>,
     /// Every window ending at or before this has been closed.
     closed_until: Millis,
     /// Interned names; rebuilt as keys come in after a restore.
     #[serde(skip)]
     names: HashSet<Arc<str>>,
-    /// The slowest active partition's newest event time (before lateness), while no
-    /// partition change could have moved it: `watermark()` runs for every report.
-    #[serde(skip, default = "WmCache::default")]
-    wm_cache: WmCache,
 }
 
-/// A cached `Option<Option<Millis>>` (not computed / no watermark / a watermark) in one
-/// atomic, so that `&Windows` stays `Sync`.
-#[derive(Debug)]
-struct WmCache(AtomicI64);
+/// [`Windows`] as checkpoints hold it. Those written before one `Windows` served one
+/// partition keep the newest event time per partition in `max_event_ts`: the newest of
+/// them is the one that counts now.
+#[derive(serde::Deserialize)]
+struct WindowsRepr {
+    size: Millis,
+    lateness: Millis,
+    max_keys: usize,
+    open: BTreeMap<Millis, Open>,
+    #[serde(default)]
+    newest: Option<Millis>,
+    #[serde(default)]
+    max_event_ts: HashMap<i32, Option<Millis>>,
+    closed_until: Millis,
+}
 
-impl WmCache {
-    const UNSET: i64 = i64::MIN;
-    const NONE: i64 = i64::MIN + 1;
-
-    fn get(&self) -> Option<Option<Millis>> {
-        match self.0.load(Ordering::Relaxed) {
-            Self::UNSET => None,
-            Self::NONE => Some(None),
-            t => Some(Some(t)),
+impl From<WindowsRepr> for Windows {
+    fn from(r: WindowsRepr) -> Self {
+        let legacy = r.max_event_ts.into_values().flatten().max();
+        Windows {
+            size: r.size,
+            lateness: r.lateness,
+            max_keys: r.max_keys,
+            open: r.open,
+            newest: r.newest.max(legacy),
+            closed_until: r.closed_until,
+            names: HashSet::new(),
         }
-    }
-
-    fn set(&self, v: Option<Option<Millis>>) {
-        let raw = match v {
-            None => Self::UNSET,
-            Some(None) => Self::NONE,
-            // Event times this far in the past are not real; they are not cached.
-            Some(Some(t)) if t <= Self::NONE => Self::UNSET,
-            Some(Some(t)) => t,
-        };
-        self.0.store(raw, Ordering::Relaxed);
-    }
-}
-
-impl Default for WmCache {
-    fn default() -> Self {
-        WmCache(AtomicI64::new(Self::UNSET))
     }
 }
 
@@ -127,11 +115,9 @@ impl Windows {
             lateness,
             max_keys,
             open: BTreeMap::new(),
-            max_event_ts: HashMap::new(),
-            idle: HashSet::new(),
+            newest: None,
             closed_until: Millis::MIN,
             names: HashSet::new(),
-            wm_cache: WmCache::default(),
         }
     }
 
@@ -144,74 +130,14 @@ impl Windows {
         ts.div_euclid(self.size) * self.size
     }
 
-    /// Newest event time of the slowest active partition minus the allowed lateness; `None`
-    /// before any input. With every partition idle, the newest of all.
+    /// Newest event time minus the allowed lateness; `None` before any input.
     pub fn watermark(&self) -> Option<Millis> {
-        if let Some(raw) = self.wm_cache.get() {
-            return raw.map(|t| t.saturating_sub(self.lateness));
-        }
-        let mut active = self
-            .max_event_ts
-            .iter()
-            .filter(|(p, _)| !self.idle.contains(p))
-            .map(|(_, t)| *t)
-            .peekable();
-        let wm = if active.peek().is_some() {
-            // A registered partition not heard from yet holds the watermark (None < Some).
-            active.min().flatten()
-        } else {
-            self.max_event_ts.values().max().copied().flatten()
-        };
-        self.wm_cache.set(Some(wm));
-        wm.map(|t| t.saturating_sub(self.lateness))
+        self.newest.map(|t| t.saturating_sub(self.lateness))
     }
 
-    /// Registers a source partition before its first record, so that windows wait for it
-    /// (until it is declared idle).
-    pub fn add_partition(&mut self, partition: i32) {
-        self.wm_cache.set(None);
-        self.max_event_ts.entry(partition).or_insert(None);
-    }
-
-    /// Registered partitions never heard from and not idle: they hold the watermark.
-    pub fn silent_partitions(&self) -> Vec<i32> {
-        self.max_event_ts
-            .iter()
-            .filter(|(p, t)| t.is_none() && !self.idle.contains(p))
-            .map(|(p, _)| *p)
-            .collect()
-    }
-
-    /// Newest event time read from `partition`, if any.
-    pub fn newest(&self, partition: i32) -> Option<Millis> {
-        self.max_event_ts.get(&partition).copied().flatten()
-    }
-
-    /// Per registered partition: newest event time (if any) and whether it is idle.
-    pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
-        self.max_event_ts
-            .iter()
-            .map(|(p, t)| (*p, (*t, self.idle.contains(p))))
-            .collect()
-    }
-
-    /// Whether `partition` is registered.
-    pub fn has_partition(&self, partition: i32) -> bool {
-        self.max_event_ts.contains_key(&partition)
-    }
-
-    /// Stops `partition` holding the watermark back until it has input again.
-    pub fn set_idle(&mut self, partition: i32) {
-        if self.max_event_ts.contains_key(&partition) && self.idle.insert(partition) {
-            self.wm_cache.set(None);
-        }
-    }
-
-    /// Forgets a partition (revoked in a rebalance).
-    pub fn remove_partition(&mut self, partition: i32) {
-        self.wm_cache.set(None);
-        self.max_event_ts.remove(&partition);
-        self.idle.remove(&partition);
+    /// Newest event time recorded, if any.
+    pub fn newest(&self) -> Option<Millis> {
+        self.newest
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -260,18 +186,7 @@ impl Windows {
             let m = window.min_offsets.entry(p).or_insert(o);
             *m = (*m).min(o);
         }
-        let p = source.map_or(-1, |s| s.0);
-        let was_idle = !self.idle.is_empty() && self.idle.remove(&p);
-        let m = self.max_event_ts.entry(p).or_insert(None);
-        let old = *m;
-        *m = Some(old.map_or(ts, |m| m.max(ts)));
-        // The slowest partition's time moves only if this partition was the slowest (or
-        // idle, or new).
-        if (*m != old || was_idle)
-            && !matches!(self.wm_cache.get(), Some(Some(raw)) if !was_idle && old.is_some_and(|o| o > raw))
-        {
-            self.wm_cache.set(None);
-        }
+        self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
         Recorded::Accepted
     }
 
@@ -424,33 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn watermark_follows_the_slowest_partition_until_it_goes_idle() {
-        let mut w = Windows::new(60_000, 0, 100);
-        w.add_partition(0);
-        w.add_partition(1);
-        w.record("A", "c", 300_000, Some((0, 1)), |_| {});
-        assert_eq!(w.watermark(), None, "partition 1 not heard from yet");
-        w.record("B", "c", 10_000, Some((1, 1)), |_| {});
-        assert_eq!(w.watermark(), Some(10_000));
-        // Partition 1 is behind, not late: its reports still count.
-        assert_eq!(
-            w.record("B", "c", 20_000, Some((1, 2)), |_| {}),
-            Recorded::Accepted
-        );
-        assert!(w.close_ready().is_empty());
-        w.set_idle(1);
-        assert_eq!(w.watermark(), Some(300_000));
-        // [0, 60s) with its reports, then the empty windows up to the watermark: silence
-        // must be evaluated too.
-        let closed = w.close_ready();
-        assert_eq!(closed.len(), 5);
-        assert_eq!(closed.iter().filter(|c| !c.keys.is_empty()).count(), 1);
-        assert!(closed.windows(2).all(|p| p[0].end == p[1].start));
-        w.remove_partition(0);
-        assert_eq!(w.watermark(), Some(20_000), "all idle: the newest of all");
-    }
-
-    #[test]
     fn key_cap_bounds_keys_per_window_but_known_keys_still_count() {
         let mut w = Windows::new(60_000, 0, 2);
         assert_eq!(rec(&mut w, "A", 1), Recorded::Accepted);
@@ -549,28 +437,6 @@ mod props {
                 }
             }
             prop_assert!(closed.windows(2).all(|p| p[0].end <= p[1].start));
-        }
-
-        /// The cached watermark always equals a fresh computation over the partitions,
-        /// whatever mix of records, idle marks, registrations and revocations came before.
-        #[test]
-        fn cached_watermark_matches_recomputation(
-            ops in proptest::collection::vec((0u8..4, 0i32..4, 0i64..600_000), 1..300),
-        ) {
-            let mut w = Windows::new(60_000, 5_000, 1_000);
-            for (op, p, ts) in ops {
-                match op {
-                    0 | 1 => {
-                        w.record("L", "c", ts, Some((p, ts)), |a| a.reports += 1);
-                    }
-                    2 => w.set_idle(p),
-                    _ if ts % 2 == 0 => w.add_partition(p),
-                    _ => w.remove_partition(p),
-                }
-                let cached = w.watermark();
-                w.wm_cache.set(None);
-                prop_assert_eq!(cached, w.watermark());
-            }
         }
     }
 }

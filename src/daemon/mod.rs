@@ -1,0 +1,369 @@
+//! The thin async shell around the engine: [`run`] builds and wires the parts, then one
+//! `select!` hands each event to the [`runner::Runner`].
+//!
+//! | file | concern |
+//! |---|---|
+//! | `runner.rs` | the running state, one method per event (reports, tick, summaries, SIGHUP) |
+//! | `positions.rs` | read positions and committable offsets |
+//! | `emit.rs` | the emission order (outbox, checkpoint, produce, confirm) and why |
+//! | `state.rs` | the checkpoint and the changelog shares |
+//! | `takeover.rs` | assignment changes, taking a partition's state over, joining the CDN-wide stage |
+//! | `summaries.rs` | closing windows; the summaries topic to the other instances |
+//! | `probes.rs` | broker reachability, consumer lag, gauges |
+
+mod emit;
+mod positions;
+mod probes;
+mod runner;
+mod state;
+mod summaries;
+mod takeover;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::http::{Live, Readiness};
+use crate::metrics::Metrics;
+use crate::notify::deliver::Dispatcher;
+use crate::notify::{self, AlertSink, DeadLetters};
+use crate::source::{self, BenchmarkUpdate};
+use crate::table::store::TableStore;
+
+use emit::{Outputs, send_pending};
+use positions::Positions;
+use runner::Runner;
+use state::{ChangelogWriter, Checkpointer};
+use summaries::{Summaries, next_summary};
+
+/// Most records handled between two looks at the other event sources (ticker, benchmarks,
+/// signals).
+const BATCH: u32 = 512;
+/// How often consumer lag and database sizes are measured.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Options of a daemon run beyond the config file.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Print each alert as one line on stdout.
+    pub print_alerts: bool,
+    /// Serve /metrics, /healthz and /readyz.
+    pub serve_http: bool,
+    /// The config file: on SIGHUP its `[detect]` section (the rules) is read again and
+    /// applied if valid.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Register the metrics here instead of in a registry of the run's own (the benchmark
+    /// watches the record counters).
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// Runs until `shutdown` turns true, then commits what is safe and returns.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // First: a SIGHUP before the handler exists would end the process.
+    let mut hangup = hangups(opts.config_path.is_some());
+    let metrics = opts
+        .metrics
+        .clone()
+        .unwrap_or_else(|| Arc::new(Metrics::new()));
+    let readiness = Arc::new(Readiness::default());
+    let live = Arc::new(Live::default());
+    if opts.serve_http {
+        serve_http(&cfg, &metrics, &readiness, &live).await?;
+    }
+    std::fs::create_dir_all(&cfg.state.dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
+    let store = Arc::new(TableStore::open(&cfg.state.dir)?);
+    let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
+
+    let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
+    let producer = notify::producer(&cfg.kafka)?;
+    let outputs = Outputs {
+        alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
+        kafka: cfg.kafka.clone(),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+        live: live.clone(),
+        opts: opts.clone(),
+    };
+    let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
+    if let Some(topic) = &cfg.kafka.changelog_topic {
+        takeover::check_changelog_topic(&cfg, &producer, topic)?;
+        ckpt.changelog = Some(ChangelogWriter {
+            producer: producer.clone(),
+            topic: topic.clone(),
+            reports_topic: cfg.kafka.reports_topic.clone(),
+            owned: HashSet::new(),
+        });
+    }
+    send_pending(&ckpt.store, &outputs).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (bench_tx, mut bench_rx) = mpsc::unbounded_channel::<BenchmarkUpdate>();
+    let reader = source::spawn_benchmark_reader(
+        &cfg,
+        store.clone(),
+        bench_tx,
+        dlq.clone(),
+        metrics.clone(),
+        stop.clone(),
+        tokio::runtime::Handle::current(),
+    )?;
+    // Joins must see the benchmarks valid at each report's time: read the table up to its end
+    // before the first report.
+    catch_up_benchmarks(&reader.caught_up, &mut bench_rx, &mut engine, &shutdown).await;
+    readiness.benchmarks_loaded.store(true, Ordering::Release);
+
+    let consumer = source::reports_consumer(&cfg)?;
+    let probe = probes::spawn_broker_probe(&cfg, readiness.clone(), metrics.clone(), stop.clone())?;
+    let mut pos = Positions::new(next);
+    if checkpoint_ahead(&cfg, &consumer, &pos.next) {
+        warn!(positions = ?pos.next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
+        engine = Engine::with_table(&cfg, engine.into_table());
+        pos.next.clear();
+    }
+    pos.checkpointed(&engine);
+    let summaries_consumer = match &cfg.kafka.summaries_topic {
+        Some(topic) => {
+            let next = join_peers(&cfg, &producer, &mut engine)?;
+            ckpt.flush_first = Some(producer.clone());
+            Some(source::summaries_consumer(&cfg.kafka, topic, next)?)
+        }
+        None => None,
+    };
+    let summaries = cfg.kafka.summaries_topic.as_ref().map(|topic| Summaries {
+        producer: producer.clone(),
+        topic: topic.clone(),
+    });
+    info!(topic = %cfg.kafka.reports_topic, group = %cfg.kafka.group_id, "Consuming reports.");
+    let mut runner = Runner {
+        idle_grace: cfg.window.size + cfg.window.allowed_lateness,
+        last_progress: (Instant::now(), engine.watermark()),
+        last_probe: Instant::now() - PROBE_EVERY,
+        lag_shown: HashSet::new(),
+        reports_in: metrics.records_in.with_label_values(&["reports"]),
+        summaries_in: metrics.records_in.with_label_values(&["summaries"]),
+        cfg: cfg.clone(),
+        opts,
+        engine,
+        metrics,
+        readiness,
+        outputs,
+        ckpt,
+        pos,
+        summaries,
+        dlq,
+        store,
+    };
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Benchmarks first: a report should join a row that has already arrived. The ticker
+            // before the reports: under a steady stream it must still mark idle partitions.
+            biased;
+            _ = shutdown.changed() => break,
+            Some(()) = hangup.recv() => runner.on_hangup(),
+            Some(u) = bench_rx.recv() => runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row),
+            m = next_summary(summaries_consumer.as_ref()) => {
+                runner.on_summaries(summaries_consumer.as_ref(), m).await;
+            }
+            _ = ticker.tick() => runner.on_tick(&consumer).await,
+            msg = consumer.recv() => runner.on_reports(&consumer, msg).await,
+        }
+    }
+    stop.store(true, Ordering::Release);
+    runner.shutdown(&consumer).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = reader.handle.join();
+        let _ = probe.join();
+    })
+    .await;
+    dispatcher.shutdown(cfg.notify.flush_timeout).await;
+    Ok(())
+}
+
+/// Serves the live page, `/metrics`, `/healthz` and `/readyz` at `http.listen`.
+async fn serve_http(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+    live: &Arc<Live>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", cfg.http.listen))?;
+    info!(addr = %cfg.http.listen, "Serving /metrics, /healthz, /readyz.");
+    let app = crate::http::router(metrics.clone(), readiness.clone(), live.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "HTTP server stopped.");
+        }
+    });
+    Ok(())
+}
+
+/// The engine and read positions from the checkpoint (a fresh engine without a usable one),
+/// and the checkpointer that goes on writing it.
+fn restore(
+    cfg: &Config,
+    store: &TableStore,
+    retries: &prometheus::IntCounterVec,
+) -> anyhow::Result<(Engine, HashMap<i32, i64>, Checkpointer)> {
+    let table = store.load()?;
+    info!(versions = table.len(), "Loaded benchmark cache.");
+    let ckpt_store = CheckpointStore::open(&cfg.state.dir)?;
+    let week_ago = crate::notify::deliver::now_ms() - 7 * 24 * 3_600_000;
+    if let Err(e) = ckpt_store.prune_emitted(week_ago) {
+        warn!(error = %e, "Cannot prune the checkpoint's emitted alerts.");
+    }
+    let (engine, next, emitted) = match ckpt_store.load(&cfg.kafka.reports_topic)? {
+        Some(r) => match Engine::restore(cfg, table, &r.engine) {
+            Ok(e) => {
+                info!(
+                    partitions = ?r.next,
+                    windows_closed = e.counters().windows_closed,
+                    "Restored the engine from its checkpoint."
+                );
+                (e, r.next, r.emitted)
+            }
+            Err((why, table)) => {
+                warn!(%why, "Checkpoint not usable: starting from the committed offsets.");
+                let fresh = Engine::with_table(cfg, table);
+                (fresh, HashMap::new(), HashSet::new())
+            }
+        },
+        None => (
+            Engine::with_table(cfg, table),
+            HashMap::new(),
+            HashSet::new(),
+        ),
+    };
+    let ckpt = Checkpointer {
+        store: ckpt_store,
+        topic: cfg.kafka.reports_topic.clone(),
+        emitted,
+        interval: cfg.state.checkpoint_interval,
+        last: None,
+        dirty: false,
+        changelog: None,
+        flush_first: None,
+        retries: retries.clone(),
+    };
+    Ok((engine, next, ckpt))
+}
+
+/// Applies benchmark updates until the reader has caught up with the topic's end (at most
+/// 60 s) or shutdown.
+async fn catch_up_benchmarks(
+    caught_up: &AtomicBool,
+    updates: &mut mpsc::UnboundedReceiver<BenchmarkUpdate>,
+    engine: &mut Engine,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    while !caught_up.load(Ordering::Acquire) {
+        while let Ok(u) = updates.try_recv() {
+            engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            warn!("Benchmark table not caught up after 60s; starting anyway.");
+            break;
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Ok(u) = updates.try_recv() {
+        engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+    }
+}
+
+/// Whether a checkpoint claims positions past the partitions' ends: one from another
+/// cluster (or a recreated topic) would skip everything. (Past the offset lookup's answer,
+/// the partition is read to its end to be sure: some brokers, tansu 0.6, answer it short of
+/// the last batch.)
+fn checkpoint_ahead(
+    cfg: &Config,
+    consumer: &source::ReportsConsumer,
+    next: &HashMap<i32, i64>,
+) -> bool {
+    use rdkafka::consumer::Consumer;
+    let topic = &cfg.kafka.reports_topic;
+    let past: Vec<(i32, i64)> = next
+        .iter()
+        .filter(|(p, n)| {
+            let marks = tokio::task::block_in_place(|| {
+                consumer.fetch_watermarks(topic, **p, Duration::from_secs(10))
+            });
+            matches!(marks, Ok((_, high)) if **n > high)
+        })
+        .map(|(p, n)| (*p, *n))
+        .collect();
+    let short = tokio::task::block_in_place(|| {
+        source::ends_before(&cfg.kafka, topic, &past, Duration::from_secs(10))
+    });
+    !short.is_empty()
+}
+
+/// Joins the CDN-wide stage over the summaries topic; returns the offset to read it from.
+fn join_peers(
+    cfg: &Config,
+    producer: &rdkafka::producer::FutureProducer,
+    engine: &mut Engine,
+) -> anyhow::Result<i64> {
+    let partitions = takeover::partition_count(producer, &cfg.kafka.reports_topic)?;
+    let restored = engine.summaries_next().is_some();
+    engine.share_with_peers(i32::try_from(partitions).unwrap_or(i32::MAX));
+    if !restored && let Some(changelog) = &cfg.kafka.changelog_topic {
+        takeover::join_cdn_stage(cfg, engine, changelog);
+    }
+    let next = engine.summaries_next().unwrap_or(0);
+    info!(topic = ?cfg.kafka.summaries_topic, next, partitions, "CDN-wide stage over the summaries topic.");
+    Ok(next)
+}
+
+/// SIGHUPs as a channel (never fires when not wanted or not on Unix).
+fn hangups(wanted: bool) -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    if wanted {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "Cannot listen for SIGHUP; rules reload disabled."),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (wanted, tx);
+    rx
+}
+
+/// The output of `f` if it is ready at once, without waiting.
+fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}

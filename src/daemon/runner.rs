@@ -1,0 +1,306 @@
+//! The daemon's running state and one method per event of its loop: reports, the ticker,
+//! summaries, SIGHUP, and the assignment changes they reveal. `run` owns the `select!`;
+//! the consumers stay outside (their messages borrow them while a handler runs).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
+use tracing::{debug, error, info, warn};
+
+use super::emit::{Outputs, finish};
+use super::positions::Positions;
+use super::probes::{probe_lag, publish_gauges};
+use super::state::Checkpointer;
+use super::summaries::{Summaries, close, next_summary};
+use super::takeover::{sync_assignment, take_over};
+use super::{BATCH, PROBE_EVERY, RunOptions, ready_now};
+use crate::config::Config;
+use crate::decode;
+use crate::engine::Engine;
+use crate::http::Readiness;
+use crate::metrics::Metrics;
+use crate::notify::{DeadLetter, DeadLetters};
+use crate::source;
+use crate::table::store::TableStore;
+use crate::time::Millis;
+
+pub(super) struct Runner {
+    pub(super) cfg: Config,
+    pub(super) opts: RunOptions,
+    pub(super) engine: Engine,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) readiness: Arc<Readiness>,
+    pub(super) outputs: Outputs,
+    pub(super) ckpt: Checkpointer,
+    pub(super) pos: Positions,
+    /// Where this instance's partitions' summaries go, when instances share the partitions.
+    pub(super) summaries: Option<Summaries>,
+    pub(super) dlq: DeadLetters,
+    /// The benchmark cache (its size is a gauge).
+    pub(super) store: Arc<TableStore>,
+    /// When input goes idle, event time is advanced by wall-clock time after this, so the
+    /// last windows close (a fully silent key is itself news, and alerts must not wait for
+    /// the next record).
+    pub(super) idle_grace: Duration,
+    /// When the watermark last moved, and where to.
+    pub(super) last_progress: (Instant, Option<Millis>),
+    pub(super) last_probe: Instant,
+    /// Partitions with a lag series.
+    pub(super) lag_shown: HashSet<i32>,
+    pub(super) reports_in: IntCounter,
+    pub(super) summaries_in: IntCounter,
+}
+
+impl Runner {
+    /// SIGHUP: the `[detect]` section (the rules) is read again and applied if valid.
+    pub(super) fn on_hangup(&mut self) {
+        let Some(path) = &self.opts.config_path else {
+            return;
+        };
+        match Config::load(path, std::env::vars()) {
+            Ok(new) => {
+                self.engine.set_detect(new.detect.clone());
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                info!(path = %path.display(), detect = ?new.detect, "SIGHUP: reloaded the detection rules.");
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                error!(error = %e, "SIGHUP: config not reloaded; the old rules stay.");
+            }
+        }
+    }
+
+    /// Closes what the watermark (or `until`) allows and emits what that decided.
+    async fn close(&mut self, until: Option<Millis>) {
+        let out = close(
+            &mut self.engine,
+            &self.metrics,
+            until,
+            self.summaries.as_ref(),
+        );
+        finish(
+            &mut self.ckpt,
+            &self.engine,
+            &mut self.pos,
+            &self.outputs,
+            out,
+        )
+        .await;
+    }
+
+    /// Registers what the consumer has assigned and takes new partitions' state over.
+    /// Returns whether any partition is assigned.
+    async fn sync(&mut self, consumer: &source::ReportsConsumer) -> bool {
+        let a = sync_assignment(consumer, &mut self.engine, &mut self.pos, &mut self.ckpt);
+        take_over(
+            &self.cfg,
+            &mut self.engine,
+            &mut self.pos,
+            &mut self.ckpt,
+            &self.outputs,
+            &a.added,
+        )
+        .await;
+        a.any
+    }
+
+    /// A summary, then whatever else is already fetched, up to a batch.
+    pub(super) async fn on_summaries(
+        &mut self,
+        consumer: Option<&rdkafka::consumer::StreamConsumer>,
+        first: KafkaResult<BorrowedMessage<'_>>,
+    ) {
+        let mut m = Some(first);
+        let mut budget = BATCH;
+        while let Some(r) = m.take() {
+            match r {
+                Ok(msg) => {
+                    self.summaries_in.inc();
+                    let bytes = msg.payload().unwrap_or_default();
+                    if let Err(e) = self.engine.on_summary(msg.offset(), bytes) {
+                        warn!(offset = msg.offset(), error = %e, "Unusable summary: skipped.");
+                    }
+                }
+                Err(e) => warn!(error = %e, "Summaries consumer error."),
+            }
+            budget -= 1;
+            if budget > 0 {
+                m = ready_now(next_summary(consumer));
+            }
+        }
+        if self.engine.has_ready() {
+            self.close(None).await;
+        }
+    }
+
+    /// The ticker: assignment, idle partitions, event time advanced by the wall clock when
+    /// input stopped, repeats due, offsets, gauges, probes.
+    pub(super) async fn on_tick(&mut self, consumer: &source::ReportsConsumer) {
+        // Rebalances first: nothing is decided for a partition that has moved away.
+        consumer.context().take_revoked();
+        let any = self.sync(consumer).await;
+        self.readiness
+            .partitions_assigned
+            .store(any, Ordering::Release);
+        self.pos.tick();
+        for (p, seen) in &self.pos.last_seen {
+            if seen.elapsed() > self.idle_grace {
+                self.engine.set_partition_idle(*p);
+            }
+        }
+        // A partition that has never delivered holds the watermark; if the consumer has read
+        // it to its end (it is empty) there is nothing to wait for. (Its end as fetching
+        // reports it: some brokers, tansu 0.6, answer offset lookups short of the last batch.)
+        for p in self.engine.silent_partitions() {
+            if self.pos.at_end.contains(&p) {
+                debug!(partition = p, "Partition empty: not waiting for it.");
+                self.engine.set_partition_idle(p);
+            }
+        }
+        // Idle marking may have moved the watermark.
+        self.close(None).await;
+        let wm = self.engine.watermark();
+        if wm != self.last_progress.1 {
+            self.last_progress = (Instant::now(), wm);
+        } else if let Some(wm) = wm {
+            let idle = self.last_progress.0.elapsed();
+            if idle > self.idle_grace {
+                let advanced = wm + (idle - self.idle_grace).as_millis() as Millis;
+                self.close(Some(advanced)).await;
+            }
+        }
+        if let Err(e) = self.outputs.dispatcher.repeat_due() {
+            error!(error = %e, "Cannot queue repeats in the outbox.");
+        }
+        self.pos.store(consumer, &self.cfg.kafka.reports_topic);
+        publish_gauges(&self.metrics, &self.engine, &self.outputs.live);
+        if self.last_probe.elapsed() >= PROBE_EVERY {
+            self.last_probe = Instant::now();
+            self.probe(consumer);
+        }
+    }
+
+    fn probe(&mut self, consumer: &source::ReportsConsumer) {
+        let topic = &self.cfg.kafka.reports_topic;
+        probe_lag(
+            consumer,
+            topic,
+            &self.pos.next,
+            &self.metrics,
+            &mut self.lag_shown,
+        );
+        let sizes = [
+            ("benchmarks", self.store.size_bytes()),
+            ("outbox", self.outputs.dispatcher.outbox_bytes()),
+            ("checkpoint", self.ckpt.store.size_bytes()),
+        ];
+        for (db, bytes) in sizes {
+            self.metrics
+                .rocksdb_bytes
+                .with_label_values(&[db])
+                .set(bytes as i64);
+        }
+    }
+
+    /// A report, then whatever else is already fetched, up to a batch, without going back
+    /// through the select (its futures cost more than a record's processing).
+    pub(super) async fn on_reports(
+        &mut self,
+        consumer: &source::ReportsConsumer,
+        first: KafkaResult<BorrowedMessage<'_>>,
+    ) {
+        let mut msg = Some(first);
+        let mut budget = BATCH;
+        while let Some(m) = msg.take() {
+            match m {
+                Ok(m) => self.on_report(consumer, &m).await,
+                Err(KafkaError::PartitionEOF(p)) => {
+                    self.pos.at_end.insert(p);
+                }
+                Err(e) => warn!(error = %e, "Report consumer error."),
+            }
+            budget -= 1;
+            if budget > 0 {
+                msg = ready_now(consumer.recv());
+            }
+        }
+    }
+
+    async fn on_report(&mut self, consumer: &source::ReportsConsumer, msg: &BorrowedMessage<'_>) {
+        self.reports_in.inc();
+        let (p, o) = (msg.partition(), msg.offset());
+        self.pos.at_end.remove(&p);
+        if !self.engine.has_partition(p) || consumer.context().take_revoked() {
+            // First record of a partition: register everything assigned first, so windows
+            // wait for the partitions that have not delivered yet (and take over their state
+            // from the changelog, if there is one). After a revocation, at once: nothing is
+            // decided for a partition that has moved away.
+            self.sync(consumer).await;
+        }
+        if self.pos.seen(p, o) {
+            self.pos.last_seen.insert(p, Instant::now());
+            return;
+        }
+        let limit = self.cfg.limits.max_message_bytes;
+        let decoded = msg.payload().map_or(Err(decode::DecodeError::Empty), |v| {
+            decode::decode_report(v, limit)
+        });
+        match decoded {
+            Ok(r) => {
+                self.engine.on_report(&r, Some((p, o)));
+            }
+            Err(e) => {
+                self.metrics
+                    .decode_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                debug!(
+                    reason = e.reason(),
+                    partition = p,
+                    offset = o,
+                    "Dead-lettered a report."
+                );
+                // Wait for the dead letter to be durable before this offset can be committed.
+                match self.dlq.send(DeadLetter::from_message(msg, &e)).await {
+                    Ok(()) => self.metrics.dead_letters.inc(),
+                    Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                }
+            }
+        }
+        self.pos.next.insert(p, o + 1);
+        if self.engine.has_ready() {
+            self.close(None).await;
+        }
+    }
+
+    /// Checkpoints what is not yet, stores and commits the offsets that covers.
+    pub(super) async fn shutdown(mut self, consumer: &source::ReportsConsumer) {
+        let c = self.engine.counters();
+        info!(
+            accepted = c.accepted,
+            late = c.late,
+            windows = c.windows_closed,
+            alerts = c.alerts,
+            watermark = self.engine.watermark().map(crate::time::format_ms),
+            partitions = ?self.engine.partition_state(),
+            "Shutting down: committing offsets."
+        );
+        if self.ckpt.dirty {
+            self.ckpt.save(&self.engine, &mut self.pos, &[]).await;
+        }
+        self.pos.store(consumer, &self.cfg.kafka.reports_topic);
+        if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            // Nothing stored yet is not an error worth alarming about.
+            debug!(error = %e, "Final commit.");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Where the engine's state goes: the local checkpoint (RocksDB, synced) and, when several
+//! instances share the report partitions, each owned partition's share on the changelog
+//! topic for its next owner.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, warn};
+
+use super::positions::Positions;
+use crate::checkpoint::CheckpointStore;
+use crate::engine::Engine;
+use crate::incident::Alert;
+use crate::notify;
+
+/// The checkpoint store and the alerts emitted so far (by `id:status`).
+pub(super) struct Checkpointer {
+    pub(super) store: CheckpointStore,
+    pub(super) topic: String,
+    pub(super) emitted: HashSet<String>,
+    /// Closes without alerts checkpoint at most this often (catching up on a backlog closes
+    /// many windows a second; each checkpoint encodes the whole state and syncs it).
+    pub(super) interval: Duration,
+    pub(super) last: Option<Instant>,
+    /// Windows closed since the last checkpoint.
+    pub(super) dirty: bool,
+    /// Where each partition's state goes for its next owner, when several instances share.
+    pub(super) changelog: Option<ChangelogWriter>,
+    /// Flushed before each checkpoint: the summaries of the windows in it must be out (a
+    /// restore would not send them again).
+    pub(super) flush_first: Option<rdkafka::producer::FutureProducer>,
+    /// `qos_sentinel_retries_total`, for the checkpoint and changelog loops.
+    pub(super) retries: prometheus::IntCounterVec,
+}
+
+/// Writes owned partitions' state to the changelog topic.
+pub(super) struct ChangelogWriter {
+    pub(super) producer: rdkafka::producer::FutureProducer,
+    pub(super) topic: String,
+    pub(super) reports_topic: String,
+    /// Report partitions assigned to this instance now.
+    pub(super) owned: HashSet<i32>,
+}
+
+impl ChangelogWriter {
+    /// Writes every owned partition's state, with the alerts of `alerts` that are its own
+    /// (CDN-wide ones go with the lowest owned partition). Must succeed when there are alerts
+    /// (they are produced only after it); otherwise a failure only makes the next owner start
+    /// from an older state. Returns whether every partition's state was written.
+    async fn write(
+        &self,
+        engine: &Engine,
+        next: &HashMap<i32, i64>,
+        alerts: &[Alert],
+        delivered: &HashMap<i32, i64>,
+        retries: prometheus::IntCounter,
+    ) -> bool {
+        let mut owned: Vec<i32> = self.owned.iter().copied().collect();
+        owned.sort_unstable();
+        let home = |a: &Alert| {
+            a.scope
+                .location
+                .as_deref()
+                .and_then(|l| engine.home_of(l))
+                .or_else(|| owned.first().copied())
+        };
+        let mut records = Vec::new();
+        for p in &owned {
+            let Some(n) = next.get(p) else { continue };
+            let share = match engine.export_partition(*p) {
+                Ok(Some(share)) => share,
+                Ok(None) => continue,
+                Err(e) => {
+                    error!(error = %e, partition = p, "Cannot encode a partition's state.");
+                    continue;
+                }
+            };
+            let header = crate::changelog::Header {
+                reports_topic: self.reports_topic.clone(),
+                partition: *p,
+                next: *n,
+                pending: alerts
+                    .iter()
+                    .filter(|a| home(a) == Some(*p))
+                    .cloned()
+                    .collect(),
+                delivered: delivered.clone(),
+            };
+            match crate::changelog::encode(&header, &share) {
+                Ok(v) => records.push((*p, v)),
+                Err(e) => error!(error = %e, partition = p, "Cannot encode a changelog record."),
+            }
+        }
+        let what = "write partition state to the changelog before its alerts";
+        let mut backoff = crate::retry::Backoff::new(what, Some(retries));
+        loop {
+            // Enqueue all, then wait for each: they are in flight together.
+            let mut failed = 0;
+            let mut futures = Vec::with_capacity(records.len());
+            for (p, v) in &records {
+                let key = p.to_string();
+                let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                    .partition(*p)
+                    .key(&key)
+                    .payload(v);
+                match self.producer.send_result(record) {
+                    Ok(f) => futures.push(f),
+                    Err((e, _)) => {
+                        debug!(error = %e, partition = p, "Changelog record not queued.");
+                        failed += 1;
+                    }
+                }
+            }
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        debug!(error = %e, "Changelog record not written.");
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            if failed == 0 {
+                backoff.succeeded();
+                return true;
+            }
+            if alerts.is_empty() {
+                warn!(
+                    failed,
+                    "Cannot write partition state to the changelog; the next checkpoint will."
+                );
+                return false;
+            }
+            backoff
+                .wait(format!("{failed} of {} records not written", records.len()))
+                .await;
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Writes the state, the read positions and the newly decided alerts (retrying until the
+    /// disk takes them), then moves the committable offsets up to this state.
+    pub(super) async fn save(&mut self, engine: &Engine, pos: &mut Positions, alerts: &[Alert]) {
+        if let Some(producer) = &self.flush_first {
+            use rdkafka::producer::Producer;
+            if let Err(e) = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)))
+            {
+                error!(error = %e, "Summaries not all delivered before the checkpoint.");
+            }
+        }
+        let mut decided = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            match serde_json::to_vec(a) {
+                Ok(v) => decided.push((notify::change_key(a), v)),
+                Err(e) => error!(error = %e, id = %a.id, "Cannot encode an alert."),
+            }
+        }
+        let state = engine
+            .snapshot()
+            .map_err(|e| error!(error = %e, "Cannot encode the engine state; only the alerts are checkpointed."))
+            .ok();
+        let now = crate::notify::deliver::now_ms();
+        let ckpt_state = state.as_deref().map(|s| (s, &pos.next));
+        let counter = self.retries.with_label_values(&["checkpoint"]);
+        crate::retry::until_ok("write the checkpoint", Some(counter), || {
+            self.store.save(&self.topic, ckpt_state, &decided, now)
+        })
+        .await;
+        self.emitted.extend(decided.into_iter().map(|(k, _)| k));
+        let mut shared = true;
+        if let (Some(cl), Some(_)) = (&self.changelog, &state) {
+            let delivered = self.store.delivered().unwrap_or_default();
+            let counter = self.retries.with_label_values(&["changelog"]);
+            shared = cl
+                .write(engine, &pos.next, alerts, &delivered, counter)
+                .await;
+        }
+        // Offsets past what the changelog has would be lost to the partitions' next owner.
+        if state.is_some() && shared {
+            pos.checkpointed(engine);
+            self.last = Some(Instant::now());
+            self.dirty = false;
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Rebalances: which report partitions this instance owns, taking a newly assigned
+//! partition's state over from the changelog topic (with the alerts its last owner left
+//! pending), and joining the CDN-wide stage of the other instances.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use tracing::{info, warn};
+
+use super::emit::{Closing, Outputs, finish, found_on_alerts_topic};
+use super::positions::Positions;
+use super::state::Checkpointer;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::incident::Alert;
+use crate::notify;
+use crate::source;
+
+/// What changed in the assignment.
+pub(super) struct Assignment {
+    /// Whether any partition is assigned.
+    pub(super) any: bool,
+    /// Newly assigned partitions.
+    pub(super) added: Vec<i32>,
+}
+
+/// Registers newly assigned report partitions with the engine and handles revoked ones:
+/// with a changelog their state is dropped (their next owner takes it from there), without
+/// one it stays and only stops holding windows back (the partition is probably coming back:
+/// an assignment lost in a broker outage).
+pub(super) fn sync_assignment(
+    consumer: &source::ReportsConsumer,
+    engine: &mut Engine,
+    pos: &mut Positions,
+    ckpt: &mut Checkpointer,
+) -> Assignment {
+    let Ok(tpl) = consumer.assignment() else {
+        return Assignment {
+            any: false,
+            added: Vec::new(),
+        };
+    };
+    let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let mut added = Vec::new();
+    for p in &assigned {
+        if !engine.has_partition(*p) {
+            info!(partition = p, "Partition assigned.");
+            engine.add_partition(*p);
+            pos.last_seen.entry(*p).or_insert_with(Instant::now);
+            added.push(*p);
+        }
+    }
+    let revoked: Vec<i32> = pos
+        .last_seen
+        .keys()
+        .filter(|p| !assigned.contains(p))
+        .copied()
+        .collect();
+    for p in revoked {
+        pos.last_seen.remove(&p);
+        if ckpt.changelog.is_some() {
+            info!(
+                partition = p,
+                "Partition revoked: its state goes to its next owner."
+            );
+            engine.drop_partition(p);
+            pos.forget(p);
+        } else {
+            info!(partition = p, "Partition revoked.");
+            engine.remove_partition(p);
+        }
+    }
+    if let Some(cl) = &mut ckpt.changelog {
+        cl.owned = assigned.iter().copied().collect();
+    }
+    Assignment {
+        any: !assigned.is_empty(),
+        added,
+    }
+}
+
+/// Takes newly assigned partitions' state over from the changelog (when there is one and its
+/// state is newer than this instance's), then sends the alerts their last owner decided but
+/// may not have produced.
+pub(super) async fn take_over(
+    cfg: &Config,
+    engine: &mut Engine,
+    pos: &mut Positions,
+    ckpt: &mut Checkpointer,
+    out: &Outputs,
+    added: &[i32],
+) {
+    let Some(topic) = cfg.kafka.changelog_topic.as_deref() else {
+        return;
+    };
+    let mut pending = Vec::new();
+    let mut from: HashMap<i32, i64> = HashMap::new();
+    for p in added {
+        let last = tokio::task::block_in_place(|| {
+            crate::changelog::read_share(&cfg.kafka, topic, *p, Duration::from_secs(10))
+        });
+        let (header, share) = match last {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                info!(
+                    partition = p,
+                    "No state for this partition in the changelog: starting at the committed offset."
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(partition = p, error = %e, "Changelog not usable: starting at the committed offset.");
+                continue;
+            }
+        };
+        if pos.next.get(p).is_some_and(|n| *n >= header.next) {
+            info!(
+                partition = p,
+                "This instance's state of the partition is as new as the changelog's."
+            );
+            continue;
+        }
+        if let Err(e) = engine.absorb_partition(*p, &share) {
+            warn!(partition = p, error = %e, "Changelog state unusable: starting at the committed offset.");
+            continue;
+        }
+        info!(
+            partition = p,
+            next = header.next,
+            pending = header.pending.len(),
+            "Took the partition's state over from the changelog."
+        );
+        pos.next.insert(*p, header.next);
+        for (ap, o) in header.delivered {
+            let m = from.entry(ap).or_insert(o);
+            *m = (*m).min(o);
+        }
+        pending.extend(header.pending);
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let wanted: HashSet<String> = pending.iter().map(notify::change_key).collect();
+    let found = found_on_alerts_topic(out, from, wanted).await;
+    let missing: Vec<Alert> = pending
+        .into_iter()
+        .filter(|a| !found.contains(&notify::change_key(a)))
+        .collect();
+    info!(
+        sending = missing.len(),
+        already_there = found.len(),
+        "Alerts left pending by the partitions' last owner, looked up on the alerts topic."
+    );
+    let closing = Closing {
+        alerts: missing,
+        started: Instant::now(),
+        closed: true,
+    };
+    finish(ckpt, engine, pos, out, closing).await;
+}
+
+/// An instance with no CDN-wide stage of its own (no checkpoint) starts it from report
+/// partition 0's last changelog share, as the other instances had it, and reads the
+/// summaries topic on from there; with no share yet, from the topic's start.
+pub(super) fn join_cdn_stage(cfg: &Config, engine: &mut Engine, changelog: &str) {
+    let last = tokio::task::block_in_place(|| {
+        crate::changelog::read_share(&cfg.kafka, changelog, 0, Duration::from_secs(10))
+    });
+    let adopted = last.and_then(|s| match s {
+        Some((_, share)) => engine.adopt_cdn_stage(&share).map_err(|e| e.to_string()),
+        None => Ok(None),
+    });
+    match adopted {
+        Ok(Some(next)) => info!(
+            next,
+            "Joined the CDN-wide stage from partition 0's changelog share."
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "Partition 0's changelog share unusable: the CDN-wide stage starts from the summaries topic's start.")
+        }
+    }
+}
+
+/// The changelog topic must exist with a partition for every report partition.
+pub(super) fn check_changelog_topic(
+    cfg: &Config,
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let reports = partition_count(producer, &cfg.kafka.reports_topic)?;
+    let changelog = partition_count(producer, topic)?;
+    if changelog < reports {
+        anyhow::bail!(
+            "kafka.changelog_topic: {topic} has {changelog} partitions; it needs as many as {} ({reports})",
+            cfg.kafka.reports_topic
+        );
+    }
+    Ok(())
+}
+
+/// How many partitions `topic` has (0 if it does not exist).
+pub(super) fn partition_count(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    use rdkafka::producer::Producer;
+    let md = tokio::task::block_in_place(|| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .map_err(|e| anyhow::anyhow!("cannot read the metadata of {topic}: {e}"))?;
+    Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+}

@@ -1,0 +1,340 @@
+//! The cross-partition decision: partitions' verdicts on a window wait in a stash until the
+//! frontier says every partition has closed it; then the window is decided in order:
+//! CDN-wide roll-up over all partitions' bad keys first, then each partition's own incidents
+//! (location-wide parents and location+CDN scopes), and the quality view.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::assess::Assessment;
+use super::quality::{KeyQuality, Quality, key_quality, sort_worst};
+use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
+use crate::config::DetectConfig;
+use crate::detect::{self, Metric, Offsets, OwnLevels};
+use crate::incident::{Alert, Scope, Verdict};
+use crate::time::Millis;
+use crate::window::{Acc, Closed, Key};
+
+/// A key with its accumulator and its verdicts, as a partition stashes them.
+pub(super) type Tested = (Key, Acc, Vec<Verdict>);
+
+/// Keys with their accumulators, and verdicts with the index of their key: the parallel
+/// lists detection works on.
+type Flat = (Vec<(Key, Acc)>, Vec<(usize, Verdict)>);
+
+/// A partition's verdicts on one window, until every partition has closed it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Stash {
+    /// Keys with findings: their verdicts, and their accumulator where a verdict is bad (the
+    /// evidence of a CDN-wide or location-wide parent; empty otherwise).
+    pub(super) keys: Vec<Tested>,
+    reports: Acc,
+    key_count: usize,
+    worst: Vec<KeyQuality>,
+    /// Lowest source offset per partition that contributed (for safe commits).
+    pub(super) min_offsets: HashMap<i32, i64>,
+}
+
+impl Stash {
+    /// Adds a partition's tested window; returns its bad keys (with their evidence).
+    fn add(&mut self, a: Assessment, w: &Closed, min_samples: u64) -> Vec<Tested> {
+        for (k, acc) in &a.keys {
+            if acc.reports == 0 {
+                continue;
+            }
+            self.reports.merge(acc);
+            if acc.reports >= min_samples {
+                self.worst.push(key_quality(k, acc));
+            }
+        }
+        sort_worst(&mut self.worst);
+        self.key_count += a.keys.len();
+        for (p, o) in &w.min_offsets {
+            let m = self.min_offsets.entry(*p).or_insert(*o);
+            *m = (*m).min(*o);
+        }
+        let mut grouped: Vec<Vec<Verdict>> = vec![Vec::new(); a.keys.len()];
+        for (i, v) in a.verdicts {
+            grouped[i].push(v);
+        }
+        let mut bad = Vec::new();
+        for ((key, mut acc), vs) in a.keys.into_iter().zip(grouped) {
+            if vs.is_empty() {
+                continue;
+            }
+            if vs.iter().any(|v| v.bad) {
+                acc.cohorts = None;
+                bad.push((key.clone(), acc.clone(), vs.clone()));
+            } else {
+                acc = Acc::default();
+            }
+            self.keys.push((key, acc, vs));
+        }
+        bad
+    }
+}
+
+/// The quality view of a window from every partition's stash.
+fn quality_of(start: Millis, stashed: &BTreeMap<i32, Stash>) -> Quality {
+    let (mut reports, mut keys, mut worst) = (Acc::default(), 0, Vec::new());
+    for s in stashed.values() {
+        reports.merge(&s.reports);
+        keys += s.key_count;
+        worst.extend(s.worst.iter().cloned());
+    }
+    sort_worst(&mut worst);
+    Quality {
+        window_start: start,
+        keys,
+        reports: reports.reports,
+        rebuffer_ratio: reports.rebuffer_ratio(),
+        failure_rate: reports.failure_rate(),
+        worst,
+    }
+}
+
+impl Engine {
+    /// Tests one partition's closed window. What is normal for its keys learns from it; the
+    /// verdicts wait in the stash (and, peered, its bad keys go out in its next summary).
+    pub(super) fn stage_one(&mut self, partition: i32, mut w: Closed) {
+        let Some(part) = self.parts.get_mut(&partition) else {
+            return;
+        };
+        let a = part.test(&mut w, &self.cfg.detect);
+        self.counters.tests += a.tests;
+        self.counters.discoveries += a.discoveries();
+        let stash = self
+            .stash
+            .entry(w.start)
+            .or_default()
+            .entry(partition)
+            .or_default();
+        let bad = stash.add(a, &w, self.cfg.detect.min_samples);
+        if let Some(peers) = &mut self.peers {
+            peers.closed(partition, w.start, bad);
+        }
+    }
+
+    /// Decides, in order, every window the frontier allows. The parts behind it (idle ones,
+    /// and revoked ones unless peered) first close as far.
+    pub(super) fn decide(&mut self) -> Vec<Alert> {
+        let peered = self.peers.is_some();
+        if let Some(to) = self.frontier.close_to(&self.parts, self.peers.as_ref()) {
+            let mut behind = Vec::new();
+            for (p, part) in self.parts.iter_mut() {
+                if self.frontier.closes_behind(*p, peered) && part.windows.closed_until() < to {
+                    behind.push((*p, part.windows.close_until(to)));
+                }
+            }
+            for (p, windows) in behind {
+                for w in windows {
+                    self.stage_one(p, w);
+                }
+            }
+        }
+        self.collect_summaries();
+        let Some(upto) = self.frontier.decidable(&self.parts, self.peers.as_ref()) else {
+            return Vec::new();
+        };
+        let alerts = self.decide_until(upto);
+        let (size, decided) = (self.cfg.window_ms(), self.decided_until);
+        if let Some(peers) = &mut self.peers {
+            peers.forget_decided(decided, size);
+        }
+        alerts
+    }
+
+    /// Decides, in window order, every window ending at or before `upto` with stashed
+    /// verdicts or (peered) partitions' bad keys, and the empty ones between them.
+    fn decide_until(&mut self, upto: Millis) -> Vec<Alert> {
+        let size = self.cfg.window_ms();
+        let mut alerts = Vec::new();
+        loop {
+            let first_bad = self.peers.as_ref().and_then(|p| p.first_window());
+            let next = [first_bad, self.stash.keys().next().copied()]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|s| s + size <= upto);
+            // Windows nobody had anything for are decided too (as empty ones): silence is news.
+            let gap_end = next.unwrap_or(upto);
+            if self.decided_until != Millis::MIN {
+                let mut s = self.decided_until.max(gap_end - MAX_GAP_WINDOWS * size);
+                while s + size <= gap_end {
+                    alerts.extend(self.stage_two(s, BTreeMap::new()));
+                    s += size;
+                }
+            }
+            let Some(start) = next else {
+                self.decided_until = self.decided_until.max(upto);
+                break;
+            };
+            let stash = self.stash.remove(&start).unwrap_or_default();
+            alerts.extend(self.stage_two(start, stash));
+            self.decided_until = self.decided_until.max(start + size);
+        }
+        alerts
+    }
+
+    /// Decides one window over all partitions' verdicts: CDN-wide parents over all of them,
+    /// then each partition's incidents (location-wide parents and location+CDN scopes).
+    /// A window decided before is decided again only for partitions behind it (one taken
+    /// over from another instance, catching up).
+    fn stage_two(&mut self, start: Millis, mut stashed: BTreeMap<i32, Stash>) -> Vec<Alert> {
+        let end = start + self.cfg.window_ms();
+        let fresh = end > self.decided_until;
+        let mut alerts = Vec::new();
+        if fresh {
+            self.counters.windows_closed += 1;
+            self.quality = quality_of(start, &stashed);
+            let bad: Vec<Tested> = match &mut self.peers {
+                // Every partition's, as their summaries said.
+                Some(peers) => peers.take_bad(start),
+                None => stashed
+                    .values()
+                    .flat_map(|s| s.keys.iter())
+                    .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
+                    .cloned()
+                    .collect(),
+            };
+            let (keys, verdicts) = flatten(bad);
+            let parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
+            let cdn = self.incidents.apply(start, end, parents, &self.cfg.detect);
+            match &mut self.peers {
+                Some(peers) => peers.hold_cdn_alerts(start, cdn),
+                None => alerts.extend(cdn),
+            }
+        } else {
+            self.redecided += 1;
+        }
+        for (p, part) in self.parts.iter_mut() {
+            if part.decided_until >= end {
+                continue;
+            }
+            if let Some(peers) = &self.peers {
+                // A part that has not closed the window yet (catching up) decides it later.
+                if self.frontier.is_revoked(*p) || part.windows.closed_until() < end {
+                    continue;
+                }
+                // Partition 0's owner sends the CDN-wide alerts of the windows it decides.
+                if *p == 0 {
+                    alerts.extend(peers.cdn_alerts_for(part.decided_until, start, end));
+                }
+            }
+            let groups = stashed.remove(p).map(|s| s.keys).unwrap_or_default();
+            alerts.extend(part.decide(start, end, groups, &self.cfg.detect, &self.incidents));
+        }
+        self.counters.alerts += alerts.len() as u64;
+        if fresh {
+            self.closes_since_prune += 1;
+        }
+        if self.closes_since_prune >= 10 {
+            self.closes_since_prune = 0;
+            let horizon = end - TABLE_HISTORY_WINDOWS * self.cfg.window_ms();
+            self.table.prune_before(horizon);
+            for part in self.parts.values_mut() {
+                part.forget_before(horizon);
+            }
+        }
+        alerts
+    }
+}
+
+/// Which parents [`roll_up`] raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Grouping {
+    /// One CDN at many locations: spans partitions, decided over all of them.
+    Cdn,
+    /// Every CDN at one location: a location is in one partition.
+    Location,
+}
+
+/// Stashed keys sorted by key, as the parallel lists detection works on.
+pub(super) fn flatten(mut groups: Vec<Tested>) -> Flat {
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut keys = Vec::with_capacity(groups.len());
+    let mut verdicts = Vec::new();
+    for (i, (key, acc, vs)) in groups.into_iter().enumerate() {
+        keys.push((key, acc));
+        verdicts.extend(vs.into_iter().map(|v| (i, v)));
+    }
+    (keys, verdicts)
+}
+
+/// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
+/// locations is one CDN-wide incident; a location bad on one metric on every CDN tested
+/// there (two or more) is one location-wide incident. The parent's evidence is the
+/// merged accumulators of the bad keys under it. `grouping` says which of the two to raise.
+pub(super) fn roll_up(
+    detect_cfg: &DetectConfig,
+    keys: &[(Key, Acc)],
+    verdicts: &[(usize, Verdict)],
+    grouping: Grouping,
+) -> Vec<Verdict> {
+    let mut by_cdn: BTreeMap<(Metric, &str), Vec<usize>> = BTreeMap::new();
+    let mut by_loc: BTreeMap<(Metric, &str), (Vec<usize>, usize)> = BTreeMap::new();
+    for (i, v) in verdicts {
+        let k = &keys[*i].0;
+        let m = v.finding.metric;
+        let e = by_loc.entry((m, &*k.location)).or_default();
+        e.1 += 1;
+        if v.bad {
+            by_cdn.entry((m, &*k.cdn)).or_default().push(*i);
+            e.0.push(*i);
+        }
+    }
+    let mut out = Vec::new();
+    let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
+        let t = detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), metric);
+        let finding = if metric == Metric::ReportVolume {
+            let (obs, usual) = verdicts
+                .iter()
+                .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
+                .fold((0.0, 0.0), |(o, u), (_, v)| {
+                    (o + v.finding.observed, u + v.finding.expected)
+                });
+            detect::evaluate_volume(obs as u64, usual, &t)
+        } else {
+            let mut merged = Acc::default();
+            for i in idx {
+                merged.merge(&keys[*i].1);
+            }
+            let tune = |m| detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), m);
+            detect::evaluate_with(&merged, &tune, &Offsets::default(), &OwnLevels::default())
+                .into_iter()
+                .find(|f| f.metric == metric)
+        };
+        if let Some(finding) = finding {
+            out.push(Verdict {
+                scope,
+                severity: detect::severity(finding.effect, &t),
+                finding,
+                bad: true,
+            });
+        }
+    };
+    for ((m, cdn), idx) in by_cdn.iter().filter(|_| grouping == Grouping::Cdn) {
+        if idx.len() >= detect_cfg.group_min_locations {
+            parent(
+                *m,
+                idx,
+                Scope {
+                    location: None,
+                    cdn: Some((*cdn).into()),
+                },
+            );
+        }
+    }
+    for ((m, loc), (idx, tested)) in by_loc.iter().filter(|_| grouping == Grouping::Location) {
+        if idx.len() >= 2 && idx.len() == *tested {
+            parent(
+                *m,
+                idx,
+                Scope {
+                    location: Some((*loc).into()),
+                    cdn: None,
+                },
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,368 @@
+//! The pure core of the pipeline: as-of join, windows, detection and incidents, with no I/O.
+//!
+//! The daemon, the backtest and the benchmarks all drive this same type, so the backtest runs
+//! exactly the daemon's detection.
+//!
+//! Work is split by source partition, as Kafka Streams splits it into tasks. Each partition
+//! has a [`part::Part`]: its own windows and watermark, and what is normal for its keys. A
+//! partition closes a window when its own event time has passed it, and tests that window's
+//! keys as one family ([`assess`]: the multiple-test correction runs per partition and
+//! window). Everything in a part therefore depends only on that partition's records, in
+//! their order, not on how reads of several partitions interleave (a catch-up after a restart
+//! reads them at other relative speeds than a live run). The verdicts wait in a stash until
+//! the [`frontier`] says every partition that holds windows back has closed the window; then
+//! it is decided ([`decide`]): CDN-wide grouping over all partitions first, then each
+//! partition's own incidents, which live in its part. A part is therefore the whole state of
+//! a partition: [`Engine::export_partition`] hands it to another instance (the changelog,
+//! [`codec`]). With the partitions spread over instances the CDN-wide stage runs on every
+//! partition's summaries ([`peers`]).
+//!
+//! | file | concern |
+//! |---|---|
+//! | `part.rs` | one partition's task: record, test a closed window, learn, its own incidents |
+//! | `assess.rs` | the window test, a pure function of keys, references and tuning |
+//! | `frontier.rs` | when a window may be decided (alone or peered); idle and revoked partitions |
+//! | `decide.rs` | the stash and the cross-partition decision, roll-up to CDN and location |
+//! | `peers.rs` | the summaries protocol of the CDN-wide stage across instances |
+//! | `codec.rs` | checkpoint, changelog share and summary bytes |
+//! | `quality.rs` | the viewer-quality view of the last window |
+
+mod assess;
+mod codec;
+mod decide;
+mod frontier;
+mod part;
+mod peers;
+mod quality;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::Config;
+use crate::decode::Report;
+use crate::incident::{Alert, Incidents};
+use crate::table::{BenchmarkTable, Expected};
+use crate::time::Millis;
+use crate::window::Recorded;
+
+use decide::Stash;
+use frontier::Frontier;
+use part::Part;
+use peers::Peers;
+pub use quality::{KeyQuality, Quality, WORST_KEYS};
+
+/// Plain counters of what the engine did; the shell exports them as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub late: u64,
+    pub key_cap: u64,
+    pub join_hits: u64,
+    pub join_misses: u64,
+    pub windows_closed: u64,
+    pub tests: u64,
+    pub discoveries: u64,
+    pub alerts: u64,
+}
+
+/// Why state bytes (a checkpoint, a changelog share, a summary) could not be used. None of
+/// these is helped by a retry: the bytes are what they are.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("encoding state: {0}")]
+    Encode(String),
+    #[error("decoding state: {0}")]
+    Decode(String),
+    #[error("window.size or window.allowed_lateness changed")]
+    Shape,
+    #[error("the share is partition {share}'s, not {partition}'s")]
+    WrongShare { share: i32, partition: i32 },
+    #[error("summary of partition {partition}, the reports topic has {partitions}")]
+    UnknownPartition { partition: i32, partitions: i32 },
+}
+
+/// How many closed windows of benchmark history to keep behind the watermark.
+const TABLE_HISTORY_WINDOWS: i64 = 120;
+
+/// Most empty windows decided at once after a gap in all input.
+const MAX_GAP_WINDOWS: i64 = 120;
+
+pub struct Engine {
+    cfg: Config,
+    table: BenchmarkTable,
+    parts: BTreeMap<i32, Part>,
+    /// Which partitions hold the decision of windows back.
+    frontier: Frontier,
+    /// Verdicts per window start and partition, waiting for the slower partitions.
+    stash: BTreeMap<Millis, BTreeMap<i32, Stash>>,
+    /// Every window ending at or before this has been decided.
+    decided_until: Millis,
+    /// Whether a record may have made a window closable (cheap check per report).
+    ready: bool,
+    /// Windows decided again for partitions catching up (not in `counters`: a window counts
+    /// once there).
+    redecided: u64,
+    /// CDN-wide incidents (the others live in the partitions' parts).
+    incidents: Incidents,
+    /// With the partitions spread over several instances: every partition's progress and
+    /// bad keys, from the summaries topic. The CDN-wide stage then runs on them (the same
+    /// way on every instance); `None`: this instance alone decides over the parts it holds.
+    peers: Option<Peers>,
+    counters: Counters,
+    closes_since_prune: u32,
+    /// Viewer quality of the last closed window: totals and the worst keys.
+    quality: Quality,
+}
+
+impl Engine {
+    pub fn new(cfg: &Config) -> Self {
+        Self::with_table(cfg, BenchmarkTable::new())
+    }
+
+    /// Starts from a benchmark table loaded elsewhere (the RocksDB cache).
+    pub fn with_table(cfg: &Config, table: BenchmarkTable) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            table,
+            parts: BTreeMap::new(),
+            frontier: Frontier::default(),
+            stash: BTreeMap::new(),
+            decided_until: Millis::MIN,
+            ready: false,
+            redecided: 0,
+            incidents: Incidents::new(),
+            peers: None,
+            counters: Counters::default(),
+            closes_since_prune: 0,
+            quality: Quality::default(),
+        }
+    }
+
+    /// The benchmark table, giving up the rest.
+    pub fn into_table(self) -> BenchmarkTable {
+        self.table
+    }
+
+    /// Replaces the detection rules (SIGHUP); open windows and incidents carry on.
+    pub fn set_detect(&mut self, detect: crate::config::DetectConfig) {
+        self.cfg.detect = detect;
+    }
+
+    /// Viewer quality of the last closed window.
+    pub fn quality(&self) -> &Quality {
+        &self.quality
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// How many times a window was decided, including again for partitions catching up:
+    /// the state changed when it moves.
+    pub fn decisions(&self) -> u64 {
+        self.counters.windows_closed + self.redecided
+    }
+
+    pub fn table(&self) -> &BenchmarkTable {
+        &self.table
+    }
+
+    /// Open windows and keys over all of them, summed over the partitions.
+    pub fn open_stats(&self) -> (usize, usize) {
+        self.parts
+            .values()
+            .map(|p| p.windows.open_stats())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    pub fn firing(&self) -> usize {
+        // Peered, every instance holds the CDN-wide incidents; partition 0's owner counts them.
+        let cdn = match &self.peers {
+            Some(_) if !self.has_partition(0) => 0,
+            _ => self.incidents.firing(),
+        };
+        cdn + self
+            .parts
+            .values()
+            .map(|p| p.incidents.firing())
+            .sum::<usize>()
+    }
+
+    /// Applies a benchmark row (or a tombstone, `None`) valid from `ts`.
+    pub fn on_benchmark(&mut self, location: &str, cdn: &str, ts: Millis, row: Option<Expected>) {
+        self.table.upsert(location, cdn, ts, row);
+    }
+
+    /// `partition`'s part, created if new. A new part starts from nothing: its first
+    /// windows may be older than what the others have decided (a partition taken over
+    /// without state replays from its committed offset); they are decided for its own
+    /// incidents as it catches up, holding the others' decisions back meanwhile.
+    fn part_mut(&mut self, partition: i32) -> &mut Part {
+        let cfg = &self.cfg;
+        self.parts
+            .entry(partition)
+            .or_insert_with(|| Part::new(cfg))
+    }
+
+    /// Joins a report with the benchmark valid at its event time and folds it into its window.
+    pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
+        let p = source.map_or(-1, |s| s.0);
+        if self.frontier.wake(p) {
+            self.ready = true;
+        }
+        let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
+        let joined = expected.is_some();
+        let cfg = &self.cfg;
+        let part = self.parts.entry(p).or_insert_with(|| Part::new(cfg));
+        let out = part.record(r, expected, source);
+        self.ready |= part.windows.has_ready();
+        match out {
+            Recorded::Accepted => {
+                self.counters.accepted += 1;
+                if joined {
+                    self.counters.join_hits += 1;
+                } else {
+                    self.counters.join_misses += 1;
+                }
+            }
+            Recorded::Late => self.counters.late += 1,
+            Recorded::KeyCapExceeded => self.counters.key_cap += 1,
+        }
+        out
+    }
+
+    /// The slowest partition's watermark, over those that hold windows back; with every
+    /// owned partition idle, the newest. `None` while one of them has sent nothing yet, or
+    /// with none owned.
+    pub fn watermark(&self) -> Option<Millis> {
+        self.frontier.watermark(&self.parts)
+    }
+
+    /// Registers a source partition this instance now owns; windows wait for its input.
+    pub fn add_partition(&mut self, partition: i32) {
+        self.frontier.own(partition);
+        self.part_mut(partition);
+    }
+
+    /// Registered partitions that hold windows back and have not delivered a record yet.
+    pub fn silent_partitions(&self) -> Vec<i32> {
+        self.parts
+            .iter()
+            .filter(|(p, part)| !self.frontier.is_idle(**p) && part.windows.newest().is_none())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Per registered partition: newest event time (if any) and whether it is idle.
+    pub fn partition_state(&self) -> BTreeMap<i32, (Option<Millis>, bool)> {
+        self.parts
+            .iter()
+            .map(|(p, part)| (*p, (part.windows.newest(), self.frontier.is_idle(*p))))
+            .collect()
+    }
+
+    pub fn has_partition(&self, partition: i32) -> bool {
+        self.parts.contains_key(&partition) && !self.frontier.is_revoked(partition)
+    }
+
+    /// A source partition without input for a while: stop waiting for it.
+    pub fn set_partition_idle(&mut self, partition: i32) {
+        if self.parts.contains_key(&partition) && self.frontier.set_idle(partition) {
+            self.ready = true;
+        }
+    }
+
+    /// A source partition this instance no longer owns: windows stop waiting for it; its
+    /// state stays (it may come back, or its records may still be in flight).
+    pub fn remove_partition(&mut self, partition: i32) {
+        if self.parts.contains_key(&partition) {
+            self.frontier.revoke(partition);
+            self.ready = true;
+        }
+    }
+
+    /// Forgets a partition's state (it was handed to another instance).
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+        self.frontier.forget(partition);
+        for w in self.stash.values_mut() {
+            w.remove(&partition);
+        }
+        self.stash.retain(|_, w| !w.is_empty());
+        if let Some(peers) = &mut self.peers {
+            peers.forget_partition(partition);
+        }
+        self.ready = true;
+    }
+
+    /// Partitions this engine holds state for (owned, idle or revoked).
+    pub fn partitions(&self) -> Vec<i32> {
+        self.parts.keys().copied().collect()
+    }
+
+    /// The partition whose state knows `location` (its keys' history), if any.
+    pub fn home_of(&self, location: &str) -> Option<i32> {
+        self.parts
+            .iter()
+            .find(|(_, part)| part.volumes.keys().any(|k| &*k.location == location))
+            .map(|(p, _)| *p)
+    }
+
+    /// Whether a window may be ready to close or decide (cheap).
+    pub fn has_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Closes every window the partitions' watermarks have passed and decides those every
+    /// partition has closed; returns the alerts they caused.
+    pub fn close_ready(&mut self) -> Vec<Alert> {
+        self.ready = false;
+        let mut closed = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            if part.windows.has_ready() {
+                closed.push((*p, part.windows.close_ready()));
+            }
+        }
+        self.test_closed(closed)
+    }
+
+    /// Closes and decides every window ending at or before `watermark` in every partition
+    /// (used when input is idle, and to flush at the end of a backtest).
+    pub fn close_until(&mut self, watermark: Millis) -> Vec<Alert> {
+        let mut closed = Vec::new();
+        for (p, part) in self.parts.iter_mut() {
+            closed.push((*p, part.windows.close_until(watermark)));
+        }
+        self.test_closed(closed)
+    }
+
+    fn test_closed(&mut self, closed: Vec<(i32, Vec<crate::window::Closed>)>) -> Vec<Alert> {
+        for (p, windows) in closed {
+            for w in windows {
+                self.stage_one(p, w);
+            }
+        }
+        self.decide()
+    }
+
+    /// Lowest source offset per partition still needed by an open or undecided window.
+    pub fn pending_offsets(&self) -> HashMap<i32, i64> {
+        let mut out: HashMap<i32, i64> = HashMap::new();
+        let stashed = self
+            .stash
+            .values()
+            .flat_map(|w| w.values())
+            .flat_map(|s| s.min_offsets.iter());
+        for (p, o) in self
+            .parts
+            .values()
+            .flat_map(|part| part.windows.pending_offsets())
+            .chain(stashed.map(|(p, o)| (*p, *o)))
+        {
+            let m = out.entry(p).or_insert(o);
+            *m = (*m).min(o);
+        }
+        out
+    }
+}
