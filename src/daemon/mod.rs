@@ -133,18 +133,21 @@ pub async fn run(
         pos.next.clear();
     }
     pos.checkpointed(&engine);
-    let summaries_consumer = match &cfg.kafka.summaries_topic {
+    let (summaries, summaries_consumer) = match &cfg.kafka.summaries_topic {
         Some(topic) => {
             let next = join_peers(&cfg, &producer, &mut engine)?;
             ckpt.flush_first = Some(producer.clone());
-            Some(source::summaries_consumer(&cfg.kafka, topic, next)?)
+            let out = Summaries {
+                producer: producer.clone(),
+                topic: topic.clone(),
+            };
+            (
+                Some(out),
+                Some(source::summaries_consumer(&cfg.kafka, topic, next)?),
+            )
         }
-        None => None,
+        None => (None, None),
     };
-    let summaries = cfg.kafka.summaries_topic.as_ref().map(|topic| Summaries {
-        producer: producer.clone(),
-        topic: topic.clone(),
-    });
     info!(topic = %cfg.kafka.reports_topic, group = %cfg.kafka.group_id, "Consuming reports.");
     let mut runner = Runner {
         idle_grace: cfg.window.size + cfg.window.allowed_lateness,

@@ -71,7 +71,29 @@ impl Positions {
     /// Stores, per assigned partition, the offset the last checkpoint makes safe; auto-commit
     /// then commits it.
     pub(super) fn store(&self, consumer: &source::ReportsConsumer, topic: &str) {
-        store_offsets(consumer, topic, &self.committable);
+        let assigned: HashSet<i32> = match consumer.assignment() {
+            Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
+            Err(_) => return,
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, safe) in self
+            .committable
+            .iter()
+            .filter(|(p, _)| assigned.contains(p))
+        {
+            if tpl
+                .add_partition_offset(topic, *p, Offset::Offset(*safe))
+                .is_err()
+            {
+                continue;
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = consumer.store_offsets(&tpl)
+        {
+            // Partitions revoked in a rebalance can no longer be stored: expected, harmless.
+            debug!(error = %e, "Could not store offsets.");
+        }
     }
 }
 
@@ -81,26 +103,4 @@ fn committable(engine: &Engine, next: &HashMap<i32, i64>) -> HashMap<i32, i64> {
     next.iter()
         .map(|(p, n)| (*p, pending.get(p).map_or(*n, |o| (*o).min(*n))))
         .collect()
-}
-
-fn store_offsets(consumer: &source::ReportsConsumer, topic: &str, committable: &HashMap<i32, i64>) {
-    let assigned: HashSet<i32> = match consumer.assignment() {
-        Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
-        Err(_) => return,
-    };
-    let mut tpl = TopicPartitionList::new();
-    for (p, safe) in committable.iter().filter(|(p, _)| assigned.contains(p)) {
-        if tpl
-            .add_partition_offset(topic, *p, Offset::Offset(*safe))
-            .is_err()
-        {
-            continue;
-        }
-    }
-    if tpl.count() > 0
-        && let Err(e) = consumer.store_offsets(&tpl)
-    {
-        // Partitions revoked in a rebalance can no longer be stored: expected, harmless.
-        debug!(error = %e, "Could not store offsets.");
-    }
 }

@@ -35,8 +35,9 @@ pub(super) struct Stash {
 }
 
 impl Stash {
-    /// Adds a partition's tested window; returns its bad keys (with their evidence).
-    fn add(&mut self, a: Assessment, w: &Closed, min_samples: u64) -> Vec<Tested> {
+    /// Adds a partition's tested window; with `share_bad`, returns its bad keys (with their
+    /// evidence) for the other instances.
+    fn add(&mut self, a: Assessment, w: &Closed, min_samples: u64, share_bad: bool) -> Vec<Tested> {
         for (k, acc) in &a.keys {
             if acc.reports == 0 {
                 continue;
@@ -63,7 +64,9 @@ impl Stash {
             }
             if vs.iter().any(|v| v.bad) {
                 acc.cohorts = None;
-                bad.push((key.clone(), acc.clone(), vs.clone()));
+                if share_bad {
+                    bad.push((key.clone(), acc.clone(), vs.clone()));
+                }
             } else {
                 acc = Acc::default();
             }
@@ -108,7 +111,8 @@ impl Engine {
             .or_default()
             .entry(partition)
             .or_default();
-        let bad = stash.add(a, &w, self.cfg.detect.min_samples);
+        let peered = self.peers.is_some();
+        let bad = stash.add(a, &w, self.cfg.detect.min_samples, peered);
         if let Some(peers) = &mut self.peers {
             peers.closed(partition, w.start, bad);
         }

@@ -18,6 +18,12 @@ pub(super) struct Frontier {
     revoked: BTreeSet<i32>,
 }
 
+/// Every partition's (closed until, idle) by the summaries; `None` until all were heard of.
+fn progress(peers: &Peers) -> Option<impl Iterator<Item = (Millis, bool)> + Clone + '_> {
+    peers.heard_of_all()?;
+    Some(peers.progress.values().copied())
+}
+
 /// The slowest value of those that hold windows back; with none holding, the furthest.
 fn slowest<T: Ord>(items: impl Iterator<Item = (bool, T)> + Clone) -> Option<T> {
     let mut holding = items.clone().filter(|(h, _)| *h).map(|(_, t)| t).peekable();
@@ -98,12 +104,9 @@ impl Frontier {
     ) -> Option<Millis> {
         match peers {
             None => self.local(parts),
-            Some(peers) => {
-                peers.heard_of_all()?;
-                slowest(peers.progress.values().map(|(c, idle)| (!idle, *c)))
-                    .filter(|f| *f != Millis::MIN)
-            }
+            Some(peers) => slowest(progress(peers)?.map(|(c, idle)| (!idle, c))),
         }
+        .filter(|f| *f != Millis::MIN)
     }
 
     /// Whether [`Frontier::close_to`] closes part `p` when it is behind: alone every part
@@ -123,25 +126,18 @@ impl Frontier {
     ) -> Option<Millis> {
         match peers {
             None => self.local(parts),
-            Some(peers) => {
-                peers.heard_of_all()?;
-                peers
-                    .progress
-                    .values()
-                    .map(|(c, _)| *c)
-                    .min()
-                    .filter(|f| *f != Millis::MIN)
-            }
+            Some(peers) => progress(peers)?.map(|(c, _)| c).min(),
         }
+        .filter(|f| *f != Millis::MIN)
     }
 
-    /// Revoked partitions count for nothing: with every partition revoked (before the first
-    /// assignment, or while a broker is away) nothing is decided.
+    /// How far the owned parts have closed. Revoked partitions count for nothing: with every
+    /// partition revoked (before the first assignment, or while a broker is away) nothing is
+    /// decided.
     fn local(&self, parts: &BTreeMap<i32, Part>) -> Option<Millis> {
         slowest(
             self.owned(parts)
                 .map(|(h, part)| (h, part.windows.closed_until())),
         )
-        .filter(|f| *f != Millis::MIN)
     }
 }

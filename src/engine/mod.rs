@@ -194,17 +194,6 @@ impl Engine {
         self.table.upsert(location, cdn, ts, row);
     }
 
-    /// `partition`'s part, created if new. A new part starts from nothing: its first
-    /// windows may be older than what the others have decided (a partition taken over
-    /// without state replays from its committed offset); they are decided for its own
-    /// incidents as it catches up, holding the others' decisions back meanwhile.
-    fn part_mut(&mut self, partition: i32) -> &mut Part {
-        let cfg = &self.cfg;
-        self.parts
-            .entry(partition)
-            .or_insert_with(|| Part::new(cfg))
-    }
-
     /// Joins a report with the benchmark valid at its event time and folds it into its window.
     pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
         let p = source.map_or(-1, |s| s.0);
@@ -213,8 +202,7 @@ impl Engine {
         }
         let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
         let joined = expected.is_some();
-        let cfg = &self.cfg;
-        let part = self.parts.entry(p).or_insert_with(|| Part::new(cfg));
+        let part = part_entry(&mut self.parts, &self.cfg, p);
         let out = part.record(r, expected, source);
         self.ready |= part.windows.has_ready();
         match out {
@@ -242,7 +230,7 @@ impl Engine {
     /// Registers a source partition this instance now owns; windows wait for its input.
     pub fn add_partition(&mut self, partition: i32) {
         self.frontier.own(partition);
-        self.part_mut(partition);
+        part_entry(&mut self.parts, &self.cfg, partition);
     }
 
     /// Registered partitions that hold windows back and have not delivered a record yet.
@@ -365,4 +353,17 @@ impl Engine {
         }
         out
     }
+}
+
+/// `partition`'s part in `parts`, created if new. A new part starts from nothing: its first
+/// windows may be older than what the others have decided (a partition taken over without
+/// state replays from its committed offset); they are decided for its own incidents as it
+/// catches up, holding the others' decisions back meanwhile. (A free function: the caller
+/// holds a borrow of the table while it records.)
+fn part_entry<'a>(
+    parts: &'a mut BTreeMap<i32, Part>,
+    cfg: &Config,
+    partition: i32,
+) -> &'a mut Part {
+    parts.entry(partition).or_insert_with(|| Part::new(cfg))
 }

@@ -339,6 +339,44 @@ mod tests {
     }
 
     #[test]
+    fn windows_from_a_checkpoint_with_per_partition_times_keep_their_watermark() {
+        // The layout checkpoints had while one `Windows` kept event times per partition.
+        #[derive(serde::Serialize)]
+        struct Old {
+            size: Millis,
+            lateness: Millis,
+            max_keys: usize,
+            open: BTreeMap<Millis, Open>,
+            max_event_ts: HashMap<i32, Option<Millis>>,
+            idle: HashSet<i32>,
+            closed_until: Millis,
+        }
+        let mut w = Windows::new(60_000, 10_000, 100);
+        rec(&mut w, "L", 130_000);
+        let old = Old {
+            size: 60_000,
+            lateness: 10_000,
+            max_keys: 100,
+            open: std::mem::take(&mut w.open),
+            max_event_ts: HashMap::from([(3, Some(130_000))]),
+            idle: HashSet::new(),
+            closed_until: 60_000,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).expect("encodes");
+        let mut back: Windows = ciborium::from_reader(&bytes[..]).expect("decodes");
+        assert_eq!(back.watermark(), Some(120_000));
+        assert_eq!(rec(&mut back, "L", 100_000), Recorded::Late);
+        assert_eq!(rec(&mut back, "L", 125_000), Recorded::Accepted);
+        let closed = back.close_until(180_000);
+        let w = closed
+            .iter()
+            .find(|c| c.start == 120_000)
+            .expect("its window");
+        assert_eq!(w.keys.values().map(|a| a.reports).sum::<u64>(), 2);
+    }
+
+    #[test]
     fn key_cap_bounds_keys_per_window_but_known_keys_still_count() {
         let mut w = Windows::new(60_000, 0, 2);
         assert_eq!(rec(&mut w, "A", 1), Recorded::Accepted);
