@@ -16,10 +16,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -194,13 +194,7 @@ fn quantile(sorted_or_not: &[Millis], p: f64) -> Option<Millis> {
 
 /// Produces simulated traffic until `n` reports are sent: returns (reports, reports/s).
 fn produce(cfg: &Config, n: u64, seed: u64) -> anyhow::Result<(u64, f64)> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        crate::source::client_config(&cfg.kafka)
-            .set("compression.type", "lz4")
-            .set("linger.ms", "50")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
-            .create()?;
+    let producer = crate::kafka::bulk_producer(&cfg.kafka)?;
     // About three reports per session-minute at the evening peak: size the world so that n
     // reports span half an hour of event time, long enough for incidents to fire and resolve.
     let minutes = 30;
@@ -277,10 +271,8 @@ fn produce(cfg: &Config, n: u64, seed: u64) -> anyhow::Result<(u64, f64)> {
 /// Reads every partition of the reports topic from the start with a bare consumer until `n`
 /// records arrived: records/s from the first record to the last.
 fn ceiling(cfg: &Config, n: u64) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = crate::source::client_config(&cfg.kafka)
-        .set("group.id", format!("{}-ceiling", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let group = format!("{}-ceiling", cfg.kafka.group_id);
+    let consumer = crate::kafka::plain_consumer(&cfg.kafka, &group)?;
     let meta = consumer.fetch_metadata(Some(&cfg.kafka.reports_topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for t in meta.topics() {

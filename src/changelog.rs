@@ -8,14 +8,15 @@
 //! last record of a partition matters: compaction keeps it.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
 
 use crate::config::KafkaConfig;
 use crate::incident::Alert;
+use crate::kafka::read::{Next, Read, read_to_end};
 
 /// What comes with a partition's state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -64,12 +65,7 @@ fn read_last(
     partition: i32,
     timeout: Duration,
 ) -> Result<Option<Vec<u8>>, String> {
-    let consumer: BaseConsumer<crate::source::ToTheEnd> = crate::source::client_config(k)
-        .set("group.id", format!("{}-changelog-reader", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(crate::source::ToTheEnd)
+    let consumer = crate::kafka::end_reader(k, "-changelog-reader", "earliest", false)
         .map_err(|e| e.to_string())?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
@@ -79,21 +75,20 @@ fn read_last(
     }
     // The last record is at high - 1, or further (some brokers, tansu 0.6, answer the offset
     // lookup with the last batch's first offset + 1): read on to the end fetching reports.
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(high - 1))
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let started = Instant::now();
+    let how = Read {
+        timeout,
+        fail_on_error: true,
+        end_after_a_record: true,
+    };
     let mut last = None;
-    while started.elapsed() < timeout {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => last = Some(m.payload().unwrap_or_default().to_vec()),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) if last.is_some() => {
-                return Ok(last);
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
-        }
+    let from = [(partition, Offset::Offset(high - 1))];
+    let end = read_to_end(&consumer, topic, &from, how, |m| {
+        last = Some(m.payload().unwrap_or_default().to_vec());
+        Next::More
+    })
+    .map_err(|e| format!("{topic}/{partition}: {e}"))?;
+    if end.complete {
+        return Ok(last);
     }
     Err(format!(
         "{topic}/{partition}: not read to its end (from offset {}) within {timeout:?}",

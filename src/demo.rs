@@ -7,14 +7,14 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::backtest::score;
 use crate::config::Config;
 use crate::daemon::{self, RunOptions};
 use crate::incident::Alert;
-use crate::notify::{self, render_line};
+use crate::notify::render_line;
 use crate::sim::feed::{FeedOptions, feed};
 use crate::sim::{Labels, SimConfig, Simulator};
 use crate::time::{Millis, format_ms, now_ms};
@@ -41,12 +41,8 @@ pub fn create_topics(
     Ok(())
 }
 
-fn tail_consumer(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "qos-sentinel-demo-tail")
-        .set("enable.auto.commit", "false")
-        .create()?;
+fn tail_consumer(k: &crate::config::KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let c = crate::kafka::plain_consumer(k, "qos-sentinel-demo-tail")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     c.assign(&tpl)?;
@@ -102,7 +98,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // Print alerts as the alerts topic receives them: the demo shows what a consumer of the
     // topic sees, not an in-process shortcut.
     let seen: Arc<Mutex<Vec<Alert>>> = Arc::default();
-    let tail = tail_consumer(&brokers, &cfg.kafka.alerts_topic)?;
+    let tail = tail_consumer(&cfg.kafka, &cfg.kafka.alerts_topic)?;
     let (seen2, tail_stop) = (seen.clone(), stop_rx.clone());
     let printer = tokio::task::spawn_blocking(move || {
         while !*tail_stop.borrow() {
@@ -120,7 +116,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
     });
 
-    let producer = notify::producer(&cfg.kafka)?;
+    let producer = crate::kafka::producer(&cfg.kafka)?;
     let feed_opts = FeedOptions {
         reports_topic: cfg.kafka.reports_topic.clone(),
         benchmarks_topic: cfg.kafka.benchmarks_topic.clone(),

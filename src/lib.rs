@@ -19,6 +19,7 @@ pub mod engine;
 pub mod glob;
 pub mod http;
 pub mod incident;
+pub mod kafka;
 pub mod metrics;
 pub mod notify;
 pub mod retry;

@@ -377,7 +377,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 (Some(brokers), None) => {
                     let mut k = Config::default().kafka;
                     k.brokers = brokers;
-                    let producer = notify::producer(&k)?;
+                    let producer = qos_sentinel::kafka::producer(&k)?;
                     let opts = FeedOptions {
                         reports_topic,
                         benchmarks_topic,

@@ -31,9 +31,11 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{Live, Readiness};
+use crate::kafka;
 use crate::metrics::Metrics;
+use crate::notify::AlertSink;
 use crate::notify::deliver::Dispatcher;
-use crate::notify::{self, AlertSink, DeadLetters};
+use crate::source::DeadLetters;
 use crate::source::{self, BenchmarkUpdate};
 use crate::table::store::TableStore;
 
@@ -87,7 +89,7 @@ pub async fn run(
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
     let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
-    let producer = notify::producer(&cfg.kafka)?;
+    let producer = kafka::producer(&cfg.kafka)?;
     let outputs = Outputs {
         alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
         kafka: cfg.kafka.clone(),
@@ -124,7 +126,7 @@ pub async fn run(
     catch_up_benchmarks(&reader.caught_up, &mut bench_rx, &mut engine, &shutdown).await;
     readiness.benchmarks_loaded.store(true, Ordering::Release);
 
-    let consumer = source::reports_consumer(&cfg)?;
+    let consumer = kafka::reports_consumer(&cfg.kafka)?;
     let probe = probes::spawn_broker_probe(&cfg, readiness.clone(), metrics.clone(), stop.clone())?;
     let mut pos = Positions::new(next);
     if checkpoint_ahead(&cfg, &consumer, &pos.next) {
@@ -143,7 +145,7 @@ pub async fn run(
             };
             (
                 Some(out),
-                Some(source::summaries_consumer(&cfg.kafka, topic, next)?),
+                Some(kafka::summaries_consumer(&cfg.kafka, topic, next)?),
             )
         }
         None => (None, None),
@@ -299,7 +301,7 @@ async fn catch_up_benchmarks(
 /// the last batch.)
 fn checkpoint_ahead(
     cfg: &Config,
-    consumer: &source::ReportsConsumer,
+    consumer: &kafka::ReportsConsumer,
     next: &HashMap<i32, i64>,
 ) -> bool {
     use rdkafka::consumer::Consumer;

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::debug;
 
 use crate::engine::Engine;
-use crate::source;
+use crate::kafka;
 
 /// Per report partition: where reading goes on, what is safe to commit, when it last
 /// delivered and whether the consumer has read it to its end.
@@ -70,7 +70,7 @@ impl Positions {
 
     /// Stores, per assigned partition, the offset the last checkpoint makes safe; auto-commit
     /// then commits it.
-    pub(super) fn store(&self, consumer: &source::ReportsConsumer, topic: &str) {
+    pub(super) fn store(&self, consumer: &kafka::ReportsConsumer, topic: &str) {
         let assigned: HashSet<i32> = match consumer.assignment() {
             Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
             Err(_) => return,

@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::http::{Live, Readiness};
+use crate::kafka;
 use crate::metrics::Metrics;
-use crate::source;
 
 /// Asks the cluster for the reports topic's metadata every 2 s on a thread of its own (the
 /// main loop may be busy retrying a produce while the broker is away) and keeps
@@ -25,7 +25,7 @@ pub(super) fn spawn_broker_probe(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use rdkafka::producer::Producer;
-    let producer: rdkafka::producer::BaseProducer = source::client_config(&cfg.kafka).create()?;
+    let producer = kafka::metadata_client(&cfg.kafka)?;
     let topic = cfg.kafka.reports_topic.clone();
     Ok(std::thread::Builder::new()
         .name("broker-probe".into())
@@ -59,7 +59,7 @@ pub(super) fn spawn_broker_probe(
 /// gauge is never reset as a whole: a scrape during the watermark reads would find no series.)
 /// The broker's reachability is the probe thread's job.
 pub(super) fn probe_lag(
-    consumer: &source::ReportsConsumer,
+    consumer: &kafka::ReportsConsumer,
     topic: &str,
     next: &HashMap<i32, i64>,
     metrics: &Metrics,

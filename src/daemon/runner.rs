@@ -24,9 +24,9 @@ use crate::config::Config;
 use crate::decode;
 use crate::engine::Engine;
 use crate::http::Readiness;
+use crate::kafka;
 use crate::metrics::Metrics;
-use crate::notify::{DeadLetter, DeadLetters};
-use crate::source;
+use crate::source::{DeadLetter, DeadLetters};
 use crate::table::store::TableStore;
 use crate::time::Millis;
 
@@ -99,7 +99,7 @@ impl Runner {
 
     /// Registers what the consumer has assigned and takes new partitions' state over.
     /// Returns whether any partition is assigned.
-    async fn sync(&mut self, consumer: &source::ReportsConsumer) -> bool {
+    async fn sync(&mut self, consumer: &kafka::ReportsConsumer) -> bool {
         let a = sync_assignment(consumer, &mut self.engine, &mut self.pos, &mut self.ckpt);
         take_over(
             &self.cfg,
@@ -144,7 +144,7 @@ impl Runner {
 
     /// The ticker: assignment, idle partitions, event time advanced by the wall clock when
     /// input stopped, repeats due, offsets, gauges, probes.
-    pub(super) async fn on_tick(&mut self, consumer: &source::ReportsConsumer) {
+    pub(super) async fn on_tick(&mut self, consumer: &kafka::ReportsConsumer) {
         // Rebalances first: nothing is decided for a partition that has moved away.
         consumer.context().take_revoked();
         let any = self.sync(consumer).await;
@@ -189,7 +189,7 @@ impl Runner {
         }
     }
 
-    fn probe(&mut self, consumer: &source::ReportsConsumer) {
+    fn probe(&mut self, consumer: &kafka::ReportsConsumer) {
         let topic = &self.cfg.kafka.reports_topic;
         probe_lag(
             consumer,
@@ -215,7 +215,7 @@ impl Runner {
     /// through the select (its futures cost more than a record's processing).
     pub(super) async fn on_reports(
         &mut self,
-        consumer: &source::ReportsConsumer,
+        consumer: &kafka::ReportsConsumer,
         first: KafkaResult<BorrowedMessage<'_>>,
     ) {
         let mut msg = Some(first);
@@ -235,7 +235,7 @@ impl Runner {
         }
     }
 
-    async fn on_report(&mut self, consumer: &source::ReportsConsumer, msg: &BorrowedMessage<'_>) {
+    async fn on_report(&mut self, consumer: &kafka::ReportsConsumer, msg: &BorrowedMessage<'_>) {
         self.reports_in.inc();
         let (p, o) = (msg.partition(), msg.offset());
         self.pos.at_end.remove(&p);
@@ -283,7 +283,7 @@ impl Runner {
     }
 
     /// Checkpoints what is not yet, stores and commits the offsets that covers.
-    pub(super) async fn shutdown(mut self, consumer: &source::ReportsConsumer) {
+    pub(super) async fn shutdown(mut self, consumer: &kafka::ReportsConsumer) {
         let c = self.engine.counters();
         info!(
             accepted = c.accepted,

@@ -14,8 +14,8 @@ use super::state::Checkpointer;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::incident::Alert;
+use crate::kafka;
 use crate::notify;
-use crate::source;
 
 /// What changed in the assignment.
 pub(super) struct Assignment {
@@ -30,7 +30,7 @@ pub(super) struct Assignment {
 /// one it stays and only stops holding windows back (the partition is probably coming back:
 /// an assignment lost in a broker outage).
 pub(super) fn sync_assignment(
-    consumer: &source::ReportsConsumer,
+    consumer: &kafka::ReportsConsumer,
     engine: &mut Engine,
     pos: &mut Positions,
     ckpt: &mut Checkpointer,
@@ -205,12 +205,6 @@ pub(super) fn partition_count(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
 ) -> anyhow::Result<usize> {
-    use rdkafka::producer::Producer;
-    let md = tokio::task::block_in_place(|| {
-        producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-    })
-    .map_err(|e| anyhow::anyhow!("cannot read the metadata of {topic}: {e}"))?;
-    Ok(md.topics().first().map_or(0, |m| m.partitions().len()))
+    tokio::task::block_in_place(|| kafka::partition_count(producer, topic, Duration::from_secs(10)))
+        .map_err(|e| anyhow::anyhow!("cannot read the metadata of {topic}: {e}"))
 }

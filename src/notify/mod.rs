@@ -8,17 +8,15 @@ pub mod render;
 
 use std::time::Duration;
 
+use rdkafka::Offset;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
-use crate::decode::DecodeError;
 use crate::incident::Alert;
-use crate::source::client_config;
-
-/// How long a produce may wait in librdkafka's queue before it is reported as failed.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::kafka;
+use crate::kafka::read::{Next, Read};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -26,16 +24,6 @@ pub enum NotifyError {
     Produce { topic: String, source: KafkaError },
     #[error("cannot encode alert: {0}")]
     Encode(#[from] serde_json::Error),
-}
-
-/// The idempotent producer every output shares.
-pub fn producer(k: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    client_config(k)
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
-        .create()
 }
 
 /// Produces alerts to the alerts topic.
@@ -115,135 +103,51 @@ pub fn find_on_topic(
     wanted: &std::collections::HashSet<String>,
     timeout: Duration,
 ) -> Result<std::collections::HashSet<String>, KafkaError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::consumer::Consumer;
     let started = std::time::Instant::now();
-    let left = || timeout.saturating_sub(started.elapsed());
-    let consumer: BaseConsumer<crate::source::ToTheEnd> = client_config(k)
-        .set("group.id", format!("{}.alerts-lookup", k.group_id))
-        .set("enable.auto.commit", "false")
-        // The end is where fetching reports it (partition EOF), not the offset lookup's high
-        // watermark: some brokers (tansu 0.6) answer that one short of the last batch.
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(crate::source::ToTheEnd)?;
-    let meta = consumer.fetch_metadata(Some(topic), left())?;
-    let partitions: Vec<i32> = meta
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut reading = std::collections::HashSet::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let start = from
-            .get(&p)
-            .map_or(Offset::Beginning, |o| Offset::Offset(*o));
-        tpl.add_partition_offset(topic, p, start)?;
-        reading.insert(p);
-    }
+    let consumer = kafka::end_reader(k, ".alerts-lookup", "earliest", false)?;
+    let partitions = kafka::partitions(consumer.client(), topic, timeout)?;
     let mut found = std::collections::HashSet::new();
-    if reading.is_empty() {
+    if partitions.is_empty() || wanted.is_empty() {
         return Ok(found);
     }
-    consumer.assign(&tpl)?;
-    while !reading.is_empty() && found.len() < wanted.len() {
-        if left().is_zero() {
-            return Err(KafkaError::MessageConsumption(
-                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-            ));
-        }
-        match consumer.poll(left().min(Duration::from_millis(200))) {
-            Some(Ok(m)) => {
-                if let Some(a) = m
-                    .payload()
-                    .and_then(|v| serde_json::from_slice::<Alert>(v).ok())
-                {
-                    let c = change_key(&a);
-                    if wanted.contains(&c) {
-                        found.insert(c);
-                    }
-                }
+    let start: Vec<(i32, Offset)> = partitions
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                from.get(p)
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+            )
+        })
+        .collect();
+    let how = Read {
+        timeout: timeout.saturating_sub(started.elapsed()),
+        fail_on_error: true,
+        end_after_a_record: false,
+    };
+    let end = kafka::read::read_to_end(&consumer, topic, &start, how, |m| {
+        if let Some(a) = m
+            .payload()
+            .and_then(|v| serde_json::from_slice::<Alert>(v).ok())
+        {
+            let c = change_key(&a);
+            if wanted.contains(&c) {
+                found.insert(c);
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                reading.remove(&p);
-            }
-            Some(Err(e)) => return Err(e),
-            None => {}
         }
+        if found.len() < wanted.len() {
+            Next::More
+        } else {
+            Next::Stop
+        }
+    })?;
+    if !end.complete {
+        return Err(KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        ));
     }
     Ok(found)
-}
-
-/// A bad message, ready for the dead-letter topic.
-pub struct DeadLetter {
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub reason: &'static str,
-    pub error: String,
-    pub source: String,
-}
-
-impl DeadLetter {
-    pub fn from_message<M: Message>(msg: &M, err: &DecodeError) -> Self {
-        DeadLetter {
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            reason: err.reason(),
-            error: err.to_string(),
-            source: format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()),
-        }
-    }
-}
-
-/// Writes bad input to the dead-letter topic.
-#[derive(Clone)]
-pub struct DeadLetters {
-    producer: FutureProducer,
-    topic: String,
-}
-
-impl DeadLetters {
-    pub fn new(producer: FutureProducer, topic: &str) -> Self {
-        Self {
-            producer,
-            topic: topic.into(),
-        }
-    }
-
-    /// Sends one letter and waits for the broker's acknowledgement.
-    pub async fn send(&self, l: DeadLetter) -> Result<(), NotifyError> {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(l.reason),
-            })
-            .insert(Header {
-                key: "error",
-                value: Some(&l.error),
-            })
-            .insert(Header {
-                key: "source",
-                value: Some(&l.source),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
-        if let Some(k) = &l.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &l.value {
-            record = record.payload(v.as_slice());
-        }
-        self.producer
-            .send(record, SEND_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| NotifyError::Produce {
-                topic: self.topic.clone(),
-                source: e,
-            })
-    }
 }
 
 /// One readable line per alert, for the console and the demo.

@@ -1,21 +1,27 @@
 //! Kafka inputs: the client-report consumer (consumer group) and the benchmark reader (every
-//! instance reads every partition, resuming from the offsets cached in RocksDB).
+//! instance reads every partition, resuming from the offsets cached in RocksDB), and the
+//! dead-letter topic where bad input goes. The clients themselves are built in `kafka`.
 
+mod dead_letter;
+
+pub use dead_letter::{DeadLetter, DeadLetters};
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::config::{Config, KafkaConfig};
 use crate::decode::{self, DecodeError};
+use crate::kafka;
+use crate::kafka::read::{Next, Read, read_to_end};
 use crate::metrics::Metrics;
-use crate::notify::{DeadLetter, DeadLetters};
 use crate::table::Expected;
 use crate::table::store::{Change, TableStore};
 use crate::time::Millis;
@@ -32,68 +38,6 @@ pub enum SourceError {
     Store(#[from] crate::table::store::StoreError),
 }
 
-/// Base client settings shared by every client: brokers plus passed-through options.
-pub fn client_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers);
-    for (key, value) in &k.options {
-        c.set(key, value);
-    }
-    c
-}
-
-/// Consumer of client reports in the configured group.
-///
-/// Offsets: auto-commit is on but auto *store* is off: the daemon stores, per partition, the
-/// lowest offset still needed by an open window (see `Windows::pending_offsets`), so a crash
-/// replays whatever had not yet been turned into closed windows and alerts.
-pub fn reports_consumer(cfg: &Config) -> Result<ReportsConsumer, SourceError> {
-    let k = &cfg.kafka;
-    let consumer: ReportsConsumer = client_config(k)
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        // librdkafka pauses fetching for this long once its prefetch queue is full (default
-        // 1 s): a consumer that is slower than the fetcher, as every real one is during a
-        // catch-up, then idles most of each second (measured: 125k/s instead of 700k/s).
-        .set("fetch.queue.backoff.ms", "10")
-        // The daemon stops waiting for a partition read to its end that never delivered.
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "session.timeout.ms",
-            k.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (k.session_timeout.as_millis() / 3).max(100).to_string(),
-        )
-        .create_with_context(ReportsContext::default())?;
-    consumer.subscribe(&[&k.reports_topic])?;
-    Ok(consumer)
-}
-
-/// Reads the summaries topic (one partition) from `next`, outside the consumer group:
-/// every instance reads all of it (the CDN-wide stage across instances).
-pub fn summaries_consumer(
-    k: &KafkaConfig,
-    topic: &str,
-    next: i64,
-) -> Result<StreamConsumer, SourceError> {
-    let consumer: StreamConsumer = client_config(k)
-        .set("group.id", format!("{}.summaries", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Offset(next))?;
-    consumer.assign(&tpl)?;
-    Ok(consumer)
-}
-
 /// Which of `wanted` (partition, offset) end before that offset in `topic`: found by
 /// reading to the end (some brokers, tansu 0.6, answer offset lookups short of the last
 /// batch), with one consumer for all of them. Only a partition read to its end short of the
@@ -103,107 +47,28 @@ pub fn ends_before(
     topic: &str,
     wanted: &[(i32, i64)],
     timeout: Duration,
-) -> std::collections::HashSet<i32> {
-    let mut short = std::collections::HashSet::new();
+) -> HashSet<i32> {
     if wanted.is_empty() {
-        return short;
+        return HashSet::new();
     }
-    let Ok(consumer) = client_config(k)
-        .set("group.id", format!("{}.position-check", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        // Past the end: read from the end (an EOF at once).
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context::<_, BaseConsumer<ToTheEnd>>(ToTheEnd)
-    else {
-        return short;
+    // Past the end: read from the end (an EOF at once).
+    let Ok(consumer) = kafka::end_reader(k, ".position-check", "latest", true) else {
+        return HashSet::new();
     };
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in wanted {
-        // From the record before the offset: it arrives unless the partition ends short.
-        if tpl
-            .add_partition_offset(topic, *p, Offset::Offset((*o - 1).max(0)))
-            .is_err()
-        {
-            return short;
-        }
-    }
-    if consumer.assign(&tpl).is_err() {
-        return short;
-    }
-    let mut open: std::collections::HashSet<i32> = wanted.iter().map(|(p, _)| *p).collect();
-    let started = std::time::Instant::now();
-    while !open.is_empty() && started.elapsed() < timeout {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                open.remove(&m.partition());
-            }
-            // The end came before the record just below the offset: it ends short of it.
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                if open.remove(&p) {
-                    short.insert(p);
-                }
-            }
-            Some(Err(_)) | None => {}
-        }
-    }
-    short
-}
-
-/// The report consumer, with its context.
-pub type ReportsConsumer = StreamConsumer<ReportsContext>;
-
-/// Notes that partitions were revoked, as it happens: inside the consumer's poll, before the
-/// poll hands out anything else, so the daemon stops deciding for a partition the moment it
-/// has moved away (its next owner takes it over from the changelog).
-#[derive(Default)]
-pub struct ReportsContext {
-    revoked: AtomicBool,
-}
-
-impl ReportsContext {
-    /// Whether partitions were revoked since the last call.
-    pub fn take_revoked(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed) && self.revoked.swap(false, Ordering::AcqRel)
-    }
-}
-
-impl ClientContext for ReportsContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        log_client_error(error, reason);
-    }
-}
-
-/// librdkafka's errors as the default context logs them, but a partition's end: consumers
-/// that ask for partition EOF events read them as a signal (rdkafka hands every error event
-/// to the context as well).
-fn log_client_error(error: rdkafka::error::KafkaError, reason: &str) {
-    if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-        tracing::trace!(reason, "Partition read to its end.");
-    } else {
-        tracing::error!("librdkafka: {}: {}", error, reason);
-    }
-}
-
-/// Context of the consumers that read a partition to its end (partition EOF as a signal).
-#[derive(Default)]
-pub struct ToTheEnd;
-
-impl ClientContext for ToTheEnd {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        log_client_error(error, reason);
-    }
-}
-
-impl ConsumerContext for ToTheEnd {}
-
-impl ConsumerContext for ReportsContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Revoke(_)) {
-            self.revoked.store(true, Ordering::Release);
-        }
-    }
+    // From the record before each offset: it arrives unless the partition ends short (the
+    // end comes first).
+    let from: Vec<(i32, Offset)> = wanted
+        .iter()
+        .map(|(p, o)| (*p, Offset::Offset((*o - 1).max(0))))
+        .collect();
+    let how = Read {
+        timeout,
+        fail_on_error: false,
+        end_after_a_record: false,
+    };
+    read_to_end(&consumer, topic, &from, how, |_| Next::DonePartition)
+        .map(|end| end.ended)
+        .unwrap_or_default()
 }
 
 /// One benchmark table change, sent from the reader thread to the engine.
@@ -234,19 +99,8 @@ pub fn spawn_benchmark_reader(
     let k = &cfg.kafka;
     let topic = k.benchmarks_topic.clone();
     let limit = cfg.limits.max_message_bytes;
-    let consumer: BaseConsumer = client_config(k)
-        // Required by librdkafka even though partitions are assigned by hand and never committed.
-        .set("group.id", format!("{}-benchmarks", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let consumer = kafka::benchmark_consumer(k)?;
+    let partitions = kafka::partitions(consumer.client(), &topic, Duration::from_secs(10))?;
     if partitions.is_empty() {
         return Err(SourceError::NoPartitions(topic));
     }

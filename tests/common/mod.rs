@@ -336,7 +336,7 @@ pub fn changes(
 
 /// Produces all of `sim` to the config's topics as fast as the broker takes it.
 pub async fn feed_sim(cfg: &Config, sim: Simulator) -> qos_sentinel::sim::feed::FeedStats {
-    let producer = qos_sentinel::notify::producer(&cfg.kafka).expect("producer");
+    let producer = qos_sentinel::kafka::producer(&cfg.kafka).expect("producer");
     let opts = qos_sentinel::sim::feed::FeedOptions {
         reports_topic: cfg.kafka.reports_topic.clone(),
         benchmarks_topic: cfg.kafka.benchmarks_topic.clone(),
