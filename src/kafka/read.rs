@@ -114,9 +114,11 @@ mod tests {
     ) {
         let cluster = MockCluster::new(1).expect("mock cluster");
         cluster.create_topic(topic, 2, 1).expect("topic");
-        let mut k = KafkaConfig::default();
-        k.brokers = cluster.bootstrap_servers();
-        k.group_id = "read-test".into();
+        let k = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            group_id: "read-test".into(),
+            ..Default::default()
+        };
         let producer = crate::kafka::metadata_client(&k).expect("producer");
         for p in 0..2 {
             for i in 0..per_partition {
