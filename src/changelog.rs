@@ -14,8 +14,8 @@ use rdkafka::Message;
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
 
-use crate::config::KafkaConfig;
 use crate::incident::Alert;
+use crate::kafka::KafkaConfig;
 use crate::kafka::read::{Next, Read, read_to_end};
 
 /// What comes with a partition's state.

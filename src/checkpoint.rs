@@ -15,6 +15,52 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rocksdb::{DB, IteratorMode, WriteBatch, WriteOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::field::Invalid;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the RocksDB database (benchmark table and its consumed offsets).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Most often the engine state is checkpointed when windows close without alerts (a
+    /// close with alerts always checkpoints). Offsets are committed only up to the last
+    /// checkpoint, so a longer interval means a longer replay after a crash, never a loss.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./qos-sentinel-state")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl StateConfig {
+    /// Checks values; field paths are relative to `[state]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.checkpoint_interval.is_zero() {
+            return Err(Invalid::new("checkpoint_interval", "(0s) must be positive"));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

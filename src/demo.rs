@@ -41,7 +41,7 @@ pub fn create_topics(
     Ok(())
 }
 
-fn tail_consumer(k: &crate::config::KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
+fn tail_consumer(k: &crate::kafka::KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
     let c = crate::kafka::plain_consumer(k, "qos-sentinel-demo-tail")?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;

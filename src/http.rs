@@ -17,6 +17,45 @@ use crate::engine::Quality;
 use crate::incident::{Alert, Status};
 use crate::metrics::Metrics;
 use crate::time::{Millis, format_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::field::Invalid;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the /metrics, /healthz and /readyz endpoint. Loopback unless you mean it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks values; field paths are relative to `[http]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "listen",
+                format!(
+                    "(\"{}\") is not an address like 127.0.0.1:9464",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 pub struct Readiness {
     pub benchmarks_loaded: AtomicBool,

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod demo;
 pub mod detect;
 pub mod engine;
+pub mod field;
 pub mod glob;
 pub mod http;
 pub mod incident;

@@ -51,7 +51,7 @@ pub(super) struct Closing {
 pub(super) struct Outputs {
     pub(super) alerts: AlertSink,
     /// To look alerts up on their topic.
-    pub(super) kafka: crate::config::KafkaConfig,
+    pub(super) kafka: crate::kafka::KafkaConfig,
     pub(super) dispatcher: Arc<Dispatcher>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) live: Arc<Live>,

@@ -113,7 +113,8 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let (bench_tx, mut bench_rx) = mpsc::unbounded_channel::<BenchmarkUpdate>();
     let reader = source::spawn_benchmark_reader(
-        &cfg,
+        &cfg.kafka,
+        &cfg.limits,
         store.clone(),
         bench_tx,
         dlq.clone(),

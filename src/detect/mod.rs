@@ -14,9 +14,11 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
+pub mod config;
 pub mod rules;
 
-use crate::config::DetectConfig;
+pub use config::DetectConfig;
+
 use crate::window::{Acc, LogStats};
 use rules::Tuning;
 

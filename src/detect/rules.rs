@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, DeValue};
 
+use super::DetectConfig;
 use super::Metric;
-use crate::config::DetectConfig;
 use crate::glob::glob;
 
 /// Settings of one metric's test; unset fields keep the value from the level above.

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::DetectConfig;
+use crate::detect::DetectConfig;
 use crate::detect::{self, Baseline, Finding, Metric, Offsets, OwnLevels, Reference};
 use crate::incident::{Scope, Verdict};
 use crate::window::{Acc, Key};

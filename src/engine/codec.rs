@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use super::Settings;
 use super::decide::Stash;
 use super::part::Part;
 use super::peers::Peers;
 use super::{Counters, Engine, StateError};
-use crate::config::Config;
 use crate::incident::Incidents;
 use crate::table::BenchmarkTable;
 use crate::time::Millis;
@@ -27,11 +27,11 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 /// Window size and allowed lateness: state taken with another shape does not line up.
 type Shape = (Millis, Millis);
 
-fn shape(cfg: &Config) -> Shape {
+fn shape(cfg: &Settings) -> Shape {
     (cfg.window_ms(), cfg.lateness_ms())
 }
 
-fn check_shape(cfg: &Config, got: Shape) -> Result<(), StateError> {
+fn check_shape(cfg: &Settings, got: Shape) -> Result<(), StateError> {
     if got == shape(cfg) {
         Ok(())
     } else {
@@ -96,7 +96,7 @@ impl Engine {
     /// with another window size or lateness (their windows would not line up).
     /// On failure the table is handed back.
     pub fn restore(
-        cfg: &Config,
+        cfg: impl Into<Settings>,
         table: BenchmarkTable,
         bytes: &[u8],
     ) -> Result<Self, (StateError, BenchmarkTable)> {
@@ -107,17 +107,19 @@ impl Engine {
             Peers,
             Counters,
         >;
+        let cfg: Settings = cfg.into();
         let s: State = match decode(bytes) {
             Ok(s) => s,
             Err(e) => return Err((e, table)),
         };
-        if let Err(e) = check_shape(cfg, s.shape) {
+        if let Err(e) = check_shape(&cfg, s.shape) {
             return Err((e, table));
         }
+        let max_keys = cfg.window.max_keys;
         let mut e = Self::with_table(cfg, table);
         e.parts = s.parts;
         for part in e.parts.values_mut() {
-            part.windows.set_max_keys(cfg.window.max_keys);
+            part.windows.set_max_keys(max_keys);
         }
         e.stash = s.stash;
         e.decided_until = s.decided_until;

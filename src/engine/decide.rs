@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::assess::Assessment;
 use super::quality::{KeyQuality, Quality, key_quality, sort_worst};
 use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
-use crate::config::DetectConfig;
+use crate::detect::DetectConfig;
 use crate::detect::{self, Metric, Offsets, OwnLevels};
 use crate::incident::{Alert, Scope, Verdict};
 use crate::time::Millis;

@@ -39,12 +39,13 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::Config;
 use crate::decode::Report;
+use crate::detect::DetectConfig;
 use crate::incident::{Alert, Incidents};
 use crate::table::{BenchmarkTable, Expected};
 use crate::time::Millis;
 use crate::window::Recorded;
+use crate::window::WindowConfig;
 
 use decide::Stash;
 use frontier::Frontier;
@@ -88,8 +89,32 @@ const TABLE_HISTORY_WINDOWS: i64 = 120;
 /// Most empty windows decided at once after a gap in all input.
 const MAX_GAP_WINDOWS: i64 = 120;
 
+/// What the engine needs from the config: the window shape and the detection tuning, never a
+/// receiver's secrets (`&Config` converts: `Engine::new(&cfg)`).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub window: WindowConfig,
+    pub detect: DetectConfig,
+}
+
+impl From<&Settings> for Settings {
+    fn from(s: &Settings) -> Self {
+        s.clone()
+    }
+}
+
+impl Settings {
+    pub fn window_ms(&self) -> Millis {
+        self.window.size_ms()
+    }
+
+    pub fn lateness_ms(&self) -> Millis {
+        self.window.lateness_ms()
+    }
+}
+
 pub struct Engine {
-    cfg: Config,
+    cfg: Settings,
     table: BenchmarkTable,
     parts: BTreeMap<i32, Part>,
     /// Which partitions hold the decision of windows back.
@@ -116,14 +141,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: &Config) -> Self {
+    pub fn new(cfg: impl Into<Settings>) -> Self {
         Self::with_table(cfg, BenchmarkTable::new())
     }
 
     /// Starts from a benchmark table loaded elsewhere (the RocksDB cache).
-    pub fn with_table(cfg: &Config, table: BenchmarkTable) -> Self {
+    pub fn with_table(cfg: impl Into<Settings>, table: BenchmarkTable) -> Self {
         Self {
-            cfg: cfg.clone(),
+            cfg: cfg.into(),
             table,
             parts: BTreeMap::new(),
             frontier: Frontier::default(),
@@ -145,7 +170,7 @@ impl Engine {
     }
 
     /// Replaces the detection rules (SIGHUP); open windows and incidents carry on.
-    pub fn set_detect(&mut self, detect: crate::config::DetectConfig) {
+    pub fn set_detect(&mut self, detect: DetectConfig) {
         self.cfg.detect = detect;
     }
 
@@ -362,7 +387,7 @@ impl Engine {
 /// holds a borrow of the table while it records.)
 fn part_entry<'a>(
     parts: &'a mut BTreeMap<i32, Part>,
-    cfg: &Config,
+    cfg: &Settings,
     partition: i32,
 ) -> &'a mut Part {
     parts.entry(partition).or_insert_with(|| Part::new(cfg))

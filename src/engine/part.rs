@@ -5,10 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::Settings;
 use super::assess::{self, Assessment, References};
 use super::decide::{Grouping, Tested, flatten, roll_up};
-use crate::config::{Config, DetectConfig};
 use crate::decode::Report;
+use crate::detect::DetectConfig;
 use crate::detect::{Baseline, Metric, Reference};
 use crate::incident::{Alert, Incidents, Verdict};
 use crate::table::Expected;
@@ -36,7 +37,7 @@ pub(super) struct Part {
 }
 
 impl Part {
-    pub(super) fn new(cfg: &Config) -> Self {
+    pub(super) fn new(cfg: &Settings) -> Self {
         Part {
             windows: Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys),
             baselines: HashMap::new(),

@@ -32,7 +32,7 @@ fn run(
     windows: i64,
     bad: impl Fn(&str, &str, i64) -> bool,
 ) -> Vec<Alert> {
-    let mut e = Engine::new(&Config::default());
+    let mut e = Engine::new(&Settings::default());
     for l in locs {
         for c in cdns {
             let row = Expected {
@@ -128,7 +128,7 @@ fn one_bad_key_gets_no_parent() {
 
 #[test]
 fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
-    let mut e = Engine::new(&Config::default());
+    let mut e = Engine::new(&Settings::default());
     let row = Expected {
         throughput_kbps: Some(5_000.0),
         ..Default::default()
@@ -161,7 +161,7 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
 
 #[test]
 fn a_key_without_benchmark_is_watched_against_its_own_level() {
-    let mut e = Engine::new(&Config::default());
+    let mut e = Engine::new(&Settings::default());
     let mut alerts = Vec::new();
     let mut i = 0;
     for w in 0..16 {
@@ -186,7 +186,7 @@ fn a_key_without_benchmark_is_watched_against_its_own_level() {
 
 #[test]
 fn a_key_that_goes_silent_is_an_incident() {
-    let mut e = Engine::new(&Config::default());
+    let mut e = Engine::new(&Settings::default());
     let mut alerts = Vec::new();
     let mut i = 0;
     for w in 0..30 {
@@ -222,7 +222,7 @@ fn a_key_that_goes_silent_is_an_incident() {
 fn a_restored_snapshot_continues_exactly_like_the_original() {
     use crate::sim::{Event, SimConfig, Simulator};
     let start = 1_767_290_400_000;
-    let cfg = Config::default();
+    let cfg = Settings::default();
     let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
     let cut = events.len() / 2;
     let mut a = Engine::new(&cfg);
@@ -344,7 +344,7 @@ fn run_partitioned(
     mut next: impl FnMut(&[usize]) -> usize,
 ) -> Vec<Alert> {
     use crate::sim::Event;
-    let mut e = Engine::new(&Config::default());
+    let mut e = Engine::new(&Settings::default());
     let mut queues: Vec<std::collections::VecDeque<&Report>> = vec![Default::default(); 4];
     for ev in events {
         match ev {
@@ -475,7 +475,7 @@ fn read_owned(
 #[test]
 fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
     let (events, end) = partitioned_scenario();
-    let cfg = Config::default();
+    let cfg = Settings::default();
     let fresh = || {
         let mut e = Engine::new(&cfg);
         for ev in &events {
@@ -588,7 +588,7 @@ fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
 /// summaries log that both read; reports are read in event-time order.
 fn run_peered(events: &[crate::sim::Event], end: i64, owners: [usize; 4]) -> Vec<Alert> {
     use crate::sim::Event;
-    let cfg = Config::default();
+    let cfg = Settings::default();
     let mut engines: Vec<(Engine, usize)> = (0..2)
         .map(|_| {
             let mut e = Engine::new(&cfg);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DetectConfig;
+use crate::detect::DetectConfig;
 use crate::detect::{Finding, Metric, Severity};
 use crate::time::{Millis, format_ms};
 use crate::window::cohort::Cohort;

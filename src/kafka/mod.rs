@@ -4,7 +4,10 @@
 //! ([`read::read_to_end`], one implementation for every such read). No other module
 //! constructs an rdkafka client.
 
+mod config;
 pub mod read;
+
+pub use config::KafkaConfig;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,7 +20,13 @@ use rdkafka::producer::{
     BaseProducer, DefaultProducerContext, FutureProducer, Producer, ThreadedProducer,
 };
 
-use crate::config::KafkaConfig;
+/// A produce that the broker did not acknowledge.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka produce to {topic}: {source}")]
+pub struct ProduceError {
+    pub topic: String,
+    pub source: KafkaError,
+}
 
 /// How long a produce may wait in librdkafka's queue before it is reported as failed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);

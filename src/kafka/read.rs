@@ -99,7 +99,7 @@ pub fn read_to_end<C: ConsumerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KafkaConfig;
+    use crate::kafka::KafkaConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseRecord, Producer};
 

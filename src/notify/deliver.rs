@@ -15,9 +15,9 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
+use super::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
 use super::outbox::{Delivery, Key, Outbox, OutboxError};
 use super::render;
-use crate::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
 use crate::incident::{Alert, Status};
 use crate::time::Millis;
 

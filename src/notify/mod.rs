@@ -2,6 +2,7 @@
 //! receivers through a durable outbox ([`deliver`]), and bad input to the dead-letter topic
 //! (original key and value, reason in headers).
 
+pub mod config;
 pub mod deliver;
 pub mod outbox;
 pub mod render;
@@ -13,10 +14,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::config::KafkaConfig;
 use crate::incident::Alert;
-use crate::kafka;
 use crate::kafka::read::{Next, Read};
+use crate::kafka::{self, KafkaConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {

@@ -5,7 +5,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::config::{ReceiverConfig, ReceiverKind};
+use super::config::{ReceiverConfig, ReceiverKind};
 use crate::detect::{Metric, Severity};
 use crate::glob::glob;
 use crate::incident::{Alert, Status};
@@ -285,7 +285,7 @@ pub(crate) mod tests {
     #[test]
     fn routing_uses_all_three_filters() {
         let text = r#"
-            [[notify.receivers]]
+            [[receivers]]
             name = "r"
             kind = "webhook"
             url = "http://127.0.0.1:1/x"
@@ -293,8 +293,9 @@ pub(crate) mod tests {
             rules = ["rebuffer_*"]
             scopes = ["location=IN/*"]
         "#;
-        let cfg = crate::config::Config::from_toml(text, "t".as_ref(), []).unwrap();
-        let r = &cfg.notify.receivers[0];
+        let cfg: crate::notify::config::NotifyConfig = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        let r = &cfg.receivers[0];
         let mut a = alert(Status::Firing);
         assert!(routes(r, &a));
         a.severity = Severity::Warning;

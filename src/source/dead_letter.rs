@@ -5,7 +5,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::decode::DecodeError;
-use crate::kafka::SEND_TIMEOUT;
+use crate::kafka::{ProduceError, SEND_TIMEOUT};
 
 /// A bad message, ready for the dead-letter topic.
 pub struct DeadLetter {
@@ -44,7 +44,7 @@ impl DeadLetters {
     }
 
     /// Sends one letter and waits for the broker's acknowledgement.
-    pub async fn send(&self, l: DeadLetter) -> Result<(), crate::notify::NotifyError> {
+    pub async fn send(&self, l: DeadLetter) -> Result<(), ProduceError> {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "reason",
@@ -70,7 +70,7 @@ impl DeadLetters {
             .send(record, SEND_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|(e, _)| crate::notify::NotifyError::Produce {
+            .map_err(|(e, _)| ProduceError {
                 topic: self.topic.clone(),
                 source: e,
             })

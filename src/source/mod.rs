@@ -17,14 +17,50 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::config::{Config, KafkaConfig};
 use crate::decode::{self, DecodeError};
 use crate::kafka;
+use crate::kafka::KafkaConfig;
 use crate::kafka::read::{Next, Read, read_to_end};
 use crate::metrics::Metrics;
 use crate::table::Expected;
 use crate::table::store::{Change, TableStore};
 use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+use crate::field::Invalid;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted message value in bytes; larger ones go to the dead-letter topic.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+const fn default_max_message_bytes() -> usize {
+    64 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks values; field paths are relative to `[limits]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.max_message_bytes < 256 {
+            return Err(Invalid::new(
+                "max_message_bytes",
+                format!("({}) must be at least 256", self.max_message_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -88,7 +124,8 @@ pub struct BenchmarkReader {
 
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_benchmark_reader(
-    cfg: &Config,
+    k: &KafkaConfig,
+    limits: &LimitsConfig,
     store: Arc<TableStore>,
     updates: UnboundedSender<BenchmarkUpdate>,
     dead_letters: DeadLetters,
@@ -96,9 +133,8 @@ pub fn spawn_benchmark_reader(
     stop: Arc<AtomicBool>,
     rt: tokio::runtime::Handle,
 ) -> Result<BenchmarkReader, SourceError> {
-    let k = &cfg.kafka;
     let topic = k.benchmarks_topic.clone();
-    let limit = cfg.limits.max_message_bytes;
+    let limit = limits.max_message_bytes;
     let consumer = kafka::benchmark_consumer(k)?;
     let partitions = kafka::partitions(consumer.client(), &topic, Duration::from_secs(10))?;
     if partitions.is_empty() {

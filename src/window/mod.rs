@@ -6,8 +6,10 @@
 
 mod acc;
 pub mod cohort;
+mod config;
 
 pub use acc::{Acc, LogStats, Normal};
+pub use config::WindowConfig;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
