@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(cfg.detect.resolve_after, 5);
         assert!(
             !cfg.detect
-                .tuning(Some("l"), Some("cdn-x"), Metric::FailureRate)
+                .tuning(Some("l"), Some("cdn-x"), Metric::FAILURE_RATE)
                 .enabled
         );
         let missing = Config::from_toml("rules_file = \"nope.toml\"\n", &path, []).unwrap_err();

@@ -21,6 +21,7 @@ pub mod glob;
 pub mod http;
 pub mod incident;
 pub mod kafka;
+pub mod metric;
 pub mod metrics;
 pub mod notify;
 pub mod retry;

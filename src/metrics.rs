@@ -242,7 +242,7 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "qos_sentinel_viewer_quality",
-                        "Viewer quality in the last closed window for the worst location+CDN keys (at most 20): rebuffer_ratio and failure_rate as ratios, throughput_kbps, startup_ms.",
+                        "Viewer quality in the last closed window for the worst location+CDN keys (at most 20), per metric: rebuffer_ratio and failure_rate as ratios, throughput_kbps, startup_ms (geometric means).",
                     ),
                     &["location", "cdn", "metric"],
                 ),
@@ -272,7 +272,7 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "qos_sentinel_viewer_quality_overall",
-                        "Viewer quality over all keys in the last closed window: rebuffer_ratio, failure_rate, reports, keys.",
+                        "Viewer quality over all keys in the last closed window: each viewer-quality metric (rebuffer_ratio, failure_rate, throughput_kbps, startup_ms), reports, keys.",
                     ),
                     &["metric"],
                 ),
@@ -318,12 +318,10 @@ impl Metrics {
         {
             return;
         }
-        for (m, v) in [
-            ("rebuffer_ratio", q.rebuffer_ratio),
-            ("failure_rate", q.failure_rate),
-            ("reports", q.reports as f64),
-            ("keys", q.keys as f64),
-        ] {
+        for (m, v) in &q.totals {
+            self.quality_overall.with_label_values(&[m]).set(*v);
+        }
+        for (m, v) in [("reports", q.reports as f64), ("keys", q.keys as f64)] {
             self.quality_overall.with_label_values(&[m]).set(v);
         }
         self.viewer_quality.reset();
@@ -334,30 +332,17 @@ impl Metrics {
             self.viewer_reports
                 .with_label_values(&[l, c])
                 .set(k.reports as f64);
-            let rows = [
-                (
-                    "rebuffer_ratio",
-                    Some(k.rebuffer_ratio),
-                    k.expected_rebuffer_ratio,
-                ),
-                (
-                    "failure_rate",
-                    Some(k.failure_rate),
-                    k.expected_failure_rate,
-                ),
-                (
-                    "throughput_kbps",
-                    k.throughput_kbps,
-                    k.expected_throughput_kbps,
-                ),
-                ("startup_ms", k.startup_ms, k.expected_startup_ms),
-            ];
-            for (m, obs, exp) in rows {
+            for m in crate::metric::Metric::all() {
+                let (obs, exp) = k.of(m);
                 if let Some(v) = obs {
-                    self.viewer_quality.with_label_values(&[l, c, m]).set(v);
+                    self.viewer_quality
+                        .with_label_values(&[l, c, m.as_str()])
+                        .set(v);
                 }
                 if let Some(v) = exp {
-                    self.viewer_expected.with_label_values(&[l, c, m]).set(v);
+                    self.viewer_expected
+                        .with_label_values(&[l, c, m.as_str()])
+                        .set(v);
                 }
             }
         }

@@ -22,7 +22,7 @@ fn alert(status: Status, started_at: i64) -> Alert {
         rule: "failure_rate_above_benchmark".into(),
         severity: Severity::Critical,
         scope: Scope::pair("IN/MH/Mumbai", "cdn-a"),
-        metric: Metric::FailureRate,
+        metric: Metric::FAILURE_RATE,
         observed: 0.25,
         expected: Some(0.01),
         samples: 320,

@@ -314,7 +314,7 @@ fn child(i: usize) -> Alert {
         rule: "throughput_kbps_below_benchmark".into(),
         severity: qos_sentinel::detect::Severity::Warning,
         scope: qos_sentinel::incident::Scope::pair(&format!("IN/L{i}"), "cdn-c"),
-        metric: qos_sentinel::detect::Metric::ThroughputKbps,
+        metric: qos_sentinel::detect::Metric::THROUGHPUT_KBPS,
         observed: 1200.0,
         expected: Some(5000.0),
         samples: 400,

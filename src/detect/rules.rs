@@ -11,6 +11,7 @@ use toml::de::{DeTable, DeValue};
 use super::DetectConfig;
 use super::Metric;
 use crate::glob::glob;
+pub use crate::metric::Tuning;
 
 /// Settings of one metric's test; unset fields keep the value from the level above.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,15 +75,6 @@ impl Override {
     }
 }
 
-/// The settings one test runs with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tuning {
-    pub enabled: bool,
-    pub min_samples: u64,
-    pub min_relative_effect: f64,
-    pub critical_relative_effect: f64,
-}
-
 impl Tuning {
     fn apply(&mut self, r: &MetricRule) {
         self.enabled = r.enabled.unwrap_or(self.enabled);
@@ -98,7 +90,7 @@ impl DetectConfig {
     /// The settings for `metric` on a scope (`None` = all locations or all CDNs).
     pub fn tuning(&self, location: Option<&str>, cdn: Option<&str>, metric: Metric) -> Tuning {
         let mut t = Tuning {
-            enabled: true,
+            enabled: metric.kind().enabled_by_default(),
             min_samples: self.min_samples,
             min_relative_effect: self.min_relative_effect,
             critical_relative_effect: self.critical_relative_effect,
@@ -175,7 +167,7 @@ impl DetectConfig {
         }
         // What the settings resolve to must be coherent wherever they combine.
         if out.is_empty() {
-            for m in Metric::ALL {
+            for m in Metric::all() {
                 let t = self.tuning(None, None, m);
                 if t.critical_relative_effect < t.min_relative_effect {
                     out.push((
@@ -284,14 +276,6 @@ fn kind_of(key: &str) -> Option<Kind> {
     })
 }
 
-fn metric_named(name: &str) -> Option<Metric> {
-    Metric::ALL.into_iter().find(|m| m.as_str() == name)
-}
-
-fn metric_names() -> String {
-    Metric::ALL.map(|m| m.as_str()).join(", ")
-}
-
 /// Checks a rules file: syntax, unknown or misspelt fields, types, values and cross-field
 /// rules. Returns every problem found, each with its line; empty when the file is good.
 pub fn lint(text: &str) -> Vec<Problem> {
@@ -329,11 +313,11 @@ pub fn lint(text: &str) -> Vec<Problem> {
             (Kind::Metrics, DeValue::Array(items)) => {
                 for item in items.iter() {
                     match item.get_ref() {
-                        DeValue::String(s) if metric_named(s).is_some() => {}
+                        DeValue::String(s) if Metric::named(s).is_some() => {}
                         DeValue::String(s) => bad(
                             item.span().start,
                             path.into(),
-                            format!("unknown metric \"{s}\"; known: {}", metric_names()),
+                            format!("unknown metric \"{s}\"; known: {}", Metric::names()),
                         ),
                         _ => bad(
                             item.span().start,
@@ -376,11 +360,11 @@ pub fn lint(text: &str) -> Vec<Problem> {
                 for (mk, mv) in table.iter() {
                     let name: &str = mk.get_ref();
                     let path = format!("metrics.{name}");
-                    if metric_named(name).is_none() {
+                    if Metric::named(name).is_none() {
                         bad(
                             mk.span().start,
                             path.clone(),
-                            format!("unknown metric; known: {}", metric_names()),
+                            format!("unknown metric; known: {}", Metric::names()),
                         );
                         continue;
                     }
@@ -571,27 +555,27 @@ critical_relative_effect = 3.0
         let t = |l, c, m| r.tuning(l, c, m);
         let d = DetectConfig::default();
         assert_eq!(
-            t(Some("x"), Some("cdn-a"), Metric::FailureRate).min_relative_effect,
+            t(Some("x"), Some("cdn-a"), Metric::FAILURE_RATE).min_relative_effect,
             d.min_relative_effect
         );
         assert_eq!(
-            t(Some("x"), Some("cdn-a"), Metric::StartupMs).min_relative_effect,
+            t(Some("x"), Some("cdn-a"), Metric::STARTUP_MS).min_relative_effect,
             0.5
         );
-        let b = t(Some("x"), Some("cdn-b"), Metric::FailureRate);
+        let b = t(Some("x"), Some("cdn-b"), Metric::FAILURE_RATE);
         assert_eq!(
             (b.min_relative_effect, b.critical_relative_effect),
             (1.0, 3.0)
         );
         assert_eq!(
-            t(Some("x"), Some("cdn-b"), Metric::StartupMs).min_relative_effect,
+            t(Some("x"), Some("cdn-b"), Metric::STARTUP_MS).min_relative_effect,
             0.5
         );
-        assert!(!t(Some("lab-1"), Some("cdn-b"), Metric::FailureRate).enabled);
+        assert!(!t(Some("lab-1"), Some("cdn-b"), Metric::FAILURE_RATE).enabled);
         // A location pattern does not reach a CDN-wide scope; an unset one does.
-        assert!(t(None, Some("cdn-a"), Metric::FailureRate).enabled);
+        assert!(t(None, Some("cdn-a"), Metric::FAILURE_RATE).enabled);
         assert_eq!(
-            t(None, Some("cdn-b"), Metric::FailureRate).min_relative_effect,
+            t(None, Some("cdn-b"), Metric::FAILURE_RATE).min_relative_effect,
             1.0
         );
     }

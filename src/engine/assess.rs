@@ -6,18 +6,17 @@
 use std::collections::HashMap;
 
 use crate::detect::DetectConfig;
-use crate::detect::{self, Baseline, Finding, Metric, Offsets, OwnLevels, Reference};
+use crate::detect::{self, Baseline, Finding, Metric, Normals, Reference};
 use crate::incident::{Scope, Verdict};
 use crate::window::{Acc, Key};
 
 /// What a partition has learned about its keys, borrowed for one window's test.
 pub(super) struct References<'a> {
-    /// Per key and log-scale metric, the offset from the benchmark.
+    /// Per key and metric that learns one, the offset from the benchmark.
     pub baselines: &'a HashMap<(Key, Metric), Baseline>,
-    /// Own levels of keys without a benchmark.
+    /// Per key and metric, the key's own level: where it has no benchmark, and for the
+    /// metrics benchmarks do not carry (its usual report count, ...).
     pub levels: &'a HashMap<(Key, Metric), Baseline>,
-    /// Usual reports per window.
-    pub volumes: &'a HashMap<Key, Baseline>,
 }
 
 /// One window's keys (sorted) and the verdicts on them, each with the index of its key.
@@ -42,8 +41,37 @@ pub(super) fn own_level(
 ) -> Option<f64> {
     levels
         .get(&(key.clone(), m))
-        .filter(|b| b.windows >= detect::OWN_LEVEL_WARMUP)
+        .filter(|b| b.warm_level())
         .map(|b| b.offset)
+}
+
+/// What is normal for `key` on each metric `which` selects: its learned offset from the
+/// benchmark where `benchmarked` (it had one) and the metric learns one, and its own level
+/// where that is the reference (no benchmark, or a metric benchmarks do not carry).
+pub(super) fn normals(
+    refs: &References,
+    key: &Key,
+    benchmarked: bool,
+    which: impl Fn(&dyn crate::metric::Kind) -> bool,
+) -> Normals {
+    let mut out = Normals::default();
+    for m in Metric::all() {
+        let kind = m.kind();
+        if !which(kind) {
+            continue;
+        }
+        let n = &mut out[m.index()];
+        if benchmarked && kind.learns_offset() && !refs.baselines.is_empty() {
+            n.offset = refs
+                .baselines
+                .get(&(key.clone(), m))
+                .map_or(0.0, |b| b.offset);
+        }
+        if (!benchmarked || !kind.benchmarked()) && !refs.levels.is_empty() {
+            n.own = own_level(refs.levels, key, m);
+        }
+    }
+    out
 }
 
 /// Tests one closed window's keys against `refs`.
@@ -53,8 +81,8 @@ pub(super) fn assess(
     detect_cfg: &DetectConfig,
 ) -> Assessment {
     // Keys that usually report but sent nothing in this window are tested too.
-    for (k, b) in refs.volumes {
-        if b.windows >= detect::OWN_LEVEL_WARMUP && b.offset >= detect::MIN_USUAL_VOLUME {
+    for ((k, m), b) in refs.levels {
+        if b.warm_level() && m.kind().expects_reports(b.offset) {
             present.entry(k.clone()).or_default();
         }
     }
@@ -74,7 +102,7 @@ pub(super) fn assess(
         let (k, acc) = &keys[i];
         let t = detect_cfg.tuning(Some(&k.location), Some(&k.cdn), finding.metric);
         if bad && let Some(c) = &acc.cohorts {
-            finding.cohort = c.explain(&finding);
+            finding.cohort = c.explain(finding.metric, finding.expected);
         }
         verdicts.push((
             i,
@@ -93,55 +121,27 @@ pub(super) fn assess(
     }
 }
 
-/// Every finding on one key: each metric against its reference, and its volume against
-/// what it usually sends.
+/// Every finding on one key: each metric against its reference.
 fn key_findings(
     key: &Key,
     acc: &Acc,
     refs: &References,
     detect_cfg: &DetectConfig,
 ) -> impl Iterator<Item = Finding> {
-    let base = |m| {
-        refs.baselines
-            .get(&(key.clone(), m))
-            .copied()
-            .unwrap_or_default()
-    };
-    let (tp, su) = (base(Metric::ThroughputKbps), base(Metric::StartupMs));
-    let offsets = Offsets {
-        throughput: tp.offset,
-        startup: su.offset,
-    };
-    let own = if acc.joined == 0 && !refs.levels.is_empty() {
-        let level = |m| own_level(refs.levels, key, m);
-        OwnLevels {
-            failure_rate: level(Metric::FailureRate),
-            rebuffer_ratio: level(Metric::RebufferRatio),
-            throughput_log: level(Metric::ThroughputKbps),
-            startup_log: level(Metric::StartupMs),
-        }
-    } else {
-        OwnLevels::default()
-    };
+    let normals = normals(refs, key, acc.joined > 0, |_| true);
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
-    let mut out = detect::evaluate_with(acc, &tune, &offsets, &own);
+    let mut out = detect::evaluate_with(acc, &tune, &normals);
     for f in &mut out {
-        let warm = match (f.reference, f.metric) {
-            (Reference::Baseline, _) => true, // own levels are only used warm
-            (_, Metric::ThroughputKbps) => tp.warm(),
-            (_, Metric::StartupMs) => su.warm(),
-            _ => true,
-        };
+        let warm = f.reference != Reference::Benchmark
+            || !f.metric.kind().learns_offset()
+            || refs
+                .baselines
+                .get(&(key.clone(), f.metric))
+                .is_some_and(Baseline::warm);
         if !warm {
             // Not yet known what is normal here: only a critical deviation counts.
             f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
         }
-    }
-    if let Some(b) = refs.volumes.get(key)
-        && b.windows >= detect::OWN_LEVEL_WARMUP
-        && let Some(f) = detect::evaluate_volume(acc.reports, b.offset, &tune(Metric::ReportVolume))
-    {
-        out.push(f);
     }
     out.into_iter()
 }

@@ -119,7 +119,7 @@ impl Engine {
         let mut e = Self::with_table(cfg, table);
         e.parts = s.parts;
         for part in e.parts.values_mut() {
-            part.windows.set_max_keys(max_keys);
+            part.settle(max_keys);
         }
         e.stash = s.stash;
         e.decided_until = s.decided_until;
@@ -174,7 +174,7 @@ impl Engine {
         }
         self.drop_partition(partition);
         let mut part = share.part;
-        part.windows.set_max_keys(self.cfg.window.max_keys);
+        part.settle(self.cfg.window.max_keys);
         self.parts.insert(partition, part);
         for (start, s) in share.stash {
             self.stash.entry(start).or_default().insert(partition, s);

@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::assess::Assessment;
-use super::quality::{KeyQuality, Quality, key_quality, sort_worst};
+use super::quality::{KeyQuality, Quality, key_quality, sort_worst, totals};
 use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
 use crate::detect::DetectConfig;
-use crate::detect::{self, Metric, Offsets, OwnLevels};
+use crate::detect::{self, Metric, Normals};
 use crate::incident::{Alert, Scope, Verdict};
 use crate::time::Millis;
 use crate::window::{Acc, Closed, Key};
@@ -89,8 +89,7 @@ fn quality_of(start: Millis, stashed: &BTreeMap<i32, Stash>) -> Quality {
         window_start: start,
         keys,
         reports: reports.reports,
-        rebuffer_ratio: reports.rebuffer_ratio(),
-        failure_rate: reports.failure_rate(),
+        totals: totals(&reports),
         worst,
     }
 }
@@ -289,24 +288,23 @@ pub(super) fn roll_up(
     let mut out = Vec::new();
     let mut parent = |metric: Metric, idx: &[usize], scope: Scope| {
         let t = detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), metric);
-        let finding = if metric == Metric::ReportVolume {
-            let (obs, usual) = verdicts
-                .iter()
-                .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
-                .fold((0.0, 0.0), |(o, u), (_, v)| {
-                    (o + v.finding.observed, u + v.finding.expected)
-                });
-            detect::evaluate_volume(obs as u64, usual, &t)
-        } else {
-            let mut merged = Acc::default();
-            for i in idx {
-                merged.merge(&keys[*i].1);
-            }
-            let tune = |m| detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), m);
-            detect::evaluate_with(&merged, &tune, &Offsets::default(), &OwnLevels::default())
-                .into_iter()
-                .find(|f| f.metric == metric)
-        };
+        // The parent's evidence: its bad keys merged, against the benchmark, or against
+        // their own references pooled where the metric's references add up.
+        let mut merged = Acc::default();
+        for i in idx {
+            merged.merge(&keys[*i].1);
+        }
+        let pooled: Vec<f64> = verdicts
+            .iter()
+            .filter(|(j, v)| idx.contains(j) && v.finding.metric == metric)
+            .map(|(_, v)| v.finding.expected)
+            .collect();
+        let mut normals = Normals::default();
+        normals[metric.index()].own = metric.kind().pool(&pooled);
+        let tune = |m| detect_cfg.tuning(scope.location.as_deref(), scope.cdn.as_deref(), m);
+        let finding = detect::evaluate_with(&merged, &tune, &normals)
+            .into_iter()
+            .find(|f| f.metric == metric);
         if let Some(finding) = finding {
             out.push(Verdict {
                 scope,

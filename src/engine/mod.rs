@@ -318,7 +318,7 @@ impl Engine {
     pub fn home_of(&self, location: &str) -> Option<i32> {
         self.parts
             .iter()
-            .find(|(_, part)| part.volumes.keys().any(|k| &*k.location == location))
+            .find(|(_, part)| part.knows_location(location))
             .map(|(p, _)| *p)
     }
 

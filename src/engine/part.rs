@@ -10,22 +10,25 @@ use super::assess::{self, Assessment, References};
 use super::decide::{Grouping, Tested, flatten, roll_up};
 use crate::decode::Report;
 use crate::detect::DetectConfig;
-use crate::detect::{Baseline, Metric, Reference};
+use crate::detect::{Baseline, Metric, Normals, Reference};
 use crate::incident::{Alert, Incidents, Verdict};
 use crate::table::Expected;
 use crate::time::Millis;
-use crate::window::{Acc, Closed, Key, Normal, Recorded, Windows};
+use crate::window::{Acc, Closed, Key, Recorded, Windows};
 
 /// One source partition's share of the state (input without partitions is partition -1).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Part {
     pub(super) windows: Windows,
-    /// What is normal per key and log-scale metric, relative to the benchmark.
+    /// What is normal per key and metric that learns it, relative to the benchmark.
     baselines: HashMap<(Key, Metric), Baseline>,
-    /// Own levels of keys without a benchmark (rates, or means of logs).
+    /// Own levels per key and metric (rates, means of logs, usual reports per window):
+    /// where the key has no benchmark, and for the metrics benchmarks do not carry.
     levels: HashMap<(Key, Metric), Baseline>,
-    /// Usual reports per window of each key, to notice silence.
-    pub(super) volumes: HashMap<Key, Baseline>,
+    /// Usual reports per key, as state written before they were a metric's own level kept
+    /// them; [`Part::settle`] moves them into `levels`.
+    #[serde(default, skip_serializing)]
+    volumes: HashMap<Key, Baseline>,
     /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
@@ -53,8 +56,21 @@ impl Part {
         References {
             baselines: &self.baselines,
             levels: &self.levels,
-            volumes: &self.volumes,
         }
+    }
+
+    /// Readies a part read from a checkpoint or a changelog share: the key cap as configured
+    /// now, and usual report counts from state of an earlier layout in `levels`.
+    pub(super) fn settle(&mut self, max_keys: usize) {
+        self.windows.set_max_keys(max_keys);
+        for (k, b) in self.volumes.drain() {
+            self.levels.insert((k, Metric::REPORT_VOLUME), b);
+        }
+    }
+
+    /// Whether this part has history of keys at `location`.
+    pub(super) fn knows_location(&self, location: &str) -> bool {
+        self.levels.keys().any(|(k, _)| &*k.location == location)
     }
 
     /// Folds a report, joined with `expected` (the benchmark valid at its event time), into
@@ -65,22 +81,14 @@ impl Part {
         expected: Option<&Expected>,
         source: Option<(i32, i64)>,
     ) -> Recorded {
-        let mut normal = Normal::default();
-        if expected.is_some() && !self.baselines.is_empty() {
+        let normals = if self.baselines.is_empty() && self.levels.is_empty() {
+            Normals::default()
+        } else {
             let key = self.windows.key(&r.location, &r.cdn);
-            let off = |m| {
-                self.baselines
-                    .get(&(key.clone(), m))
-                    .map_or(0.0, |b| b.offset)
-            };
-            normal.throughput_offset = off(Metric::ThroughputKbps);
-            normal.startup_offset = off(Metric::StartupMs);
-        } else if expected.is_none() && !self.levels.is_empty() {
-            let key = self.windows.key(&r.location, &r.cdn);
-            let level = |m| assess::own_level(&self.levels, &key, m);
-            normal.own_throughput_log = level(Metric::ThroughputKbps);
-            normal.own_startup_log = level(Metric::StartupMs);
-        }
+            assess::normals(&self.references(), &key, expected.is_some(), |k| {
+                k.sign_test()
+            })
+        };
         let suspect = !self.suspects.is_empty()
             && self
                 .suspects
@@ -90,7 +98,7 @@ impl Part {
                 if suspect && acc.cohorts.is_none() {
                     acc.cohorts = Some(Box::default());
                 }
-                acc.add_with(r, expected, &normal)
+                acc.add_with(r, expected, &normals)
             })
     }
 
@@ -135,7 +143,9 @@ impl Part {
         alerts
     }
 
-    /// Updates the per-key baselines from the clean windows' log-scale findings.
+    /// Learns what is normal from a tested window: every key's own levels where they are
+    /// its reference (each metric follows its window as it says), and the offsets from the
+    /// benchmark of its clean findings.
     fn learn(
         &mut self,
         min_n: u64,
@@ -150,60 +160,29 @@ impl Part {
             }
         }
         for (i, (key, acc)) in keys.iter().enumerate() {
-            let b = self.volumes.entry(key.clone()).or_default();
-            let x = acc.reports as f64;
-            let seen = b.last_seen;
-            if bad.contains(&(i, Metric::ReportVolume)) {
-                b.drift(x);
-            } else {
-                b.track(x, at);
-            }
-            if acc.reports == 0 {
-                b.last_seen = seen; // silent keys age out
-            }
-        }
-        // Keys without a benchmark learn their own level of every metric with enough samples.
-        for (i, (key, acc)) in keys.iter().enumerate() {
-            if acc.joined > 0 {
-                continue;
-            }
-            let observed = [
-                (
-                    Metric::FailureRate,
-                    acc.reports >= min_n,
-                    acc.failure_rate(),
-                ),
-                (
-                    Metric::RebufferRatio,
-                    acc.reports >= min_n && acc.sum_d > 0.0,
-                    acc.rebuffer_ratio(),
-                ),
-                (
-                    Metric::ThroughputKbps,
-                    acc.throughput.n >= min_n,
-                    acc.throughput.mean_log(),
-                ),
-                (
-                    Metric::StartupMs,
-                    acc.startup.n >= (min_n / 3).max(10),
-                    acc.startup.mean_log(),
-                ),
-            ];
-            for (m, enough, x) in observed {
-                if enough && !bad.contains(&(i, m)) {
-                    self.levels
-                        .entry((key.clone(), m))
-                        .or_default()
-                        .track(x, at);
+            for m in Metric::all() {
+                let kind = m.kind();
+                if kind.benchmarked() && acc.joined > 0 {
+                    continue; // the benchmark is its reference
+                }
+                let Some(x) = kind.level(acc.window(m), min_n) else {
+                    continue;
+                };
+                let is_bad = bad.contains(&(i, m));
+                if let Some(b) = self.levels.get_mut(&(key.clone(), m)) {
+                    kind.follow(b, x, is_bad, at);
+                } else {
+                    let mut b = Baseline::default();
+                    kind.follow(&mut b, x, is_bad, at);
+                    if b != Baseline::default() {
+                        self.levels.insert((key.clone(), m), b);
+                    }
                 }
             }
         }
         for (i, v) in verdicts {
             let m = v.finding.metric;
-            if v.bad
-                || v.finding.reference != Reference::Benchmark
-                || !matches!(m, Metric::ThroughputKbps | Metric::StartupMs)
-            {
+            if v.bad || v.finding.reference != Reference::Benchmark || !m.kind().learns_offset() {
                 continue;
             }
             let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
@@ -217,6 +196,5 @@ impl Part {
     pub(super) fn forget_before(&mut self, horizon: Millis) {
         self.baselines.retain(|_, b| b.last_seen >= horizon);
         self.levels.retain(|_, b| b.last_seen >= horizon);
-        self.volumes.retain(|_, b| b.last_seen >= horizon);
     }
 }

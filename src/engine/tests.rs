@@ -32,7 +32,7 @@ fn run(
     windows: i64,
     bad: impl Fn(&str, &str, i64) -> bool,
 ) -> Vec<Alert> {
-    let mut e = Engine::new(&Settings::default());
+    let mut e = Engine::new(Settings::default());
     for l in locs {
         for c in cdns {
             let row = Expected {
@@ -128,7 +128,7 @@ fn one_bad_key_gets_no_parent() {
 
 #[test]
 fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
-    let mut e = Engine::new(&Settings::default());
+    let mut e = Engine::new(Settings::default());
     let row = Expected {
         throughput_kbps: Some(5_000.0),
         ..Default::default()
@@ -150,7 +150,7 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
     }
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
-    assert_eq!(a.metric, Metric::ThroughputKbps);
+    assert_eq!(a.metric, Metric::THROUGHPUT_KBPS);
     assert_eq!(a.started_at, 12 * W, "fires on the drop, not on the offset");
     let expected = a.expected.unwrap();
     assert!(
@@ -161,7 +161,7 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
 
 #[test]
 fn a_key_without_benchmark_is_watched_against_its_own_level() {
-    let mut e = Engine::new(&Settings::default());
+    let mut e = Engine::new(Settings::default());
     let mut alerts = Vec::new();
     let mut i = 0;
     for w in 0..16 {
@@ -186,7 +186,7 @@ fn a_key_without_benchmark_is_watched_against_its_own_level() {
 
 #[test]
 fn a_key_that_goes_silent_is_an_incident() {
-    let mut e = Engine::new(&Settings::default());
+    let mut e = Engine::new(Settings::default());
     let mut alerts = Vec::new();
     let mut i = 0;
     for w in 0..30 {
@@ -344,7 +344,7 @@ fn run_partitioned(
     mut next: impl FnMut(&[usize]) -> usize,
 ) -> Vec<Alert> {
     use crate::sim::Event;
-    let mut e = Engine::new(&Settings::default());
+    let mut e = Engine::new(Settings::default());
     let mut queues: Vec<std::collections::VecDeque<&Report>> = vec![Default::default(); 4];
     for ev in events {
         match ev {
@@ -698,4 +698,51 @@ fn instances_sharing_partitions_raise_the_cdn_wide_incidents_one_instance_would(
         let peered = run_peered(&events, end, owners);
         assert_eq!(all(&peered), all(&single), "owners {owners:?}");
     }
+}
+
+/// State written before each metric had its own file (named sums per accumulator, usual
+/// report counts apart from the other levels) restores, and the engine then carries on as
+/// one that ran through: the same alerts, the same counters. The fixture is the first half
+/// of the run below, snapshotted by that earlier version.
+#[test]
+fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
+    use crate::sim::{Event, SimConfig, Simulator};
+    let old: &[u8] = include_bytes!("../../tests/data/state/engine-before-metric-files.cbor");
+    let start = 1_767_290_400_000;
+    let cfg = Settings::default();
+    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
+    let cut = events.len() / 2;
+    let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
+        Event::Benchmark(b) => {
+            e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+        }
+        Event::Report(r) => {
+            e.on_report(r, Some((0, 0)));
+            out.extend(e.close_ready());
+        }
+    };
+    let mut a = Engine::new(&cfg);
+    let mut before = Vec::new();
+    for ev in &events[..cut] {
+        feed(&mut a, ev, &mut before);
+    }
+    let mut b = Engine::restore(&cfg, BenchmarkTable::new(), old)
+        .map_err(|e| e.0)
+        .unwrap();
+    for ev in &events[..cut] {
+        if let Event::Benchmark(bm) = ev {
+            b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
+        }
+    }
+    assert_eq!(a.counters(), b.counters());
+    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
+    for ev in &events[cut..] {
+        feed(&mut a, ev, &mut rest_a);
+        feed(&mut b, ev, &mut rest_b);
+    }
+    rest_a.extend(a.close_until(start + 2 * 3_600_000));
+    rest_b.extend(b.close_until(start + 2 * 3_600_000));
+    assert!(!rest_a.is_empty(), "incidents after the cut");
+    assert_eq!(rest_a, rest_b);
+    assert_eq!(a.counters(), b.counters());
 }

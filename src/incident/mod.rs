@@ -142,30 +142,7 @@ pub struct Incidents {
 }
 
 fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {
-    let what = match f.metric {
-        Metric::RebufferRatio => format!(
-            "rebuffering {:.1}% vs {:.1}% expected",
-            f.observed * 100.0,
-            f.expected * 100.0
-        ),
-        Metric::FailureRate => format!(
-            "playback failures {:.1}% vs {:.1}% expected",
-            f.observed * 100.0,
-            f.expected * 100.0
-        ),
-        Metric::ThroughputKbps => format!(
-            "throughput {:.0} kbps vs {:.0} kbps expected",
-            f.observed, f.expected
-        ),
-        Metric::StartupMs => format!(
-            "startup {:.0} ms vs {:.0} ms expected",
-            f.observed, f.expected
-        ),
-        Metric::ReportVolume => format!(
-            "{:.0} reports in the window vs {:.0} usual",
-            f.observed, f.expected
-        ),
-    };
+    let what = f.metric.kind().describe(f.observed, f.expected);
     let where_ = match (&scope.location, &scope.cdn) {
         (Some(l), Some(c)) => format!("{c} at {l}"),
         (Some(l), None) => format!("all CDNs at {l}"),
@@ -173,7 +150,7 @@ fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String 
         (None, None) => "everywhere".into(),
     };
     match status {
-        Status::Firing if f.metric == Metric::ReportVolume => {
+        Status::Firing if !f.metric.kind().counts_samples() => {
             format!("{where_}: {what} since {}.", format_ms(since))
         }
         Status::Firing => {
@@ -413,7 +390,7 @@ mod tests {
         Verdict {
             scope: Scope::pair("L", "c"),
             finding: Finding {
-                metric: Metric::FailureRate,
+                metric: Metric::FAILURE_RATE,
                 observed: if bad { 0.2 } else { 0.01 },
                 expected: 0.01,
                 samples: 100,

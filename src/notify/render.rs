@@ -64,12 +64,7 @@ fn url_escape(s: &str) -> String {
 
 /// A metric value with its unit, as people read it.
 pub fn format_value(m: Metric, v: f64) -> String {
-    match m {
-        Metric::RebufferRatio | Metric::FailureRate => format!("{:.2} %", v * 100.0),
-        Metric::ThroughputKbps => format!("{v:.0} kbps"),
-        Metric::StartupMs => format!("{v:.0} ms"),
-        Metric::ReportVolume => format!("{v:.0} reports"),
-    }
+    m.kind().format(v)
 }
 
 fn where_(a: &Alert) -> String {
@@ -267,7 +262,7 @@ pub(crate) mod tests {
             rule: "rebuffer_ratio_above_benchmark".into(),
             severity: Severity::Critical,
             scope: Scope::pair("IN/MH/Mumbai", "cdn-a"),
-            metric: Metric::RebufferRatio,
+            metric: Metric::REBUFFER_RATIO,
             observed: 0.08,
             expected: Some(0.02),
             samples: 1234,

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decode::Report;
-use crate::detect::{Finding, Metric};
+use crate::metric::{MAX_METRICS, Metric, Normals};
+use crate::table::Expected;
 
 /// Distinct values tracked per dimension and key; further values are pooled as "other".
 pub const MAX_COHORTS: usize = 32;
@@ -19,43 +20,28 @@ pub const MIN_SHARE: f64 = 0.6;
 /// traffic explains nothing.
 pub const MAX_TRAFFIC_SHARE: f64 = 0.5;
 
-/// One cohort's sums: enough for the excess of every quality metric.
+/// One cohort's sums: its reports, and per metric the (amount, exposure) its excess is
+/// computed from ([`crate::metric::Kind::cohort`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CohortAcc {
     pub reports: u32,
-    pub failures: u32,
-    pub rebuffer_ms: f64,
-    pub watched_ms: f64,
-    pub throughput_cmp: u32,
-    pub throughput_worse: u32,
-    pub startup_cmp: u32,
-    pub startup_worse: u32,
+    pub parts: [(f64, f64); MAX_METRICS],
 }
 
 impl CohortAcc {
     fn merge(&mut self, o: &CohortAcc) {
         self.reports += o.reports;
-        self.failures += o.failures;
-        self.rebuffer_ms += o.rebuffer_ms;
-        self.watched_ms += o.watched_ms;
-        self.throughput_cmp += o.throughput_cmp;
-        self.throughput_worse += o.throughput_worse;
-        self.startup_cmp += o.startup_cmp;
-        self.startup_worse += o.startup_worse;
+        for (a, b) in self.parts.iter_mut().zip(&o.parts) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
     }
 
-    /// How much worse than `expected` this cohort made the key, in the metric's own units
-    /// (extra failures, extra stalled ms, extra worse-than-normal reports).
-    fn excess(&self, metric: Metric, expected: f64) -> Option<f64> {
-        Some(match metric {
-            Metric::FailureRate => self.failures as f64 - self.reports as f64 * expected,
-            Metric::RebufferRatio => self.rebuffer_ms - self.watched_ms * expected,
-            Metric::ThroughputKbps => {
-                self.throughput_worse as f64 - 0.5 * self.throughput_cmp as f64
-            }
-            Metric::StartupMs => self.startup_worse as f64 - 0.5 * self.startup_cmp as f64,
-            Metric::ReportVolume => return None,
-        })
+    /// How much worse than `expected` this cohort made the key on `metric`, in the metric's
+    /// own units (extra failures, extra stalled ms, extra worse-than-normal reports).
+    fn excess(&self, metric: Metric, expected: f64) -> f64 {
+        let (amount, exposure) = self.parts[metric.index()];
+        metric.kind().excess(amount, exposure, expected)
     }
 }
 
@@ -83,29 +69,16 @@ fn slot<K: PartialEq>(list: &mut Vec<(Option<K>, CohortAcc)>, key: Option<K>) ->
     &mut list[i].1
 }
 
-/// Whether a report was worse than normal on throughput and on startup, where compared.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Compared {
-    pub throughput_worse: Option<bool>,
-    pub startup_worse: Option<bool>,
-}
-
 impl Cohorts {
-    pub fn add(&mut self, r: &Report, cmp: Compared) {
+    pub fn add(&mut self, r: &Report, expected: Option<&Expected>, normals: &Normals) {
         let mut one = CohortAcc {
             reports: 1,
-            failures: u32::from(r.failed()),
-            rebuffer_ms: r.rebuffer_ms as f64,
-            watched_ms: (r.played_ms + r.rebuffer_ms) as f64,
             ..CohortAcc::default()
         };
-        if let Some(w) = cmp.throughput_worse {
-            one.throughput_cmp = 1;
-            one.throughput_worse = u32::from(w);
-        }
-        if let Some(w) = cmp.startup_worse {
-            one.startup_cmp = 1;
-            one.startup_worse = u32::from(w);
+        for m in Metric::all() {
+            if let Some(p) = m.kind().cohort(r, expected, normals[m.index()]) {
+                one.parts[m.index()] = p;
+            }
         }
         slot(&mut self.asn, r.asn).merge(&one);
         let device = r.device.as_deref().map(|d| {
@@ -127,21 +100,18 @@ impl Cohorts {
         }
     }
 
-    /// The one cohort, if any, that carries most of `finding`'s excess while being a minority
-    /// of the traffic.
-    pub fn explain(&self, finding: &Finding) -> Option<Cohort> {
+    /// The one cohort, if any, that carries most of the excess of a finding on `metric`
+    /// (expecting `expected`) while being a minority of the traffic.
+    pub fn explain(&self, metric: Metric, expected: f64) -> Option<Cohort> {
         let best = |dim: &'static str, list: Vec<(Option<String>, CohortAcc)>| {
-            let total: f64 = list
-                .iter()
-                .filter_map(|(_, a)| a.excess(finding.metric, finding.expected))
-                .sum();
+            let total: f64 = list.iter().map(|(_, a)| a.excess(metric, expected)).sum();
             let reports: u32 = list.iter().map(|(_, a)| a.reports).sum();
             if total <= 0.0 || reports == 0 {
                 return None;
             }
             list.into_iter()
                 .filter_map(|(k, a)| {
-                    let share = a.excess(finding.metric, finding.expected)? / total;
+                    let share = a.excess(metric, expected) / total;
                     let traffic = a.reports as f64 / reports as f64;
                     Some((k?, share, traffic))
                 })
@@ -194,7 +164,6 @@ impl Cohort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Reference;
 
     fn report(asn: u32, device: &str, failed: bool) -> Report<'_> {
         Report {
@@ -213,20 +182,6 @@ mod tests {
         }
     }
 
-    fn failure_finding(expected: f64) -> Finding {
-        Finding {
-            metric: Metric::FailureRate,
-            observed: 0.0,
-            expected,
-            samples: 0,
-            p_value: 0.0,
-            effect: 1.0,
-            eligible: true,
-            reference: Reference::Benchmark,
-            cohort: None,
-        }
-    }
-
     #[test]
     fn names_the_asn_that_carries_the_failures() {
         let mut c = Cohorts::default();
@@ -241,10 +196,11 @@ mod tests {
             };
             c.add(
                 &report(asn, devices[i as usize % 3], failed),
-                Compared::default(),
+                None,
+                &Normals::default(),
             );
         }
-        let got = c.explain(&failure_finding(0.01)).expect("a cohort");
+        let got = c.explain(Metric::FAILURE_RATE, 0.01).expect("a cohort");
         assert_eq!(
             (got.dimension.as_str(), got.value.as_str()),
             ("asn", "64502")
@@ -262,17 +218,22 @@ mod tests {
         for i in 0..1000u32 {
             c.add(
                 &report(64_500 + i % 5, "tv", i % 10 < 3),
-                Compared::default(),
+                None,
+                &Normals::default(),
             );
         }
-        assert_eq!(c.explain(&failure_finding(0.01)), None);
+        assert_eq!(c.explain(Metric::FAILURE_RATE, 0.01), None);
     }
 
     #[test]
     fn distinct_values_are_bounded() {
         let mut c = Cohorts::default();
         for i in 0..10_000u32 {
-            c.add(&report(i, &format!("d{i}"), false), Compared::default());
+            c.add(
+                &report(i, &format!("d{i}"), false),
+                None,
+                &Normals::default(),
+            );
         }
         assert_eq!(c.asn.len(), MAX_COHORTS);
         assert_eq!(c.device.len(), MAX_COHORTS);

@@ -1,0 +1,236 @@
+//! Skewed metrics (throughput, startup time, bitrate) tested on the log scale: a one-sample
+//! t-test of the window's mean log against the log of the expected value (a geometric-mean
+//! comparison), and a sign test so that a mean dragged by a few terrible sessions does not
+//! count as a broad degradation. One [`LogScale`] value per metric, in its own file.
+
+use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, t_p_value};
+use crate::decode::Report;
+use crate::table::Expected;
+
+/// Share of reports on the worse side of normal before a log-scale deviation counts as broad.
+const MIN_WORSE_SHARE: f64 = 0.7;
+
+// Slots: count, Σ ln x, Σ (ln x)², Σ x; Σ ln(expected) and count over joined reports with
+// one; reports compared with what is normal for the key, and how many were worse.
+const N: usize = 0;
+const SUM: usize = 1;
+const SUM_SQ: usize = 2;
+const SUM_X: usize = 3;
+const EXP_LOG_SUM: usize = 4;
+const EXP_N: usize = 5;
+const CMP: usize = 6;
+const WORSE: usize = 7;
+
+/// Count, mean and variance of `ln(x)` over a window's slots.
+#[derive(Debug, Clone, Copy)]
+pub struct LogStats<'a>(&'a [f64]);
+
+impl LogStats<'_> {
+    pub fn n(&self) -> u64 {
+        self.0[N] as u64
+    }
+
+    pub fn mean_log(&self) -> f64 {
+        self.0[SUM] / self.0[N]
+    }
+
+    /// Sample variance of ln(x).
+    pub fn var_log(&self) -> f64 {
+        let n = self.0[N];
+        if n < 2.0 {
+            return 0.0;
+        }
+        ((self.0[SUM_SQ] - self.0[SUM] * self.0[SUM] / n) / (n - 1.0)).max(0.0)
+    }
+
+    /// Arithmetic mean of x.
+    pub fn mean(&self) -> f64 {
+        self.0[SUM_X] / self.0[N]
+    }
+}
+
+/// `ln(x)`, floored at 1 so that zero throughput or startup does not produce -inf.
+fn ln(x: f64) -> f64 {
+    x.max(1.0).ln()
+}
+
+/// A log-scale metric: which report field it reads, what benchmark field it is compared with
+/// (if any), and which direction is worse.
+pub struct LogScale {
+    pub name: &'static str,
+    /// Rules against a benchmark and against the key's own baseline.
+    pub rules: (&'static str, &'static str),
+    /// "throughput": how a finding names it.
+    pub label: &'static str,
+    pub unit: &'static str,
+    pub value: fn(&Report) -> Option<f64>,
+    pub benchmark: Option<fn(&Expected) -> Option<f64>>,
+    pub higher_is_worse: bool,
+    /// Reported once per session (startup): those reports are independent, and fewer of them
+    /// are needed (a third of `min_samples`, at least 10).
+    pub once_per_session: bool,
+    pub enabled_by_default: bool,
+    pub rank: u8,
+}
+
+impl LogScale {
+    pub fn stats<'a>(&self, w: Window<'a>) -> LogStats<'a> {
+        LogStats(w.s)
+    }
+
+    fn bench(&self, e: Option<&Expected>) -> Option<f64> {
+        self.benchmark.and_then(|f| e.and_then(f))
+    }
+
+    /// Whether the report was worse than normal for the key: than its benchmark shifted by
+    /// the key's offset, or than the key's own level where it has no benchmark.
+    fn worse(&self, r: &Report, expected: Option<&Expected>, normal: Normal) -> Option<bool> {
+        let x = ln((self.value)(r)?);
+        let level = match self.bench(expected) {
+            Some(b) => ln(b) + normal.offset,
+            None => normal.own?,
+        };
+        Some(if self.higher_is_worse {
+            x > level
+        } else {
+            x < level
+        })
+    }
+
+    fn min_samples(&self, min_samples: u64) -> u64 {
+        if self.once_per_session {
+            (min_samples / 3).max(10)
+        } else {
+            min_samples
+        }
+    }
+}
+
+impl Kind for LogScale {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn rule(&self, against_benchmark: bool) -> &'static str {
+        if against_benchmark {
+            self.rules.0
+        } else {
+            self.rules.1
+        }
+    }
+
+    fn slots(&self) -> usize {
+        8
+    }
+
+    fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, normal: Normal) {
+        if let Some(x) = (self.value)(r) {
+            let l = ln(x);
+            s[N] += 1.0;
+            s[SUM] += l;
+            s[SUM_SQ] += l * l;
+            s[SUM_X] += x;
+            if let Some(b) = self.bench(expected) {
+                s[EXP_LOG_SUM] += ln(b);
+                s[EXP_N] += 1.0;
+            }
+        }
+        if let Some(w) = self.worse(r, expected, normal) {
+            s[CMP] += 1.0;
+            s[WORSE] += f64::from(u8::from(w));
+        }
+    }
+
+    fn expected(&self, w: Window) -> Option<f64> {
+        (w.s[EXP_N] > 0.0).then(|| w.s[EXP_LOG_SUM] / w.s[EXP_N])
+    }
+
+    fn level(&self, w: Window, min_samples: u64) -> Option<f64> {
+        let stats = self.stats(w);
+        (stats.n() >= self.min_samples(min_samples)).then(|| stats.mean_log())
+    }
+
+    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome> {
+        let stats = self.stats(w);
+        if stats.n() < self.min_samples(t.min_samples) {
+            return None;
+        }
+        let m = stats.mean_log();
+        let deff = if self.once_per_session {
+            1.0
+        } else {
+            DESIGN_EFFECT
+        };
+        let n_eff = (stats.n() as f64 / deff).max(2.0);
+        let se = (stats.var_log() / n_eff).sqrt();
+        let diff = if self.higher_is_worse {
+            m - reference
+        } else {
+            reference - m
+        };
+        let p_value = t_p_value(diff, se, n_eff - 1.0);
+        // Under "as normal" about half the reports fall on the worse side of what is normal for
+        // the key. A mean dragged down by a few terrible sessions leaves that share near half;
+        // a real degradation moves most reports.
+        let (cmp, worse) = (w.s[CMP], w.s[WORSE]);
+        let broad = cmp > 0.0 && worse >= MIN_WORSE_SHARE * cmp;
+        let effect = diff.exp() - 1.0;
+        Some(Outcome {
+            observed: m.exp(),
+            expected: reference.exp(),
+            samples: stats.n(),
+            p_value,
+            effect,
+            eligible: effect >= t.min_relative_effect && broad,
+        })
+    }
+
+    fn format(&self, v: f64) -> String {
+        format!("{v:.0} {}", self.unit)
+    }
+
+    fn describe(&self, observed: f64, expected: f64) -> String {
+        let (label, unit) = (self.label, self.unit);
+        format!("{label} {observed:.0} {unit} vs {expected:.0} {unit} expected")
+    }
+
+    fn enabled_by_default(&self) -> bool {
+        self.enabled_by_default
+    }
+
+    fn benchmarked(&self) -> bool {
+        self.benchmark.is_some()
+    }
+
+    fn learns_offset(&self) -> bool {
+        self.benchmark.is_some()
+    }
+
+    fn sign_test(&self) -> bool {
+        true
+    }
+
+    fn cohort(&self, r: &Report, e: Option<&Expected>, normal: Normal) -> Option<(f64, f64)> {
+        // Extra worse-than-normal reports: worse ones beyond the half expected as normal.
+        self.worse(r, e, normal)
+            .map(|w| (f64::from(u8::from(w)), 0.5))
+    }
+
+    fn excess(&self, amount: f64, exposure: f64, _expected: f64) -> f64 {
+        amount - exposure
+    }
+
+    fn shown(&self, w: Window) -> Option<(Option<f64>, Option<f64>)> {
+        let stats = self.stats(w);
+        let observed = (stats.n() > 0).then(|| stats.mean_log().exp());
+        Some((observed, self.expected(w).map(f64::exp)))
+    }
+
+    fn higher_is_worse(&self) -> bool {
+        self.higher_is_worse
+    }
+
+    fn rank(&self) -> u8 {
+        self.rank
+    }
+}

@@ -1,0 +1,418 @@
+//! What is measured. A metric is one type in one file: how a report folds into its window
+//! accumulator and how two merge, its test against a reference, how it learns what is normal
+//! for a key, how it prints and how a cohort carries it. Window accumulators, detection, the
+//! learned references, rendering, the viewer-quality gauges and `rules lint` iterate over
+//! [`Metric::all`] instead of naming each metric.
+//!
+//! Adding a metric: a file with a type that implements [`Kind`], and one line in
+//! [`REGISTRY`]. A metric can be off by default ([`Kind::enabled_by_default`]), switched on in
+//! the rules (`[metrics.<name>] enabled = true`).
+
+mod bitrate;
+mod failure_rate;
+mod learned;
+mod log_scale;
+mod rebuffer_ratio;
+mod report_volume;
+mod startup;
+mod throughput;
+
+use std::sync::LazyLock;
+
+pub use learned::{BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP};
+pub use log_scale::{LogScale, LogStats};
+
+use crate::decode::Report;
+use crate::table::Expected;
+use crate::time::Millis;
+
+/// Every metric. The order is the order in which a key's metrics are tested, so the order of
+/// its findings and alerts. Registering a metric is one line here.
+static REGISTRY: &[&dyn Kind] = &[
+    &failure_rate::FailureRate,
+    &rebuffer_ratio::RebufferRatio,
+    &throughput::THROUGHPUT_KBPS,
+    &startup::STARTUP_MS,
+    &report_volume::ReportVolume,
+    &bitrate::BITRATE_KBPS,
+];
+
+/// Most metrics [`Normals`] has room for.
+pub const MAX_METRICS: usize = 8;
+
+/// Reports are not independent: a player sends one every 10-30 s and its session's quality
+/// persists, so a 60 s window holds about three correlated reports per session. t-tests use
+/// n / DESIGN_EFFECT as their sample size (the standard error grows by its square root), which
+/// keeps a handful of unlucky sessions on a small key from looking like hundreds of reports.
+pub const DESIGN_EFFECT: f64 = 3.0;
+
+/// One metric's behaviour. Its window state is a fixed number of `f64` slots (sums and counts
+/// folded per report), laid out by the registry; [`Kind::merge`] adds them by default.
+pub trait Kind: Sync {
+    /// The `metric` field of alerts and the key of `[detect.metrics.<name>]`.
+    fn name(&self) -> &'static str;
+    /// The rule that fires on it against a benchmark (`true`) or the key's own baseline.
+    fn rule(&self, against_benchmark: bool) -> &'static str;
+    /// How many slots its window state has.
+    fn slots(&self) -> usize;
+    /// Folds one report and the benchmark valid at its event time into `s`; `normal` is what
+    /// is normal for the key (for a sign test against it).
+    fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, normal: Normal);
+    /// Adds another window state (of another key, cohort or partition).
+    fn merge(&self, s: &mut [f64], o: &[f64]) {
+        for (a, b) in s.iter_mut().zip(o) {
+            *a += b;
+        }
+    }
+    /// The benchmark's expectation over the window's joined reports, on the test's scale
+    /// (logs for log-scale metrics); `None` without one.
+    fn expected(&self, w: Window) -> Option<f64>;
+    /// The window's own level on the test's scale, if it has enough samples for a key
+    /// without a benchmark to learn from (`min_samples` as tuned).
+    fn level(&self, w: Window, min_samples: u64) -> Option<f64>;
+    /// Tests the window against `reference` (the test's scale, offset included).
+    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome>;
+    /// How a value reads, with its unit: `1.20 %`, `3500 kbps`.
+    fn format(&self, v: f64) -> String;
+    /// A finding in words: `rebuffering 3.1% vs 1.0% expected`.
+    fn describe(&self, observed: f64, expected: f64) -> String;
+
+    /// Off until the rules switch it on.
+    fn enabled_by_default(&self) -> bool {
+        true
+    }
+    /// Whether benchmarks carry an expectation of it; if not, only the key's own level is
+    /// its reference, learned whether or not the key has a benchmark.
+    fn benchmarked(&self) -> bool {
+        true
+    }
+    /// Whether a key learns its usual offset from the benchmark (log-scale metrics).
+    fn learns_offset(&self) -> bool {
+        false
+    }
+    /// How a key's own level follows a window whose level was `x` (`bad`: the window was
+    /// bad on this metric).
+    fn follow(&self, b: &mut Baseline, x: f64, bad: bool, at: Millis) {
+        if !bad {
+            b.track(x, at);
+        }
+    }
+    /// Whether a key whose own level is `level` is tested even in a window without reports.
+    fn expects_reports(&self, _level: f64) -> bool {
+        false
+    }
+    /// A parent scope's reference from the references of the bad keys under it, where the
+    /// keys' own levels add up (`None`: the parent is tested against the benchmark only).
+    fn pool(&self, _references: &[f64]) -> Option<f64> {
+        None
+    }
+    /// Whether [`Kind::add`] compares each report with what is normal for the key (then
+    /// the key's [`Normal`] is looked up for every report).
+    fn sign_test(&self) -> bool {
+        false
+    }
+    /// One report's part in a cohort's excess, as (amount, exposure): (failed, 1), (stalled
+    /// ms, watched ms), ...; `None` when cohorts do not explain this metric.
+    fn cohort(&self, _r: &Report, _e: Option<&Expected>, _normal: Normal) -> Option<(f64, f64)> {
+        None
+    }
+    /// How much worse than `expected` (the finding's, as shown) a cohort made the key, from
+    /// its summed amount and exposure, in the metric's own units (extra failures, extra
+    /// stalled ms, extra worse-than-normal reports).
+    fn excess(&self, amount: f64, exposure: f64, expected: f64) -> f64 {
+        amount - exposure * expected
+    }
+    /// Whether a finding says how many reports it rests on.
+    fn counts_samples(&self) -> bool {
+        true
+    }
+    /// The window's value as shown to people (viewer quality), and the benchmark's; `None`
+    /// for a metric that is not a viewer-quality measure.
+    fn shown(&self, w: Window) -> Option<(Option<f64>, Option<f64>)>;
+    /// Whether a higher value is worse (for ranking keys by how bad they are).
+    fn higher_is_worse(&self) -> bool {
+        true
+    }
+    /// Where it sorts among metrics in incidents and roll-ups (the order alerts have always
+    /// had); ties, and metrics that do not say, go by registry order.
+    fn rank(&self) -> u8 {
+        u8::MAX
+    }
+}
+
+/// One window state as a metric sees it: the reports it holds, how many found a benchmark,
+/// and its own slots.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub reports: u64,
+    pub joined: u64,
+    pub s: &'a [f64],
+}
+
+/// What is normal for a key on one metric when a report arrives: the learned offset from
+/// the benchmark, and the key's own level where it is the reference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Normal {
+    pub offset: f64,
+    pub own: Option<f64>,
+}
+
+/// [`Normal`] per metric, by [`Metric::index`].
+pub type Normals = [Normal; MAX_METRICS];
+
+/// The settings one test runs with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    pub enabled: bool,
+    pub min_samples: u64,
+    pub min_relative_effect: f64,
+    pub critical_relative_effect: f64,
+}
+
+/// A window's test result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// As shown (a rate, a geometric mean, a count).
+    pub observed: f64,
+    pub expected: f64,
+    pub samples: u64,
+    /// One-sided p-value of "worse than expected".
+    pub p_value: f64,
+    /// How much worse, relative: 0.5 = 50 % worse.
+    pub effect: f64,
+    /// Passed the metric's sample, effect and robustness floors.
+    pub eligible: bool,
+}
+
+/// A metric: an index into the registry. Serialised as its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Metric(u8);
+
+impl std::fmt::Debug for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Metric {
+    pub const FAILURE_RATE: Metric = Metric(0);
+    pub const REBUFFER_RATIO: Metric = Metric(1);
+    pub const THROUGHPUT_KBPS: Metric = Metric(2);
+    pub const STARTUP_MS: Metric = Metric(3);
+    pub const REPORT_VOLUME: Metric = Metric(4);
+
+    /// Every registered metric, in registry order.
+    pub fn all() -> impl Iterator<Item = Metric> {
+        (0..REGISTRY.len()).map(|i| Metric(i as u8))
+    }
+
+    pub fn named(name: &str) -> Option<Metric> {
+        Metric::all().find(|m| m.as_str() == name)
+    }
+
+    /// Every metric's name, comma separated (for messages).
+    pub fn names() -> String {
+        Metric::all()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn kind(self) -> &'static dyn Kind {
+        REGISTRY[self.0 as usize]
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Name of the rule that fires on this metric against a benchmark.
+    pub fn rule(self) -> &'static str {
+        self.kind().rule(true)
+    }
+
+    /// Its slots in a [`Slots`] vector.
+    fn range(self) -> std::ops::Range<usize> {
+        LAYOUT.offsets[self.index()]..LAYOUT.offsets[self.index() + 1]
+    }
+}
+
+impl Ord for Metric {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.kind().rank(), self.0).cmp(&(o.kind().rank(), o.0))
+    }
+}
+
+impl PartialOrd for Metric {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Metric::named(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown metric `{name}`, expected one of: {}",
+                Metric::names()
+            ))
+        })
+    }
+}
+
+struct Layout {
+    /// Start of each metric's slots, and the total at the end.
+    offsets: Vec<usize>,
+}
+
+static LAYOUT: LazyLock<Layout> = LazyLock::new(|| {
+    let mut offsets = vec![0];
+    for k in REGISTRY {
+        offsets.push(offsets[offsets.len() - 1] + k.slots());
+    }
+    Layout { offsets }
+});
+
+/// Every metric's window state, one after the other. Serialised as a map from metric name to
+/// its slots, so that state written before a metric was registered still reads (its slots
+/// start at zero).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slots(Box<[f64]>);
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots(vec![0.0; LAYOUT.offsets[REGISTRY.len()]].into_boxed_slice())
+    }
+}
+
+impl Slots {
+    pub fn of(&self, m: Metric) -> &[f64] {
+        &self.0[m.range()]
+    }
+
+    pub fn of_mut(&mut self, m: Metric) -> &mut [f64] {
+        &mut self.0[m.range()]
+    }
+
+    /// Folds one report into every metric's slots.
+    pub fn add(&mut self, r: &Report, expected: Option<&Expected>, normals: &Normals) {
+        for m in Metric::all() {
+            m.kind()
+                .add(self.of_mut(m), r, expected, normals[m.index()]);
+        }
+    }
+
+    pub fn merge(&mut self, o: &Slots) {
+        for m in Metric::all() {
+            let range = m.range();
+            m.kind().merge(&mut self.0[range.clone()], &o.0[range]);
+        }
+    }
+}
+
+impl serde::Serialize for Slots {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(REGISTRY.len()))?;
+        for m in Metric::all() {
+            map.serialize_entry(m.as_str(), self.of(m))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Slots {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, Vec<f64>>::deserialize(d)?;
+        let mut out = Slots::default();
+        for (name, values) in map {
+            // A metric no longer registered is dropped; one with another layout starts anew.
+            if let Some(m) = Metric::named(&name)
+                && values.len() == m.kind().slots()
+            {
+                out.of_mut(m).copy_from_slice(&values);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Student's t upper tail, `P(T > t)`.
+pub(crate) fn t_upper(t: f64, df: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if !t.is_finite() {
+        return if t > 0.0 { 0.0 } else { 1.0 };
+    }
+    match StudentsT::new(0.0, 1.0, df.max(1.0)) {
+        Ok(d) => d.sf(t),
+        Err(_) => 1.0,
+    }
+}
+
+/// A t-test's one-sided p-value for a deviation `diff` with standard error `se`.
+pub(crate) fn t_p_value(diff: f64, se: f64, df: f64) -> f64 {
+    if se > 0.0 {
+        t_upper(diff / se, df)
+    } else if diff > 0.0 {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_fits_and_names_are_unique() {
+        assert!(REGISTRY.len() <= MAX_METRICS);
+        let mut names: Vec<_> = Metric::all().map(|m| m.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
+        for (c, name) in [
+            (Metric::FAILURE_RATE, "failure_rate"),
+            (Metric::REBUFFER_RATIO, "rebuffer_ratio"),
+            (Metric::THROUGHPUT_KBPS, "throughput_kbps"),
+            (Metric::STARTUP_MS, "startup_ms"),
+            (Metric::REPORT_VOLUME, "report_volume"),
+        ] {
+            assert_eq!(c.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn slots_read_back_by_name_and_tolerate_unknown_metrics() {
+        let mut s = Slots::default();
+        s.of_mut(Metric::FAILURE_RATE)[0] = 3.0;
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&s, &mut bytes).unwrap();
+        let back: Slots = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, s);
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("retired_metric".to_string(), vec![1.0]);
+        map.insert("failure_rate".to_string(), vec![1.0; 2]); // another layout
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&map, &mut bytes).unwrap();
+        let back: Slots = ciborium::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, Slots::default());
+    }
+}
