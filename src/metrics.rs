@@ -213,7 +213,7 @@ impl Metrics {
             retries: counter_vec(
                 &r,
                 "qos_sentinel_retries_total",
-                "Failed attempts of a loop that retries until it succeeds (checkpoint write, changelog write before its alerts, outbox write, alerts produce), by loop.",
+                "Failed attempts of a loop that retries until it succeeds (checkpoint write, changelog write before its alerts, outbox write or read, alerts produce), by loop; HTTP deliveries count in qos_sentinel_deliveries_total{outcome=\"retried\"}.",
                 "loop",
                 &RETRY_LOOPS,
             ),

@@ -100,7 +100,7 @@ async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
     ))
     .unwrap();
     let registry = prometheus::Registry::new();
-    let d = Dispatcher::start(&cfg, &dir.path().join("state"), &registry).unwrap();
+    let d = Dispatcher::start(&cfg, &dir.path().join("state"), &registry, None).unwrap();
     let started = now_ms() - 300_000;
     let firing = alert(Status::Firing, started);
     d.enqueue(std::slice::from_ref(&firing)).unwrap();

@@ -220,7 +220,8 @@ async fn alerts_that_change_together_are_grouped_and_held_children_stay_quiet() 
         ..Default::default()
     };
     let registry = prometheus::Registry::new();
-    let d = qos_sentinel::notify::deliver::Dispatcher::start(&cfg, dir.path(), &registry).unwrap();
+    let d = qos_sentinel::notify::deliver::Dispatcher::start(&cfg, dir.path(), &registry, None)
+        .unwrap();
     // A CDN-wide incident and 44 location incidents under it, all in one close.
     let parent = Alert {
         id: "p".into(),

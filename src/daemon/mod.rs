@@ -88,7 +88,12 @@ pub async fn run(
     let store = Arc::new(TableStore::open(&cfg.state.dir)?);
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
-    let dispatcher = Dispatcher::start(&cfg.notify, &cfg.state.dir, &metrics.registry)?;
+    let dispatcher = Dispatcher::start(
+        &cfg.notify,
+        &cfg.state.dir,
+        &metrics.registry,
+        Some(&metrics.retries),
+    )?;
     let producer = kafka::producer(&cfg.kafka)?;
     let outputs = Outputs {
         alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),

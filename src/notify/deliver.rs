@@ -9,16 +9,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
-use super::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
+use super::config::{NotifyConfig, ReceiverConfig};
 use super::outbox::{Delivery, Key, Outbox, OutboxError};
 use super::render;
+use super::request::{Attempt, send};
 use crate::incident::{Alert, Status};
+use crate::retry::{self, Backoff};
 use crate::time::Millis;
 
 /// Outcomes counted per receiver in `qos_sentinel_deliveries_total`.
@@ -30,10 +30,18 @@ pub struct DeliveryMetrics {
     pub deliveries: IntCounterVec,
     pub outbox_depth: IntGaugeVec,
     pub latency: HistogramVec,
+    /// Failed reads of the outbox (`qos_sentinel_retries_total{loop="outbox"}` in the daemon).
+    pub outbox_retries: IntCounter,
 }
 
 impl DeliveryMetrics {
-    pub fn register(r: &prometheus::Registry, receivers: &[ReceiverConfig]) -> Self {
+    /// Registers them in `r`; `retries` is the daemon's `qos_sentinel_retries_total`, if it
+    /// has one.
+    pub fn register(
+        r: &prometheus::Registry,
+        receivers: &[ReceiverConfig],
+        retries: Option<&IntCounterVec>,
+    ) -> Self {
         let deliveries = IntCounterVec::new(
             Opts::new(
                 "qos_sentinel_deliveries_total",
@@ -76,10 +84,15 @@ impl DeliveryMetrics {
             // Registered once per registry; a second dispatcher on one registry keeps the first.
             let _ = r.register(c);
         }
+        let outbox_retries = retries.map_or_else(
+            || IntCounter::new("outbox_retries", "unregistered").expect("static metric definition"),
+            |v| v.with_label_values(&["outbox"]),
+        );
         DeliveryMetrics {
             deliveries,
             outbox_depth,
             latency,
+            outbox_retries,
         }
     }
 }
@@ -88,18 +101,6 @@ pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// What became of one attempt.
-#[derive(Debug, PartialEq)]
-enum Attempt {
-    Done,
-    /// Retry, no sooner than this (Retry-After) when the receiver said so.
-    Retry {
-        after: Option<Duration>,
-        why: String,
-    },
-    Fail(String),
 }
 
 struct Receiver {
@@ -138,9 +139,10 @@ impl Dispatcher {
         cfg: &NotifyConfig,
         state_dir: &Path,
         registry: &prometheus::Registry,
+        retries: Option<&IntCounterVec>,
     ) -> Result<Arc<Self>, OutboxError> {
         let outbox = Arc::new(Outbox::open(state_dir)?);
-        let metrics = DeliveryMetrics::register(registry, &cfg.receivers);
+        let metrics = DeliveryMetrics::register(registry, &cfg.receivers, retries);
         for name in outbox.receivers() {
             if !cfg.receivers.iter().any(|r| r.name == name) {
                 let n = outbox.purge(&name)?;
@@ -375,6 +377,16 @@ impl Dispatcher {
 }
 
 /// Delivers one receiver's outbox entries in order.
+/// Retries of one delivery: from 500 ms doubling to 60 s, jittered (many instances may be
+/// retrying one receiver).
+const HTTP_RETRY: retry::Policy = retry::Policy {
+    first: Duration::from_millis(500),
+    max: Duration::from_secs(60),
+    jitter: true,
+};
+
+/// One receiver's loop: the oldest delivery in its outbox, within its rate limit, until it is
+/// delivered, refused or past the deadline.
 async fn worker(
     r: Arc<Receiver>,
     outbox: Arc<Outbox>,
@@ -385,7 +397,10 @@ async fn worker(
 ) {
     let name = r.cfg.name.as_str();
     let mut bucket = Bucket::new(r.cfg.rate_limit());
-    let mut rng = seed();
+    let mut reading = Backoff::new(
+        format!("read the outbox of receiver {name}"),
+        Some(metrics.outbox_retries.clone()),
+    );
     loop {
         if *stop.borrow() {
             return;
@@ -393,8 +408,8 @@ async fn worker(
         let head = match outbox.head(name) {
             Ok(h) => h,
             Err(e) => {
-                error!(receiver = name, error = %e, "Cannot read the outbox.");
-                if pause(&mut stop, Duration::from_secs(1)).await {
+                let wait = reading.failed(e);
+                if pause(&mut stop, wait).await {
                     return;
                 }
                 continue;
@@ -415,57 +430,62 @@ async fn worker(
             }
             continue;
         }
-        let mut attempt = 0u32;
-        loop {
-            match send(&client, &r.cfg, &d).await {
-                Attempt::Done => {
-                    metrics
-                        .deliveries
-                        .with_label_values(&[name, "delivered"])
-                        .inc();
-                    let age = (now_ms() - d.queued_ms).max(0) as f64 / 1000.0;
-                    metrics.latency.with_label_values(&[name]).observe(age);
-                    debug!(receiver = name, alerts = d.alerts.len(), "Delivered.");
-                    break;
+        if deliver(&r.cfg, &client, &metrics, deadline, &d, &mut stop).await {
+            return;
+        }
+        done(&outbox, &metrics, name, &key);
+    }
+}
+
+/// Sends one delivery until it is delivered, refused or past its deadline, counting the
+/// outcome; true when told to stop first (the delivery stays in the outbox).
+async fn deliver(
+    cfg: &ReceiverConfig,
+    client: &reqwest::Client,
+    metrics: &DeliveryMetrics,
+    deadline: Duration,
+    d: &Delivery,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let name = cfg.name.as_str();
+    let count = |outcome: &str| metrics.deliveries.with_label_values(&[name, outcome]).inc();
+    let retried = metrics.deliveries.with_label_values(&[name, "retried"]);
+    let mut b = Backoff::with_policy(
+        format!("deliver to receiver {name}"),
+        Some(retried),
+        HTTP_RETRY,
+    );
+    loop {
+        match send(client, cfg, d).await {
+            Attempt::Done => {
+                count("delivered");
+                let age = (now_ms() - d.queued_ms).max(0) as f64 / 1000.0;
+                metrics.latency.with_label_values(&[name]).observe(age);
+                debug!(receiver = name, alerts = d.alerts.len(), "Delivered.");
+                b.succeeded();
+                return false;
+            }
+            Attempt::Fail(why) => {
+                count("failed");
+                warn!(receiver = name, alerts = d.alerts.len(), error = %why,
+                    "Receiver rejected a delivery; not retrying.");
+                return false;
+            }
+            Attempt::Retry { after, why } => {
+                let wait = b.next_wait().max(after.unwrap_or_default());
+                let expires = d.queued_ms + deadline.as_millis() as Millis;
+                if now_ms() + wait.as_millis() as Millis > expires {
+                    count("expired");
+                    error!(receiver = name, alerts = d.alerts.len(), attempts = b.failures() + 1, error = %why,
+                        "Giving up on a delivery: retry deadline passed.");
+                    return false;
                 }
-                Attempt::Fail(why) => {
-                    metrics
-                        .deliveries
-                        .with_label_values(&[name, "failed"])
-                        .inc();
-                    warn!(receiver = name, alerts = d.alerts.len(), error = %why,
-                        "Receiver rejected a delivery; not retrying.");
-                    break;
-                }
-                Attempt::Retry { after, why } => {
-                    attempt += 1;
-                    let wait = backoff(attempt, &mut rng).max(after.unwrap_or_default());
-                    let expires = d.queued_ms + deadline.as_millis() as Millis;
-                    if now_ms() + wait.as_millis() as Millis > expires {
-                        metrics
-                            .deliveries
-                            .with_label_values(&[name, "expired"])
-                            .inc();
-                        error!(receiver = name, alerts = d.alerts.len(), attempts = attempt, error = %why,
-                            "Giving up on a delivery: retry deadline passed.");
-                        break;
-                    }
-                    metrics
-                        .deliveries
-                        .with_label_values(&[name, "retried"])
-                        .inc();
-                    if attempt == 1 {
-                        warn!(receiver = name, error = %why, "Delivery failed; retrying with backoff.");
-                    } else {
-                        debug!(receiver = name, attempt, error = %why, "Delivery failed again.");
-                    }
-                    if pause(&mut stop, wait).await {
-                        return;
-                    }
+                b.failed(&why);
+                if pause(stop, wait).await {
+                    return true;
                 }
             }
         }
-        done(&outbox, &metrics, name, &key);
     }
 }
 
@@ -485,25 +505,6 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
     }
-}
-
-/// Exponential backoff from 500 ms, capped at 60 s, with jitter (50-100 % of the step).
-fn backoff(attempt: u32, rng: &mut u64) -> Duration {
-    let step = 500u64
-        .saturating_mul(1 << attempt.min(7).saturating_sub(1))
-        .min(60_000);
-    // xorshift64: jitter needs spread, not cryptographic quality.
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    Duration::from_millis(step / 2 + *rng % (step / 2 + 1))
-}
-
-fn seed() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    t | 1
 }
 
 /// Token bucket of `per_minute` tokens refilled continuously; 0 = unlimited.
@@ -540,159 +541,9 @@ impl Bucket {
         }
     }
 }
-
-/// One attempt at a delivery. Webhooks get one POST per alert (a delivery for them holds
-/// exactly one); Slack and Alertmanager one POST per group.
-async fn send(client: &reqwest::Client, r: &ReceiverConfig, d: &Delivery) -> Attempt {
-    let (url, body, headers) = match request(r, d) {
-        Ok(x) => x,
-        Err(e) => return Attempt::Fail(e),
-    };
-    let result = client.post(url).headers(headers).body(body).send().await;
-    match result {
-        Ok(resp) => classify(resp.status(), resp.headers()),
-        // reqwest errors name the URL, which is a secret (Slack and webhook URLs carry tokens).
-        Err(e) => Attempt::Retry {
-            after: None,
-            why: e.without_url().to_string(),
-        },
-    }
-}
-
-fn request(r: &ReceiverConfig, d: &Delivery) -> Result<(String, Vec<u8>, HeaderMap), String> {
-    let mut h = HeaderMap::new();
-    h.insert(
-        CONTENT_TYPE,
-        "application/json".parse().map_err(|_| "header")?,
-    );
-    let link = r.link_template.as_deref();
-    let base = r.url.expose();
-    let encode = |v: &serde_json::Value| serde_json::to_vec(v).map_err(|e| e.to_string());
-    match r.kind {
-        ReceiverKind::Slack => Ok((
-            base.to_string(),
-            encode(&render::slack(&d.alerts, link))?,
-            h,
-        )),
-        ReceiverKind::Alertmanager => {
-            let url = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
-            Ok((
-                url,
-                encode(&render::alertmanager(&d.alerts, link, now_ms()))?,
-                h,
-            ))
-        }
-        ReceiverKind::Webhook => {
-            let [a] = d.alerts.as_slice() else {
-                return Err(format!("webhook delivery holds {} alerts", d.alerts.len()));
-            };
-            let body = serde_json::to_vec(a).map_err(|e| e.to_string())?;
-            let ts = now_ms() / 1000;
-            let key = render::idempotency_key(a, d.repeat);
-            h.insert(
-                render::IDEMPOTENCY_HEADER,
-                key.parse().map_err(|_| "idempotency key")?,
-            );
-            h.insert(render::TIMESTAMP_HEADER, ts.into());
-            if let Some(at) = d.detected_ms {
-                h.insert(render::DETECTED_HEADER, at.into());
-            }
-            if let Some(s) = &r.hmac_secret {
-                let sig = render::sign(s.expose().as_bytes(), ts, &body);
-                h.insert(
-                    render::SIGNATURE_HEADER,
-                    sig.parse().map_err(|_| "signature")?,
-                );
-            }
-            Ok((base.to_string(), body, h))
-        }
-    }
-}
-
-/// 2xx is done; 408, 429 and 5xx are retried (after Retry-After when given); any other status
-/// is a failure that retrying will not fix.
-fn classify(status: StatusCode, headers: &HeaderMap) -> Attempt {
-    if status.is_success() {
-        return Attempt::Done;
-    }
-    let retryable = status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT;
-    if retryable {
-        Attempt::Retry {
-            after: headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after),
-            why: format!("HTTP {status}"),
-        }
-    } else {
-        Attempt::Fail(format!("HTTP {status}"))
-    }
-}
-
-/// Retry-After as seconds or an HTTP date; capped at an hour.
-fn retry_after(v: &str) -> Option<Duration> {
-    let d = match v.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(v.trim())
-            .ok()?
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(d.min(Duration::from_secs(3600)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_are_classified() {
-        let h = HeaderMap::new();
-        assert_eq!(classify(StatusCode::NO_CONTENT, &h), Attempt::Done);
-        assert!(matches!(
-            classify(StatusCode::BAD_GATEWAY, &h),
-            Attempt::Retry { after: None, .. }
-        ));
-        assert!(matches!(
-            classify(StatusCode::NOT_FOUND, &h),
-            Attempt::Fail(_)
-        ));
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &h),
-            Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(7)
-        ));
-    }
-
-    #[test]
-    fn retry_after_takes_http_dates() {
-        let in_a_minute = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(61));
-        let d = retry_after(&in_a_minute).unwrap();
-        assert!(
-            d > Duration::from_secs(55) && d <= Duration::from_secs(61),
-            "{d:?}"
-        );
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after("soon"), None);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let mut rng = 42;
-        let b1 = backoff(1, &mut rng);
-        assert!(b1 >= Duration::from_millis(250) && b1 <= Duration::from_millis(500));
-        let b4 = backoff(4, &mut rng);
-        assert!(b4 >= Duration::from_millis(2000) && b4 <= Duration::from_millis(4000));
-        for a in [20, 100, u32::MAX] {
-            assert!(backoff(a, &mut rng) <= Duration::from_secs(60));
-        }
-    }
 
     #[test]
     fn bucket_limits_rate() {

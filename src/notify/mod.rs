@@ -6,6 +6,7 @@ pub mod config;
 pub mod deliver;
 pub mod outbox;
 pub mod render;
+mod request;
 
 use std::time::Duration;
 

@@ -1,0 +1,223 @@
+//! The engine through its public interface: grouping, learned references and silence here;
+//! snapshots and earlier state layouts in `state`; partitions read in any order, hand-over
+//! and the peered CDN-wide stage in `partitioned`.
+
+use super::*;
+use crate::detect::Metric;
+use crate::incident::{Scope, Status};
+
+const W: i64 = 60_000;
+
+fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
+    Report {
+        ts,
+        session_id: format!("s{i}").into(),
+        location: loc.to_string().into(),
+        cdn: cdn.to_string().into(),
+        asn: None,
+        device: None,
+        played_ms: 20_000,
+        rebuffer_ms: 0,
+        startup_ms: None,
+        bitrate_kbps: None,
+        throughput_kbps: Some(5_000.0),
+        error: failed.then(|| "E".into()),
+    }
+}
+
+/// Runs `windows` windows of 60 reports per key; `bad(loc, cdn, window)` says which
+/// keys have a 20 % failure rate.
+fn run(
+    locs: &[&str],
+    cdns: &[&str],
+    windows: i64,
+    bad: impl Fn(&str, &str, i64) -> bool,
+) -> Vec<Alert> {
+    let mut e = Engine::new(Settings::default());
+    for l in locs {
+        for c in cdns {
+            let row = Expected {
+                error_rate: Some(0.01),
+                ..Default::default()
+            };
+            e.on_benchmark(l, c, 0, Some(row));
+        }
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    for w in 0..windows {
+        for n in 0..60 {
+            for l in locs {
+                for c in cdns {
+                    i += 1;
+                    let failed = bad(l, c, w) && n % 5 == 0;
+                    e.on_report(&report(l, c, w * W + n * 1_000, i, failed), None);
+                }
+            }
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(windows * W + W));
+    out
+}
+
+#[test]
+fn many_locations_of_one_cdn_raise_one_cdn_wide_parent() {
+    let locs = ["IN/A", "IN/B", "IN/C", "US/D"];
+    let alerts = run(&locs, &["cdn-a", "cdn-b"], 10, |l, c, w| {
+        c == "cdn-a" && l.starts_with("IN/") && (2..5).contains(&w)
+    });
+    let firing: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect();
+    let parent = firing
+        .iter()
+        .find(|a| a.scope.location.is_none())
+        .expect("a CDN-wide incident");
+    assert_eq!(parent.scope.cdn.as_deref(), Some("cdn-a"));
+    assert_eq!(parent.samples, 180, "evidence is the three bad keys merged");
+    let children: Vec<&&Alert> = firing
+        .iter()
+        .filter(|a| a.scope.location.is_some())
+        .collect();
+    assert_eq!(children.len(), 3);
+    for c in &children {
+        assert_eq!(c.parent_id.as_deref(), Some(parent.id.as_str()), "{c:?}");
+        assert!(c.scope.location.as_deref().unwrap().starts_with("IN/"));
+    }
+    let resolved = alerts
+        .iter()
+        .filter(|a| a.status == Status::Resolved)
+        .count();
+    assert_eq!(resolved, 4, "parent and children all resolve");
+}
+
+#[test]
+fn every_cdn_bad_at_one_location_raises_a_location_wide_parent() {
+    let alerts = run(&["IN/A", "US/D"], &["cdn-a", "cdn-b"], 8, |l, _, w| {
+        l == "US/D" && (2..5).contains(&w)
+    });
+    let parent = alerts
+        .iter()
+        .find(|a| a.status == Status::Firing && a.scope.cdn.is_none())
+        .expect("a location-wide incident");
+    assert_eq!(parent.scope.location.as_deref(), Some("US/D"));
+    assert!(
+        alerts
+            .iter()
+            .filter(|a| a.status == Status::Firing && a.scope.cdn.is_some())
+            .all(|a| a.parent_id.as_deref() == Some(parent.id.as_str()))
+    );
+}
+
+#[test]
+fn one_bad_key_gets_no_parent() {
+    let alerts = run(
+        &["IN/A", "IN/B", "IN/C"],
+        &["cdn-a", "cdn-b"],
+        8,
+        |l, c, w| l == "IN/A" && c == "cdn-a" && (2..5).contains(&w),
+    );
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a.parent_id.is_none() && a.scope.cdn.is_some() && a.scope.location.is_some())
+    );
+}
+
+#[test]
+fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
+    let mut e = Engine::new(Settings::default());
+    let row = Expected {
+        throughput_kbps: Some(5_000.0),
+        ..Default::default()
+    };
+    e.on_benchmark("L", "c", 0, Some(row));
+    let mut alerts = Vec::new();
+    let mut i = 0;
+    for w in 0..20 {
+        // Clients see 40 % less than the probes (last mile) for 12 windows, then a real
+        // drop to a third of that.
+        let level = if w < 12 { 3_000.0 } else { 1_000.0 };
+        for n in 0..90 {
+            i += 1;
+            let mut r = report("L", "c", w * W + n * 600, i, false);
+            r.throughput_kbps = Some(level * (1.0 + ((i * 37) % 11) as f64 * 0.04));
+            e.on_report(&r, None);
+        }
+        alerts.extend(e.close_ready());
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.metric, Metric::THROUGHPUT_KBPS);
+    assert_eq!(a.started_at, 12 * W, "fires on the drop, not on the offset");
+    let expected = a.expected.unwrap();
+    assert!(
+        (3_000.0..4_000.0).contains(&expected),
+        "compared with what is normal: {expected}"
+    );
+}
+
+#[test]
+fn a_key_without_benchmark_is_watched_against_its_own_level() {
+    let mut e = Engine::new(Settings::default());
+    let mut alerts = Vec::new();
+    let mut i = 0;
+    for w in 0..16 {
+        for n in 0..100 {
+            i += 1;
+            // 1 % failures for 10 windows, then 20 %.
+            let failed = if w < 10 { i % 100 == 0 } else { n % 5 == 0 };
+            e.on_report(
+                &report("NEW/Place", "cdn-z", w * W + n * 500, i, failed),
+                None,
+            );
+        }
+        alerts.extend(e.close_ready());
+    }
+    assert_eq!(e.counters().join_hits, 0);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.rule, "failures_above_baseline");
+    assert_eq!(a.started_at, 10 * W);
+    assert!((a.expected.unwrap() - 0.01).abs() < 0.005, "{a:?}");
+}
+
+#[test]
+fn a_key_that_goes_silent_is_an_incident() {
+    let mut e = Engine::new(Settings::default());
+    let mut alerts = Vec::new();
+    let mut i = 0;
+    for w in 0..30 {
+        for n in 0..100 {
+            for loc in ["A", "B"] {
+                // B stops reporting entirely in windows 8..12 (an outage sends nothing).
+                if loc == "B" && (8..12).contains(&w) {
+                    continue;
+                }
+                i += 1;
+                e.on_report(&report(loc, "c", w * W + n * 500, i, false), None);
+            }
+        }
+        alerts.extend(e.close_ready());
+    }
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let (fire, res) = (&alerts[0], &alerts[1]);
+    assert_eq!(fire.rule, "reports_below_usual");
+    assert_eq!(fire.scope, Scope::pair("B", "c"));
+    assert_eq!(fire.observed, 0.0);
+    assert!((fire.expected.unwrap() - 100.0).abs() < 5.0, "{fire:?}");
+    assert_eq!(fire.started_at, 8 * W);
+    assert_eq!(res.id, fire.id);
+    assert_eq!(res.resolved_at, Some(12 * W));
+    assert_eq!(
+        res.window_start,
+        14 * W,
+        "three clean windows after the return: {res:?}"
+    );
+}
+
+mod partitioned;
+mod state;

@@ -1,0 +1,102 @@
+//! Snapshots, and state written by earlier versions.
+
+use super::*;
+
+#[test]
+fn a_restored_snapshot_continues_exactly_like_the_original() {
+    use crate::sim::{Event, SimConfig, Simulator};
+    let start = 1_767_290_400_000;
+    let cfg = Settings::default();
+    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
+    let cut = events.len() / 2;
+    let mut a = Engine::new(&cfg);
+    let mut alerts_a = Vec::new();
+    let mut seen_benchmarks = Vec::new();
+    let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
+        Event::Benchmark(b) => {
+            e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+        }
+        Event::Report(r) => {
+            e.on_report(r, Some((0, 0)));
+            out.extend(e.close_ready());
+        }
+    };
+    for ev in &events[..cut] {
+        if let Event::Benchmark(b) = ev {
+            seen_benchmarks.push(b.clone());
+        }
+        feed(&mut a, ev, &mut alerts_a);
+    }
+    let snap = a.snapshot().unwrap();
+    let mut b = Engine::restore(&cfg, BenchmarkTable::new(), &snap)
+        .map_err(|e| e.0)
+        .unwrap();
+    for bm in &seen_benchmarks {
+        b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
+    }
+    assert_eq!(a.counters(), b.counters());
+    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
+    for ev in &events[cut..] {
+        feed(&mut a, ev, &mut rest_a);
+        feed(&mut b, ev, &mut rest_b);
+    }
+    rest_a.extend(a.close_until(start + 2 * 3_600_000));
+    rest_b.extend(b.close_until(start + 2 * 3_600_000));
+    assert!(
+        !alerts_a.is_empty() && !rest_a.is_empty(),
+        "incidents on both sides of the cut"
+    );
+    assert_eq!(rest_a, rest_b);
+    assert_eq!(a.counters(), b.counters());
+    // A snapshot taken with another window size is refused.
+    let mut other = cfg.clone();
+    other.window.size = std::time::Duration::from_secs(30);
+    assert!(Engine::restore(&other, BenchmarkTable::new(), &snap).is_err());
+}
+
+/// State written before each metric had its own file (named sums per accumulator, usual
+/// report counts apart from the other levels) restores, and the engine then carries on as
+/// one that ran through: the same alerts, the same counters. The fixture is the first half
+/// of the run below, snapshotted by that earlier version.
+#[test]
+fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
+    use crate::sim::{Event, SimConfig, Simulator};
+    let old: &[u8] = include_bytes!("../../../tests/data/state/engine-before-metric-files.cbor");
+    let start = 1_767_290_400_000;
+    let cfg = Settings::default();
+    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
+    let cut = events.len() / 2;
+    let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
+        Event::Benchmark(b) => {
+            e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
+        }
+        Event::Report(r) => {
+            e.on_report(r, Some((0, 0)));
+            out.extend(e.close_ready());
+        }
+    };
+    let mut a = Engine::new(&cfg);
+    let mut before = Vec::new();
+    for ev in &events[..cut] {
+        feed(&mut a, ev, &mut before);
+    }
+    let mut b = Engine::restore(&cfg, BenchmarkTable::new(), old)
+        .map_err(|e| e.0)
+        .unwrap();
+    for ev in &events[..cut] {
+        if let Event::Benchmark(bm) = ev {
+            b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
+        }
+    }
+    assert_eq!(a.counters(), b.counters());
+    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
+    for ev in &events[cut..] {
+        feed(&mut a, ev, &mut rest_a);
+        feed(&mut b, ev, &mut rest_b);
+    }
+    rest_a.extend(a.close_until(start + 2 * 3_600_000));
+    rest_b.extend(b.close_until(start + 2 * 3_600_000));
+    assert!(!rest_a.is_empty(), "incidents after the cut");
+    assert_eq!(rest_a, rest_b);
+    assert_eq!(a.counters(), b.counters());
+}
