@@ -444,18 +444,13 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
             for j in 0..2i64 {
                 let ts = START + w * 60_000 + ((i as i64 * 7 + j * 13_000) % 50_000);
                 let r = Report {
-                    ts,
-                    session_id: "s".into(),
-                    location: l.into(),
-                    cdn: c.into(),
                     asn: Some(64_500 + (i % 7) as u32),
                     device: Some("tv".into()),
-                    played_ms: 20_000,
                     rebuffer_ms: (i % 3) as u64 * 100,
                     startup_ms: Some(900),
                     bitrate_kbps: Some(3_500.0),
                     throughput_kbps: Some(5_000.0 + (i % 50) as f64),
-                    error: None,
+                    ..Report::new(l, c, ts)
                 };
                 engine.on_report(&r, None);
             }

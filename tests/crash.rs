@@ -19,23 +19,13 @@ fn run_config(base: &Config, dir: &std::path::Path, name: &str) -> (Config, std:
     let mut cfg = base.clone();
     cfg.kafka.group_id = format!("{}-{name}", base.kafka.group_id);
     cfg.kafka.alerts_topic = format!("{}-{name}", base.kafka.alerts_topic);
-    cfg.state.dir = dir.join(name).join("state");
-    cfg.http.listen = common::free_addr();
-    std::fs::create_dir_all(dir.join(name)).unwrap();
-    let path = common::write_config(&dir.join(name), &cfg, "");
-    (cfg, path)
+    common::instance(&cfg, dir, name)
 }
 
 /// The run's alerts once every incident has resolved, there are `at_least` of them (a run
 /// that restarts a lot pauses longer than the quiet period) and nothing new came for 5 s.
 fn settled(cfg: &Config, at_least: usize) -> Vec<Alert> {
-    common::settled_alerts_min(
-        &cfg.kafka.brokers,
-        &cfg.kafka.alerts_topic,
-        at_least,
-        Duration::from_secs(300),
-        Duration::from_secs(5),
-    )
+    common::settled(cfg, at_least, Duration::from_secs(5))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

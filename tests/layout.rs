@@ -155,17 +155,30 @@ fn no_source_file_is_over_700_lines() {
     assert!(long.is_empty(), "split these: {long:#?}");
 }
 
+/// The daemon, the bench, the demo and the test kit get their clients from `src/kafka/`.
 #[test]
 fn rdkafka_clients_are_built_in_the_kafka_module_only() {
     let mut files = Vec::new();
     sources(&src(), &mut files);
+    let mut tests = Vec::new();
+    sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests"),
+        &mut tests,
+    );
+    let this = Path::new(env!("CARGO_MANIFEST_DIR")).join(file!());
+    let needle = concat!("ClientConfig", "::new");
     let outside: Vec<_> = files
         .iter()
         .filter(|f| module_of(f) != "kafka")
         .filter(|f| {
             let text = std::fs::read_to_string(f).unwrap();
-            production(f, &text).contains("ClientConfig::new")
+            production(f, &text).contains(needle)
         })
+        .chain(
+            tests
+                .iter()
+                .filter(|f| **f != this && std::fs::read_to_string(f).unwrap().contains(needle)),
+        )
         .map(|f| f.display().to_string())
         .collect();
     assert!(

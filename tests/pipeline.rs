@@ -23,10 +23,7 @@ const BAD: (usize, std::ops::Range<i64>) = (0, 4..8);
 
 fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
     Report {
-        ts,
         session_id: format!("s{i}").into(),
-        location: loc.to_string().into(),
-        cdn: cdn.to_string().into(),
         asn: Some(64_500),
         device: Some("tv".into()),
         played_ms: 19_500,
@@ -35,6 +32,7 @@ fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static
         bitrate_kbps: Some(3_500.0),
         throughput_kbps: Some(5_000.0 + ((i * 37) % 11) as f64 * 150.0),
         error: failed.then(|| "E_NETWORK".into()),
+        ..Report::new(loc, cdn, ts)
     }
 }
 

@@ -17,23 +17,13 @@ use qos_sentinel::incident::{Alert, Status};
 /// One instance: its own state, HTTP port and config file; group, alerts topic and
 /// changelog as given.
 fn instance(base: &Config, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let mut cfg = base.clone();
-    cfg.state.dir = dir.join(name).join("state");
-    cfg.http.listen = common::free_addr();
-    std::fs::create_dir_all(dir.join(name)).unwrap();
-    common::write_config(&dir.join(name), &cfg, "")
+    common::instance(base, dir, name).1
 }
 
 /// The alerts once every incident has resolved, there are `at_least` of them (a group pauses
 /// for its rebalances) and nothing new came for 8 s.
 fn settled(cfg: &Config, at_least: usize) -> Vec<Alert> {
-    common::settled_alerts_min(
-        &cfg.kafka.brokers,
-        &cfg.kafka.alerts_topic,
-        at_least,
-        Duration::from_secs(300),
-        Duration::from_secs(8),
-    )
+    common::settled(cfg, at_least, Duration::from_secs(8))
 }
 
 fn log_text(path: &std::path::Path) -> String {

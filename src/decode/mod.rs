@@ -40,6 +40,28 @@ pub struct Report<'a> {
     pub error: Option<Cow<'a, str>>,
 }
 
+impl Report<'static> {
+    /// A report of 20 s of smooth playback on `location` and `cdn` at `ts`, session `s`,
+    /// nothing else measured: the base every test and the bench build theirs on
+    /// (`Report { error: Some("E".into()), ..Report::new("L", "c", 0) }`).
+    pub fn new(location: &str, cdn: &str, ts: Millis) -> Self {
+        Report {
+            ts,
+            session_id: "s".into(),
+            location: location.to_string().into(),
+            cdn: cdn.to_string().into(),
+            asn: None,
+            device: None,
+            played_ms: 20_000,
+            rebuffer_ms: 0,
+            startup_ms: None,
+            bitrate_kbps: None,
+            throughput_kbps: None,
+            error: None,
+        }
+    }
+}
+
 impl Report<'_> {
     /// The same report owning its strings.
     pub fn into_owned(self) -> Report<'static> {

@@ -165,18 +165,12 @@ mod tests {
 
     fn report(i: u64, rebuffer_ms: u64, tp: f64, error: bool) -> Report<'static> {
         Report {
-            ts: 0,
             session_id: format!("s{i}").into(),
-            location: "L".into(),
-            cdn: "c".into(),
-            asn: None,
-            device: None,
             played_ms: 20_000 - rebuffer_ms.min(20_000),
             rebuffer_ms,
-            startup_ms: None,
-            bitrate_kbps: None,
             throughput_kbps: Some(tp),
             error: error.then(|| "E1".into()),
+            ..Report::new("L", "c", 0)
         }
     }
 
@@ -295,18 +289,13 @@ mod props {
         for (i, (rebuf, tp, failed)) in rows.iter().enumerate() {
             acc.add(
                 &Report {
-                    ts: 0,
                     session_id: format!("s{i}").into(),
-                    location: "L".into(),
-                    cdn: "c".into(),
-                    asn: None,
-                    device: None,
                     played_ms: 20_000 - rebuf,
                     rebuffer_ms: *rebuf,
                     startup_ms: Some(800),
-                    bitrate_kbps: None,
                     throughput_kbps: Some(*tp),
                     error: failed.then(|| "E".into()),
+                    ..Report::new("L", "c", 0)
                 },
                 Some(bench),
             );

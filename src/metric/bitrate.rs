@@ -38,18 +38,9 @@ mod tests {
                     let usual = 3_500.0 * (1.0 + 0.15 * ((n * 7 + w) as f64).sin());
                     let dropped = cdn == "cdn-a" && (12..18).contains(&w);
                     let r = Report {
-                        ts: w * W + n * 1_000,
                         session_id: format!("s{n}").into(),
-                        location: "IN/MH/Mumbai".into(),
-                        cdn: cdn.into(),
-                        asn: None,
-                        device: None,
-                        played_ms: 20_000,
-                        rebuffer_ms: 0,
-                        startup_ms: None,
                         bitrate_kbps: Some(if dropped { usual / 3.0 } else { usual }),
-                        throughput_kbps: None,
-                        error: None,
+                        ..Report::new("IN/MH/Mumbai", cdn, w * W + n * 1_000)
                     };
                     e.on_report(&r, None);
                 }

@@ -165,20 +165,12 @@ impl Cohort {
 mod tests {
     use super::*;
 
-    fn report(asn: u32, device: &str, failed: bool) -> Report<'_> {
+    fn report(asn: u32, device: &str, failed: bool) -> Report<'static> {
         Report {
-            ts: 0,
-            session_id: "s".into(),
-            location: "L".into(),
-            cdn: "c".into(),
             asn: Some(asn),
-            device: Some(device.into()),
-            played_ms: 20_000,
-            rebuffer_ms: 0,
-            startup_ms: None,
-            bitrate_kbps: None,
-            throughput_kbps: None,
+            device: Some(device.to_string().into()),
             error: failed.then(|| "E".into()),
+            ..Report::new("L", "c", 0)
         }
     }
 

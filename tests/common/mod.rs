@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: a mock Kafka cluster on loopback, unique topic
-//! names, producers and tail consumers.
+//! The one test kit of the integration tests: configs, a mock Kafka cluster on loopback and
+//! the tansu broker, producers and tail consumers (built by the daemon's own `kafka` module),
+//! simulated traffic, the daemon spawned, killed and settled, scrapes.
 
 #![allow(dead_code)]
 
@@ -7,14 +8,14 @@ pub mod receiver;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use qos_sentinel::config::Config;
+use qos_sentinel::kafka::{self, KafkaConfig};
 use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
 
 /// A loopback address with a port that was free a moment ago.
@@ -167,30 +168,36 @@ impl Drop for Tansu {
     }
 }
 
-pub fn producer(brokers: &str) -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+/// The test's producer: the one the bench loads traffic with ([`kafka::bulk_producer`]).
+pub fn producer(brokers: &str) -> Producer {
+    kafka::bulk_producer(&kafka_at(brokers)).expect("producer")
 }
 
-pub fn send(p: &BaseProducer, topic: &str, key: &str, value: &[u8]) {
+pub type Producer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+
+/// The daemon's Kafka settings with other brokers.
+pub fn kafka_at(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.into(),
+        ..KafkaConfig::default()
+    }
+}
+
+pub fn send(p: &Producer, topic: &str, key: &str, value: &[u8]) {
     let mut rec = BaseRecord::to(topic).key(key).payload(value);
     loop {
         match p.send(rec) {
             Ok(()) => return,
             Err((_, r)) => {
-                p.poll(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10)); // queue full: let it drain
                 rec = r;
             }
         }
     }
 }
 
-pub fn flush(p: &BaseProducer) {
-    p.flush(Duration::from_secs(30)).expect("flush");
+pub fn flush(p: &Producer) {
+    rdkafka::producer::Producer::flush(p, Duration::from_secs(30)).expect("flush");
 }
 
 /// A consumer reading partition 0 of `topic` from the beginning.
@@ -200,12 +207,7 @@ pub fn tail(brokers: &str, topic: &str) -> BaseConsumer {
 
 /// A consumer reading one partition of `topic` from the beginning.
 pub fn tail_partition(brokers: &str, topic: &str, partition: i32) -> BaseConsumer {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("tail-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let c = kafka::plain_consumer(&kafka_at(brokers), &format!("tail-{topic}")).expect("consumer");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .expect("tpl");
@@ -399,6 +401,33 @@ pub fn settled_alerts_min(
 }
 
 /// A config file for the daemon binary.
+/// One instance of a run: its own state directory, HTTP port and config file under
+/// `dir/name`; everything else as in `base`.
+pub fn instance(base: &Config, dir: &std::path::Path, name: &str) -> (Config, std::path::PathBuf) {
+    let mut cfg = base.clone();
+    cfg.state.dir = dir.join(name).join("state");
+    cfg.http.listen = free_addr();
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    let path = write_config(&dir.join(name), &cfg, "");
+    (cfg, path)
+}
+
+/// A run's alerts once every incident has resolved, there are `at_least` of them and nothing
+/// new came for `quiet` (at most 300 s).
+pub fn settled(
+    cfg: &Config,
+    at_least: usize,
+    quiet: Duration,
+) -> Vec<qos_sentinel::incident::Alert> {
+    settled_alerts_min(
+        &cfg.kafka.brokers,
+        &cfg.kafka.alerts_topic,
+        at_least,
+        Duration::from_secs(300),
+        quiet,
+    )
+}
+
 pub fn write_config(dir: &std::path::Path, cfg: &Config, receivers: &str) -> std::path::PathBuf {
     let k = &cfg.kafka;
     let text = format!(

@@ -10,18 +10,10 @@ const W: i64 = 60_000;
 
 fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
     Report {
-        ts,
         session_id: format!("s{i}").into(),
-        location: loc.to_string().into(),
-        cdn: cdn.to_string().into(),
-        asn: None,
-        device: None,
-        played_ms: 20_000,
-        rebuffer_ms: 0,
-        startup_ms: None,
-        bitrate_kbps: None,
         throughput_kbps: Some(5_000.0),
         error: failed.then(|| "E".into()),
+        ..Report::new(loc, cdn, ts)
     }
 }
 

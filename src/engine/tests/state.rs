@@ -1,18 +1,20 @@
 //! Snapshots, and state written by earlier versions.
 
 use super::*;
+use crate::sim::{Event, SimConfig, Simulator};
 
-#[test]
-fn a_restored_snapshot_continues_exactly_like_the_original() {
-    use crate::sim::{Event, SimConfig, Simulator};
-    let start = 1_767_290_400_000;
-    let cfg = Settings::default();
-    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
+const START: Millis = 1_767_290_400_000;
+
+/// One hour of the demo's traffic (seed 5), cut in two halves.
+fn demo_hour() -> (Vec<Event>, usize) {
+    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, START, 60 * 60_000)).collect();
     let cut = events.len() / 2;
-    let mut a = Engine::new(&cfg);
-    let mut alerts_a = Vec::new();
-    let mut seen_benchmarks = Vec::new();
-    let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
+    (events, cut)
+}
+
+/// Feeds one event, closing what it made ready.
+fn feed(e: &mut Engine, ev: &Event, out: &mut Vec<Alert>) {
+    match ev {
         Event::Benchmark(b) => {
             e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
         }
@@ -20,7 +22,28 @@ fn a_restored_snapshot_continues_exactly_like_the_original() {
             e.on_report(r, Some((0, 0)));
             out.extend(e.close_ready());
         }
-    };
+    }
+}
+
+/// Feeds the rest of the events to both engines and closes everything: their alerts.
+fn finish_both(a: &mut Engine, b: &mut Engine, rest: &[Event]) -> (Vec<Alert>, Vec<Alert>) {
+    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
+    for ev in rest {
+        feed(a, ev, &mut rest_a);
+        feed(b, ev, &mut rest_b);
+    }
+    rest_a.extend(a.close_until(START + 2 * 3_600_000));
+    rest_b.extend(b.close_until(START + 2 * 3_600_000));
+    (rest_a, rest_b)
+}
+
+#[test]
+fn a_restored_snapshot_continues_exactly_like_the_original() {
+    let cfg = Settings::default();
+    let (events, cut) = demo_hour();
+    let mut a = Engine::new(&cfg);
+    let mut alerts_a = Vec::new();
+    let mut seen_benchmarks = Vec::new();
     for ev in &events[..cut] {
         if let Event::Benchmark(b) = ev {
             seen_benchmarks.push(b.clone());
@@ -35,13 +58,7 @@ fn a_restored_snapshot_continues_exactly_like_the_original() {
         b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
     }
     assert_eq!(a.counters(), b.counters());
-    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
-    for ev in &events[cut..] {
-        feed(&mut a, ev, &mut rest_a);
-        feed(&mut b, ev, &mut rest_b);
-    }
-    rest_a.extend(a.close_until(start + 2 * 3_600_000));
-    rest_b.extend(b.close_until(start + 2 * 3_600_000));
+    let (rest_a, rest_b) = finish_both(&mut a, &mut b, &events[cut..]);
     assert!(
         !alerts_a.is_empty() && !rest_a.is_empty(),
         "incidents on both sides of the cut"
@@ -60,21 +77,9 @@ fn a_restored_snapshot_continues_exactly_like_the_original() {
 /// of the run below, snapshotted by that earlier version.
 #[test]
 fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
-    use crate::sim::{Event, SimConfig, Simulator};
     let old: &[u8] = include_bytes!("../../../tests/data/state/engine-before-metric-files.cbor");
-    let start = 1_767_290_400_000;
     let cfg = Settings::default();
-    let events: Vec<Event> = Simulator::new(SimConfig::demo(5, start, 60 * 60_000)).collect();
-    let cut = events.len() / 2;
-    let feed = |e: &mut Engine, ev: &Event, out: &mut Vec<Alert>| match ev {
-        Event::Benchmark(b) => {
-            e.on_benchmark(&b.location, &b.cdn, b.ts, Some(Expected::from(b)));
-        }
-        Event::Report(r) => {
-            e.on_report(r, Some((0, 0)));
-            out.extend(e.close_ready());
-        }
-    };
+    let (events, cut) = demo_hour();
     let mut a = Engine::new(&cfg);
     let mut before = Vec::new();
     for ev in &events[..cut] {
@@ -89,13 +94,7 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         }
     }
     assert_eq!(a.counters(), b.counters());
-    let (mut rest_a, mut rest_b) = (Vec::new(), Vec::new());
-    for ev in &events[cut..] {
-        feed(&mut a, ev, &mut rest_a);
-        feed(&mut b, ev, &mut rest_b);
-    }
-    rest_a.extend(a.close_until(start + 2 * 3_600_000));
-    rest_b.extend(b.close_until(start + 2 * 3_600_000));
+    let (rest_a, rest_b) = finish_both(&mut a, &mut b, &events[cut..]);
     assert!(!rest_a.is_empty(), "incidents after the cut");
     assert_eq!(rest_a, rest_b);
     assert_eq!(a.counters(), b.counters());
