@@ -427,15 +427,9 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     cfg.window.max_keys = keys * 2 + 16;
     let base = rss_bytes();
     let mut engine = Engine::new(&cfg);
-    let row = |i: usize| Expected {
-        throughput_kbps: Some(5_000.0 + (i % 100) as f64),
-        rebuffer_ratio: Some(0.01),
-        startup_ms: Some(900.0),
-        error_rate: Some(0.005),
-    };
     let mut rows = Vec::with_capacity(keys);
     for (i, (l, c)) in pairs().enumerate() {
-        engine.on_benchmark(l, c, START - 60_000, Some(row(i)));
+        engine.on_benchmark(l, c, START - 60_000, Some(memory_row(i)));
         rows.push((l.to_string(), c.to_string()));
     }
     let with_table = rss_bytes();
@@ -460,52 +454,12 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     let filled = rss_bytes();
     let state = filled.saturating_sub(with_table);
     let total = filled.saturating_sub(base);
-    let (mut checkpoint_bytes, mut restart_ms) = (None, None);
-    if restart {
-        let dir = tempfile::tempdir()?;
-        let snapshot = engine.snapshot().map_err(|e| anyhow::anyhow!(e))?;
-        checkpoint_bytes = Some(snapshot.len() as u64);
-        {
-            let store = TableStore::open(dir.path())?;
-            let changes: Vec<Change<'_>> = rows
-                .iter()
-                .enumerate()
-                .map(|(i, (l, c))| Change {
-                    location: l,
-                    cdn: c,
-                    ts: START - 60_000,
-                    row: Some(row(i)),
-                })
-                .collect();
-            for chunk in changes.chunks(50_000) {
-                store.write(chunk, "bench", &[])?;
-            }
-            let ckpt = CheckpointStore::open(dir.path())?;
-            ckpt.save(
-                "bench",
-                Some((&snapshot, &Default::default())),
-                &[],
-                now_ms(),
-            )?;
-        }
-        drop(snapshot);
-        drop(engine);
-        let started = Instant::now();
-        let store = TableStore::open(dir.path())?;
-        let table = store.load()?;
-        let ckpt = CheckpointStore::open(dir.path())?;
-        let restored = ckpt
-            .load("bench")?
-            .ok_or_else(|| anyhow::anyhow!("checkpoint not found"))?;
-        let engine = Engine::restore(&cfg, table, &restored.engine)
-            .map_err(|(why, _)| anyhow::anyhow!("restore failed: {why}"))?;
-        restart_ms = Some(started.elapsed().as_millis() as u64);
-        anyhow::ensure!(
-            engine.table().len() >= keys,
-            "restored table has {} rows for {keys} keys",
-            engine.table().len()
-        );
-    }
+    let (checkpoint_bytes, restart_ms) = if restart {
+        let (bytes, ms) = restart_figures(engine, &rows, &cfg, keys)?;
+        (Some(bytes), Some(ms))
+    } else {
+        (None, None)
+    };
     Ok(MemoryFigures {
         keys,
         state_bytes_per_key: state as f64 / keys as f64,
@@ -513,6 +467,70 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
         checkpoint_bytes,
         restart_ms,
     })
+}
+
+/// Checkpoints `engine` and its table (`rows`) to RocksDB, drops them and times open, load and
+/// restore: the checkpoint's bytes and the restart's milliseconds.
+fn restart_figures(
+    engine: Engine,
+    rows: &[(String, String)],
+    cfg: &Config,
+    keys: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let snapshot = engine.snapshot().map_err(|e| anyhow::anyhow!(e))?;
+    let checkpoint_bytes = snapshot.len() as u64;
+    {
+        let store = TableStore::open(dir.path())?;
+        let changes: Vec<Change<'_>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (l, c))| Change {
+                location: l,
+                cdn: c,
+                ts: START - 60_000,
+                row: Some(memory_row(i)),
+            })
+            .collect();
+        for chunk in changes.chunks(50_000) {
+            store.write(chunk, "bench", &[])?;
+        }
+        let ckpt = CheckpointStore::open(dir.path())?;
+        ckpt.save(
+            "bench",
+            Some((&snapshot, &Default::default())),
+            &[],
+            now_ms(),
+        )?;
+    }
+    drop(snapshot);
+    drop(engine);
+    let started = Instant::now();
+    let store = TableStore::open(dir.path())?;
+    let table = store.load()?;
+    let ckpt = CheckpointStore::open(dir.path())?;
+    let restored = ckpt
+        .load("bench")?
+        .ok_or_else(|| anyhow::anyhow!("checkpoint not found"))?;
+    let engine = Engine::restore(cfg, table, &restored.engine)
+        .map_err(|(why, _)| anyhow::anyhow!("restore failed: {why}"))?;
+    let restart_ms = started.elapsed().as_millis() as u64;
+    anyhow::ensure!(
+        engine.table().len() >= keys,
+        "restored table has {} rows for {keys} keys",
+        engine.table().len()
+    );
+    Ok((checkpoint_bytes, restart_ms))
+}
+
+/// The benchmark row of the memory figure's `i`-th key.
+fn memory_row(i: usize) -> Expected {
+    Expected {
+        throughput_kbps: Some(5_000.0 + (i % 100) as f64),
+        rebuffer_ratio: Some(0.01),
+        startup_ms: Some(900.0),
+        error_rate: Some(0.005),
+    }
 }
 
 /// Prints the figures as a Markdown table (the README's format).

@@ -41,6 +41,58 @@ pub fn create_topics(
     Ok(())
 }
 
+/// Prints each alert the alerts topic receives and keeps it in `seen`, until `stop`.
+fn print_alerts(
+    cfg: &Config,
+    seen: Arc<Mutex<Vec<Alert>>>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tail = tail_consumer(&cfg.kafka, &cfg.kafka.alerts_topic)?;
+    Ok(tokio::task::spawn_blocking(move || {
+        while !*stop.borrow() {
+            if let Some(Ok(m)) = tail.poll(Duration::from_millis(200)) {
+                match m.payload().map(serde_json::from_slice::<Alert>) {
+                    Some(Ok(a)) => {
+                        println!("{}", render_line(&a));
+                        if let Ok(mut s) = seen.lock() {
+                            s.push(a);
+                        }
+                    }
+                    _ => println!("(unreadable message on the alerts topic)"),
+                }
+            }
+        }
+    }))
+}
+
+/// Which injected incidents the alerts caught, and the score.
+fn print_score(alerts: &[Alert], labels: &Labels) {
+    let s = score(alerts, labels);
+    for l in &labels.incidents {
+        let caught = alerts.iter().any(|a| {
+            l.scopes.contains(&a.scope)
+                && l.metrics.iter().any(|m| m == a.metric.as_str())
+                && a.started_at < l.injected.end
+                && a.started_at >= l.injected.start - labels.window_ms
+        });
+        println!(
+            "  {} {}",
+            if caught { "CAUGHT " } else { "MISSED " },
+            l.injected.describe()
+        );
+    }
+    println!(
+        "Detected {}/{} injected incidents; {} of {} firing alerts matched an injected incident (precision {:.2}); median delay {} windows.",
+        s.detected,
+        s.incidents,
+        s.true_alerts,
+        s.firing_alerts,
+        s.precision,
+        s.median_delay_windows
+            .map_or("-".into(), |d| format!("{d:.1}"))
+    );
+}
+
 fn tail_consumer(k: &crate::kafka::KafkaConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
     let c = crate::kafka::plain_consumer(k, "qos-sentinel-demo-tail")?;
     let mut tpl = TopicPartitionList::new();
@@ -98,23 +150,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // Print alerts as the alerts topic receives them: the demo shows what a consumer of the
     // topic sees, not an in-process shortcut.
     let seen: Arc<Mutex<Vec<Alert>>> = Arc::default();
-    let tail = tail_consumer(&cfg.kafka, &cfg.kafka.alerts_topic)?;
-    let (seen2, tail_stop) = (seen.clone(), stop_rx.clone());
-    let printer = tokio::task::spawn_blocking(move || {
-        while !*tail_stop.borrow() {
-            if let Some(Ok(m)) = tail.poll(Duration::from_millis(200)) {
-                match m.payload().map(serde_json::from_slice::<Alert>) {
-                    Some(Ok(a)) => {
-                        println!("{}", render_line(&a));
-                        if let Ok(mut s) = seen2.lock() {
-                            s.push(a);
-                        }
-                    }
-                    _ => println!("(unreadable message on the alerts topic)"),
-                }
-            }
-        }
-    });
+    let printer = print_alerts(&cfg, seen.clone(), stop_rx.clone())?;
 
     let producer = crate::kafka::producer(&cfg.kafka)?;
     let feed_opts = FeedOptions {
@@ -143,34 +179,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&state);
 
     let alerts = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let s = score(&alerts, &labels);
     println!();
     println!(
         "Sent {} reports, {} benchmark rows and {} malformed messages (they went to {}).",
         stats.reports, stats.benchmarks, stats.bad, cfg.kafka.dead_letter_topic
     );
-    for l in &labels.incidents {
-        let caught = alerts.iter().any(|a| {
-            l.scopes.contains(&a.scope)
-                && l.metrics.iter().any(|m| m == a.metric.as_str())
-                && a.started_at < l.injected.end
-                && a.started_at >= l.injected.start - labels.window_ms
-        });
-        println!(
-            "  {} {}",
-            if caught { "CAUGHT " } else { "MISSED " },
-            l.injected.describe()
-        );
-    }
-    println!(
-        "Detected {}/{} injected incidents; {} of {} firing alerts matched an injected incident (precision {:.2}); median delay {} windows.",
-        s.detected,
-        s.incidents,
-        s.true_alerts,
-        s.firing_alerts,
-        s.precision,
-        s.median_delay_windows
-            .map_or("-".into(), |d| format!("{d:.1}"))
-    );
+    print_score(&alerts, &labels);
     Ok(())
 }

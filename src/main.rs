@@ -33,6 +33,46 @@ enum RulesCommand {
     Lint { file: PathBuf },
 }
 
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Brokers to produce to; omit with --out-dir.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Write reports.jsonl, benchmarks.jsonl and labels.json here instead.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Run the traffic straight through detection instead (no broker, no files) and
+    /// print the alerts' score against the injected incidents: for long runs.
+    #[arg(long)]
+    score: bool,
+    #[arg(long, default_value_t = 60)]
+    minutes: u64,
+    /// Simulated seconds per wall-clock second; 0 = as fast as possible.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Inject the demo's incidents (otherwise quiet traffic).
+    #[arg(long)]
+    incidents: bool,
+    #[arg(long, default_value_t = 24)]
+    locations: usize,
+    #[arg(long, default_value_t = 4)]
+    cdns: usize,
+    #[arg(long, default_value_t = 4_000)]
+    peak_sessions: usize,
+    /// Share of location+CDN keys that get no benchmark (watched against their own level).
+    #[arg(long, default_value_t = 0.0)]
+    unbenchmarked: f64,
+    /// Event time of the first report (RFC 3339); default: now minus the duration.
+    #[arg(long)]
+    start: Option<String>,
+    #[arg(long, default_value = "qos.client-reports")]
+    reports_topic: String,
+    #[arg(long, default_value = "qos.cdn-benchmarks")]
+    benchmarks_topic: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon against a Kafka cluster.
@@ -71,44 +111,7 @@ enum Command {
         http: Option<String>,
     },
     /// Feed a Kafka cluster with simulated traffic, or write it to files.
-    Simulate {
-        /// Brokers to produce to; omit with --out-dir.
-        #[arg(long)]
-        brokers: Option<String>,
-        /// Write reports.jsonl, benchmarks.jsonl and labels.json here instead.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
-        /// Run the traffic straight through detection instead (no broker, no files) and
-        /// print the alerts' score against the injected incidents: for long runs.
-        #[arg(long)]
-        score: bool,
-        #[arg(long, default_value_t = 60)]
-        minutes: u64,
-        /// Simulated seconds per wall-clock second; 0 = as fast as possible.
-        #[arg(long, default_value_t = 1.0)]
-        speed: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Inject the demo's incidents (otherwise quiet traffic).
-        #[arg(long)]
-        incidents: bool,
-        #[arg(long, default_value_t = 24)]
-        locations: usize,
-        #[arg(long, default_value_t = 4)]
-        cdns: usize,
-        #[arg(long, default_value_t = 4_000)]
-        peak_sessions: usize,
-        /// Share of location+CDN keys that get no benchmark (watched against their own level).
-        #[arg(long, default_value_t = 0.0)]
-        unbenchmarked: f64,
-        /// Event time of the first report (RFC 3339); default: now minus the duration.
-        #[arg(long)]
-        start: Option<String>,
-        #[arg(long, default_value = "qos.client-reports")]
-        reports_topic: String,
-        #[arg(long, default_value = "qos.cdn-benchmarks")]
-        benchmarks_topic: String,
-    },
+    Simulate(SimulateArgs),
     /// End-to-end benchmark: produce N simulated reports to a broker on loopback, measure
     /// a bare consumer (the ceiling), the daemon's rate, alert latency to a webhook, memory per
     /// key and restart time. Prints a Markdown table (stdout) and progress (stderr).
@@ -193,6 +196,7 @@ async fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// The command line's dispatch: one function per command.
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench {
@@ -203,12 +207,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             seed,
             json,
         } => {
-            anyhow::ensure!(reports > 0, "--reports must be at least 1");
-            anyhow::ensure!(partitions > 0, "--partitions must be at least 1");
-            anyhow::ensure!(
-                !keys.is_empty() && keys.iter().all(|k| *k > 0),
-                "--keys must list positive counts"
-            );
             let opts = qos_sentinel::bench::BenchOptions {
                 reports,
                 partitions,
@@ -216,13 +214,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 brokers,
                 seed,
             };
-            let figures = qos_sentinel::bench::run(&opts).await?;
-            print!("{}", qos_sentinel::bench::render(&figures));
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            Ok(())
+            bench(opts, json).await
         }
         Command::BenchMemory { keys, restart } => {
             let m = qos_sentinel::bench::memory(keys, restart)?;
@@ -231,87 +223,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rules {
             command: RulesCommand::Lint { file },
-        } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read rules file {}", file.display()))?;
-            let problems = qos_sentinel::detect::rules::lint(&text);
-            for p in &problems {
-                println!("{}:{}: {p}", file.display(), p.line);
-            }
-            if problems.is_empty() {
-                println!("{}: ok", file.display());
-                Ok(())
-            } else {
-                anyhow::bail!("{} problem(s) in {}", problems.len(), file.display())
-            }
-        }
+        } => rules_lint(&file),
         Command::Receive {
             listen,
             hmac_secret,
-        } => {
-            let secret = match hmac_secret {
-                Some(s) => Some(
-                    qos_sentinel::config::Secret::resolve(&s)
-                        .map_err(|e| anyhow::anyhow!("--hmac-secret: {e}"))?,
-                ),
-                None => None,
-            };
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("receive: listening on {listen}");
-            let app = axum::Router::new().fallback(axum::routing::post(
-                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                    let secret = secret.clone();
-                    async move { receive_one(secret.as_ref(), &headers, &body) }
-                },
-            ));
-            axum::serve(listener, app).await?;
-            Ok(())
-        }
-        Command::Run { config } => {
-            let cfg = load_config(&config)?;
-            let stop = shutdown_signal().await;
-            // A shutdown that hangs (a broker gone mid-commit) must not outlive its deadline.
-            let mut watch_stop = stop.clone();
-            let hard_stop = cfg.notify.flush_timeout + std::time::Duration::from_secs(20);
-            tokio::spawn(async move {
-                if watch_stop.wait_for(|s| *s).await.is_ok() {
-                    tokio::time::sleep(hard_stop).await;
-                    eprintln!("error: shutdown did not finish within {hard_stop:?}; exiting");
-                    std::process::exit(1);
-                }
-            });
-            daemon::run(
-                cfg,
-                RunOptions {
-                    print_alerts: true,
-                    serve_http: true,
-                    config_path: Some(config.clone()),
-                    metrics: None,
-                },
-                stop,
-            )
-            .await
-        }
-        Command::CheckConfig { file } => {
-            let cfg = load_config(&file)?;
-            println!("{}: ok", file.display());
-            for r in &cfg.notify.receivers {
-                // Names and routing only: URLs and keys are secrets.
-                println!(
-                    "  receiver {}: {:?}, repeat {}, rate limit {}/min",
-                    r.name,
-                    r.kind,
-                    r.repeat().map_or_else(
-                        || "never".into(),
-                        |d| humantime::format_duration(d).to_string()
-                    ),
-                    r.rate_limit()
-                );
-            }
-            Ok(())
-        }
+        } => receive(&listen, hmac_secret).await,
+        Command::Run { config } => run(&config).await,
+        Command::CheckConfig { file } => check_config(&file),
         Command::Demo {
             minutes,
             speed,
@@ -328,73 +246,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Simulate {
-            brokers,
-            out_dir,
-            score,
-            minutes,
-            speed,
-            seed,
-            incidents,
-            locations,
-            cdns,
-            peak_sessions,
-            unbenchmarked,
-            start,
-            reports_topic,
-            benchmarks_topic,
-        } => {
-            let duration = minutes as i64 * 60_000;
-            let start = match start {
-                Some(s) => time::parse_rfc3339(&s)
-                    .with_context(|| format!("--start ({s}) is not an RFC 3339 time"))?,
-                None => time::now_ms().div_euclid(60_000) * 60_000 - duration,
-            };
-            let mut sc = if incidents {
-                SimConfig::demo(seed, start, duration)
-            } else {
-                SimConfig::quiet(seed, start, duration)
-            };
-            sc.locations = locations;
-            sc.cdns = cdns;
-            sc.peak_sessions = peak_sessions;
-            sc.unbenchmarked_share = unbenchmarked;
-            let sim = Simulator::new(sc);
-            if score {
-                let cfg = Config::default();
-                let labels = Labels::of(&sim, cfg.window_ms());
-                let summary = backtest::run_stream(&cfg, sim);
-                for a in &summary.alerts {
-                    eprintln!("{}", notify::render_line(a));
-                }
-                eprintln!("{}", summary.line());
-                let s = backtest::score(&summary.alerts, &labels);
-                println!("{}", serde_json::to_string(&s)?);
-                return Ok(());
-            }
-            match (brokers, out_dir) {
-                (_, Some(dir)) => write_sim(sim, &dir),
-                (Some(brokers), None) => {
-                    let mut k = Config::default().kafka;
-                    k.brokers = brokers;
-                    let producer = qos_sentinel::kafka::producer(&k)?;
-                    let opts = FeedOptions {
-                        reports_topic,
-                        benchmarks_topic,
-                        speed,
-                        bad_every: 0,
-                    };
-                    let stop = shutdown_signal().await;
-                    let stats = feed(&producer, sim, &opts, Some(stop), |_, _| {}).await?;
-                    eprintln!(
-                        "simulate: sent {} reports and {} benchmarks",
-                        stats.reports, stats.benchmarks
-                    );
-                    Ok(())
-                }
-                (None, None) => anyhow::bail!("simulate needs --brokers or --out-dir"),
-            }
-        }
+        Command::Simulate(args) => simulate(args).await,
         Command::Backtest {
             reports,
             benchmarks,
@@ -402,25 +254,194 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             rules,
             out,
             labels,
-        } => {
-            let mut cfg = match config {
-                Some(p) => load_config(&p)?,
-                None => Config::default(),
+        } => backtest_files(config, rules, &reports, &benchmarks, &out, labels),
+    }
+}
+
+async fn bench(
+    opts: qos_sentinel::bench::BenchOptions,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(opts.reports > 0, "--reports must be at least 1");
+    anyhow::ensure!(opts.partitions > 0, "--partitions must be at least 1");
+    anyhow::ensure!(
+        !opts.keys.is_empty() && opts.keys.iter().all(|k| *k > 0),
+        "--keys must list positive counts"
+    );
+    let figures = qos_sentinel::bench::run(&opts).await?;
+    print!("{}", qos_sentinel::bench::render(&figures));
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rules_lint(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read rules file {}", file.display()))?;
+    let problems = qos_sentinel::detect::rules::lint(&text);
+    for p in &problems {
+        println!("{}:{}: {p}", file.display(), p.line);
+    }
+    if problems.is_empty() {
+        println!("{}: ok", file.display());
+        Ok(())
+    } else {
+        anyhow::bail!("{} problem(s) in {}", problems.len(), file.display())
+    }
+}
+
+async fn receive(listen: &str, hmac_secret: Option<String>) -> anyhow::Result<()> {
+    let secret = match hmac_secret {
+        Some(s) => Some(
+            qos_sentinel::config::Secret::resolve(&s)
+                .map_err(|e| anyhow::anyhow!("--hmac-secret: {e}"))?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("receive: listening on {listen}");
+    let app = axum::Router::new().fallback(axum::routing::post(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let secret = secret.clone();
+            async move { receive_one(secret.as_ref(), &headers, &body) }
+        },
+    ));
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn run(config: &Path) -> anyhow::Result<()> {
+    let cfg = load_config(config)?;
+    let stop = shutdown_signal().await;
+    // A shutdown that hangs (a broker gone mid-commit) must not outlive its deadline.
+    let mut watch_stop = stop.clone();
+    let hard_stop = cfg.notify.flush_timeout + std::time::Duration::from_secs(20);
+    tokio::spawn(async move {
+        if watch_stop.wait_for(|s| *s).await.is_ok() {
+            tokio::time::sleep(hard_stop).await;
+            eprintln!("error: shutdown did not finish within {hard_stop:?}; exiting");
+            std::process::exit(1);
+        }
+    });
+    daemon::run(
+        cfg,
+        RunOptions {
+            print_alerts: true,
+            serve_http: true,
+            config_path: Some(config.to_path_buf()),
+            metrics: None,
+        },
+        stop,
+    )
+    .await
+}
+
+fn check_config(file: &Path) -> anyhow::Result<()> {
+    let cfg = load_config(file)?;
+    println!("{}: ok", file.display());
+    for r in &cfg.notify.receivers {
+        // Names and routing only: URLs and keys are secrets.
+        println!(
+            "  receiver {}: {:?}, repeat {}, rate limit {}/min",
+            r.name,
+            r.kind,
+            r.repeat().map_or_else(
+                || "never".into(),
+                |d| humantime::format_duration(d).to_string()
+            ),
+            r.rate_limit()
+        );
+    }
+    Ok(())
+}
+
+/// `simulate --score`: backtests the simulated traffic against its own labels.
+fn score_sim(sim: Simulator) -> anyhow::Result<()> {
+    let cfg = Config::default();
+    let labels = Labels::of(&sim, cfg.window_ms());
+    let summary = backtest::run_stream(&cfg, sim);
+    for a in &summary.alerts {
+        eprintln!("{}", notify::render_line(a));
+    }
+    eprintln!("{}", summary.line());
+    let s = backtest::score(&summary.alerts, &labels);
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(())
+}
+
+/// `simulate`: the traffic to files, to the brokers' topics, or scored.
+async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let duration = a.minutes as i64 * 60_000;
+    let start = match &a.start {
+        Some(s) => time::parse_rfc3339(s)
+            .with_context(|| format!("--start ({s}) is not an RFC 3339 time"))?,
+        None => time::now_ms().div_euclid(60_000) * 60_000 - duration,
+    };
+    let mut sc = if a.incidents {
+        SimConfig::demo(a.seed, start, duration)
+    } else {
+        SimConfig::quiet(a.seed, start, duration)
+    };
+    sc.locations = a.locations;
+    sc.cdns = a.cdns;
+    sc.peak_sessions = a.peak_sessions;
+    sc.unbenchmarked_share = a.unbenchmarked;
+    let sim = Simulator::new(sc);
+    if a.score {
+        return score_sim(sim);
+    }
+    match (a.brokers, a.out_dir) {
+        (_, Some(dir)) => write_sim(sim, &dir),
+        (Some(brokers), None) => {
+            let mut k = Config::default().kafka;
+            k.brokers = brokers;
+            let producer = qos_sentinel::kafka::producer(&k)?;
+            let opts = FeedOptions {
+                reports_topic: a.reports_topic,
+                benchmarks_topic: a.benchmarks_topic,
+                speed: a.speed,
+                bad_every: 0,
             };
-            if let Some(r) = rules {
-                cfg.detect = qos_sentinel::config::load_rules(&r).map_err(anyhow::Error::msg)?;
-                cfg.validate()?;
-            }
-            let labels = labels.map(|l| backtest::read_labels(&l)).transpose()?;
-            let summary = backtest::run(&cfg, &reports, &benchmarks, &out)?;
-            eprintln!("{}", summary.line());
-            if let Some(l) = labels {
-                let s = backtest::score(&summary.alerts, &l);
-                println!("{}", serde_json::to_string(&s)?);
-            }
+            let stop = shutdown_signal().await;
+            let stats = feed(&producer, sim, &opts, Some(stop), |_, _| {}).await?;
+            eprintln!(
+                "simulate: sent {} reports and {} benchmarks",
+                stats.reports, stats.benchmarks
+            );
             Ok(())
         }
+        (None, None) => anyhow::bail!("simulate needs --brokers or --out-dir"),
     }
+}
+
+fn backtest_files(
+    config: Option<std::path::PathBuf>,
+    rules: Option<std::path::PathBuf>,
+    reports: &Path,
+    benchmarks: &Path,
+    out: &Path,
+    labels: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let mut cfg = match config {
+        Some(p) => load_config(&p)?,
+        None => Config::default(),
+    };
+    if let Some(r) = rules {
+        cfg.detect = qos_sentinel::config::load_rules(&r).map_err(anyhow::Error::msg)?;
+        cfg.validate()?;
+    }
+    let labels = labels.map(|l| backtest::read_labels(&l)).transpose()?;
+    let summary = backtest::run(&cfg, reports, benchmarks, out)?;
+    eprintln!("{}", summary.line());
+    if let Some(l) = labels {
+        let s = backtest::score(&summary.alerts, &l);
+        println!("{}", serde_json::to_string(&s)?);
+    }
+    Ok(())
 }
 
 fn write_sim(sim: Simulator, dir: &Path) -> anyhow::Result<()> {

@@ -93,6 +93,9 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    /// Every metric the daemon exports, defined and registered. A table (one entry per
+    /// metric, name and help side by side) reads better whole than split, so it stays one
+    /// function however long the list grows.
     pub fn new() -> Self {
         let r = Registry::new();
         #[cfg(target_os = "linux")]

@@ -32,7 +32,7 @@ fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static
         bitrate_kbps: Some(3_500.0),
         throughput_kbps: Some(5_000.0 + ((i * 37) % 11) as f64 * 150.0),
         error: failed.then(|| "E_NETWORK".into()),
-        ..Report::new(loc, cdn, ts)
+        ..Report::new(loc.to_string(), cdn.to_string(), ts)
     }
 }
 

@@ -83,36 +83,14 @@ pub async fn run(
     if opts.serve_http {
         serve_http(&cfg, &metrics, &readiness, &live).await?;
     }
-    std::fs::create_dir_all(&cfg.state.dir)
-        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
-    let store = Arc::new(TableStore::open(&cfg.state.dir)?);
+    let store = open_table(&cfg)?;
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
-    let dispatcher = Dispatcher::start(
-        &cfg.notify,
-        &cfg.state.dir,
-        &metrics.registry,
-        Some(&metrics.retries),
-    )?;
     let producer = kafka::producer(&cfg.kafka)?;
-    let outputs = Outputs {
-        alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
-        kafka: cfg.kafka.clone(),
-        dispatcher: dispatcher.clone(),
-        metrics: metrics.clone(),
-        live: live.clone(),
-        opts: opts.clone(),
-    };
+    let outputs = outputs(&cfg, &opts, &metrics, &live, &producer)?;
+    let dispatcher = outputs.dispatcher.clone();
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
-    if let Some(topic) = &cfg.kafka.changelog_topic {
-        takeover::check_changelog_topic(&cfg, &producer, topic)?;
-        ckpt.changelog = Some(ChangelogWriter {
-            producer: producer.clone(),
-            topic: topic.clone(),
-            reports_topic: cfg.kafka.reports_topic.clone(),
-            owned: HashSet::new(),
-        });
-    }
+    ckpt.changelog = changelog(&cfg, &producer)?;
     send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,28 +112,8 @@ pub async fn run(
 
     let consumer = kafka::reports_consumer(&cfg.kafka)?;
     let probe = probes::spawn_broker_probe(&cfg, readiness.clone(), metrics.clone(), stop.clone())?;
-    let mut pos = Positions::new(next);
-    if checkpoint_ahead(&cfg, &consumer, &pos.next) {
-        warn!(positions = ?pos.next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
-        engine = Engine::with_table(&cfg, engine.into_table());
-        pos.next.clear();
-    }
-    pos.checkpointed(&engine);
-    let (summaries, summaries_consumer) = match &cfg.kafka.summaries_topic {
-        Some(topic) => {
-            let next = join_peers(&cfg, &producer, &mut engine)?;
-            ckpt.flush_first = Some(producer.clone());
-            let out = Summaries {
-                producer: producer.clone(),
-                topic: topic.clone(),
-            };
-            (
-                Some(out),
-                Some(kafka::summaries_consumer(&cfg.kafka, topic, next)?),
-            )
-        }
-        None => (None, None),
-    };
+    let (mut engine, pos) = positions(&cfg, &consumer, engine, next);
+    let (summaries, summaries_consumer) = peer(&cfg, &producer, &mut engine, &mut ckpt)?;
     info!(topic = %cfg.kafka.reports_topic, group = %cfg.kafka.group_id, "Consuming reports.");
     let mut runner = Runner {
         idle_grace: cfg.window.size + cfg.window.allowed_lateness,
@@ -176,23 +134,13 @@ pub async fn run(
         dlq,
         store,
     };
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            // Benchmarks first: a report should join a row that has already arrived. The ticker
-            // before the reports: under a steady stream it must still mark idle partitions.
-            biased;
-            _ = shutdown.changed() => break,
-            Some(()) = hangup.recv() => runner.on_hangup(),
-            Some(u) = bench_rx.recv() => runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row),
-            m = next_summary(summaries_consumer.as_ref()) => {
-                runner.on_summaries(summaries_consumer.as_ref(), m).await;
-            }
-            _ = ticker.tick() => runner.on_tick(&consumer).await,
-            msg = consumer.recv() => runner.on_reports(&consumer, msg).await,
-        }
-    }
+    let inputs = Inputs {
+        reports: &consumer,
+        summaries: summaries_consumer.as_ref(),
+        benchmarks: &mut bench_rx,
+        hangup: &mut hangup,
+    };
+    events(&mut runner, inputs, &mut shutdown).await;
     stop.store(true, Ordering::Release);
     runner.shutdown(&consumer).await;
     let _ = tokio::task::spawn_blocking(move || {
@@ -202,6 +150,122 @@ pub async fn run(
     .await;
     dispatcher.shutdown(cfg.notify.flush_timeout).await;
     Ok(())
+}
+
+/// The benchmark table's RocksDB cache under `state.dir`, created if new.
+fn open_table(cfg: &Config) -> anyhow::Result<Arc<TableStore>> {
+    std::fs::create_dir_all(&cfg.state.dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
+    Ok(Arc::new(TableStore::open(&cfg.state.dir)?))
+}
+
+/// With a changelog topic (checked to match the reports topic): its writer.
+fn changelog(
+    cfg: &Config,
+    producer: &rdkafka::producer::FutureProducer,
+) -> anyhow::Result<Option<ChangelogWriter>> {
+    let Some(topic) = &cfg.kafka.changelog_topic else {
+        return Ok(None);
+    };
+    takeover::check_changelog_topic(cfg, producer, topic)?;
+    Ok(Some(ChangelogWriter {
+        producer: producer.clone(),
+        topic: topic.clone(),
+        reports_topic: cfg.kafka.reports_topic.clone(),
+        owned: HashSet::new(),
+    }))
+}
+
+/// Where alerts go: the alerts topic, the HTTP receivers (their outbox and workers started
+/// here), the live page and stdout.
+fn outputs(
+    cfg: &Config,
+    opts: &RunOptions,
+    metrics: &Arc<Metrics>,
+    live: &Arc<Live>,
+    producer: &rdkafka::producer::FutureProducer,
+) -> anyhow::Result<Outputs> {
+    let dispatcher = Dispatcher::start(
+        &cfg.notify,
+        &cfg.state.dir,
+        &metrics.registry,
+        Some(&metrics.retries),
+    )?;
+    Ok(Outputs {
+        alerts: AlertSink::new(producer.clone(), &cfg.kafka.alerts_topic),
+        kafka: cfg.kafka.clone(),
+        dispatcher,
+        metrics: metrics.clone(),
+        live: live.clone(),
+        opts: opts.clone(),
+    })
+}
+
+/// What the loop reads from.
+struct Inputs<'a> {
+    reports: &'a kafka::ReportsConsumer,
+    summaries: Option<&'a rdkafka::consumer::StreamConsumer>,
+    benchmarks: &'a mut mpsc::UnboundedReceiver<BenchmarkUpdate>,
+    hangup: &'a mut mpsc::UnboundedReceiver<()>,
+}
+
+/// The loop: one event at a time to the runner, until `shutdown`.
+async fn events(runner: &mut Runner, i: Inputs<'_>, shutdown: &mut watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Benchmarks first: a report should join a row that has already arrived. The ticker
+            // before the reports: under a steady stream it must still mark idle partitions.
+            biased;
+            _ = shutdown.changed() => break,
+            Some(()) = i.hangup.recv() => runner.on_hangup(),
+            Some(u) = i.benchmarks.recv() => runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row),
+            m = next_summary(i.summaries) => runner.on_summaries(i.summaries, m).await,
+            _ = ticker.tick() => runner.on_tick(i.reports).await,
+            msg = i.reports.recv() => runner.on_reports(i.reports, msg).await,
+        }
+    }
+}
+
+/// With a summaries topic: joins the other instances (the engine learns the partitions and
+/// where the topic stands) and returns the summaries producer and consumer; the checkpoint
+/// then flushes the producer first.
+fn peer(
+    cfg: &Config,
+    producer: &rdkafka::producer::FutureProducer,
+    engine: &mut Engine,
+    ckpt: &mut Checkpointer,
+) -> anyhow::Result<(Option<Summaries>, Option<rdkafka::consumer::StreamConsumer>)> {
+    let Some(topic) = &cfg.kafka.summaries_topic else {
+        return Ok((None, None));
+    };
+    let next = join_peers(cfg, producer, engine)?;
+    ckpt.flush_first = Some(producer.clone());
+    let out = Summaries {
+        producer: producer.clone(),
+        topic: topic.clone(),
+    };
+    let consumer = kafka::summaries_consumer(&cfg.kafka, topic, next)?;
+    Ok((Some(out), Some(consumer)))
+}
+
+/// Where reading starts: the checkpoint's positions, unless they are ahead of the topic
+/// (another cluster, a recreated topic), when the state goes too.
+fn positions(
+    cfg: &Config,
+    consumer: &kafka::ReportsConsumer,
+    mut engine: Engine,
+    next: HashMap<i32, i64>,
+) -> (Engine, Positions) {
+    let mut pos = Positions::new(next);
+    if checkpoint_ahead(cfg, consumer, &pos.next) {
+        warn!(positions = ?pos.next, "Checkpoint is ahead of the reports topic (another cluster or a recreated topic?): ignoring it.");
+        engine = Engine::with_table(cfg, engine.into_table());
+        pos.next.clear();
+    }
+    pos.checkpointed(&engine);
+    (engine, pos)
 }
 
 /// Serves the live page, `/metrics`, `/healthz` and `/readyz` at `http.listen`.

@@ -94,33 +94,7 @@ impl ChangelogWriter {
         let what = "write partition state to the changelog before its alerts";
         let mut backoff = crate::retry::Backoff::new(what, Some(retries));
         loop {
-            // Enqueue all, then wait for each: they are in flight together.
-            let mut failed = 0;
-            let mut futures = Vec::with_capacity(records.len());
-            for (p, v) in &records {
-                let key = p.to_string();
-                let record = rdkafka::producer::FutureRecord::to(&self.topic)
-                    .partition(*p)
-                    .key(&key)
-                    .payload(v);
-                match self.producer.send_result(record) {
-                    Ok(f) => futures.push(f),
-                    Err((e, _)) => {
-                        debug!(error = %e, partition = p, "Changelog record not queued.");
-                        failed += 1;
-                    }
-                }
-            }
-            for f in futures {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        debug!(error = %e, "Changelog record not written.");
-                        failed += 1;
-                    }
-                    Err(_) => failed += 1,
-                }
-            }
+            let failed = self.send_all(&records).await;
             if failed == 0 {
                 backoff.succeeded();
                 return true;
@@ -136,6 +110,38 @@ impl ChangelogWriter {
                 .wait(format!("{failed} of {} records not written", records.len()))
                 .await;
         }
+    }
+
+    /// Sends each partition's record to its partition of the changelog, all in flight
+    /// together; how many were not written.
+    async fn send_all(&self, records: &[(i32, Vec<u8>)]) -> usize {
+        let mut failed = 0;
+        let mut futures = Vec::with_capacity(records.len());
+        for (p, v) in records {
+            let key = p.to_string();
+            let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .partition(*p)
+                .key(&key)
+                .payload(v);
+            match self.producer.send_result(record) {
+                Ok(f) => futures.push(f),
+                Err((e, _)) => {
+                    debug!(error = %e, partition = p, "Changelog record not queued.");
+                    failed += 1;
+                }
+            }
+        }
+        for f in futures {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    debug!(error = %e, "Changelog record not written.");
+                    failed += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        failed
     }
 }
 

@@ -40,16 +40,20 @@ pub struct Report<'a> {
     pub error: Option<Cow<'a, str>>,
 }
 
-impl Report<'static> {
+impl<'a> Report<'a> {
     /// A report of 20 s of smooth playback on `location` and `cdn` at `ts`, session `s`,
     /// nothing else measured: the base every test and the bench build theirs on
     /// (`Report { error: Some("E".into()), ..Report::new("L", "c", 0) }`).
-    pub fn new(location: &str, cdn: &str, ts: Millis) -> Self {
+    pub fn new(
+        location: impl Into<Cow<'a, str>>,
+        cdn: impl Into<Cow<'a, str>>,
+        ts: Millis,
+    ) -> Self {
         Report {
             ts,
             session_id: "s".into(),
-            location: location.to_string().into(),
-            cdn: cdn.to_string().into(),
+            location: location.into(),
+            cdn: cdn.into(),
             asn: None,
             device: None,
             played_ms: 20_000,

@@ -279,32 +279,142 @@ fn kind_of(key: &str) -> Option<Kind> {
 /// Checks a rules file: syntax, unknown or misspelt fields, types, values and cross-field
 /// rules. Returns every problem found, each with its line; empty when the file is good.
 pub fn lint(text: &str) -> Vec<Problem> {
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut l = Linter {
+        text,
+        out: Vec::new(),
+    };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
-        return errors
-            .iter()
-            .map(|e| Problem {
-                line: e.span().map_or(0, |s| line_of(s.start)),
-                field: String::new(),
-                message: e.message().to_string(),
-            })
-            .collect();
+        for e in &errors {
+            l.at_span(e.span(), e.message());
+        }
+        return l.out;
     }
-    let mut out = Vec::new();
-    let mut bad = |offset: usize, field: String, message: String| {
-        out.push(Problem {
-            line: line_of(offset),
-            field,
-            message,
+    for (k, v) in doc.get_ref().iter() {
+        match k.get_ref().as_ref() {
+            "metrics" => l.metrics(v),
+            "overrides" => l.overrides(v),
+            k if GLOBAL.contains(&k) => l.check_value(k, k, v),
+            k => {
+                let hint = GLOBAL
+                    .iter()
+                    .find(|g| edit_distance(g, k) <= 2)
+                    .map(|g| format!(" (did you mean `{g}`?)"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "unknown field{hint}; known: {}, metrics, overrides",
+                    GLOBAL.join(", ")
+                );
+                l.bad(k_start(v, doc.get_ref(), k), k.to_string(), msg);
+            }
+        }
+    }
+    if l.out.is_empty() {
+        // Structurally sound: the values themselves.
+        l.values(doc.get_ref());
+    }
+    l.out.sort_by_key(|p| p.line);
+    l.out
+}
+
+/// The problems found so far in one rules file.
+struct Linter<'a> {
+    text: &'a str,
+    out: Vec<Problem>,
+}
+
+type Value<'a> = toml::Spanned<DeValue<'a>>;
+
+impl Linter<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    /// A problem of the whole file at `span` (line 0 without one).
+    fn at_span(&mut self, span: Option<std::ops::Range<usize>>, message: &str) {
+        self.out.push(Problem {
+            line: span.map_or(0, |s| self.line_of(s.start)),
+            field: String::new(),
+            message: message.to_string(),
         })
-    };
-    let check_value = |path: &str,
-                       key: &str,
-                       v: &toml::Spanned<DeValue>,
-                       bad: &mut dyn FnMut(usize, String, String)| {
+    }
+
+    fn bad(&mut self, offset: usize, field: String, message: impl Into<String>) {
+        self.out.push(Problem {
+            line: self.line_of(offset),
+            field,
+            message: message.into(),
+        })
+    }
+
+    /// `[metrics.<metric>]`: known metrics, known settings, their types.
+    fn metrics(&mut self, v: &Value) {
+        let Some(table) = v.get_ref().as_table() else {
+            let msg = "must be a table: [metrics.<metric>]";
+            return self.bad(v.span().start, "metrics".into(), msg);
+        };
+        for (mk, mv) in table.iter() {
+            let name: &str = mk.get_ref();
+            let path = format!("metrics.{name}");
+            if Metric::named(name).is_none() {
+                let msg = format!("unknown metric; known: {}", Metric::names());
+                self.bad(mk.span().start, path, msg);
+                continue;
+            }
+            let Some(settings) = mv.get_ref().as_table() else {
+                self.bad(mv.span().start, path, "must be a table of settings");
+                continue;
+            };
+            for (sk, sv) in settings.iter() {
+                let s: &str = sk.get_ref();
+                let path = format!("metrics.{name}.{s}");
+                if SETTINGS.contains(&s) {
+                    self.check_value(&path, s, sv);
+                } else {
+                    let msg = format!("unknown setting; a metric takes {}", SETTINGS.join(", "));
+                    self.bad(sk.span().start, path, msg);
+                }
+            }
+        }
+    }
+
+    /// `[[overrides]]`: tables of known settings and patterns, their types.
+    fn overrides(&mut self, v: &Value) {
+        let Some(items) = v.get_ref().as_array() else {
+            let msg = "must be an array of tables: [[overrides]]";
+            return self.bad(v.span().start, "overrides".into(), msg);
+        };
+        for (i, item) in items.iter().enumerate() {
+            let Some(t) = item.get_ref().as_table() else {
+                self.bad(
+                    item.span().start,
+                    format!("overrides[{i}]"),
+                    "must be a table",
+                );
+                continue;
+            };
+            for (sk, sv) in t.iter() {
+                let s: &str = sk.get_ref();
+                let path = format!("overrides[{i}].{s}");
+                if SETTINGS.contains(&s) || matches!(s, "location" | "cdn" | "metrics") {
+                    self.check_value(&path, s, sv);
+                } else {
+                    let msg = format!(
+                        "unknown setting; an override takes location, cdn, metrics, {}",
+                        SETTINGS.join(", ")
+                    );
+                    self.bad(sk.span().start, path, msg);
+                }
+            }
+        }
+    }
+
+    /// Whether the value of `key` (at `path`) has the type the field takes.
+    fn check_value(&mut self, path: &str, key: &str, v: &Value) {
         let Some(kind) = kind_of(key) else { return };
-        let at = v.span().start;
         let ok = match (kind, v.get_ref()) {
             (Kind::Float, DeValue::Float(_) | DeValue::Integer(_)) => true,
             (Kind::Count, DeValue::Integer(i)) => !i.as_str().starts_with('-'),
@@ -312,19 +422,14 @@ pub fn lint(text: &str) -> Vec<Problem> {
             (Kind::Text, DeValue::String(_)) => true,
             (Kind::Metrics, DeValue::Array(items)) => {
                 for item in items.iter() {
-                    match item.get_ref() {
-                        DeValue::String(s) if Metric::named(s).is_some() => {}
-                        DeValue::String(s) => bad(
-                            item.span().start,
-                            path.into(),
-                            format!("unknown metric \"{s}\"; known: {}", Metric::names()),
-                        ),
-                        _ => bad(
-                            item.span().start,
-                            path.into(),
-                            "must be a metric name (a string)".into(),
-                        ),
-                    }
+                    let msg = match item.get_ref() {
+                        DeValue::String(s) if Metric::named(s).is_some() => continue,
+                        DeValue::String(s) => {
+                            format!("unknown metric \"{s}\"; known: {}", Metric::names())
+                        }
+                        _ => "must be a metric name (a string)".into(),
+                    };
+                    self.bad(item.span().start, path.into(), msg);
                 }
                 true
             }
@@ -338,135 +443,26 @@ pub fn lint(text: &str) -> Vec<Problem> {
                 Kind::Text => "a string pattern",
                 Kind::Metrics => "a list of metric names",
             };
-            bad(
-                at,
-                path.into(),
-                format!("must be {want}, found {}", v.get_ref().type_str()),
-            );
-        }
-    };
-    for (k, v) in doc.get_ref().iter() {
-        let key: &str = k.get_ref();
-        match key {
-            "metrics" => {
-                let Some(table) = v.get_ref().as_table() else {
-                    bad(
-                        v.span().start,
-                        "metrics".into(),
-                        "must be a table: [metrics.<metric>]".into(),
-                    );
-                    continue;
-                };
-                for (mk, mv) in table.iter() {
-                    let name: &str = mk.get_ref();
-                    let path = format!("metrics.{name}");
-                    if Metric::named(name).is_none() {
-                        bad(
-                            mk.span().start,
-                            path.clone(),
-                            format!("unknown metric; known: {}", Metric::names()),
-                        );
-                        continue;
-                    }
-                    let Some(settings) = mv.get_ref().as_table() else {
-                        bad(mv.span().start, path, "must be a table of settings".into());
-                        continue;
-                    };
-                    for (sk, sv) in settings.iter() {
-                        let s: &str = sk.get_ref();
-                        let path = format!("metrics.{name}.{s}");
-                        if SETTINGS.contains(&s) {
-                            check_value(&path, s, sv, &mut bad);
-                        } else {
-                            bad(
-                                sk.span().start,
-                                path,
-                                format!("unknown setting; a metric takes {}", SETTINGS.join(", ")),
-                            );
-                        }
-                    }
-                }
-            }
-            "overrides" => {
-                let Some(items) = v.get_ref().as_array() else {
-                    bad(
-                        v.span().start,
-                        "overrides".into(),
-                        "must be an array of tables: [[overrides]]".into(),
-                    );
-                    continue;
-                };
-                for (i, item) in items.iter().enumerate() {
-                    let Some(t) = item.get_ref().as_table() else {
-                        bad(
-                            item.span().start,
-                            format!("overrides[{i}]"),
-                            "must be a table".into(),
-                        );
-                        continue;
-                    };
-                    for (sk, sv) in t.iter() {
-                        let s: &str = sk.get_ref();
-                        let path = format!("overrides[{i}].{s}");
-                        if SETTINGS.contains(&s) || matches!(s, "location" | "cdn" | "metrics") {
-                            check_value(&path, s, sv, &mut bad);
-                        } else {
-                            bad(
-                                sk.span().start,
-                                path,
-                                format!(
-                                    "unknown setting; an override takes location, cdn, metrics, {}",
-                                    SETTINGS.join(", ")
-                                ),
-                            );
-                        }
-                    }
-                }
-            }
-            k if GLOBAL.contains(&k) => check_value(k, k, v, &mut bad),
-            k => {
-                let hint = GLOBAL
-                    .iter()
-                    .find(|g| edit_distance(g, k) <= 2)
-                    .map(|g| format!(" (did you mean `{g}`?)"))
-                    .unwrap_or_default();
-                bad(
-                    k_start(v, doc.get_ref(), k),
-                    k.to_string(),
-                    format!(
-                        "unknown field{hint}; known: {}, metrics, overrides",
-                        GLOBAL.join(", ")
-                    ),
-                )
-            }
+            let msg = format!("must be {want}, found {}", v.get_ref().type_str());
+            self.bad(v.span().start, path.into(), msg);
         }
     }
-    if !out.is_empty() {
-        out.sort_by_key(|p| p.line);
-        return out;
-    }
-    // Structurally sound: the values themselves.
-    let rules: DetectConfig = match toml::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            return vec![Problem {
-                line: e.span().map_or(0, |s| line_of(s.start)),
-                field: String::new(),
-                message: e.message().to_string(),
-            }];
+
+    /// The values and cross-field rules, once the file is structurally sound.
+    fn values(&mut self, doc: &DeTable) {
+        let rules: DetectConfig = match toml::from_str(self.text) {
+            Ok(r) => r,
+            Err(e) => return self.at_span(e.span(), e.message()),
+        };
+        for (field, message) in rules.problems() {
+            let line = span_of(doc, &field).map_or(0, |o| self.line_of(o));
+            self.out.push(Problem {
+                line,
+                field,
+                message,
+            });
         }
-    };
-    let mut out = rules
-        .problems()
-        .into_iter()
-        .map(|(field, message)| Problem {
-            line: span_of(doc.get_ref(), &field).map_or(0, line_of),
-            field,
-            message,
-        })
-        .collect::<Vec<_>>();
-    out.sort_by_key(|p| p.line);
-    out
+    }
 }
 
 /// Levenshtein distance, for "did you mean" hints.

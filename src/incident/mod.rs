@@ -124,6 +124,51 @@ struct Track {
     firing: Option<Firing>,
 }
 
+impl Track {
+    /// A bad window on this track: fires after `fire_after` in a row, escalates when it
+    /// worsens; the alert, if the window is news.
+    fn bad(
+        &mut self,
+        v: Verdict,
+        parent_id: Option<String>,
+        (window_start, window_end): (Millis, Millis),
+        fire_after: u32,
+    ) -> Option<Alert> {
+        if self.bad_streak == 0 {
+            self.streak_start = window_start;
+        }
+        self.bad_streak += 1;
+        self.clean_streak = 0;
+        self.quiet_streak = 0;
+        let sev = v.severity;
+        match &mut self.firing {
+            None if self.bad_streak >= fire_after => {
+                let rule = v.finding.rule();
+                let f = Firing {
+                    rule: rule.to_string(),
+                    parent_id,
+                    id: incident_id(rule, &v.scope, self.streak_start),
+                    started_at: self.streak_start,
+                    severity: sev,
+                    last: v.finding,
+                };
+                let a = alert(Status::Firing, &v.scope, &f, window_start, window_end, None);
+                self.firing = Some(f);
+                Some(a)
+            }
+            Some(f) => {
+                f.last = v.finding;
+                // Escalation is news; a repeat at the same severity is not.
+                (sev > f.severity).then(|| {
+                    f.severity = sev;
+                    alert(Status::Firing, &v.scope, f, window_start, window_end, None)
+                })
+            }
+            None => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Firing {
     id: String,
@@ -224,50 +269,8 @@ impl Incidents {
                 firing: None,
             });
             if v.bad {
-                if t.bad_streak == 0 {
-                    t.streak_start = window_start;
-                }
-                t.bad_streak += 1;
-                t.clean_streak = 0;
-                t.quiet_streak = 0;
-                let sev = v.severity;
-                match &mut t.firing {
-                    None if t.bad_streak >= cfg.fire_after => {
-                        let rule = v.finding.rule();
-                        let f = Firing {
-                            rule: rule.to_string(),
-                            parent_id,
-                            id: incident_id(rule, &v.scope, t.streak_start),
-                            started_at: t.streak_start,
-                            severity: sev,
-                            last: v.finding.clone(),
-                        };
-                        alerts.push(alert(
-                            Status::Firing,
-                            &v.scope,
-                            &f,
-                            window_start,
-                            window_end,
-                            None,
-                        ));
-                        t.firing = Some(f);
-                    }
-                    Some(f) => {
-                        f.last = v.finding.clone();
-                        // Escalation is news; a repeat at the same severity is not.
-                        if sev > f.severity {
-                            f.severity = sev;
-                            alerts.push(alert(
-                                Status::Firing,
-                                &v.scope,
-                                f,
-                                window_start,
-                                window_end,
-                                None,
-                            ));
-                        }
-                    }
-                    None => {}
+                if let Some(a) = t.bad(v, parent_id, (window_start, window_end), cfg.fire_after) {
+                    alerts.push(a);
                 }
             } else {
                 t.bad_streak = 0;
@@ -294,7 +297,19 @@ impl Incidents {
                 }
             }
         }
-        let resolve_after = cfg.resolve_after;
+        alerts.extend(self.resolve(window_start, window_end, cfg.resolve_after));
+        alerts
+    }
+
+    /// Resolves the firing incidents clean (or quiet) long enough, and forgets the tracks
+    /// that hold nothing any more; the resolved alerts.
+    fn resolve(
+        &mut self,
+        window_start: Millis,
+        window_end: Millis,
+        resolve_after: u32,
+    ) -> Vec<Alert> {
+        let mut alerts = Vec::new();
         let mut done = Vec::new();
         for ((metric, scope), t) in self.tracks.iter() {
             match &t.firing {

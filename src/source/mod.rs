@@ -180,29 +180,7 @@ pub fn spawn_benchmark_reader(
                     };
                     metrics.records_in.with_label_values(&["benchmarks"]).inc();
                     let (p, o) = (msg.partition(), msg.offset());
-                    let parsed = match msg.payload() {
-                        None => {
-                            // Tombstone: the row ends at the message's timestamp.
-                            let ts = msg
-                                .timestamp()
-                                .to_millis()
-                                .unwrap_or_else(crate::time::now_ms);
-                            decode::split_benchmark_key(msg.key().unwrap_or_default()).map(
-                                |(location, cdn)| BenchmarkUpdate {
-                                    location,
-                                    cdn,
-                                    ts,
-                                    row: None,
-                                },
-                            )
-                        }
-                        Some(v) => decode::decode_benchmark(v, limit).map(|b| BenchmarkUpdate {
-                            row: Some(Expected::from(&b)),
-                            location: b.location,
-                            cdn: b.cdn,
-                            ts: b.ts,
-                        }),
-                    };
+                    let parsed = parse_benchmark(&msg, limit);
                     match parsed {
                         Ok(u) => batch.push(u),
                         // The bad message is kept on the dead-letter topic; read on past it.
@@ -213,17 +191,8 @@ pub fn spawn_benchmark_reader(
                     }
                 }
                 if polled > 0 {
-                    let changes: Vec<Change<'_>> = batch
-                        .iter()
-                        .map(|u| Change {
-                            location: &u.location,
-                            cdn: &u.cdn,
-                            ts: u.ts,
-                            row: u.row,
-                        })
-                        .collect();
                     let offsets: Vec<(i32, i64)> = pos.iter().map(|(p, n, _)| (*p, *n)).collect();
-                    store.write(&changes, &topic, &offsets)?;
+                    persist(&store, &batch, &topic, &offsets)?;
                     for u in batch {
                         if updates.send(u).is_err() {
                             return Ok(()); // The engine is gone: shutting down.
@@ -239,6 +208,53 @@ pub fn spawn_benchmark_reader(
         })
         .map_err(SourceError::Thread)?;
     Ok(BenchmarkReader { caught_up, handle })
+}
+
+/// A benchmark message as a table update: a row, or a tombstone ending the row of its key at
+/// the message's timestamp.
+fn parse_benchmark<M: Message>(msg: &M, limit: usize) -> Result<BenchmarkUpdate, DecodeError> {
+    match msg.payload() {
+        None => {
+            let ts = msg
+                .timestamp()
+                .to_millis()
+                .unwrap_or_else(crate::time::now_ms);
+            decode::split_benchmark_key(msg.key().unwrap_or_default()).map(|(location, cdn)| {
+                BenchmarkUpdate {
+                    location,
+                    cdn,
+                    ts,
+                    row: None,
+                }
+            })
+        }
+        Some(v) => decode::decode_benchmark(v, limit).map(|b| BenchmarkUpdate {
+            row: Some(Expected::from(&b)),
+            location: b.location,
+            cdn: b.cdn,
+            ts: b.ts,
+        }),
+    }
+}
+
+/// Writes a batch of updates and the offsets read up to, in one RocksDB batch.
+fn persist(
+    store: &TableStore,
+    batch: &[BenchmarkUpdate],
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), SourceError> {
+    let changes: Vec<Change<'_>> = batch
+        .iter()
+        .map(|u| Change {
+            location: &u.location,
+            cdn: &u.cdn,
+            ts: u.ts,
+            row: u.row,
+        })
+        .collect();
+    store.write(&changes, topic, offsets)?;
+    Ok(())
 }
 
 fn dead_letter<M: Message>(

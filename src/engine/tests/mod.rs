@@ -13,7 +13,7 @@ fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static
         session_id: format!("s{i}").into(),
         throughput_kbps: Some(5_000.0),
         error: failed.then(|| "E".into()),
-        ..Report::new(loc, cdn, ts)
+        ..Report::new(loc.to_string(), cdn.to_string(), ts)
     }
 }
 
