@@ -18,6 +18,38 @@ use crate::incident::Alert;
 use crate::kafka::KafkaConfig;
 use crate::kafka::read::{Next, Read, read_to_end};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ChangelogError {
+    #[error("changelog header: {0}")]
+    Header(#[from] serde_json::Error),
+    #[error("changelog header too long")]
+    HeaderTooLong,
+    #[error("changelog record shorter than its length prefix")]
+    Truncated,
+    #[error("changelog header of {header} bytes in a record of {record}")]
+    Short { header: usize, record: usize },
+    #[error("{topic}/{partition}: {source}")]
+    Kafka {
+        topic: String,
+        partition: i32,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("{topic}/{partition}: not read to its end (from offset {from}) within {timeout:?}")]
+    NotToTheEnd {
+        topic: String,
+        partition: i32,
+        from: i64,
+        timeout: Duration,
+    },
+    #[error("the record is {found_topic}/{found_partition}'s, not {topic}/{partition}'s")]
+    NotThisPartitions {
+        found_topic: String,
+        found_partition: i32,
+        topic: String,
+        partition: i32,
+    },
+}
+
 /// What comes with a partition's state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Header {
@@ -34,9 +66,9 @@ pub struct Header {
 }
 
 /// Header and share as one record value: 4-byte big-endian header length, header, share.
-pub fn encode(header: &Header, share: &[u8]) -> Result<Vec<u8>, String> {
-    let h = serde_json::to_vec(header).map_err(|e| e.to_string())?;
-    let len = u32::try_from(h.len()).map_err(|_| "header too long".to_string())?;
+pub fn encode(header: &Header, share: &[u8]) -> Result<Vec<u8>, ChangelogError> {
+    let h = serde_json::to_vec(header)?;
+    let len = u32::try_from(h.len()).map_err(|_| ChangelogError::HeaderTooLong)?;
     let mut out = Vec::with_capacity(4 + h.len() + share.len());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&h);
@@ -45,16 +77,19 @@ pub fn encode(header: &Header, share: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The header and the share of a record value.
-pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), String> {
+pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), ChangelogError> {
     let (len, rest) = value
         .split_first_chunk::<4>()
-        .ok_or_else(|| "record shorter than its length prefix".to_string())?;
+        .ok_or(ChangelogError::Truncated)?;
     let len = u32::from_be_bytes(*len) as usize;
     if rest.len() < len {
-        return Err(format!("header of {len} bytes, record of {}", value.len()));
+        return Err(ChangelogError::Short {
+            header: len,
+            record: value.len(),
+        });
     }
     let (h, share) = rest.split_at(len);
-    let header = serde_json::from_slice(h).map_err(|e| format!("header: {e}"))?;
+    let header = serde_json::from_slice(h)?;
     Ok((header, share))
 }
 
@@ -64,12 +99,17 @@ fn read_last(
     topic: &str,
     partition: i32,
     timeout: Duration,
-) -> Result<Option<Vec<u8>>, String> {
-    let consumer = crate::kafka::end_reader(k, "-changelog-reader", "earliest", false)
-        .map_err(|e| e.to_string())?;
+) -> Result<Option<Vec<u8>>, ChangelogError> {
+    let kafka = |source| ChangelogError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let consumer =
+        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| format!("{topic}/{partition} watermarks: {e}"))?;
+        .map_err(kafka)?;
     if high <= low {
         return Ok(None);
     }
@@ -86,14 +126,16 @@ fn read_last(
         last = Some(m.payload().unwrap_or_default().to_vec());
         Next::More
     })
-    .map_err(|e| format!("{topic}/{partition}: {e}"))?;
+    .map_err(kafka)?;
     if end.complete {
         return Ok(last);
     }
-    Err(format!(
-        "{topic}/{partition}: not read to its end (from offset {}) within {timeout:?}",
-        high - 1
-    ))
+    Err(ChangelogError::NotToTheEnd {
+        topic: topic.to_string(),
+        partition,
+        from: high - 1,
+        timeout,
+    })
 }
 
 /// Report partition `partition`'s last share on the changelog, if it has one: its header and
@@ -104,16 +146,18 @@ pub fn read_share(
     topic: &str,
     partition: i32,
     timeout: Duration,
-) -> Result<Option<(Header, Vec<u8>)>, String> {
+) -> Result<Option<(Header, Vec<u8>)>, ChangelogError> {
     let Some(value) = read_last(k, topic, partition, timeout)? else {
         return Ok(None);
     };
     let (header, share) = decode(&value)?;
     if header.reports_topic != k.reports_topic || header.partition != partition {
-        return Err(format!(
-            "the record is {}/{}'s, not {}/{partition}'s",
-            header.reports_topic, header.partition, k.reports_topic
-        ));
+        return Err(ChangelogError::NotThisPartitions {
+            found_topic: header.reports_topic,
+            found_partition: header.partition,
+            topic: k.reports_topic.clone(),
+            partition,
+        });
     }
     Ok(Some((header, share.to_vec())))
 }

@@ -106,7 +106,7 @@ impl Config {
                 .as_str()
                 .ok_or_else(|| field("rules_file", "must be a path (a string)"))?;
             let file = path.parent().unwrap_or(Path::new("")).join(rel);
-            let rules = load_rules_table(&file).map_err(|m| field("rules_file", m))?;
+            let rules = load_rules_table(&file).map_err(|e| field("rules_file", e.to_string()))?;
             let detect = doc
                 .entry("detect")
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));

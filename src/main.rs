@@ -431,7 +431,7 @@ fn backtest_files(
         None => Config::default(),
     };
     if let Some(r) = rules {
-        cfg.detect = qos_sentinel::config::load_rules(&r).map_err(anyhow::Error::msg)?;
+        cfg.detect = qos_sentinel::config::load_rules(&r)?;
         cfg.validate()?;
     }
     let labels = labels.map(|l| backtest::read_labels(&l)).transpose()?;

@@ -167,19 +167,18 @@ pub(super) fn join_cdn_stage(cfg: &Config, engine: &mut Engine, changelog: &str)
     let last = tokio::task::block_in_place(|| {
         crate::changelog::read_share(&cfg.kafka, changelog, 0, Duration::from_secs(10))
     });
-    let adopted = last.and_then(|s| match s {
-        Some((_, share)) => engine.adopt_cdn_stage(&share).map_err(|e| e.to_string()),
-        None => Ok(None),
-    });
-    match adopted {
-        Ok(Some(next)) => info!(
-            next,
-            "Joined the CDN-wide stage from partition 0's changelog share."
-        ),
+    let unusable = |e: &dyn std::fmt::Display| warn!(error = %e, "Partition 0's changelog share unusable: the CDN-wide stage starts from the summaries topic's start.");
+    match last {
+        Ok(Some((_, share))) => match engine.adopt_cdn_stage(&share) {
+            Ok(Some(next)) => info!(
+                next,
+                "Joined the CDN-wide stage from partition 0's changelog share."
+            ),
+            Ok(None) => {}
+            Err(e) => unusable(&e),
+        },
         Ok(None) => {}
-        Err(e) => {
-            warn!(error = %e, "Partition 0's changelog share unusable: the CDN-wide stage starts from the summaries topic's start.")
-        }
+        Err(e) => unusable(&e),
     }
 }
 

@@ -94,33 +94,59 @@ impl DetectConfig {
     }
 }
 
-/// Reads and checks a detection rules file; the error names the file, line and field of the
-/// first mistake and how many more there are.
-pub fn load_rules(path: &Path) -> Result<DetectConfig, String> {
+/// Why a rules file cannot be used; it names the file, and the line and field of the first
+/// mistake with how many more there are.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("cannot read rules file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("rules file {path}:{line}: {first}{}", more_hint(*.more, path))]
+    Problems {
+        path: String,
+        line: usize,
+        first: String,
+        more: usize,
+    },
+    #[error("rules file {path}: {message}")]
+    Syntax { path: String, message: String },
+}
+
+fn more_hint(more: usize, path: &str) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(" ({n} more: `qos-sentinel rules lint {path}` lists them)"),
+    }
+}
+
+/// Reads and checks a detection rules file.
+pub fn load_rules(path: &Path) -> Result<DetectConfig, RulesError> {
     toml::Value::Table(load_rules_table(path)?)
         .try_into()
-        .map_err(|e: toml::de::Error| format!("rules file {}: {}", path.display(), e.message()))
+        .map_err(|e: toml::de::Error| RulesError::Syntax {
+            path: path.display().to_string(),
+            message: e.message().to_string(),
+        })
 }
 
 /// [`load_rules`], as the checked TOML table (to merge under `[detect]`): read and parsed once.
-pub fn load_rules_table(path: &Path) -> Result<toml::Table, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
+pub fn load_rules_table(path: &Path) -> Result<toml::Table, RulesError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| RulesError::Read {
+        path: shown.clone(),
+        error,
+    })?;
     let problems = lint(&text);
     if let Some(first) = problems.first() {
-        let more = match problems.len() - 1 {
-            0 => String::new(),
-            n => format!(
-                " ({n} more: `qos-sentinel rules lint {}` lists them)",
-                path.display()
-            ),
-        };
-        return Err(format!(
-            "rules file {}:{}: {first}{more}",
-            path.display(),
-            first.line
-        ));
+        return Err(RulesError::Problems {
+            line: first.line,
+            first: first.to_string(),
+            more: problems.len() - 1,
+            path: shown,
+        });
     }
     text.parse()
-        .map_err(|e: toml::de::Error| format!("rules file {}: {}", path.display(), e.message()))
+        .map_err(|e: toml::de::Error| RulesError::Syntax {
+            path: shown,
+            message: e.message().to_string(),
+        })
 }

@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::field::{Invalid, human};
 
+/// Why a secret could not be read; it names the variable or file, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("cannot read secret file {path}: {error}")]
+    File { path: String, error: std::io::Error },
+}
+
 /// A secret config value (webhook URL, token, HMAC key). Written in the file as the value
 /// itself, as `env:NAME` (read from the environment at start) or as `file:/path` (read from a
 /// file, trailing newline dropped). Debug and Serialize print `***`: a secret never reaches a
@@ -25,15 +34,18 @@ impl Secret {
     }
 
     /// Resolves `env:NAME` and `file:/path`; errors name the variable or file, never a value.
-    pub fn resolve(spec: &str) -> Result<Self, String> {
+    pub fn resolve(spec: &str) -> Result<Self, SecretError> {
         if let Some(var) = spec.strip_prefix("env:") {
             std::env::var(var)
                 .map(Secret)
-                .map_err(|_| format!("environment variable {var} is not set"))
+                .map_err(|_| SecretError::Unset(var.to_string()))
         } else if let Some(path) = spec.strip_prefix("file:") {
             std::fs::read_to_string(path)
                 .map(|v| Secret(v.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| format!("cannot read secret file {path}: {e}"))
+                .map_err(|error| SecretError::File {
+                    path: path.to_string(),
+                    error,
+                })
         } else {
             Ok(Secret(spec.to_string()))
         }
