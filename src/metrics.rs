@@ -28,6 +28,7 @@ pub struct Metrics {
     pub watermark: IntGauge,
     pub benchmark_versions: IntGauge,
     pub open_keys: IntGauge,
+    pub run_windows: IntGauge,
     pub detection_seconds: Histogram,
     pub alert_ack_seconds: Histogram,
     pub incidents: IntCounterVec,
@@ -181,6 +182,11 @@ impl Metrics {
                 &r,
                 "qos_sentinel_open_window_keys",
                 "Keys held over all open windows.",
+            ),
+            run_windows: gauge(
+                &r,
+                "qos_sentinel_run_windows",
+                "Earlier windows of small keys held so that their evidence adds up across windows (at most 3 per key).",
             ),
             detection_seconds: histogram(
                 &r,

@@ -106,4 +106,5 @@ pub(super) fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {
     }
     metrics.benchmark_versions.set(engine.table().len() as i64);
     metrics.open_keys.set(engine.open_stats().1 as i64);
+    metrics.run_windows.set(engine.run_windows() as i64);
 }

@@ -36,6 +36,11 @@ pub struct DetectConfig {
     /// one CDN-wide incident (scope `{cdn}`) is raised above the per-location ones.
     #[serde(default = "default_group_min_locations")]
     pub group_min_locations: usize,
+    /// Windows a small key's test may span: a metric short of samples in one window is tested
+    /// on the key's last `run_windows` windows together (keys of fewer than 4 x
+    /// `min_samples` reports); 1 tests each window alone.
+    #[serde(default = "default_run_windows")]
+    pub run_windows: usize,
     /// Per-metric settings, `[detect.metrics.<metric>]`: enabled, min_samples,
     /// min_relative_effect, critical_relative_effect.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -46,6 +51,9 @@ pub struct DetectConfig {
     pub overrides: Vec<Override>,
 }
 
+const fn default_run_windows() -> usize {
+    4
+}
 const fn default_fdr() -> f64 {
     0.001
 }
@@ -78,6 +86,7 @@ impl Default for DetectConfig {
             fire_after: default_fire_after(),
             resolve_after: default_resolve_after(),
             group_min_locations: default_group_min_locations(),
+            run_windows: default_run_windows(),
             metrics: BTreeMap::new(),
             overrides: Vec::new(),
         }

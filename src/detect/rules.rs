@@ -127,6 +127,12 @@ impl DetectConfig {
                 format!("({}) must be at least 2", self.group_min_locations),
             );
         }
+        if !(1..=16).contains(&self.run_windows) {
+            p(
+                "run_windows".into(),
+                format!("({}) must be from 1 to 16", self.run_windows),
+            );
+        }
         let global = MetricRule {
             enabled: None,
             min_samples: Some(self.min_samples),
@@ -246,7 +252,7 @@ const SETTINGS: [&str; 4] = [
     "min_relative_effect",
     "critical_relative_effect",
 ];
-const GLOBAL: [&str; 7] = [
+const GLOBAL: [&str; 8] = [
     "fdr",
     "min_samples",
     "min_relative_effect",
@@ -254,6 +260,7 @@ const GLOBAL: [&str; 7] = [
     "fire_after",
     "resolve_after",
     "group_min_locations",
+    "run_windows",
 ];
 
 #[derive(Clone, Copy)]
@@ -268,7 +275,9 @@ enum Kind {
 fn kind_of(key: &str) -> Option<Kind> {
     Some(match key {
         "fdr" | "min_relative_effect" | "critical_relative_effect" => Kind::Float,
-        "min_samples" | "fire_after" | "resolve_after" | "group_min_locations" => Kind::Count,
+        "min_samples" | "fire_after" | "resolve_after" | "group_min_locations" | "run_windows" => {
+            Kind::Count
+        }
         "enabled" => Kind::Bool,
         "location" | "cdn" => Kind::Text,
         "metrics" => Kind::Metrics,

@@ -22,6 +22,8 @@ pub(super) struct References<'a> {
 /// One window's keys (sorted) and the verdicts on them, each with the index of its key.
 pub(super) struct Assessment {
     pub keys: Vec<(Key, Acc)>,
+    /// Per key, its run (this window merged with its earlier ones) where it has one.
+    pub runs: Vec<Option<Acc>>,
     pub verdicts: Vec<(usize, Verdict)>,
     /// How many tests ran (findings in the family).
     pub tests: u64,
@@ -74,10 +76,12 @@ pub(super) fn normals(
     out
 }
 
-/// Tests one closed window's keys against `refs`.
+/// Tests one closed window's keys against `refs`; `run` gives a key's run, where it has one
+/// (see [`super::runs`]).
 pub(super) fn assess(
     mut present: HashMap<Key, Acc>,
     refs: &References,
+    run: &dyn Fn(&Key, &Acc) -> Option<Acc>,
     detect_cfg: &DetectConfig,
 ) -> Assessment {
     // Keys that usually report but sent nothing in this window are tested too.
@@ -89,9 +93,11 @@ pub(super) fn assess(
     let mut keys: Vec<_> = present.into_iter().collect();
     // HashMap order is random; detection output must not be.
     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let runs: Vec<Option<Acc>> = keys.iter().map(|(k, a)| run(k, a)).collect();
     let mut findings: Vec<(usize, Finding)> = Vec::new();
     for (i, (key, acc)) in keys.iter().enumerate() {
-        findings.extend(key_findings(key, acc, refs, detect_cfg).map(|f| (i, f)));
+        let found = key_findings(key, acc, runs[i].as_ref(), refs, detect_cfg);
+        findings.extend(found.map(|f| (i, f)));
     }
     let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
     let discovered = detect::benjamini_hochberg(&p, detect_cfg.fdr);
@@ -116,21 +122,29 @@ pub(super) fn assess(
     }
     Assessment {
         keys,
+        runs,
         verdicts,
         tests,
     }
 }
 
-/// Every finding on one key: each metric against its reference.
+/// Every finding on one key: each metric against its reference, on this window or, for a
+/// metric short of samples in it, on the key's run.
 fn key_findings(
     key: &Key,
     acc: &Acc,
+    run: Option<&Acc>,
     refs: &References,
     detect_cfg: &DetectConfig,
 ) -> impl Iterator<Item = Finding> {
     let normals = normals(refs, key, acc.joined > 0, |_| true);
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = detect::evaluate_with(acc, &tune, &normals);
+    if let Some(run) = run {
+        let tested: Vec<Metric> = out.iter().map(|f| f.metric).collect();
+        let more = detect::evaluate_with(run, &tune, &normals).into_iter();
+        out.extend(more.filter(|f| f.metric.kind().accumulates() && !tested.contains(&f.metric)));
+    }
     for f in &mut out {
         let warm = f.reference != Reference::Benchmark
             || !f.metric.kind().learns_offset()

@@ -34,6 +34,7 @@ mod frontier;
 mod part;
 mod peers;
 mod quality;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -199,6 +200,12 @@ impl Engine {
             .values()
             .map(|p| p.windows.open_stats())
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Windows of small keys held for their runs (at most `detect.run_windows - 1` per key
+    /// of a recent window: bounded by `window.max_keys`).
+    pub fn run_windows(&self) -> usize {
+        self.parts.values().map(Part::run_windows).sum()
     }
 
     pub fn firing(&self) -> usize {

@@ -8,10 +8,11 @@ use std::collections::{HashMap, HashSet};
 use super::Settings;
 use super::assess::{self, Assessment, References};
 use super::decide::{Grouping, Tested, flatten, roll_up};
+use super::runs::Runs;
 use crate::decode::Report;
 use crate::detect::DetectConfig;
 use crate::detect::{Baseline, Metric, Normals, Reference};
-use crate::incident::{Alert, Incidents, Verdict};
+use crate::incident::{Alert, Incidents};
 use crate::table::Expected;
 use crate::time::Millis;
 use crate::window::{Acc, Closed, Key, Recorded, Windows};
@@ -33,6 +34,9 @@ pub(super) struct Part {
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
     suspects: HashSet<Key>,
+    /// Small keys' recent windows, so that their evidence adds up.
+    #[serde(default)]
+    runs: Runs,
     /// Incidents on its locations and location+CDN pairs.
     pub(super) incidents: Incidents,
     /// Every window ending at or before this has been decided for its incidents.
@@ -47,6 +51,7 @@ impl Part {
             levels: HashMap::new(),
             volumes: HashMap::new(),
             suspects: HashSet::new(),
+            runs: Runs::default(),
             incidents: Incidents::new(),
             decided_until: Millis::MIN,
         }
@@ -106,20 +111,33 @@ impl Part {
     /// correction), then learns what is normal from it.
     pub(super) fn test(&mut self, w: &mut Closed, detect: &DetectConfig) -> Assessment {
         let keys = std::mem::take(&mut w.keys);
-        let assessment = assess::assess(keys, &self.references(), detect);
+        let (start, size) = (w.start, w.end - w.start);
+        let runs = &self.runs;
+        let span = detect.run_windows;
+        let run = |k: &Key, a: &Acc| runs.merged(k, (start, size), span, a);
+        let assessment = assess::assess(keys, &self.references(), &run, detect);
         self.suspects = assessment
             .verdicts
             .iter()
             .filter(|(_, v)| v.bad)
             .map(|(i, _)| assessment.keys[*i].0.clone())
             .collect();
-        self.learn(
-            detect.min_samples,
-            &assessment.keys,
-            &assessment.verdicts,
-            w.end,
-        );
+        self.learn(detect.min_samples, &assessment, w.end);
+        // A key keeps its window for the next runs while a metric that accumulates lacks
+        // samples in it.
+        let short = |a: &Acc| {
+            Metric::all().any(|m| {
+                let kind = m.kind();
+                kind.accumulates() && kind.level(a.window(m), detect.min_samples).is_none()
+            })
+        };
+        self.runs.push((start, size), &assessment.keys, short, span);
         assessment
+    }
+
+    /// Windows held in small keys' runs.
+    pub(super) fn run_windows(&self) -> usize {
+        self.runs.windows()
     }
 
     /// Decides this partition's incidents (location-wide parents and location+CDN scopes)
@@ -146,13 +164,8 @@ impl Part {
     /// Learns what is normal from a tested window: every key's own levels where they are
     /// its reference (each metric follows its window as it says), and the offsets from the
     /// benchmark of its clean findings.
-    fn learn(
-        &mut self,
-        min_n: u64,
-        keys: &[(Key, Acc)],
-        verdicts: &[(usize, Verdict)],
-        at: Millis,
-    ) {
+    fn learn(&mut self, min_n: u64, a: &Assessment, at: Millis) {
+        let (keys, verdicts) = (&a.keys, &a.verdicts);
         let mut bad = HashSet::new();
         for (i, v) in verdicts {
             if v.bad {
@@ -165,7 +178,10 @@ impl Part {
                 if kind.benchmarked() && acc.joined > 0 {
                     continue; // the benchmark is its reference
                 }
-                let Some(x) = kind.level(acc.window(m), min_n) else {
+                // A key too small for one window learns from its run.
+                let run = a.runs[i].as_ref().filter(|_| kind.accumulates());
+                let level = kind.level(acc.window(m), min_n);
+                let Some(x) = level.or_else(|| kind.level(run?.window(m), min_n)) else {
                     continue;
                 };
                 let is_bad = bad.contains(&(i, m));

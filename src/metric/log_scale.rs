@@ -210,6 +210,11 @@ impl Kind for LogScale {
         true
     }
 
+    /// Samples taken once per session are independent from window to window.
+    fn accumulates(&self) -> bool {
+        self.once_per_session
+    }
+
     fn cohort(&self, r: &Report, e: Option<&Expected>, normal: Normal) -> Option<(f64, f64)> {
         // Extra worse-than-normal reports: worse ones beyond the half expected as normal.
         self.worse(r, e, normal)

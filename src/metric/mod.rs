@@ -122,6 +122,13 @@ pub trait Kind: Sync {
     fn excess(&self, amount: f64, exposure: f64, expected: f64) -> f64 {
         amount - exposure * expected
     }
+    /// Whether a window short of samples may be tested together with the key's previous
+    /// windows: only where each window's samples are new evidence, as session starts are (a
+    /// session's later reports repeat what its earlier ones said: merging windows would count
+    /// the same sessions again, and a few slow home networks would look like a degradation).
+    fn accumulates(&self) -> bool {
+        false
+    }
     /// Whether a finding says how many reports it rests on.
     fn counts_samples(&self) -> bool {
         true

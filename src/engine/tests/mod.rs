@@ -213,3 +213,53 @@ fn a_key_that_goes_silent_is_an_incident() {
 
 mod partitioned;
 mod state;
+
+/// 24 windows of one key with 60 reports a window, of which only 4 are session starts; from
+/// window 10 to 17 startup takes 3 times as long (or not, when `regress` is false).
+fn few_starts(cfg: &Settings, regress: bool) -> Vec<Alert> {
+    let mut e = Engine::new(cfg);
+    let row = Expected {
+        startup_ms: Some(1_000.0),
+        ..Default::default()
+    };
+    e.on_benchmark("US/NY/NewYork", "cdn-a", 0, Some(row));
+    let mut out = Vec::new();
+    for w in 0..24i64 {
+        for n in 0..60i64 {
+            let start = n % 15 == 0;
+            let slow = regress && (10..18).contains(&w);
+            let usual = 1_000.0 * (1.0 + 0.2 * ((w * 7 + n) as f64).sin());
+            let r = Report {
+                session_id: format!("s{w}-{}", n % 15).into(),
+                startup_ms: start.then_some((usual * if slow { 3.0 } else { 1.0 }) as u64),
+                ..Report::new("US/NY/NewYork", "cdn-a", w * W + n * 1_000)
+            };
+            e.on_report(&r, None);
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(25 * W));
+    out
+}
+
+#[test]
+fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows() {
+    let cfg = Settings::default();
+    let alerts = few_starts(&cfg, true);
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    assert_eq!(firing[0].metric, Metric::STARTUP_MS);
+    assert!(firing[0].samples >= 10, "{:#?}", firing[0]);
+    // Within four windows of the start (window 10), and it resolves.
+    assert!(firing[0].window_start <= 14 * W, "{:#?}", firing[0]);
+    assert!(alerts.iter().any(|a| a.status == Status::Resolved));
+    // Tested a window at a time (as before runs), four starts are never enough.
+    let mut alone = cfg.clone();
+    alone.detect.run_windows = 1;
+    assert!(few_starts(&alone, true).is_empty());
+    // And the same key without a regression raises nothing.
+    assert!(few_starts(&cfg, false).is_empty());
+}

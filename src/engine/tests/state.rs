@@ -74,11 +74,13 @@ fn a_restored_snapshot_continues_exactly_like_the_original() {
 /// State written before each metric had its own file (named sums per accumulator, usual
 /// report counts apart from the other levels) restores, and the engine then carries on as
 /// one that ran through: the same alerts, the same counters. The fixture is the first half
-/// of the run below, snapshotted by that earlier version.
+/// of the run below, snapshotted by that earlier version, which tested each window alone
+/// (`run_windows = 1` here).
 #[test]
 fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     let old: &[u8] = include_bytes!("../../../tests/data/state/engine-before-metric-files.cbor");
-    let cfg = Settings::default();
+    let mut cfg = Settings::default();
+    cfg.detect.run_windows = 1;
     let (events, cut) = demo_hour();
     let mut a = Engine::new(&cfg);
     let mut before = Vec::new();
