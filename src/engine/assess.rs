@@ -4,6 +4,7 @@
 //! verdict (bad or not, with its severity and, where the drill-down found one, its cohort).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::detect::DetectConfig;
 use crate::detect::{self, Baseline, Finding, Metric, Normals, Reference};
@@ -24,6 +25,9 @@ pub(super) struct Assessment {
     pub keys: Vec<(Key, Acc)>,
     /// Per key, its run (this window merged with its earlier ones) where it has one.
     pub runs: Vec<Option<Acc>>,
+    /// Per CDN, the keys of this window that were not bad on their own, merged (see
+    /// [`cdn_groups`]).
+    pub groups: Vec<(Key, Acc)>,
     pub verdicts: Vec<(usize, Verdict)>,
     /// How many tests ran (findings in the family).
     pub tests: u64,
@@ -120,12 +124,49 @@ pub(super) fn assess(
             },
         ));
     }
+    let groups = cdn_groups(&keys, &verdicts);
     Assessment {
         keys,
         runs,
+        groups,
         verdicts,
         tests,
     }
+}
+
+/// The key a CDN's aggregate travels under: no location (all of the partition's).
+pub(super) fn group_key(cdn: &Arc<str>) -> Key {
+    Key {
+        location: Arc::from(""),
+        cdn: cdn.clone(),
+    }
+}
+
+/// Per CDN, the keys of a window that were not bad on any metric, merged: the evidence of a
+/// CDN-wide deviation that no key shows on its own (many small keys each below any floor).
+/// Only keys whose every report found a benchmark count (the aggregate is compared with the
+/// benchmarks' expectations, offset by what the aggregate learned is normal for it).
+fn cdn_groups(keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<(Key, Acc)> {
+    let bad: std::collections::HashSet<usize> = verdicts
+        .iter()
+        .filter(|(_, v)| v.bad)
+        .map(|(i, _)| *i)
+        .collect();
+    let mut groups: std::collections::BTreeMap<Arc<str>, Acc> = Default::default();
+    for (i, (key, acc)) in keys.iter().enumerate() {
+        if bad.contains(&i) || acc.reports == 0 || acc.joined < acc.reports {
+            continue;
+        }
+        let g = groups.entry(key.cdn.clone()).or_default();
+        g.merge(&Acc {
+            cohorts: None,
+            ..acc.clone()
+        });
+    }
+    groups
+        .into_iter()
+        .map(|(cdn, acc)| (group_key(&cdn), acc))
+        .collect()
 }
 
 /// Every finding on one key: each metric against its reference, on this window or, for a

@@ -9,7 +9,7 @@ use super::assess::Assessment;
 use super::quality::{KeyQuality, Quality, key_quality, sort_worst, totals};
 use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
 use crate::detect::DetectConfig;
-use crate::detect::{self, Metric, Normals};
+use crate::detect::{self, Baseline, Metric, Normals};
 use crate::incident::{Alert, Scope, Verdict};
 use crate::time::Millis;
 use crate::window::{Acc, Closed, Key};
@@ -30,6 +30,10 @@ pub(super) struct Stash {
     reports: Acc,
     key_count: usize,
     worst: Vec<KeyQuality>,
+    /// Per CDN, the partition's keys that were not bad on their own, merged (the direct
+    /// test of the CDN's aggregate).
+    #[serde(default)]
+    groups: Vec<(Key, Acc)>,
     /// Lowest source offset per partition that contributed (for safe commits).
     pub(super) min_offsets: HashMap<i32, i64>,
 }
@@ -53,11 +57,20 @@ impl Stash {
             let m = self.min_offsets.entry(*p).or_insert(*o);
             *m = (*m).min(*o);
         }
+        let mut bad = Vec::new();
+        if share_bad {
+            // The CDN aggregates travel with the bad keys, under their group keys.
+            bad.extend(
+                a.groups
+                    .iter()
+                    .map(|(k, acc)| (k.clone(), acc.clone(), Vec::new())),
+            );
+        }
+        self.groups.extend(a.groups);
         let mut grouped: Vec<Vec<Verdict>> = vec![Vec::new(); a.keys.len()];
         for (i, v) in a.verdicts {
             grouped[i].push(v);
         }
-        let mut bad = Vec::new();
         for ((key, mut acc), vs) in a.keys.into_iter().zip(grouped) {
             if vs.is_empty() {
                 continue;
@@ -189,18 +202,26 @@ impl Engine {
         if fresh {
             self.counters.windows_closed += 1;
             self.quality = quality_of(start, &stashed);
-            let bad: Vec<Tested> = match &mut self.peers {
+            let (groups, bad): (Vec<Tested>, Vec<Tested>) = match &mut self.peers {
                 // Every partition's, as their summaries said.
-                Some(peers) => peers.take_bad(start),
-                None => stashed
-                    .values()
-                    .flat_map(|s| s.keys.iter())
-                    .filter(|(_, _, vs)| vs.iter().any(|v| v.bad))
-                    .cloned()
-                    .collect(),
+                Some(peers) => peers.take_bad(start).into_iter().partition(is_group),
+                None => {
+                    let groups = stashed.values().flat_map(|s| s.groups.iter());
+                    let bad = stashed.values().flat_map(|s| s.keys.iter());
+                    let bad = bad.filter(|(_, _, vs)| vs.iter().any(|v| v.bad));
+                    (
+                        groups
+                            .map(|(k, a)| (k.clone(), a.clone(), Vec::new()))
+                            .collect(),
+                        bad.cloned().collect(),
+                    )
+                }
             };
             let (keys, verdicts) = flatten(bad);
-            let parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
+            let mut parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
+            let learned = &mut self.incidents.baselines;
+            let direct = test_cdns(&self.cfg.detect, groups, &parents, learned, end);
+            parents.extend(direct);
             let cdn = self.incidents.apply(start, end, parents, &self.cfg.detect);
             match &mut self.peers {
                 Some(peers) => peers.hold_cdn_alerts(start, cdn),
@@ -240,6 +261,82 @@ impl Engine {
         }
         alerts
     }
+}
+
+/// Whether a stashed entry is a CDN aggregate (see [`super::assess::group_key`]).
+fn is_group(t: &Tested) -> bool {
+    t.0.location.is_empty()
+}
+
+/// The direct test of every CDN's aggregate over all partitions: its keys that were not bad
+/// on their own, merged, tested as one against the benchmark shifted by what the aggregate
+/// learned is normal for it (`learned`, from its clean windows; until warm only critical
+/// deviations count), the CDNs of the window one family for Benjamini-Hochberg. A CDN bad
+/// this way on a metric that `parents` (the roll-up of keys bad on their own) does not
+/// already cover is one CDN-wide verdict: a degradation spread over keys each too small to
+/// show it.
+fn test_cdns(
+    detect_cfg: &DetectConfig,
+    groups: Vec<Tested>,
+    parents: &[Verdict],
+    learned: &mut BTreeMap<(String, Metric), Baseline>,
+    at: Millis,
+) -> Vec<Verdict> {
+    let mut merged: BTreeMap<std::sync::Arc<str>, Acc> = BTreeMap::new();
+    for (k, acc, _) in groups {
+        merged.entry(k.cdn).or_default().merge(&acc);
+    }
+    let mut findings = Vec::new();
+    for (cdn, acc) in &merged {
+        let tune = |m| detect_cfg.tuning(None, Some(cdn), m);
+        let mut normals = Normals::default();
+        for m in Metric::all().filter(|m| m.kind().learns_offset()) {
+            if let Some(b) = learned.get(&(cdn.to_string(), m)) {
+                normals[m.index()].offset = b.offset;
+            }
+        }
+        for mut f in detect::evaluate_with(acc, &tune, &normals) {
+            let warm = !f.metric.kind().learns_offset()
+                || learned
+                    .get(&(cdn.to_string(), f.metric))
+                    .is_some_and(Baseline::warm);
+            if !warm {
+                f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
+            }
+            findings.push((cdn.clone(), f));
+        }
+    }
+    let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
+    let discovered = detect::benjamini_hochberg(&p, detect_cfg.fdr);
+    let covered = |cdn: &str, m: Metric| {
+        parents
+            .iter()
+            .any(|v| v.finding.metric == m && v.scope.cdn.as_deref() == Some(cdn))
+    };
+    let mut out = Vec::new();
+    for ((cdn, finding), d) in findings.into_iter().zip(discovered) {
+        let bad = d && finding.eligible;
+        if !bad && finding.metric.kind().learns_offset() {
+            let b = learned
+                .entry((cdn.to_string(), finding.metric))
+                .or_default();
+            // The expectation already includes the offset used: undo it.
+            b.learn(finding.observed.ln() - finding.expected.ln() + b.offset, at);
+        }
+        if bad && !covered(&cdn, finding.metric) {
+            let t = detect_cfg.tuning(None, Some(&cdn), finding.metric);
+            out.push(Verdict {
+                scope: Scope {
+                    location: None,
+                    cdn: Some(cdn.to_string()),
+                },
+                severity: detect::severity(finding.effect, &t),
+                finding,
+                bad: true,
+            });
+        }
+    }
+    out
 }
 
 /// Which parents [`roll_up`] raises.

@@ -184,6 +184,11 @@ struct Firing {
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Incidents {
     tracks: BTreeMap<(Metric, Scope), Track>,
+    /// What is normal for the aggregates tested directly (a CDN's keys merged), per scope
+    /// name and metric: their learned offset from the benchmark. Kept here so that it goes
+    /// wherever these incidents go (checkpoint, changelog share).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baselines: BTreeMap<(String, Metric), crate::metric::Baseline>,
 }
 
 fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {

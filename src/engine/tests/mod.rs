@@ -263,3 +263,62 @@ fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows(
     // And the same key without a regression raises nothing.
     assert!(few_starts(&cfg, false).is_empty());
 }
+
+/// 8 locations x 2 CDNs, 16 reports a window each (below `min_samples`), 30 windows; with
+/// `degrade`, cdn-a delivers a third of its throughput everywhere from window 12 to 22.
+fn cdn_over_small_keys(degrade: bool) -> Vec<Alert> {
+    let mut e = Engine::new(Settings::default());
+    let locs: Vec<String> = (0..8).map(|i| format!("IN/R{i}/City{i}")).collect();
+    for l in &locs {
+        for c in ["cdn-a", "cdn-b"] {
+            let row = Expected {
+                throughput_kbps: Some(6_000.0),
+                ..Default::default()
+            };
+            e.on_benchmark(l, c, 0, Some(row));
+        }
+    }
+    let mut out = Vec::new();
+    for w in 0..30i64 {
+        for n in 0..16i64 {
+            for (j, l) in locs.iter().enumerate() {
+                for c in ["cdn-a", "cdn-b"] {
+                    let usual = 5_000.0 * (1.0 + 0.3 * ((w * 13 + n * 7 + j as i64) as f64).sin());
+                    let slow = degrade && c == "cdn-a" && (12..22).contains(&w);
+                    let r = Report {
+                        session_id: format!("s{j}-{}", n % 5).into(),
+                        throughput_kbps: Some(if slow { usual / 3.0 } else { usual }),
+                        ..Report::new(l.clone(), c, w * W + n * 3_000)
+                    };
+                    e.on_report(&r, None);
+                }
+            }
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(31 * W));
+    out
+}
+
+#[test]
+fn a_cdn_degrading_over_keys_each_too_small_to_test_is_one_cdn_wide_incident() {
+    let alerts = cdn_over_small_keys(true);
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    let a = firing[0];
+    assert_eq!(
+        (
+            a.scope.location.as_deref(),
+            a.scope.cdn.as_deref(),
+            a.metric
+        ),
+        (None, Some("cdn-a"), Metric::THROUGHPUT_KBPS)
+    );
+    assert!(a.samples >= 100, "{a:#?}");
+    assert!(a.window_start <= 14 * W, "fires within two windows: {a:#?}");
+    assert!(alerts.iter().any(|a| a.status == Status::Resolved));
+    assert!(cdn_over_small_keys(false).is_empty());
+}
