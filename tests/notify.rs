@@ -226,6 +226,7 @@ async fn alerts_that_change_together_are_grouped_and_held_children_stay_quiet() 
     let parent = Alert {
         id: "p".into(),
         scope: qos_sentinel::incident::Scope {
+            prefix: None,
             location: None,
             cdn: Some("cdn-c".into()),
         },

@@ -134,38 +134,52 @@ pub(super) fn assess(
     }
 }
 
-/// The key a CDN's aggregate travels under: no location (all of the partition's).
-pub(super) fn group_key(cdn: &Arc<str>) -> Key {
+/// What starts the location of a group key (a CDN's aggregate): a control character no
+/// location that decoding accepts has.
+pub(super) const GROUP_MARK: char = '\u{1f}';
+
+/// The key a CDN's aggregate travels under: the mark, then the region (none: all of the
+/// partition's locations).
+pub(super) fn group_key(cdn: &Arc<str>, region: Option<&str>) -> Key {
     Key {
-        location: Arc::from(""),
+        location: Arc::from(format!("{GROUP_MARK}{}", region.unwrap_or_default())),
         cdn: cdn.clone(),
     }
 }
 
-/// Per CDN, the keys of a window that were not bad on any metric, merged: the evidence of a
-/// CDN-wide deviation that no key shows on its own (many small keys each below any floor).
-/// Only keys whose every report found a benchmark count (the aggregate is compared with the
-/// benchmarks' expectations, offset by what the aggregate learned is normal for it).
+/// Per CDN, and per CDN within each region, the keys of a window that were not bad on any
+/// metric, merged: the evidence of a deviation that no key shows on its own (many small keys
+/// each below any floor). Only keys whose every report found a benchmark count (the aggregate
+/// is compared with the benchmarks' expectations, offset by what it learned is normal for it).
 fn cdn_groups(keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<(Key, Acc)> {
     let bad: std::collections::HashSet<usize> = verdicts
         .iter()
         .filter(|(_, v)| v.bad)
         .map(|(i, _)| *i)
         .collect();
-    let mut groups: std::collections::BTreeMap<Arc<str>, Acc> = Default::default();
+    let mut groups: std::collections::BTreeMap<(Arc<str>, Option<&str>), Acc> = Default::default();
     for (i, (key, acc)) in keys.iter().enumerate() {
         if bad.contains(&i) || acc.reports == 0 || acc.joined < acc.reports {
             continue;
         }
-        let g = groups.entry(key.cdn.clone()).or_default();
-        g.merge(&Acc {
+        let plain = Acc {
             cohorts: None,
             ..acc.clone()
-        });
+        };
+        if let Some(region) = crate::incident::prefix_of(&key.location) {
+            groups
+                .entry((key.cdn.clone(), Some(region)))
+                .or_default()
+                .merge(&plain);
+        }
+        groups
+            .entry((key.cdn.clone(), None))
+            .or_default()
+            .merge(&plain);
     }
     groups
         .into_iter()
-        .map(|(cdn, acc)| (group_key(&cdn), acc))
+        .map(|((cdn, region), acc)| (group_key(&cdn, region), acc))
         .collect()
 }
 

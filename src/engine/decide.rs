@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::assess::Assessment;
+use super::assess::{Assessment, GROUP_MARK};
 use super::quality::{KeyQuality, Quality, key_quality, sort_worst, totals};
 use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
 use crate::detect::DetectConfig;
@@ -265,16 +265,17 @@ impl Engine {
 
 /// Whether a stashed entry is a CDN aggregate (see [`super::assess::group_key`]).
 fn is_group(t: &Tested) -> bool {
-    t.0.location.is_empty()
+    t.0.location.starts_with(GROUP_MARK)
 }
 
-/// The direct test of every CDN's aggregate over all partitions: its keys that were not bad
-/// on their own, merged, tested as one against the benchmark shifted by what the aggregate
-/// learned is normal for it (`learned`, from its clean windows; until warm only critical
-/// deviations count), the CDNs of the window one family for Benjamini-Hochberg. A CDN bad
-/// this way on a metric that `parents` (the roll-up of keys bad on their own) does not
-/// already cover is one CDN-wide verdict: a degradation spread over keys each too small to
-/// show it.
+/// The direct test of every CDN's aggregate over all partitions, and of every CDN's within
+/// each region: the keys that were not bad on their own, merged, tested as one against the
+/// benchmarks shifted by what the aggregate learned is normal for it (`learned`, from its
+/// clean windows; until warm only critical deviations count), all aggregates of the window
+/// one family for Benjamini-Hochberg. An aggregate bad on a metric that `parents` (the
+/// roll-up of keys bad on their own) does not already cover is one verdict: CDN-wide when
+/// the CDN's aggregate is bad (its regions then say nothing more), else one for each bad
+/// region of the CDN: a degradation spread over keys each too small to show it.
 fn test_cdns(
     detect_cfg: &DetectConfig,
     groups: Vec<Tested>,
@@ -282,61 +283,90 @@ fn test_cdns(
     learned: &mut BTreeMap<(String, Metric), Baseline>,
     at: Millis,
 ) -> Vec<Verdict> {
-    let mut merged: BTreeMap<std::sync::Arc<str>, Acc> = BTreeMap::new();
+    let mut merged: BTreeMap<Scope, Acc> = BTreeMap::new();
     for (k, acc, _) in groups {
-        merged.entry(k.cdn).or_default().merge(&acc);
+        merged.entry(group_scope(&k)).or_default().merge(&acc);
     }
+    let name = |s: &Scope| s.to_string();
     let mut findings = Vec::new();
-    for (cdn, acc) in &merged {
+    for (scope, acc) in &merged {
+        let cdn = scope.cdn.as_deref().unwrap_or_default();
         let tune = |m| detect_cfg.tuning(None, Some(cdn), m);
         let mut normals = Normals::default();
         for m in Metric::all().filter(|m| m.kind().learns_offset()) {
-            if let Some(b) = learned.get(&(cdn.to_string(), m)) {
+            if let Some(b) = learned.get(&(name(scope), m)) {
                 normals[m.index()].offset = b.offset;
             }
         }
         for mut f in detect::evaluate_with(acc, &tune, &normals) {
             let warm = !f.metric.kind().learns_offset()
                 || learned
-                    .get(&(cdn.to_string(), f.metric))
+                    .get(&(name(scope), f.metric))
                     .is_some_and(Baseline::warm);
             if !warm {
                 f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
             }
-            findings.push((cdn.clone(), f));
+            findings.push((scope.clone(), f));
         }
     }
     let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
     let discovered = detect::benjamini_hochberg(&p, detect_cfg.fdr);
-    let covered = |cdn: &str, m: Metric| {
-        parents
-            .iter()
-            .any(|v| v.finding.metric == m && v.scope.cdn.as_deref() == Some(cdn))
-    };
-    let mut out = Vec::new();
-    for ((cdn, finding), d) in findings.into_iter().zip(discovered) {
-        let bad = d && finding.eligible;
-        if !bad && finding.metric.kind().learns_offset() {
-            let b = learned
-                .entry((cdn.to_string(), finding.metric))
-                .or_default();
+    let mut bad = Vec::new();
+    for ((scope, finding), d) in findings.into_iter().zip(discovered) {
+        let is_bad = d && finding.eligible;
+        if !is_bad && finding.metric.kind().learns_offset() {
+            let b = learned.entry((name(&scope), finding.metric)).or_default();
             // The expectation already includes the offset used: undo it.
             b.learn(finding.observed.ln() - finding.expected.ln() + b.offset, at);
         }
-        if bad && !covered(&cdn, finding.metric) {
-            let t = detect_cfg.tuning(None, Some(&cdn), finding.metric);
-            out.push(Verdict {
-                scope: Scope {
-                    location: None,
-                    cdn: Some(cdn.to_string()),
-                },
-                severity: detect::severity(finding.effect, &t),
-                finding,
-                bad: true,
-            });
+        if is_bad {
+            bad.push((scope, finding));
         }
     }
+    // Per CDN and metric: CDN-wide when its aggregate is bad and no region, or at least
+    // `group_min_locations` regions, are (a degradation everywhere); otherwise each bad region
+    // (the most specific scope that explains it). The roll-up's parents cover their CDN.
+    let mut out = Vec::new();
+    let rolled_up = |cdn: Option<&str>, m: Metric| {
+        parents
+            .iter()
+            .any(|v| v.finding.metric == m && v.scope.cdn.as_deref() == cdn)
+    };
+    for (scope, finding) in &bad {
+        let (cdn, m) = (scope.cdn.as_deref(), finding.metric);
+        if rolled_up(cdn, m) {
+            continue;
+        }
+        let regions = bad
+            .iter()
+            .filter(|(s, f)| f.metric == m && s.cdn.as_deref() == cdn && s.prefix.is_some())
+            .count();
+        let cdn_bad = bad
+            .iter()
+            .any(|(s, f)| f.metric == m && s.cdn.as_deref() == cdn && s.prefix.is_none());
+        let everywhere = cdn_bad && (regions == 0 || regions >= detect_cfg.group_min_locations);
+        if everywhere != scope.prefix.is_none() {
+            continue;
+        }
+        let t = detect_cfg.tuning(None, cdn, m);
+        out.push(Verdict {
+            scope: scope.clone(),
+            severity: detect::severity(finding.effect, &t),
+            finding: finding.clone(),
+            bad: true,
+        });
+    }
     out
+}
+
+/// The scope a group key stands for (see [`super::assess::group_key`]).
+fn group_scope(k: &Key) -> Scope {
+    let region = k.location.trim_start_matches(GROUP_MARK);
+    if region.is_empty() {
+        Scope::cdn_wide(&k.cdn)
+    } else {
+        Scope::cdn_under(region, &k.cdn)
+    }
 }
 
 /// Which parents [`roll_up`] raises.
@@ -413,26 +443,12 @@ pub(super) fn roll_up(
     };
     for ((m, cdn), idx) in by_cdn.iter().filter(|_| grouping == Grouping::Cdn) {
         if idx.len() >= detect_cfg.group_min_locations {
-            parent(
-                *m,
-                idx,
-                Scope {
-                    location: None,
-                    cdn: Some((*cdn).into()),
-                },
-            );
+            parent(*m, idx, Scope::cdn_wide(cdn));
         }
     }
     for ((m, loc), (idx, tested)) in by_loc.iter().filter(|_| grouping == Grouping::Location) {
         if idx.len() >= 2 && idx.len() == *tested {
-            parent(
-                *m,
-                idx,
-                Scope {
-                    location: Some((*loc).into()),
-                    cdn: None,
-                },
-            );
+            parent(*m, idx, Scope::location_wide(loc));
         }
     }
     out

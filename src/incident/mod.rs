@@ -21,6 +21,10 @@ pub struct Scope {
     pub location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdn: Option<String>,
+    /// A CDN within a region: the first segment of the locations under it (`IN` for
+    /// `IN/MH/Mumbai`), with `cdn` set and `location` not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 impl Scope {
@@ -28,18 +32,54 @@ impl Scope {
         Scope {
             location: Some(location.into()),
             cdn: Some(cdn.into()),
+            prefix: None,
         }
     }
+
+    /// One CDN at every location.
+    pub fn cdn_wide(cdn: &str) -> Self {
+        Scope {
+            location: None,
+            cdn: Some(cdn.into()),
+            prefix: None,
+        }
+    }
+
+    /// One CDN at the locations of `region`.
+    pub fn cdn_under(region: &str, cdn: &str) -> Self {
+        Scope {
+            prefix: Some(prefix.into()),
+            ..Scope::cdn_wide(cdn)
+        }
+    }
+
+    /// Every CDN at one location.
+    pub fn location_wide(location: &str) -> Self {
+        Scope {
+            location: Some(location.into()),
+            cdn: None,
+            prefix: None,
+        }
+    }
+}
+
+/// The region of a location: its first `/`-separated segment, when it has more than one.
+pub fn prefix_of(location: &str) -> Option<&str> {
+    location
+        .split_once('/')
+        .map(|(r, _)| r)
+        .filter(|r| !r.is_empty())
 }
 
 impl std::fmt::Display for Scope {
     /// The alert's Kafka key, e.g. `location=IN/MH/Mumbai,cdn=cdn-a`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.location, &self.cdn) {
-            (Some(l), Some(c)) => write!(f, "location={l},cdn={c}"),
-            (Some(l), None) => write!(f, "location={l}"),
-            (None, Some(c)) => write!(f, "cdn={c}"),
-            (None, None) => write!(f, "global"),
+        match (&self.location, &self.cdn, &self.region) {
+            (Some(l), Some(c), _) => write!(f, "location={l},cdn={c}"),
+            (Some(l), None, _) => write!(f, "location={l}"),
+            (None, Some(c), Some(r)) => write!(f, "prefix={r},cdn={c}"),
+            (None, Some(c), None) => write!(f, "cdn={c}"),
+            (None, None, _) => write!(f, "global"),
         }
     }
 }
@@ -193,11 +233,12 @@ pub struct Incidents {
 
 fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {
     let what = f.metric.kind().describe(f.observed, f.expected);
-    let where_ = match (&scope.location, &scope.cdn) {
-        (Some(l), Some(c)) => format!("{c} at {l}"),
-        (Some(l), None) => format!("all CDNs at {l}"),
-        (None, Some(c)) => format!("{c} across locations"),
-        (None, None) => "everywhere".into(),
+    let where_ = match (&scope.location, &scope.cdn, &scope.prefix) {
+        (Some(l), Some(c), _) => format!("{c} at {l}"),
+        (Some(l), None, _) => format!("all CDNs at {l}"),
+        (None, Some(c), Some(r)) => format!("{c} across {r}/*"),
+        (None, Some(c), None) => format!("{c} across locations"),
+        (None, None, _) => "everywhere".into(),
     };
     match status {
         Status::Firing if !f.metric.kind().counts_samples() => {
@@ -386,15 +427,13 @@ fn parent_of(
     metric: Metric,
     scope: &Scope,
 ) -> Option<String> {
-    let cdn_wide = Scope {
-        location: None,
-        cdn: scope.cdn.clone(),
-    };
-    let loc_wide = Scope {
-        location: scope.location.clone(),
-        cdn: None,
-    };
-    [cdn_wide, loc_wide].into_iter().find_map(|s| {
+    let cdn = scope.cdn.as_deref().unwrap_or_default();
+    let location = scope.location.as_deref().unwrap_or_default();
+    let cdn_wide = Scope::cdn_wide(cdn);
+    let in_region = prefix_of(location).map(|r| Scope::cdn_under(r, cdn));
+    let loc_wide = Scope::location_wide(location);
+    let candidates = std::iter::once(cdn_wide).chain(in_region).chain([loc_wide]);
+    candidates.into_iter().find_map(|s| {
         tracks
             .get(&(metric, s))
             .and_then(|t| t.firing.as_ref())

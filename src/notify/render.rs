@@ -68,11 +68,12 @@ pub fn format_value(m: Metric, v: f64) -> String {
 }
 
 fn where_(a: &Alert) -> String {
-    match (&a.scope.location, &a.scope.cdn) {
-        (Some(l), Some(c)) => format!("{l} · {c}"),
-        (Some(l), None) => format!("{l} · all CDNs"),
-        (None, Some(c)) => format!("{c} · all locations"),
-        (None, None) => "everywhere".into(),
+    match (&a.scope.location, &a.scope.cdn, &a.scope.prefix) {
+        (Some(l), Some(c), _) => format!("{l} · {c}"),
+        (Some(l), None, _) => format!("{l} · all CDNs"),
+        (None, Some(c), Some(r)) => format!("{r}/* · {c}"),
+        (None, Some(c), None) => format!("{c} · all locations"),
+        (None, None, _) => "everywhere".into(),
     }
 }
 
@@ -159,6 +160,9 @@ pub fn alertmanager(alerts: &[Alert], link_template: Option<&str>, now: Millis) 
                 }
                 if let Some(c) = &a.scope.cdn {
                     labels.insert("cdn".into(), json!(c));
+                }
+                if let Some(r) = &a.scope.prefix {
+                    labels.insert("location_prefix".into(), json!(r));
                 }
                 let expected = a
                     .expected

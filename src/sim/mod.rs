@@ -111,17 +111,20 @@ impl Injected {
     /// The per-key scopes a detector is expected to raise for this incident.
     pub fn scopes(&self, locations: &[String]) -> Vec<Scope> {
         match self.kind {
-            IncidentKind::RegionalCdnDegradation => std::iter::once(Scope {
-                location: None,
-                cdn: Some(self.cdn.clone()),
-            })
-            .chain(
-                locations
-                    .iter()
-                    .filter(|l| l.starts_with(&self.location))
-                    .map(|l| Scope::pair(l, &self.cdn)),
-            )
-            .collect(),
+            IncidentKind::RegionalCdnDegradation => std::iter::once(Scope::cdn_wide(&self.cdn))
+                .chain(
+                    crate::incident::prefix_of(&self.location)
+                        .or(Some(self.location.trim_end_matches('/')))
+                        .filter(|r| !r.is_empty())
+                        .map(|r| Scope::cdn_under(r, &self.cdn)),
+                )
+                .chain(
+                    locations
+                        .iter()
+                        .filter(|l| l.starts_with(&self.location))
+                        .map(|l| Scope::pair(l, &self.cdn)),
+                )
+                .collect(),
             _ => vec![Scope::pair(&self.location, &self.cdn)],
         }
     }

@@ -264,12 +264,11 @@ fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows(
     assert!(few_starts(&cfg, false).is_empty());
 }
 
-/// 8 locations x 2 CDNs, 16 reports a window each (below `min_samples`), 30 windows; with
-/// `degrade`, cdn-a delivers a third of its throughput everywhere from window 12 to 22.
-fn cdn_over_small_keys(degrade: bool) -> Vec<Alert> {
+/// `locs` x 2 CDNs, 16 reports a window each (below `min_samples`), 30 windows; cdn-a
+/// delivers a third of its throughput at the locations `degrade` picks from window 12 to 22.
+fn small_keys(locs: &[String], degrade: impl Fn(&str) -> bool) -> Vec<Alert> {
     let mut e = Engine::new(Settings::default());
-    let locs: Vec<String> = (0..8).map(|i| format!("IN/R{i}/City{i}")).collect();
-    for l in &locs {
+    for l in locs {
         for c in ["cdn-a", "cdn-b"] {
             let row = Expected {
                 throughput_kbps: Some(6_000.0),
@@ -284,7 +283,7 @@ fn cdn_over_small_keys(degrade: bool) -> Vec<Alert> {
             for (j, l) in locs.iter().enumerate() {
                 for c in ["cdn-a", "cdn-b"] {
                     let usual = 5_000.0 * (1.0 + 0.3 * ((w * 13 + n * 7 + j as i64) as f64).sin());
-                    let slow = degrade && c == "cdn-a" && (12..22).contains(&w);
+                    let slow = degrade(l) && c == "cdn-a" && (12..22).contains(&w);
                     let r = Report {
                         session_id: format!("s{j}-{}", n % 5).into(),
                         throughput_kbps: Some(if slow { usual / 3.0 } else { usual }),
@@ -300,9 +299,14 @@ fn cdn_over_small_keys(degrade: bool) -> Vec<Alert> {
     out
 }
 
+fn cities(country: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{country}/R{i}/City{i}")).collect()
+}
+
 #[test]
 fn a_cdn_degrading_over_keys_each_too_small_to_test_is_one_cdn_wide_incident() {
-    let alerts = cdn_over_small_keys(true);
+    let locs = cities("IN", 8);
+    let alerts = small_keys(&locs, |_| true);
     let firing: Vec<_> = alerts
         .iter()
         .filter(|a| a.status == Status::Firing)
@@ -320,5 +324,25 @@ fn a_cdn_degrading_over_keys_each_too_small_to_test_is_one_cdn_wide_incident() {
     assert!(a.samples >= 100, "{a:#?}");
     assert!(a.window_start <= 14 * W, "fires within two windows: {a:#?}");
     assert!(alerts.iter().any(|a| a.status == Status::Resolved));
-    assert!(cdn_over_small_keys(false).is_empty());
+    assert!(small_keys(&locs, |_| false).is_empty());
+}
+
+#[test]
+fn a_cdn_degrading_in_one_region_over_small_keys_is_one_incident_of_that_region() {
+    let mut locs = cities("IN", 8);
+    for country in ["US", "GB", "MX"] {
+        locs.extend(cities(country, 8));
+    }
+    let alerts = small_keys(&locs, |l| l.starts_with("IN/"));
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    let a = firing[0];
+    assert_eq!(a.scope, Scope::cdn_under("IN", "cdn-a"), "{a:#?}");
+    assert_eq!(a.scope.to_string(), "prefix=IN,cdn=cdn-a");
+    assert!(a.summary.contains("cdn-a across IN/*"), "{}", a.summary);
+    assert!(alerts.iter().any(|a| a.status == Status::Resolved));
+    assert!(small_keys(&locs, |_| false).is_empty());
 }
