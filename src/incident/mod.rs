@@ -21,7 +21,7 @@ pub struct Scope {
     pub location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdn: Option<String>,
-    /// A CDN within a region: the first segment of the locations under it (`IN` for
+    /// A CDN at the locations under a prefix: their first `/`-separated segment (`IN` for
     /// `IN/MH/Mumbai`), with `cdn` set and `location` not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -45,8 +45,8 @@ impl Scope {
         }
     }
 
-    /// One CDN at the locations of `region`.
-    pub fn cdn_under(region: &str, cdn: &str) -> Self {
+    /// One CDN at the locations under `prefix`.
+    pub fn cdn_under(prefix: &str, cdn: &str) -> Self {
         Scope {
             prefix: Some(prefix.into()),
             ..Scope::cdn_wide(cdn)
@@ -63,7 +63,7 @@ impl Scope {
     }
 }
 
-/// The region of a location: its first `/`-separated segment, when it has more than one.
+/// The prefix of a location: its first `/`-separated segment, when it has more than one.
 pub fn prefix_of(location: &str) -> Option<&str> {
     location
         .split_once('/')
@@ -74,7 +74,7 @@ pub fn prefix_of(location: &str) -> Option<&str> {
 impl std::fmt::Display for Scope {
     /// The alert's Kafka key, e.g. `location=IN/MH/Mumbai,cdn=cdn-a`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.location, &self.cdn, &self.region) {
+        match (&self.location, &self.cdn, &self.prefix) {
             (Some(l), Some(c), _) => write!(f, "location={l},cdn={c}"),
             (Some(l), None, _) => write!(f, "location={l}"),
             (None, Some(c), Some(r)) => write!(f, "prefix={r},cdn={c}"),
