@@ -162,20 +162,14 @@ fn cdn_groups(keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<(Key, A
         if bad.contains(&i) || acc.reports == 0 || acc.joined < acc.reports {
             continue;
         }
-        let plain = Acc {
-            cohorts: None,
-            ..acc.clone()
-        };
         if let Some(region) = crate::incident::prefix_of(&key.location) {
-            groups
-                .entry((key.cdn.clone(), Some(region)))
-                .or_default()
-                .merge(&plain);
+            let g = groups.entry((key.cdn.clone(), Some(region))).or_default();
+            g.merge_sums(acc);
         }
         groups
             .entry((key.cdn.clone(), None))
             .or_default()
-            .merge(&plain);
+            .merge_sums(acc);
     }
     groups
         .into_iter()
@@ -196,9 +190,14 @@ fn key_findings(
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = detect::evaluate_with(acc, &tune, &normals);
     if let Some(run) = run {
+        // Only the metrics that accumulate and had too few samples here are tested again.
         let tested: Vec<Metric> = out.iter().map(|f| f.metric).collect();
-        let more = detect::evaluate_with(run, &tune, &normals).into_iter();
-        out.extend(more.filter(|f| f.metric.kind().accumulates() && !tested.contains(&f.metric)));
+        let again = |m: Metric| {
+            let mut t = tune(m);
+            t.enabled &= m.kind().accumulates() && !tested.contains(&m);
+            t
+        };
+        out.extend(detect::evaluate_with(run, &again, &normals));
     }
     for f in &mut out {
         let warm = f.reference != Reference::Benchmark

@@ -60,8 +60,8 @@ impl Runs {
             if span < 2 || acc.reports == 0 || !short(acc) {
                 continue;
             }
-            let mut kept = acc.clone();
-            kept.cohorts = None;
+            let mut kept = Acc::default();
+            kept.merge_sums(acc);
             self.keys
                 .entry(key.clone())
                 .or_default()

@@ -41,12 +41,17 @@ impl Acc {
 
     /// Adds another key's accumulator (for rolling keys up to a CDN or a location).
     pub fn merge(&mut self, o: &Acc) {
-        self.reports += o.reports;
-        self.joined += o.joined;
-        self.metrics.merge(&o.metrics);
+        self.merge_sums(o);
         if let Some(c) = &o.cohorts {
             self.cohorts.get_or_insert_default().merge(c);
         }
+    }
+
+    /// Adds another accumulator's counts and sums, leaving its cohorts out.
+    pub fn merge_sums(&mut self, o: &Acc) {
+        self.reports += o.reports;
+        self.joined += o.joined;
+        self.metrics.merge(&o.metrics);
     }
 
     /// The window as metric `m` sees it.
