@@ -64,6 +64,14 @@ struct SimulateArgs {
     /// Share of location+CDN keys that get no benchmark (watched against their own level).
     #[arg(long, default_value_t = 0.0)]
     unbenchmarked: f64,
+    /// How viewers' networks differ: `even` (one log-normal quality per session) or
+    /// `classes` (each session on a fast home, slow home or mobile network, heavy-tailed).
+    #[arg(long, default_value = "even")]
+    networks: qos_sentinel::sim::Networks,
+    /// Seconds between two reports of a session (players that report per chunk send one
+    /// every few seconds: more reports per session in a window, as correlated).
+    #[arg(long, default_value_t = 20)]
+    report_seconds: u64,
     /// Event time of the first report (RFC 3339); default: now minus the duration.
     #[arg(long)]
     start: Option<String>,
@@ -390,6 +398,13 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     sc.cdns = a.cdns;
     sc.peak_sessions = a.peak_sessions;
     sc.unbenchmarked_share = a.unbenchmarked;
+    sc.networks = a.networks;
+    anyhow::ensure!(
+        (1..=60).contains(&a.report_seconds),
+        "--report-seconds ({}) must be within 1..=60",
+        a.report_seconds
+    );
+    sc.report_interval = a.report_seconds as i64 * 1_000;
     let sim = Simulator::new(sc);
     if a.score {
         return score_sim(sim);

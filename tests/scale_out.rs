@@ -106,6 +106,14 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     // tansu 0.6's group coordinator keeps rebalancing a group of two with a 3 s session (a
     // member's partitions then overlap another's); it is stable from 6 s.
     base.kafka.session_timeout = Duration::from_secs(6);
+    // A group's JoinGroup round lasts at most the rebalance timeout (`max.poll.interval.ms`,
+    // 300 s by default). Once of about seven runs, after a kill, tansu held the survivor's
+    // rejoin that long (it logged "Partition revoked" and got no assignment until the test gave
+    // up at 300 s); a real broker expires the dead member after its session. 30 s bounds that
+    // wait and stays far above the daemon's longest step between polls here.
+    base.kafka
+        .options
+        .insert("max.poll.interval.ms".into(), "30000".into());
     // The four location+CDN incidents, and a CDN degrading at the three "IN/" locations,
     // which the partitioner spreads over partitions owned by different members.
     let mut sim = common::four_incident_config();

@@ -68,6 +68,10 @@ pub struct Finding {
     /// The client cohort (ASN, device) that carries most of the deviation, if one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort: Option<crate::window::cohort::Cohort>,
+    /// The window's measure of its design effect, from which the key learns its spread
+    /// (local: not part of summaries or alerts).
+    #[serde(skip)]
+    pub spread: Option<f64>,
 }
 
 impl Finding {
@@ -107,7 +111,12 @@ pub fn evaluate_with(
         if !t.enabled {
             continue;
         }
-        if let Some(o) = kind.test(w, reference, &t) {
+        let spread = if normal.spread > 0.0 {
+            normal.spread
+        } else {
+            kind.prior_spread().unwrap_or(1.0)
+        };
+        if let Some(o) = kind.test(w, reference, &t, spread) {
             out.push(Finding {
                 metric: m,
                 observed: o.observed,
@@ -118,6 +127,7 @@ pub fn evaluate_with(
                 eligible: o.eligible,
                 reference: against,
                 cohort: None,
+                spread: o.spread,
             });
         }
     }

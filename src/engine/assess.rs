@@ -18,6 +18,8 @@ pub(super) struct References<'a> {
     /// Per key and metric, the key's own level: where it has no benchmark, and for the
     /// metrics benchmarks do not carry (its usual report count, ...).
     pub levels: &'a HashMap<(Key, Metric), Baseline>,
+    /// Per key and metric, its learned design effect.
+    pub spreads: &'a HashMap<(Key, Metric), crate::metric::Spread>,
 }
 
 /// One window's keys (sorted) and the verdicts on them, each with the index of its key.
@@ -186,7 +188,14 @@ fn key_findings(
     refs: &References,
     detect_cfg: &DetectConfig,
 ) -> impl Iterator<Item = Finding> {
-    let normals = normals(refs, key, acc.joined > 0, |_| true);
+    let mut normals = normals(refs, key, acc.joined > 0, |_| true);
+    for m in Metric::all() {
+        if let (Some(prior), Some(s)) =
+            (m.kind().prior_spread(), refs.spreads.get(&(key.clone(), m)))
+        {
+            normals[m.index()].spread = s.value(prior);
+        }
+    }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = detect::evaluate_with(acc, &tune, &normals);
     if let Some(run) = run {
@@ -206,10 +215,8 @@ fn key_findings(
                 .baselines
                 .get(&(key.clone(), f.metric))
                 .is_some_and(Baseline::warm);
-        if !warm {
-            // Not yet known what is normal here: only a critical deviation counts.
-            f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
-        }
+        // Not yet known what is normal here: only a deviation beyond any offset counts.
+        f.eligible &= Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
     }
     out.into_iter()
 }

@@ -303,9 +303,8 @@ fn test_cdns(
                 || learned
                     .get(&(name(scope), f.metric))
                     .is_some_and(Baseline::warm);
-            if !warm {
-                f.eligible &= f.effect >= tune(f.metric).critical_relative_effect;
-            }
+            f.eligible &=
+                Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
             findings.push((scope.clone(), f));
         }
     }
@@ -314,8 +313,9 @@ fn test_cdns(
     let mut bad = Vec::new();
     for ((scope, finding), d) in findings.into_iter().zip(discovered) {
         let is_bad = d && finding.eligible;
-        if !is_bad && finding.metric.kind().learns_offset() {
-            let b = learned.entry((name(&scope), finding.metric)).or_default();
+        let key = (name(&scope), finding.metric);
+        if finding.metric.kind().learns_offset() && Baseline::teaches(learned.get(&key), is_bad) {
+            let b = learned.entry(key).or_default();
             // The expectation already includes the offset used: undo it.
             b.learn(finding.observed.ln() - finding.expected.ln() + b.offset, at);
         }

@@ -13,6 +13,7 @@ use crate::decode::Report;
 use crate::detect::DetectConfig;
 use crate::detect::{Baseline, Metric, Normals, Reference};
 use crate::incident::{Alert, Incidents};
+use crate::metric::Spread;
 use crate::table::Expected;
 use crate::time::Millis;
 use crate::window::{Acc, Closed, Key, Recorded, Windows};
@@ -30,6 +31,9 @@ pub(super) struct Part {
     /// them; [`Part::settle`] moves them into `levels`.
     #[serde(default, skip_serializing)]
     volumes: HashMap<Key, Baseline>,
+    /// Per key and metric whose test scales a variance, its learned design effect.
+    #[serde(default)]
+    spreads: HashMap<(Key, Metric), Spread>,
     /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
@@ -50,6 +54,7 @@ impl Part {
             baselines: HashMap::new(),
             levels: HashMap::new(),
             volumes: HashMap::new(),
+            spreads: HashMap::new(),
             suspects: HashSet::new(),
             runs: Runs::default(),
             incidents: Incidents::new(),
@@ -61,6 +66,7 @@ impl Part {
         References {
             baselines: &self.baselines,
             levels: &self.levels,
+            spreads: &self.spreads,
         }
     }
 
@@ -198,10 +204,20 @@ impl Part {
         }
         for (i, v) in verdicts {
             let m = v.finding.metric;
-            if v.bad || v.finding.reference != Reference::Benchmark || !m.kind().learns_offset() {
+            if let (false, Some(x), Some(prior)) =
+                (v.bad, v.finding.spread, m.kind().prior_spread())
+            {
+                let s = self.spreads.entry((keys[*i].0.clone(), m)).or_default();
+                s.learn(x, prior, at);
+            }
+            let key = (keys[*i].0.clone(), m);
+            if v.finding.reference != Reference::Benchmark
+                || !m.kind().learns_offset()
+                || !Baseline::teaches(self.baselines.get(&key), v.bad)
+            {
                 continue;
             }
-            let b = self.baselines.entry((keys[*i].0.clone(), m)).or_default();
+            let b = self.baselines.entry(key).or_default();
             // The finding's expectation already includes the offset used: undo it.
             let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
             b.learn(raw, at);
@@ -212,5 +228,6 @@ impl Part {
     pub(super) fn forget_before(&mut self, horizon: Millis) {
         self.baselines.retain(|_, b| b.last_seen >= horizon);
         self.levels.retain(|_, b| b.last_seen >= horizon);
+        self.spreads.retain(|_, s| s.last_seen >= horizon);
     }
 }

@@ -458,6 +458,7 @@ mod tests {
                 eligible: bad,
                 reference: Default::default(),
                 cohort: None,
+                spread: None,
             },
             bad,
             severity: if bad {

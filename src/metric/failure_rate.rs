@@ -63,7 +63,7 @@ impl Kind for FailureRate {
         (w.reports >= min_samples).then(|| rate(w))
     }
 
-    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome> {
+    fn test(&self, w: Window, reference: f64, t: &Tuning, _: f64) -> Option<Outcome> {
         if w.reports < t.min_samples {
             return None;
         }
@@ -83,6 +83,7 @@ impl Kind for FailureRate {
             p_value,
             effect,
             eligible: effect >= t.min_relative_effect && obs - p0 >= MIN_DELTA,
+            spread: None,
         })
     }
 

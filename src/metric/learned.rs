@@ -12,6 +12,12 @@ pub const BASELINE_WARMUP: u32 = 3;
 /// Largest offset learned: clients 3x worse (or better) than the probes is not "normal".
 const MAX_OFFSET: f64 = 1.0986; // ln 3
 
+/// Smallest relative effect that counts while a key has not learned its offset from the
+/// benchmark: beyond what any offset explains (3x, [`MAX_OFFSET`]) with room for one small
+/// window's noise. Clients on mobile and slow home networks commonly see half of what a
+/// CDN's probes measure; on a first start that is not an incident.
+pub const WARMUP_EFFECT: f64 = 3.0;
+
 /// What is normal for one key relative to its benchmark, learned from its clean windows (or,
 /// used as an own level, the key's own level).
 ///
@@ -37,6 +43,20 @@ impl Baseline {
         self.windows >= BASELINE_WARMUP
     }
 
+    /// Whether a finding of relative `effect` may be bad against a baseline `warm` or not
+    /// (`critical`: the metric's critical effect).
+    pub fn eligible(warm: bool, effect: f64, critical: f64) -> bool {
+        warm || effect >= critical.max(WARMUP_EFFECT)
+    }
+
+    /// Whether a window whose finding was `bad` teaches the offset: clean ones do, and every
+    /// window until the baseline is warm (what is normal for the key is not known yet, so
+    /// "bad" may be its normal; an incident already under way when the key is first seen is
+    /// learned as normal, and shows as a change when it ends).
+    pub fn teaches(baseline: Option<&Baseline>, bad: bool) -> bool {
+        !bad || !baseline.is_some_and(Baseline::warm)
+    }
+
     /// Whether it is warm enough to be a key's own level.
     pub fn warm_level(&self) -> bool {
         self.windows >= OWN_LEVEL_WARMUP
@@ -59,5 +79,95 @@ impl Baseline {
         self.offset += a * (x - self.offset);
         self.windows = self.windows.saturating_add(1);
         self.last_seen = at;
+    }
+}
+
+/// Clean windows a key's spread is learned over (an EWMA of about this many, a running mean
+/// before).
+const SPREAD_MEMORY: f64 = 40.0;
+/// Weight, in windows, of the metric's prior design effect in a key's spread.
+const SPREAD_PRIOR_WEIGHT: f64 = 5.0;
+/// One window's measure counts up to this many times the current spread (bounded influence: a
+/// window that is not bad enough to be flagged, early in an incident, cannot move it far).
+const SPREAD_CLIP: f64 = 6.0;
+/// E[min(χ²₁, 6)]: the clipped mean of an unclipped spread of 1.
+const SPREAD_CLIP_MEAN: f64 = 0.954;
+
+/// How much one key's window statistic of one metric varies beyond what its samples would
+/// give if they were independent: its design effect, learned from its own clean windows as the
+/// mean of z², z being the window's deviation from its reference in standard errors of
+/// independent samples (for report counts: the mean number of reports per session). A
+/// session reports several times a window and keeps its network, so a key whose viewers mix
+/// fast home, slow home and mobile networks varies far more than its report count says, and a
+/// key of steady viewers less. Shrunk towards the metric's prior while few windows back it;
+/// never below 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    /// Mean of the clipped measures, each divided by [`SPREAD_CLIP_MEAN`].
+    pub phi: f32,
+    pub windows: u16,
+    pub last_seen: Millis,
+}
+
+impl Spread {
+    /// Learns from one clean window whose measure of its design effect was `x` (z², or
+    /// reports per session).
+    pub fn learn(&mut self, x: f64, prior: f64, at: Millis) {
+        if !x.is_finite() {
+            return;
+        }
+        let x = x.min(SPREAD_CLIP * self.value(prior)) / SPREAD_CLIP_MEAN;
+        let a = 1.0 / (f64::from(self.windows) + 1.0).min(SPREAD_MEMORY);
+        let phi = f64::from(self.phi);
+        self.phi = (phi + a * (x - phi)) as f32;
+        self.windows = self.windows.saturating_add(1);
+        self.last_seen = at;
+    }
+
+    /// The design effect to test with.
+    pub fn value(&self, prior: f64) -> f64 {
+        let w = f64::from(self.windows).min(SPREAD_MEMORY);
+        ((SPREAD_PRIOR_WEIGHT * prior + w * f64::from(self.phi)) / (SPREAD_PRIOR_WEIGHT + w))
+            .max(1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Rng;
+
+    /// z of windows whose statistic varies `phi` times as much as independent samples say.
+    fn learned(phi: f64, windows: usize, prior: f64) -> f64 {
+        let mut rng = Rng::new(3);
+        let mut s = Spread::default();
+        for i in 0..windows {
+            s.learn(rng.normal().powi(2) * phi, prior, i as Millis);
+        }
+        s.value(prior)
+    }
+
+    #[test]
+    fn a_key_learns_its_own_design_effect() {
+        // Starts at the prior, moves to what the windows show, either way.
+        assert_eq!(Spread::default().value(3.0), 3.0);
+        let high = learned(12.0, 300, 3.0);
+        assert!((9.0..15.0).contains(&high), "{high}");
+        let low = learned(1.2, 300, 3.0);
+        assert!((1.0..2.0).contains(&low), "{low}");
+        assert!(
+            learned(0.2, 300, 3.0) >= 1.0,
+            "never below independent samples"
+        );
+        // One wild window moves it by a bounded amount.
+        let mut s = Spread::default();
+        for i in 0..100 {
+            s.learn(1.0, 1.0, i);
+        }
+        let before = s.value(1.0);
+        s.learn(1e6, 1.0, 100);
+        assert!(s.value(1.0) < before * 1.2, "{before} -> {}", s.value(1.0));
+        s.learn(f64::NAN, 1.0, 101);
+        assert!(s.value(1.0).is_finite());
     }
 }

@@ -3,7 +3,7 @@
 //! comparison), and a sign test so that a mean dragged by a few terrible sessions does not
 //! count as a broad degradation. One [`LogScale`] value per metric, in its own file.
 
-use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, t_p_value};
+use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, effective_n, t_p_value};
 use crate::decode::Report;
 use crate::table::Expected;
 
@@ -150,18 +150,14 @@ impl Kind for LogScale {
         (stats.n() >= self.min_samples(min_samples)).then(|| stats.mean_log())
     }
 
-    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome> {
+    fn test(&self, w: Window, reference: f64, t: &Tuning, spread: f64) -> Option<Outcome> {
         let stats = self.stats(w);
         if stats.n() < self.min_samples(t.min_samples) {
             return None;
         }
         let m = stats.mean_log();
-        let deff = if self.once_per_session {
-            1.0
-        } else {
-            DESIGN_EFFECT
-        };
-        let n_eff = (stats.n() as f64 / deff).max(2.0);
+        let n = stats.n() as f64;
+        let n_eff = effective_n(n, spread, w.sessions);
         let se = (stats.var_log() / n_eff).sqrt();
         let diff = if self.higher_is_worse {
             m - reference
@@ -169,6 +165,8 @@ impl Kind for LogScale {
             reference - m
         };
         let p_value = t_p_value(diff, se, n_eff - 1.0);
+        let se_independent = (stats.var_log() / n).sqrt();
+        let z2 = (se_independent > 0.0).then(|| (diff / se_independent).powi(2));
         // Under "as normal" about half the reports fall on the worse side of what is normal for
         // the key. A mean dragged down by a few terrible sessions leaves that share near half;
         // a real degradation moves most reports.
@@ -182,6 +180,7 @@ impl Kind for LogScale {
             p_value,
             effect,
             eligible: effect >= t.min_relative_effect && broad,
+            spread: z2,
         })
     }
 
@@ -196,6 +195,12 @@ impl Kind for LogScale {
 
     fn enabled_by_default(&self) -> bool {
         self.enabled_by_default
+    }
+
+    /// A session's reports repeat its network, so their design effect is learned per key;
+    /// session starts are one per session, independent (no design effect to learn).
+    fn prior_spread(&self) -> Option<f64> {
+        (!self.once_per_session).then_some(DESIGN_EFFECT)
     }
 
     fn benchmarked(&self) -> bool {

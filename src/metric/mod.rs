@@ -19,7 +19,7 @@ mod throughput;
 
 use std::sync::LazyLock;
 
-pub use learned::{BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP};
+pub use learned::{BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP, Spread, WARMUP_EFFECT};
 pub use log_scale::{LogScale, LogStats};
 
 use crate::decode::Report;
@@ -42,8 +42,10 @@ pub const MAX_METRICS: usize = 8;
 
 /// Reports are not independent: a player sends one every 10-30 s and its session's quality
 /// persists, so a 60 s window holds about three correlated reports per session. t-tests use
-/// n / DESIGN_EFFECT as their sample size (the standard error grows by its square root), which
+/// n / design effect as their sample size (the standard error grows by its square root), which
 /// keeps a handful of unlucky sessions on a small key from looking like hundreds of reports.
+/// This is the design effect a key starts with; each key then learns its own from its clean
+/// windows ([`Spread`]).
 pub const DESIGN_EFFECT: f64 = 3.0;
 
 /// One metric's behaviour. Its window state is a fixed number of `f64` slots (sums and counts
@@ -70,13 +72,19 @@ pub trait Kind: Sync {
     /// The window's own level on the test's scale, if it has enough samples for a key
     /// without a benchmark to learn from (`min_samples` as tuned).
     fn level(&self, w: Window, min_samples: u64) -> Option<f64>;
-    /// Tests the window against `reference` (the test's scale, offset included).
-    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome>;
+    /// Tests the window against `reference` (the test's scale, offset included), with
+    /// `spread` the design effect its variance is scaled by (see [`Kind::prior_spread`]).
+    fn test(&self, w: Window, reference: f64, t: &Tuning, spread: f64) -> Option<Outcome>;
     /// How a value reads, with its unit: `1.20 %`, `3500 kbps`.
     fn format(&self, v: f64) -> String;
     /// A finding in words: `rebuffering 3.1% vs 1.0% expected`.
     fn describe(&self, observed: f64, expected: f64) -> String;
 
+    /// The design effect its test assumes for a key that has not learned its own
+    /// ([`Spread`]); `None` for a test that does not scale a variance by one.
+    fn prior_spread(&self) -> Option<f64> {
+        None
+    }
     /// Off until the rules switch it on.
     fn enabled_by_default(&self) -> bool {
         true
@@ -153,6 +161,8 @@ pub trait Kind: Sync {
 pub struct Window<'a> {
     pub reports: u64,
     pub joined: u64,
+    /// Distinct sessions its reports came from, where counted ([`crate::window::sessions`]).
+    pub sessions: Option<f64>,
     pub s: &'a [f64],
 }
 
@@ -162,6 +172,9 @@ pub struct Window<'a> {
 pub struct Normal {
     pub offset: f64,
     pub own: Option<f64>,
+    /// The key's learned design effect for the metric; 0 where it has none (the metric's
+    /// [`Kind::prior_spread`] applies).
+    pub spread: f64,
 }
 
 /// [`Normal`] per metric, by [`Metric::index`].
@@ -189,6 +202,10 @@ pub struct Outcome {
     pub effect: f64,
     /// Passed the metric's sample, effect and robustness floors.
     pub eligible: bool,
+    /// This window's measure of its design effect, from which a key learns its [`Spread`]:
+    /// the squared deviation in standard errors of independent samples for a test of means,
+    /// reports per session for a count; `None` for tests without one.
+    pub spread: Option<f64>,
 }
 
 /// A metric: an index into the registry. Serialised as its name.
@@ -359,6 +376,14 @@ impl<'de> serde::Deserialize<'de> for Slots {
         }
         Ok(out)
     }
+}
+
+/// A window's effective sample size for a test of means: its `n` samples over the design
+/// effect `spread`, and never more than the sessions they came from (a session's reports
+/// repeat its network), at least 2.
+pub(crate) fn effective_n(n: f64, spread: f64, sessions: Option<f64>) -> f64 {
+    let by_spread = n / spread.max(1.0);
+    sessions.map_or(by_spread, |s| by_spread.min(s)).max(2.0)
 }
 
 /// Student's t upper tail, `P(T > t)`.

@@ -3,7 +3,7 @@
 //! inflates the variance instead of the mean), and the deviation must survive removing the
 //! worst report.
 
-use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, t_p_value};
+use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, effective_n, t_p_value};
 use crate::decode::Report;
 use crate::table::Expected;
 
@@ -85,7 +85,7 @@ impl Kind for RebufferRatio {
         (w.reports >= min_samples && w.s[D] > 0.0).then(|| ratio(w.s))
     }
 
-    fn test(&self, w: Window, reference: f64, t: &Tuning) -> Option<Outcome> {
+    fn test(&self, w: Window, reference: f64, t: &Tuning, spread: f64) -> Option<Outcome> {
         let s = w.s;
         if w.reports < t.min_samples || s[D] <= 0.0 {
             return None;
@@ -96,9 +96,11 @@ impl Kind for RebufferRatio {
         // Delta method: Var(R) ≈ s² / (n·mean_d²) with s² the variance of r_i - R·d_i.
         let s2 = ((s[RR] - 2.0 * r * s[RD] + r * r * s[DD]) / (n - 1.0)).max(0.0);
         let mean_d = s[D] / n;
-        let n_eff = (n / DESIGN_EFFECT).max(2.0);
+        let n_eff = effective_n(n, spread, w.sessions);
         let se = (s2 / n_eff).sqrt() / mean_d;
         let p_value = t_p_value(r - e, se, n_eff - 1.0);
+        let se_independent = (s2 / n).sqrt() / mean_d;
+        let z2 = (se_independent > 0.0).then(|| ((r - e) / se_independent).powi(2));
         let without_worst = if s[D] - s[MAX_R_D] > 0.0 {
             (s[R] - s[MAX_R]) / (s[D] - s[MAX_R_D])
         } else {
@@ -113,7 +115,12 @@ impl Kind for RebufferRatio {
             p_value,
             effect,
             eligible: effect >= min_eff && r - e >= MIN_DELTA && without_worst / e - 1.0 >= min_eff,
+            spread: z2,
         })
+    }
+
+    fn prior_spread(&self) -> Option<f64> {
+        Some(DESIGN_EFFECT)
     }
 
     fn format(&self, v: f64) -> String {

@@ -37,20 +37,27 @@ impl Kind for ReportVolume {
 
     /// The count must have at least halved: load curves and session churn move counts,
     /// outages cut them.
-    fn test(&self, w: Window, usual: f64, t: &Tuning) -> Option<Outcome> {
+    fn test(&self, w: Window, usual: f64, t: &Tuning, spread: f64) -> Option<Outcome> {
         if usual < MIN_USUAL_VOLUME {
             return None;
         }
         let observed = w.reports;
-        // Reports come in sessions (about DESIGN_EFFECT per window each), so counts vary more
-        // than a Poisson of reports: test the count of "session equivalents".
-        let p_value = match statrs::distribution::Poisson::new(usual / DESIGN_EFFECT) {
+        // Reports come in sessions (several per window each, as many as the player's report
+        // interval makes), so counts vary more than a Poisson of reports: test the count of
+        // "session equivalents", with the key's learned design effect.
+        let deff = spread.max(1.0);
+        let p_value = match statrs::distribution::Poisson::new(usual / deff) {
             Ok(d) => {
                 use statrs::distribution::DiscreteCDF;
-                d.cdf((observed as f64 / DESIGN_EFFECT).floor() as u64)
+                d.cdf((observed as f64 / deff).floor() as u64)
             }
             Err(_) => 1.0,
         };
+        // The design effect of a count is its reports per session.
+        let per_session = w
+            .sessions
+            .filter(|s| *s >= 1.0)
+            .map(|s| observed as f64 / s);
         let effect = usual / (observed.max(1) as f64) - 1.0;
         Some(Outcome {
             observed: observed as f64,
@@ -59,6 +66,7 @@ impl Kind for ReportVolume {
             p_value,
             effect,
             eligible: (observed as f64) <= 0.5 * usual && effect >= t.min_relative_effect,
+            spread: per_session,
         })
     }
 
@@ -72,6 +80,10 @@ impl Kind for ReportVolume {
 
     fn benchmarked(&self) -> bool {
         false
+    }
+
+    fn prior_spread(&self) -> Option<f64> {
+        Some(DESIGN_EFFECT)
     }
 
     /// Follows the count even through bad windows (slowly), so traffic steered away for good

@@ -4,8 +4,12 @@
 //! incidents of several kinds. Deterministic for a seed; emits events in event-time order.
 
 pub mod feed;
+mod labels;
+pub mod network;
 mod rng;
 
+pub use labels::{LabelledIncident, Labels};
+pub use network::Networks;
 pub use rng::Rng;
 
 use serde::{Deserialize, Serialize};
@@ -178,6 +182,8 @@ pub struct SimConfig {
     pub terrible_share: f64,
     /// Share of (location, cdn) keys whose CDN publishes no benchmark at all.
     pub unbenchmarked_share: f64,
+    /// How sessions' networks differ ([`network`]).
+    pub networks: Networks,
     pub incidents: Vec<Injected>,
 }
 
@@ -195,6 +201,7 @@ impl SimConfig {
             benchmark_interval: 300_000,
             terrible_share: 0.01,
             unbenchmarked_share: 0.0,
+            networks: Networks::Even,
             incidents: Vec::new(),
         }
     }
@@ -297,6 +304,8 @@ struct Session {
     /// Multiplier on the key's throughput: heavy-tailed across sessions.
     quality: f64,
     terrible: bool,
+    /// Its network class ([`network::CLASSES`]) with [`Networks::Classes`].
+    class: Option<u8>,
     /// Offset of this session's reports inside each interval.
     phase: Millis,
     started: bool,
@@ -412,17 +421,25 @@ impl Simulator {
         let id = self.next_session;
         self.next_session += 1;
         let terrible = self.rng.chance(self.cfg.terrible_share);
+        let class =
+            (self.cfg.networks == Networks::Classes).then(|| network::pick(&mut self.rng, loc));
+        let sigma = class.map_or(0.35, |c| network::CLASSES[c as usize].session_sigma);
         Session {
             id,
             loc,
             cdn,
             asn: network(loc, self.rng.below(NETWORKS_PER_LOCATION as u64) as u32),
             device: self.rng.below(DEVICES.len() as u64) as usize,
-            quality: self.rng.lognormal(0.0, 0.35),
+            quality: self.rng.lognormal(0.0, sigma),
             terrible,
+            class,
             phase: self.rng.below(self.cfg.report_interval as u64) as Millis,
             started: false,
-            remaining: 1 + self.rng.exponential(30.0) as u32,
+            // Ten minutes on average, whatever the report interval.
+            remaining: 1 + self
+                .rng
+                .exponential(600_000.0 / self.cfg.report_interval.max(1) as f64)
+                as u32,
         }
     }
 
@@ -449,10 +466,19 @@ impl Simulator {
         let interval = self.cfg.report_interval as f64;
         let s = &self.sessions[i];
         let (loc, cdn, terrible, quality) = (s.loc, s.cdn, s.terrible, s.quality);
+        let class = s.class.map(|c| network::CLASSES[c as usize]);
         let q = self.quality[loc][cdn];
-        let (tp_x, stall_x, startup_x, err_override) = self.effects(loc, cdn, s.asn, ts);
+        let (tp_x, mut stall_x, mut startup_x, err_override) = self.effects(loc, cdn, s.asn, ts);
         let net = if terrible { 0.12 } else { 1.0 };
-        let throughput = q.throughput_kbps * quality * net * tp_x * self.rng.lognormal(0.0, 0.15);
+        let spread = match &class {
+            Some(c) => {
+                stall_x *= c.stalls;
+                startup_x *= c.startup;
+                c.throughput * network::report_throughput(&mut self.rng, c)
+            }
+            None => self.rng.lognormal(0.0, 0.15),
+        };
+        let throughput = q.throughput_kbps * quality * net * tp_x * spread;
         let stall_prob = (q.stall_prob * stall_x * if terrible { 12.0 } else { 1.0 }).min(0.95);
         let mut rebuffer = if self.rng.chance(stall_prob) {
             self.rng
@@ -464,7 +490,7 @@ impl Simulator {
         let err_rate = if err_override > 0.0 {
             err_override
         } else {
-            q.error_rate
+            q.error_rate * class.map_or(1.0, |c| c.failures)
         };
         let failed = self
             .rng
@@ -511,8 +537,16 @@ impl Simulator {
                 // Probes see the key's normal quality a little better than clients do.
                 // Terrible home networks stall 12x as often and 4x as long: part of normal.
                 let terrible = 1.0 + self.cfg.terrible_share * 47.0;
-                let stall_ratio =
-                    q.stall_prob * q.stall_mean_ms * terrible / self.cfg.report_interval as f64;
+                // Rates are calibrated on the location's clients: its mix of networks.
+                let (stalls, failures) = match self.cfg.networks {
+                    Networks::Even => (1.0, 1.0),
+                    Networks::Classes => (
+                        network::mean_at(l, |c| c.stalls),
+                        network::mean_at(l, |c| c.failures),
+                    ),
+                };
+                let stall_ratio = q.stall_prob * q.stall_mean_ms * terrible * stalls
+                    / self.cfg.report_interval as f64;
                 let b = Benchmark {
                     ts: ts + self.rng.below(5_000) as Millis,
                     location: self.locations[l].clone(),
@@ -520,7 +554,7 @@ impl Simulator {
                     throughput_kbps: Some((q.throughput_kbps / off * noise(&mut self.rng)).round()),
                     rebuffer_ratio: Some(stall_ratio * off * noise(&mut self.rng)),
                     startup_ms: Some((q.startup_ms * off * noise(&mut self.rng)).round()),
-                    error_rate: Some(q.error_rate * off * noise(&mut self.rng)),
+                    error_rate: Some(q.error_rate * failures * off * noise(&mut self.rng)),
                 };
                 self.buffer.push_back(Event::Benchmark(b));
             }
@@ -576,39 +610,6 @@ impl Iterator for Simulator {
                 return None;
             }
             self.step();
-        }
-    }
-}
-
-/// Labels of a simulated run, for scoring a backtest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Labels {
-    pub window_ms: Millis,
-    pub incidents: Vec<LabelledIncident>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabelledIncident {
-    #[serde(flatten)]
-    pub injected: Injected,
-    /// Scopes the detector should raise.
-    pub scopes: Vec<Scope>,
-    pub metrics: Vec<String>,
-}
-
-impl Labels {
-    pub fn of(sim: &Simulator, window_ms: Millis) -> Self {
-        Labels {
-            window_ms,
-            incidents: sim
-                .incidents()
-                .iter()
-                .map(|i| LabelledIncident {
-                    injected: i.clone(),
-                    scopes: i.scopes(sim.locations()),
-                    metrics: i.kind.metrics().iter().map(|m| m.to_string()).collect(),
-                })
-                .collect(),
         }
     }
 }

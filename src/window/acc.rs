@@ -3,6 +3,7 @@
 //! What each metric keeps is its own business ([`crate::metric`]).
 
 use super::cohort::Cohorts;
+use super::sessions::Sessions;
 use crate::decode::Report;
 use crate::metric::{Metric, Normals, Slots, Window};
 use crate::table::Expected;
@@ -16,6 +17,9 @@ pub struct Acc {
     pub joined: u64,
     /// Every metric's sums.
     pub metrics: Slots,
+    /// The sessions its reports came from.
+    #[serde(default)]
+    pub sessions: Sessions,
     /// Per-cohort sums for the drill-down, only for keys under suspicion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohorts: Option<Box<Cohorts>>,
@@ -30,6 +34,7 @@ impl Acc {
     /// Like [`Acc::add`], with what is normal for the key, for the sign tests.
     pub fn add_with(&mut self, r: &Report, expected: Option<&Expected>, normals: &Normals) {
         self.reports += 1;
+        self.sessions.add(&r.session_id);
         if expected.is_some() {
             self.joined += 1;
         }
@@ -51,6 +56,7 @@ impl Acc {
     pub fn merge_sums(&mut self, o: &Acc) {
         self.reports += o.reports;
         self.joined += o.joined;
+        self.sessions.merge(&o.sessions);
         self.metrics.merge(&o.metrics);
     }
 
@@ -59,6 +65,7 @@ impl Acc {
         Window {
             reports: self.reports,
             joined: self.joined,
+            sessions: self.sessions.estimate(self.reports),
             s: self.metrics.of(m),
         }
     }
@@ -79,6 +86,8 @@ enum AccRepr {
         joined: u64,
         metrics: Slots,
         #[serde(default)]
+        sessions: Sessions,
+        #[serde(default)]
         cohorts: Option<Box<Cohorts>>,
     },
     Named(super::legacy::NamedAcc),
@@ -91,11 +100,13 @@ impl From<AccRepr> for Acc {
                 reports,
                 joined,
                 metrics,
+                sessions,
                 cohorts,
             } => Acc {
                 reports,
                 joined,
                 metrics,
+                sessions,
                 cohorts,
             },
             AccRepr::Named(n) => n.into(),

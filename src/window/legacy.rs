@@ -93,6 +93,7 @@ impl From<NamedAcc> for Acc {
             reports: a.reports,
             joined: a.joined,
             metrics: m,
+            sessions: Default::default(),
             cohorts: None,
         }
     }

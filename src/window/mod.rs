@@ -8,6 +8,7 @@ mod acc;
 pub mod cohort;
 mod config;
 mod legacy;
+pub mod sessions;
 
 pub use acc::Acc;
 pub use config::WindowConfig;

@@ -152,6 +152,40 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
     );
 }
 
+/// Mobile and slow home networks commonly see half of what a CDN's probes measure: from a
+/// key's first window its clients are at 43 % of the benchmark, a critical deviation for a key
+/// that knew its offset. Not yet knowing it, the key learns it instead of paging (before, it
+/// paged in its second window and stayed firing, never learning from its "bad" windows); a
+/// later drop to a third of that is an incident.
+#[test]
+fn clients_far_below_the_probes_from_the_first_report_are_learned_not_paged() {
+    let mut e = Engine::new(Settings::default());
+    let row = Expected {
+        throughput_kbps: Some(5_000.0),
+        ..Default::default()
+    };
+    e.on_benchmark("L", "c", 0, Some(row));
+    let mut alerts = Vec::new();
+    let mut i = 0;
+    for w in 0..30 {
+        let level = if w < 20 { 1_800.0 } else { 600.0 };
+        for n in 0..90 {
+            i += 1;
+            let mut r = report("L", "c", w * W + n * 600, i, false);
+            r.throughput_kbps = Some(level * (1.0 + ((i * 37) % 11) as f64 * 0.04));
+            e.on_report(&r, None);
+        }
+        alerts.extend(e.close_ready());
+    }
+    let firing: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect();
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    assert_eq!(firing[0].metric, Metric::THROUGHPUT_KBPS);
+    assert_eq!(firing[0].started_at, 20 * W, "fires on the drop only");
+}
+
 #[test]
 fn a_key_without_benchmark_is_watched_against_its_own_level() {
     let mut e = Engine::new(Settings::default());

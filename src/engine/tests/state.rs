@@ -75,7 +75,7 @@ fn a_restored_snapshot_continues_exactly_like_the_original() {
 /// report counts apart from the other levels) restores, and the engine then carries on as
 /// one that ran through: the same alerts, the same counters. The fixture is the first half
 /// of the run below, snapshotted by that earlier version, which tested each window alone
-/// (`run_windows = 1` here).
+/// (`run_windows = 1` here). Keys learn their spreads anew.
 #[test]
 fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     let old: &[u8] = include_bytes!("../../../tests/data/state/engine-before-metric-files.cbor");
@@ -95,9 +95,25 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
             b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
         }
     }
-    assert_eq!(a.counters(), b.counters());
-    let (rest_a, rest_b) = finish_both(&mut a, &mut b, &events[cut..]);
+    // Detection has changed since (learned spreads, the warm-up floor), which may move a
+    // borderline window's discovery, never an alert here; and that state holds no learned
+    // spreads, so its keys start again from the prior design effect.
+    let same = |a: &Engine, b: &Engine| {
+        let (mut ca, mut cb) = (a.counters(), b.counters());
+        assert!(
+            ca.discoveries.abs_diff(cb.discoveries) * 20 <= ca.discoveries,
+            "{ca:?} {cb:?}"
+        );
+        (ca.discoveries, cb.discoveries) = (0, 0);
+        assert_eq!(ca, cb);
+    };
+    same(&a, &b);
+    let (mut rest_a, mut rest_b) = finish_both(&mut a, &mut b, &events[cut..]);
     assert!(!rest_a.is_empty(), "incidents after the cut");
+    // The same alerts; their p-values differ while the restored keys relearn their spreads.
+    for alert in rest_a.iter_mut().chain(rest_b.iter_mut()) {
+        alert.p_value = None;
+    }
     assert_eq!(rest_a, rest_b);
-    assert_eq!(a.counters(), b.counters());
+    same(&a, &b);
 }
