@@ -10,7 +10,13 @@ use crate::decode::DecodeError;
 use crate::engine::{Counters, Quality};
 
 /// The loops that retry until they succeed, as `qos_sentinel_retries_total` labels them.
-pub const RETRY_LOOPS: [&str; 4] = ["checkpoint", "changelog", "outbox", "alerts_produce"];
+pub const RETRY_LOOPS: [&str; 5] = [
+    "checkpoint",
+    "changelog",
+    "outbox",
+    "alerts_produce",
+    "group_join",
+];
 
 pub struct Metrics {
     pub registry: Registry,

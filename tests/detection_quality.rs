@@ -42,7 +42,7 @@ fn every_injected_incident_is_caught_among_mixed_networks() {
     }
     // Players reporting every 6 s: ten reports per session a window, so report counts swing
     // as sessions come and go. With the design effect of counts fixed at 3 (not measured as
-    // reports per session) four keys paged `reports_below_usual` here, e.g. `cdn-b at
+    // reports per session) three keys paged `reports_below_usual` here, e.g. `cdn-b at
     // JP/13/Tokyo: 103 reports in the window vs 221 usual`. Seed 1 misses the startup
     // regression at US/NY/NewYork (a start every few windows there; README).
     for (seed, recall) in [(1, 0.8), (2, 1.0)] {

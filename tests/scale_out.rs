@@ -26,12 +26,19 @@ fn settled(cfg: &Config, at_least: usize) -> Vec<Alert> {
     common::settled(cfg, at_least, Duration::from_secs(8))
 }
 
+/// A member's log as printed on failure: the daemon's lines, librdkafka's warnings and
+/// errors, and its last 80 group-protocol debug lines (`debug=cgrp`): they tell why a
+/// rebalance stalled.
 fn log_text(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let debug: Vec<&str> = text
         .lines()
-        // librdkafka's own warnings and errors stay: they tell why a rebalance stalled.
+        .filter(|l| l.contains("librdkafka") && l.contains("DEBUG"))
+        .collect();
+    let tail = &debug[debug.len().saturating_sub(80)..];
+    text.lines()
         .filter(|l| !l.contains("librdkafka") || l.contains("WARN") || l.contains("ERROR"))
+        .chain(tail.iter().copied())
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -64,7 +71,7 @@ async fn group_run(
     let spawn = |i: usize| {
         common::Killed(common::spawn_daemon(
             &paths[i],
-            &[("RUST_LOG", "info")],
+            &[("RUST_LOG", "info,librdkafka=debug")],
             &logs[i],
         ))
     };
@@ -107,13 +114,16 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     // member's partitions then overlap another's); it is stable from 6 s.
     base.kafka.session_timeout = Duration::from_secs(6);
     // A group's JoinGroup round lasts at most the rebalance timeout (`max.poll.interval.ms`,
-    // 300 s by default). Once of about seven runs, after a kill, tansu held the survivor's
-    // rejoin that long (it logged "Partition revoked" and got no assignment until the test gave
-    // up at 300 s); a real broker expires the dead member after its session. 30 s bounds that
-    // wait and stays far above the daemon's longest step between polls here.
+    // 300 s by default). Once of about seven runs, after a kill, the survivor logged
+    // "Partition revoked" and got no assignment until the test gave up at 300 s. 30 s bounds
+    // a join held by the coordinator and stays far above the daemon's longest step between
+    // polls here.
     base.kafka
         .options
         .insert("max.poll.interval.ms".into(), "30000".into());
+    // It still happened with that (the survivor revoked, then nothing for minutes): the
+    // group protocol's debug lines go to the members' logs, printed on failure.
+    base.kafka.options.insert("debug".into(), "cgrp".into());
     // The four location+CDN incidents, and a CDN degrading at the three "IN/" locations,
     // which the partitioner spreads over partitions owned by different members.
     let mut sim = common::four_incident_config();

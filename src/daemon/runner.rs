@@ -26,6 +26,9 @@ use crate::engine::Engine;
 use crate::http::Readiness;
 use crate::kafka;
 use crate::metrics::Metrics;
+
+/// Shortest unsettled time before a member rejoins its group (see [`Runner::watch_group`]).
+const REJOIN_AFTER_AT_LEAST: Duration = Duration::from_secs(30);
 use crate::source::{DeadLetter, DeadLetters};
 use crate::table::store::TableStore;
 use crate::time::Millis;
@@ -182,10 +185,37 @@ impl Runner {
             error!(error = %e, "Cannot queue repeats in the outbox.");
         }
         self.pos.store(consumer, &self.cfg.kafka.reports_topic);
+        self.watch_group(consumer);
         publish_gauges(&self.metrics, &self.engine, &self.outputs.live);
         if self.last_probe.elapsed() >= PROBE_EVERY {
             self.last_probe = Instant::now();
             self.probe(consumer);
+        }
+    }
+
+    /// A member whose join has not settled for four sessions (30 s at least) leaves the group
+    /// and joins again as a new member: a coordinator that lost it (UNKNOWN_MEMBER_ID) or holds
+    /// its join round would otherwise leave its partitions unread for good. Counted in
+    /// `retries_total{loop="group_join"}`, logged at each rejoin.
+    fn watch_group(&mut self, consumer: &kafka::ReportsConsumer) {
+        let after = (self.cfg.kafka.session_timeout * 4).max(REJOIN_AFTER_AT_LEAST);
+        let Some((unsettled, join_state)) = consumer.context().unsettled() else {
+            return;
+        };
+        if unsettled < after {
+            return;
+        }
+        warn!(
+            join_state,
+            seconds = unsettled.as_secs(),
+            "The consumer group has not settled: leaving it and joining again as a new member."
+        );
+        self.metrics
+            .retries
+            .with_label_values(&["group_join"])
+            .inc();
+        if let Err(e) = kafka::rejoin(consumer, &self.cfg.kafka.reports_topic) {
+            error!(error = %e, "Cannot subscribe to the reports topic again.");
         }
     }
 

@@ -71,9 +71,19 @@ pub fn reports_consumer(k: &KafkaConfig) -> Result<ReportsConsumer, KafkaError> 
             "heartbeat.interval.ms",
             (k.session_timeout.as_millis() / 3).max(100).to_string(),
         )
+        // The group's join state, for the daemon's watchdog (see `ReportsContext::unsettled`).
+        .set("statistics.interval.ms", "5000")
         .create_with_context(ReportsContext::default())?;
     consumer.subscribe(&[&k.reports_topic])?;
     Ok(consumer)
+}
+
+/// Leaves the group and joins it again as a new member: for a member whose join has not
+/// settled for long (a coordinator that lost it, or holds its join).
+pub fn rejoin(consumer: &ReportsConsumer, topic: &str) -> Result<(), KafkaError> {
+    consumer.unsubscribe();
+    consumer.context().settled_now();
+    consumer.subscribe(&[topic])
 }
 
 /// Reads the summaries topic (one partition) from `next`, outside the consumer group:
@@ -192,9 +202,20 @@ pub fn partition_count(
 /// Notes that partitions were revoked, as it happens: inside the consumer's poll, before the
 /// poll hands out anything else, so the daemon stops deciding for a partition the moment it
 /// has moved away (its next owner takes it over from the changelog).
+///
+/// It also follows the group's join state from librdkafka's statistics.
 #[derive(Default)]
 pub struct ReportsContext {
     revoked: AtomicBool,
+    group: std::sync::Mutex<GroupState>,
+}
+
+/// The consumer's join state as its last statistics gave it.
+#[derive(Default)]
+struct GroupState {
+    join_state: String,
+    /// Since when it has not been `steady` (a member in the group with its assignment).
+    unsettled_since: Option<std::time::Instant>,
 }
 
 impl ReportsContext {
@@ -202,11 +223,39 @@ impl ReportsContext {
     pub fn take_revoked(&self) -> bool {
         self.revoked.load(Ordering::Relaxed) && self.revoked.swap(false, Ordering::AcqRel)
     }
+
+    /// How long the consumer has been in the group's join protocol without settling, and
+    /// its join state (`wait-join`, `wait-sync`, ...); `None` while it is settled. A member
+    /// with no partitions (more members than partitions) is settled too.
+    pub fn unsettled(&self) -> Option<(Duration, String)> {
+        let g = self.group.lock().ok()?;
+        g.unsettled_since
+            .map(|since| (since.elapsed(), g.join_state.clone()))
+    }
+
+    /// Starts the unsettled clock anew (after a rejoin).
+    fn settled_now(&self) {
+        if let Ok(mut g) = self.group.lock() {
+            g.unsettled_since = None;
+        }
+    }
 }
 
 impl ClientContext for ReportsContext {
     fn error(&self, error: KafkaError, reason: &str) {
         log_client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let (Some(cg), Ok(mut g)) = (statistics.cgrp, self.group.lock()) else {
+            return;
+        };
+        if cg.join_state == "steady" {
+            g.unsettled_since = None;
+        } else if g.unsettled_since.is_none() {
+            g.unsettled_since = Some(std::time::Instant::now());
+        }
+        g.join_state = cg.join_state;
     }
 }
 

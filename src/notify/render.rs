@@ -77,6 +77,22 @@ fn where_(a: &Alert) -> String {
     }
 }
 
+/// Text from data (locations, CDNs, devices, summaries) as Slack mrkdwn shows it literally:
+/// `&`, `<` and `>` escaped as Slack asks, so that a location named `<!channel>` mentions no
+/// one and `<https://x|Grafana>` is no link.
+fn mrkdwn(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn colour(a: &Alert) -> &'static str {
     match (a.status, a.severity) {
         (Status::Resolved, _) => "#2eb67d",
@@ -102,8 +118,8 @@ fn headline(a: &Alert) -> String {
 /// alerts that changed together.
 pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
     let text = match alerts {
-        [one] => headline(one),
-        [first, rest @ ..] => format!("{} (+{} more)", headline(first), rest.len()),
+        [one] => mrkdwn(&headline(one)),
+        [first, rest @ ..] => format!("{} (+{} more)", mrkdwn(&headline(first)), rest.len()),
         [] => String::new(),
     };
     let attachments: Vec<Value> = alerts
@@ -119,7 +135,7 @@ pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
             let indent = if a.parent_id.is_some() { "↳ " } else { "" };
             let mut blocks = vec![
                 json!({"type": "section", "text": {"type": "mrkdwn", "text":
-                    format!("{indent}*{}*\n{}", headline(a), a.summary)}}),
+                    format!("{indent}*{}*\n{}", mrkdwn(&headline(a)), mrkdwn(&a.summary))}}),
                 json!({"type": "section", "fields": [
                     {"type": "mrkdwn", "text": format!("*Observed*\n{}", format_value(a.metric, a.observed))},
                     {"type": "mrkdwn", "text": format!("*Expected*\n{expected}")},
@@ -128,14 +144,14 @@ pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
                 ]}),
                 json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
                     "incident `{}` · metric `{}` · window {} – {}{}",
-                    a.id, a.metric.as_str(), format_ms(a.window_start), format_ms(a.window_end),
+                    mrkdwn(&a.id), a.metric.as_str(), format_ms(a.window_start), format_ms(a.window_end),
                     a.p_value.map(|p| format!(" · p = {p:.1e}")).unwrap_or_default())}]}),
             ];
             if let Some(t) = link_template {
                 blocks.push(json!({"type": "actions", "elements": [{"type": "button",
                     "text": {"type": "plain_text", "text": "Open dashboard"}, "url": link(t, a)}]}));
             }
-            json!({"color": colour(a), "fallback": headline(a), "blocks": blocks})
+            json!({"color": colour(a), "fallback": mrkdwn(&headline(a)), "blocks": blocks})
         })
         .collect();
     json!({"text": text, "attachments": attachments})
@@ -323,6 +339,26 @@ pub(crate) mod tests {
         ];
         for (key, ts, b, at) in tampered {
             assert!(!verify(key, ts, &sig, b, at, 300), "{ts} {at}");
+        }
+    }
+
+    /// Location, CDN and summary come from report payloads: in mrkdwn they stay text.
+    #[test]
+    fn slack_text_from_data_is_escaped() {
+        let mut a = alert(Status::Firing);
+        a.scope.location = Some("<!channel>".into());
+        a.scope.cdn = Some("a&b".into());
+        a.summary = "device <https://evil.example|Grafana> carries 80% of it".into();
+        let m = slack(&[a], None).to_string();
+        for raw in ["<!channel>", "<https://evil", "a&b"] {
+            assert!(!m.contains(raw), "{raw} unescaped in {m}");
+        }
+        for escaped in [
+            "&lt;!channel&gt;",
+            "&lt;https://evil.example|Grafana&gt;",
+            "a&amp;b",
+        ] {
+            assert!(m.contains(escaped), "{escaped} missing in {m}");
         }
     }
 
