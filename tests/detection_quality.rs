@@ -9,6 +9,14 @@ use qos_sentinel::sim::{Labels, Networks, SimConfig, Simulator};
 
 const EVENING: i64 = 1_767_286_800_000; // 2026-01-01T17:00:00Z
 
+fn nothing_fired(alerts: &[qos_sentinel::incident::Alert]) {
+    let lines: Vec<_> = alerts
+        .iter()
+        .map(qos_sentinel::notify::render_line)
+        .collect();
+    assert!(lines.is_empty(), "{lines:#?}");
+}
+
 #[test]
 fn every_injected_incident_is_caught_without_false_alarms() {
     let cfg = Config::default();
@@ -75,12 +83,7 @@ fn small_keys_of_mixed_networks_raise_nothing_on_a_quiet_night() {
     sc.report_interval = 6_000;
     let summary = run_stream(&cfg, Simulator::new(sc));
     assert!(summary.counters.tests > 4_000, "{:?}", summary.counters);
-    let firing: Vec<_> = summary
-        .alerts
-        .iter()
-        .map(qos_sentinel::notify::render_line)
-        .collect();
-    assert!(firing.is_empty(), "{firing:#?}");
+    nothing_fired(&summary.alerts);
 }
 
 #[test]
@@ -99,12 +102,7 @@ fn quiet_traffic_over_many_keys_raises_nothing() {
         "{:?}",
         summary.counters
     );
-    let firing: Vec<_> = summary
-        .alerts
-        .iter()
-        .map(qos_sentinel::notify::render_line)
-        .collect();
-    assert!(firing.is_empty(), "{firing:#?}");
+    nothing_fired(&summary.alerts);
 }
 
 #[test]

@@ -119,8 +119,9 @@ fn one_bad_key_gets_no_parent() {
     );
 }
 
-#[test]
-fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
+/// One key against a 5,000 kbps throughput benchmark, 90 reports a window whose throughput
+/// is `level(window)` give or take 20 %; its alerts.
+fn against_throughput_benchmark(windows: i64, level: impl Fn(i64) -> f64) -> Vec<Alert> {
     let mut e = Engine::new(Settings::default());
     let row = Expected {
         throughput_kbps: Some(5_000.0),
@@ -129,18 +130,23 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
     e.on_benchmark("L", "c", 0, Some(row));
     let mut alerts = Vec::new();
     let mut i = 0;
-    for w in 0..20 {
-        // Clients see 40 % less than the probes (last mile) for 12 windows, then a real
-        // drop to a third of that.
-        let level = if w < 12 { 3_000.0 } else { 1_000.0 };
+    for w in 0..windows {
         for n in 0..90 {
             i += 1;
             let mut r = report("L", "c", w * W + n * 600, i, false);
-            r.throughput_kbps = Some(level * (1.0 + ((i * 37) % 11) as f64 * 0.04));
+            r.throughput_kbps = Some(level(w) * (1.0 + ((i * 37) % 11) as f64 * 0.04));
             e.on_report(&r, None);
         }
         alerts.extend(e.close_ready());
     }
+    alerts
+}
+
+#[test]
+fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
+    // Clients see 40 % less than the probes (last mile) for 12 windows, then a real drop to a
+    // third of that.
+    let alerts = against_throughput_benchmark(20, |w| if w < 12 { 3_000.0 } else { 1_000.0 });
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert_eq!(a.metric, Metric::THROUGHPUT_KBPS);
@@ -159,24 +165,7 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
 /// later drop to a third of that is an incident.
 #[test]
 fn clients_far_below_the_probes_from_the_first_report_are_learned_not_paged() {
-    let mut e = Engine::new(Settings::default());
-    let row = Expected {
-        throughput_kbps: Some(5_000.0),
-        ..Default::default()
-    };
-    e.on_benchmark("L", "c", 0, Some(row));
-    let mut alerts = Vec::new();
-    let mut i = 0;
-    for w in 0..30 {
-        let level = if w < 20 { 1_800.0 } else { 600.0 };
-        for n in 0..90 {
-            i += 1;
-            let mut r = report("L", "c", w * W + n * 600, i, false);
-            r.throughput_kbps = Some(level * (1.0 + ((i * 37) % 11) as f64 * 0.04));
-            e.on_report(&r, None);
-        }
-        alerts.extend(e.close_ready());
-    }
+    let alerts = against_throughput_benchmark(30, |w| if w < 20 { 1_800.0 } else { 600.0 });
     let firing: Vec<_> = alerts
         .iter()
         .filter(|a| a.status == Status::Firing)
