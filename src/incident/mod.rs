@@ -441,6 +441,15 @@ fn parent_of(
     })
 }
 
+/// The firing alerts among `alerts` (for tests that expect a given number of them).
+#[cfg(test)]
+pub(crate) fn firing(alerts: &[Alert]) -> Vec<&Alert> {
+    alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,10 +66,7 @@ mod tests {
             },
         );
         let alerts = run(&on);
-        let firing: Vec<_> = alerts
-            .iter()
-            .filter(|a| a.status == Status::Firing)
-            .collect();
+        let firing = crate::incident::firing(&alerts);
         assert_eq!(firing.len(), 1, "{alerts:#?}");
         let a = firing[0];
         assert_eq!(

@@ -166,10 +166,7 @@ fn a_stable_offset_from_the_benchmark_is_learned_not_paged() {
 #[test]
 fn clients_far_below_the_probes_from_the_first_report_are_learned_not_paged() {
     let alerts = against_throughput_benchmark(30, |w| if w < 20 { 1_800.0 } else { 600.0 });
-    let firing: Vec<_> = alerts
-        .iter()
-        .filter(|a| a.status == Status::Firing)
-        .collect();
+    let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     assert_eq!(firing[0].metric, Metric::THROUGHPUT_KBPS);
     assert_eq!(firing[0].started_at, 20 * W, "fires on the drop only");
@@ -269,10 +266,7 @@ fn few_starts(cfg: &Settings, regress: bool) -> Vec<Alert> {
 fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows() {
     let cfg = Settings::default();
     let alerts = few_starts(&cfg, true);
-    let firing: Vec<_> = alerts
-        .iter()
-        .filter(|a| a.status == Status::Firing)
-        .collect();
+    let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     assert_eq!(firing[0].metric, Metric::STARTUP_MS);
     assert!(firing[0].samples >= 10, "{:#?}", firing[0]);
@@ -330,10 +324,7 @@ fn cities(country: &str, n: usize) -> Vec<String> {
 fn a_cdn_degrading_over_keys_each_too_small_to_test_is_one_cdn_wide_incident() {
     let locs = cities("IN", 8);
     let alerts = small_keys(&locs, |_| true);
-    let firing: Vec<_> = alerts
-        .iter()
-        .filter(|a| a.status == Status::Firing)
-        .collect();
+    let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     let a = firing[0];
     assert_eq!(
@@ -357,10 +348,7 @@ fn a_cdn_degrading_in_one_region_over_small_keys_is_one_incident_of_that_region(
         locs.extend(cities(country, 8));
     }
     let alerts = small_keys(&locs, |l| l.starts_with("IN/"));
-    let firing: Vec<_> = alerts
-        .iter()
-        .filter(|a| a.status == Status::Firing)
-        .collect();
+    let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     let a = firing[0];
     assert_eq!(a.scope, Scope::cdn_under("IN", "cdn-a"), "{a:#?}");
