@@ -1,5 +1,6 @@
 //! The hot path with a realistic report mix (from the simulator): decode, as-of join plus
-//! window update, and window close plus detection.
+//! window update (on a fresh engine, and on one that has learned its keys' references over
+//! ten closed windows, as a running daemon has), and window close plus detection.
 //! `cargo bench --bench hot_path`; CI runs it in smoke mode (`cargo bench -- --test`).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -35,6 +36,15 @@ fn engine_with(benchmarks: &[qos_sentinel::decode::Benchmark]) -> Engine {
     e
 }
 
+/// The measured reports, in a function of its own: `valgrind --tool=callgrind
+/// --toggle-collect='*hot_path*measured*'` counts its instructions alone (BENCHMARKS.md).
+#[inline(never)]
+fn measured(e: &mut Engine, reports: &[Report<'static>]) {
+    for r in reports {
+        e.on_report(r, None);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let (reports, benchmarks) = traffic(3);
     let encoded: Vec<Vec<u8>> = reports
@@ -56,14 +66,40 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || engine_with(&benchmarks),
             |mut e| {
-                for r in &reports {
-                    e.on_report(r, None);
-                }
+                measured(&mut e, &reports);
                 e
             },
             BatchSize::LargeInput,
         )
     });
+    let (history, _) = traffic(13);
+    let (warm, next): (Vec<_>, Vec<_>) = history
+        .into_iter()
+        .partition(|r| r.ts < START + 10 * 60_000);
+    g.throughput(Throughput::Elements(next.len() as u64));
+    g.bench_function("join_and_window_update_learned", |b| {
+        b.iter_batched(
+            || {
+                let mut e = engine_with(&benchmarks);
+                let mut minute = START;
+                for r in &warm {
+                    if r.ts >= minute + 60_000 {
+                        e.close_until(minute);
+                        minute += 60_000;
+                    }
+                    e.on_report(r, None);
+                }
+                e.close_until(START + 10 * 60_000);
+                e
+            },
+            |mut e| {
+                measured(&mut e, &next);
+                e
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Elements(encoded.len() as u64));
     g.bench_function("close_and_detect", |b| {
         b.iter_batched(
             || {

@@ -92,20 +92,21 @@ impl Part {
         expected: Option<&Expected>,
         source: Option<(i32, i64)>,
     ) -> Recorded {
-        let normals = if self.baselines.is_empty() && self.levels.is_empty() {
-            Normals::default()
-        } else {
-            let key = self.windows.key(&r.location, &r.cdn);
-            assess::normals(&self.references(), &key, expected.is_some(), |k| {
-                k.sign_test()
-            })
+        let learned = !self.baselines.is_empty() || !self.levels.is_empty();
+        // Interned once, where anything needs it before the window does.
+        let key =
+            (learned || !self.suspects.is_empty()).then(|| self.windows.key(&r.location, &r.cdn));
+        let normals = match &key {
+            Some(key) if learned => {
+                assess::normals(&self.references(), key, expected.is_some(), |k| {
+                    k.sign_test()
+                })
+            }
+            _ => Normals::default(),
         };
-        let suspect = !self.suspects.is_empty()
-            && self
-                .suspects
-                .contains(&self.windows.key(&r.location, &r.cdn));
+        let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));
         self.windows
-            .record(&r.location, &r.cdn, r.ts, source, |acc| {
+            .record_keyed(&r.location, &r.cdn, key, r.ts, source, |acc| {
                 if suspect && acc.cohorts.is_none() {
                     acc.cohorts = Some(Box::default());
                 }

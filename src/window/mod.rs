@@ -171,6 +171,20 @@ impl Windows {
         source: Option<(i32, i64)>,
         update: impl FnOnce(&mut Acc),
     ) -> Recorded {
+        self.record_keyed(location, cdn, None, ts, source, update)
+    }
+
+    /// [`Windows::record`] with the key, if the caller already interned it ([`Windows::key`]):
+    /// the names are hashed once per report, not once per use.
+    pub fn record_keyed(
+        &mut self,
+        location: &str,
+        cdn: &str,
+        key: Option<Key>,
+        ts: Millis,
+        source: Option<(i32, i64)>,
+        update: impl FnOnce(&mut Acc),
+    ) -> Recorded {
         let start = self.start_of(ts);
         let end = start + self.size;
         let wm = self.watermark();
@@ -179,11 +193,14 @@ impl Windows {
         }
         if let Some(w) = self.open.get(&start)
             && w.keys.len() >= self.max_keys
-            && !self.lookup(start, location, cdn)
+            && !key.as_ref().map_or_else(
+                || self.lookup(start, location, cdn),
+                |k| w.keys.contains_key(k),
+            )
         {
             return Recorded::KeyCapExceeded;
         }
-        let key = self.key(location, cdn);
+        let key = key.unwrap_or_else(|| self.key(location, cdn));
         let window = self.open.entry(start).or_default();
         update(window.keys.entry(key).or_default());
         if let Some((p, o)) = source {
