@@ -55,14 +55,9 @@ async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
-    common::need(BIN, "prometheus-alertmanager");
-    let dir = tempfile::tempdir().unwrap();
-    let hook_addr = common::free_addr();
-    let sink = Sink::default();
-    receiver::serve(&hook_addr, sink.clone()).await;
-    let am_config = dir.path().join("alertmanager.yml");
+/// A real Alertmanager routing every alert to `hook_addr`, ready; killed when dropped.
+async fn start_alertmanager(dir: &std::path::Path, hook_addr: &str) -> (common::Killed, String) {
+    let am_config = dir.join("alertmanager.yml");
     std::fs::write(
         &am_config,
         format!(
@@ -72,13 +67,10 @@ async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
     )
     .unwrap();
     let am_addr = common::free_addr();
-    let _am = common::Killed(
+    let child = common::Killed(
         Command::new(BIN)
             .arg(format!("--config.file={}", am_config.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={am_addr}"))
             .arg("--cluster.listen-address=")
             .stdout(Stdio::null())
@@ -93,6 +85,18 @@ async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
+
+    (child, am)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
+    common::need(BIN, "prometheus-alertmanager");
+    let dir = tempfile::tempdir().unwrap();
+    let hook_addr = common::free_addr();
+    let sink = Sink::default();
+    receiver::serve(&hook_addr, sink.clone()).await;
+    let (_am, am) = start_alertmanager(dir.path(), &hook_addr).await;
 
     let cfg: NotifyConfig = toml::from_str(&format!(
         "[[receivers]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"{am}\"\n\
@@ -163,6 +167,61 @@ async fn alertmanager_lists_the_firing_alert_routes_it_and_resolves_it() {
                 a["labels"]["incident_id"] == id.as_str() && a["status"]["state"] == "active"
             })
         }
+    })
+    .await;
+    assert_eq!(d.shutdown(Duration::from_secs(1)).await, 0);
+}
+
+/// Active alerts Alertmanager lists for an incident, by their severity label.
+async fn active_severities(am: &str, id: &str) -> Vec<String> {
+    am_alerts(am)
+        .await
+        .iter()
+        .filter(|a| a["labels"]["incident_id"] == id && a["status"]["state"] == "active")
+        .filter_map(|a| a["labels"]["severity"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_replaces_the_warning_in_alertmanager() {
+    common::need(BIN, "prometheus-alertmanager");
+    let dir = tempfile::tempdir().unwrap();
+    let hook_addr = common::free_addr();
+    receiver::serve(&hook_addr, Sink::default()).await;
+    let (_am, am) = start_alertmanager(dir.path(), &hook_addr).await;
+    let cfg: NotifyConfig = toml::from_str(&format!(
+        "[[receivers]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"{am}\"\n"
+    ))
+    .unwrap();
+    let registry = prometheus::Registry::new();
+    let d = Dispatcher::start(&cfg, &dir.path().join("state"), &registry, None).unwrap();
+    let started = now_ms() - 300_000;
+    let mut warning = alert(Status::Firing, started);
+    warning.severity = Severity::Warning;
+    let id = warning.id.clone();
+    d.enqueue(std::slice::from_ref(&warning)).unwrap();
+    wait_for("the warning is active", || {
+        let (am, id) = (am.clone(), id.clone());
+        async move { active_severities(&am, &id).await == ["warning"] }
+    })
+    .await;
+
+    // Severity is an Alertmanager label: the critical alert is another alert there, and the
+    // warning must end with it, not linger until Alertmanager's resolve_timeout.
+    let mut critical = alert(Status::Firing, started);
+    critical.window_start += 180_000;
+    critical.window_end += 180_000;
+    d.enqueue(std::slice::from_ref(&critical)).unwrap();
+    wait_for("only the critical alert is active", || {
+        let (am, id) = (am.clone(), id.clone());
+        async move { active_severities(&am, &id).await == ["critical"] }
+    })
+    .await;
+
+    d.enqueue(&[alert(Status::Resolved, started)]).unwrap();
+    wait_for("nothing of the incident is active", || {
+        let (am, id) = (am.clone(), id.clone());
+        async move { active_severities(&am, &id).await.is_empty() }
     })
     .await;
     assert_eq!(d.shutdown(Duration::from_secs(1)).await, 0);

@@ -13,7 +13,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
-use super::config::{NotifyConfig, ReceiverConfig};
+use super::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
 use super::outbox::{Delivery, Key, Outbox, OutboxError};
 use super::render;
 use super::request::{Attempt, send};
@@ -106,6 +106,18 @@ pub fn now_ms() -> Millis {
 struct Receiver {
     cfg: ReceiverConfig,
     wake: Notify,
+}
+
+/// The warning alert sent to receiver `i` before `a` escalated it, ended at `a`'s window.
+fn escalated(st: &RouteState, a: &Alert, i: usize) -> Option<Alert> {
+    let f = st.firing.get(&a.id)?;
+    if a.status != Status::Firing || f.alert.severity >= a.severity || !f.sent.contains_key(&i) {
+        return None;
+    }
+    let mut ended = f.alert.clone();
+    ended.status = Status::Resolved;
+    ended.resolved_at = Some(a.window_end);
+    Some(ended)
 }
 
 /// A firing incident the dispatcher may have to repeat.
@@ -243,6 +255,13 @@ impl Dispatcher {
                         // Its firing was never sent here: neither is its resolution.
                         Status::Resolved if st.held.remove(&key) => continue,
                         _ => {}
+                    }
+                    if let Some(before) = escalated(&st, a, i)
+                        && r.cfg.kind == ReceiverKind::Alertmanager
+                    {
+                        // Severity is one of Alertmanager's labels: the escalation is a new
+                        // alert there, and the warning one ends now, not at its timeout.
+                        per[i].push(before);
                     }
                     per[i].push(a.clone());
                 }

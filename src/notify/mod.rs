@@ -85,13 +85,17 @@ impl AlertSink {
     }
 }
 
-/// `id:status` of an alert, the unit of "emitted once".
+/// `id:status` of an alert, the unit of "emitted once"; `id:firing:critical` for a firing
+/// at critical severity, so that an incident escalating from warning to critical is a change
+/// of its own (receivers routed to critical only are paged by it), not a repeat.
 pub fn change_key(a: &Alert) -> String {
-    let status = match a.status {
-        crate::incident::Status::Firing => "firing",
-        crate::incident::Status::Resolved => "resolved",
-    };
-    format!("{}:{status}", a.id)
+    use crate::detect::Severity;
+    use crate::incident::Status;
+    match (a.status, a.severity) {
+        (Status::Firing, Severity::Critical) => format!("{}:firing:critical", a.id),
+        (Status::Firing, Severity::Warning) => format!("{}:firing", a.id),
+        (Status::Resolved, _) => format!("{}:resolved", a.id),
+    }
 }
 
 /// Which of `wanted` (`id:status`) are on the alerts topic at or after `from` (per partition;

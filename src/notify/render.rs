@@ -254,14 +254,11 @@ pub fn verify(
 /// The state change a request carries; receivers drop repeats of it. `repeat` numbers the
 /// reminders of a firing incident (0 = the change itself).
 pub fn idempotency_key(a: &Alert, repeat: u32) -> String {
-    let status = match a.status {
-        Status::Firing => "firing",
-        Status::Resolved => "resolved",
-    };
+    let change = super::change_key(a);
     if repeat == 0 {
-        format!("{}:{status}", a.id)
+        change
     } else {
-        format!("{}:{status}:repeat-{repeat}", a.id)
+        format!("{change}:repeat-{repeat}")
     }
 }
 
