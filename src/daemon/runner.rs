@@ -281,9 +281,22 @@ impl Runner {
             return;
         }
         let limit = self.cfg.limits.max_message_bytes;
-        let decoded = msg.payload().map_or(Err(decode::DecodeError::Empty), |v| {
-            decode::decode_report(v, limit)
-        });
+        let window = &self.cfg.window;
+        let decoded = msg
+            .payload()
+            .map_or(Err(decode::DecodeError::Empty), |v| {
+                decode::decode_report(v, limit)
+            })
+            .and_then(|r| {
+                // A wild clock is bad input, not a jump of event time.
+                match window.check_event_time(r.ts, Some(crate::time::now_ms())) {
+                    Ok(()) => Ok(r),
+                    Err(detail) => Err(decode::DecodeError::OutOfRange {
+                        field: "ts",
+                        detail,
+                    }),
+                }
+            });
         match decoded {
             Ok(r) => {
                 self.engine.on_report(&r, Some((p, o)));

@@ -21,6 +21,15 @@ pub struct WindowConfig {
     /// and counted, so a flood of bogus locations cannot exhaust memory.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// How far a report's event time may run ahead of the wall clock (the daemon) or of the
+    /// recording's own progress (`backtest`). One report from a wild clock (2100, 9999) would
+    /// otherwise close every window up to it: later ones are dead-lettered as out of range.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Reports dated before this (RFC 3339) are dead-lettered as out of range: a clock reset
+    /// to 1970 or year 1 is not an event time.
+    #[serde(default = "default_earliest", with = "crate::time")]
+    pub earliest_event_time: Millis,
 }
 
 const fn default_window_size() -> Duration {
@@ -32,6 +41,13 @@ const fn default_lateness() -> Duration {
 const fn default_max_keys() -> usize {
     200_000
 }
+const fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(600)
+}
+/// 2000-01-01T00:00:00Z.
+const fn default_earliest() -> Millis {
+    946_684_800_000
+}
 
 impl Default for WindowConfig {
     fn default() -> Self {
@@ -39,6 +55,8 @@ impl Default for WindowConfig {
             size: default_window_size(),
             allowed_lateness: default_lateness(),
             max_keys: default_max_keys(),
+            max_clock_skew: default_max_clock_skew(),
+            earliest_event_time: default_earliest(),
         }
     }
 }
@@ -50,6 +68,30 @@ impl WindowConfig {
 
     pub fn lateness_ms(&self) -> Millis {
         self.allowed_lateness.as_millis() as Millis
+    }
+
+    /// Whether event time `ts` is one to count: not before `earliest_event_time` and, given
+    /// the `clock` it is read against (the wall clock, a recording's progress), at most
+    /// `max_clock_skew` ahead of it. The error says why, for the dead letter.
+    pub fn check_event_time(&self, ts: Millis, clock: Option<Millis>) -> Result<(), String> {
+        use crate::time::format_ms;
+        if ts < self.earliest_event_time {
+            return Err(format!(
+                "event time {} is before window.earliest_event_time ({})",
+                format_ms(ts),
+                format_ms(self.earliest_event_time)
+            ));
+        }
+        let skew = self.max_clock_skew.as_millis() as Millis;
+        match clock {
+            Some(c) if ts > c.saturating_add(skew) => Err(format!(
+                "event time {} is more than window.max_clock_skew ({}) ahead of {}",
+                format_ms(ts),
+                human(self.max_clock_skew),
+                format_ms(c)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks values; field paths are relative to `[window]`.
@@ -69,6 +111,16 @@ impl WindowConfig {
                 format!(
                     "({}) must be at most 10 times window.size ({})",
                     human(self.allowed_lateness),
+                    human(self.size)
+                ),
+            ));
+        }
+        if self.max_clock_skew < self.size {
+            return Err(Invalid::new(
+                "max_clock_skew",
+                format!(
+                    "({}) must be at least window.size ({}): players' clocks run a little ahead",
+                    human(self.max_clock_skew),
                     human(self.size)
                 ),
             ));
