@@ -368,11 +368,12 @@ mod tests {
             rate_limit_per_minute: Some(1),
             group_max: 1,
             hold_children: false,
+            max_age: Some(Duration::from_secs(60)),
             link_template: Some("l".into()),
         };
         let mut rkeys = Vec::new();
         leaves("", &toml::Value::try_from(receiver).unwrap(), &mut rkeys);
-        assert!(keys.len() > 25 && rkeys.len() == 12, "{keys:?} {rkeys:?}");
+        assert!(keys.len() > 25 && rkeys.len() == 13, "{keys:?} {rkeys:?}");
         for k in keys.iter().filter(|k| *k != "notify.receivers") {
             assert!(
                 readme.contains(&format!("| `{k}` |")),

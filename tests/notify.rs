@@ -14,9 +14,11 @@ use qos_sentinel::notify::render;
 
 const HMAC_KEY: &str = "hmac-key-for-tests";
 
+/// A receiver that takes state changes of any age (the tests' event times are simulated, long
+/// past).
 fn receiver(name: &str, kind: ReceiverKind, url: String) -> ReceiverConfig {
     let text = format!(
-        "name = \"{name}\"\nkind = \"{kind}\"\nurl = \"{url}\"\n",
+        "name = \"{name}\"\nkind = \"{kind}\"\nurl = \"{url}\"\nmax_age = \"0s\"\n",
         kind = match kind {
             ReceiverKind::Slack => "slack",
             ReceiverKind::Webhook => "webhook",
@@ -340,7 +342,7 @@ async fn deliveries_survive_kill_9_while_the_receiver_is_down() {
         dir.path(),
         &cfg,
         &format!(
-            "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\n"
+            "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\nmax_age = \"0s\"\n"
         ),
     );
     let log = dir.path().join("daemon.log");
@@ -410,8 +412,8 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
     let hmac_file = dir.path().join("hmac");
     std::fs::write(&hmac_file, format!("{HMAC}\n")).unwrap();
     let receivers = format!(
-        "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"env:HOOK_URL\"\nhmac_secret = \"file:{}\"\n\
-         [[notify.receivers]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"http://{closed}/services/{SLACK_TOKEN}\"\n",
+        "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"env:HOOK_URL\"\nhmac_secret = \"file:{}\"\nmax_age = \"0s\"\n\
+         [[notify.receivers]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"http://{closed}/services/{SLACK_TOKEN}\"\nmax_age = \"0s\"\n",
         hmac_file.display()
     );
     let config = common::write_config(dir.path(), &cfg, &receivers);
@@ -501,4 +503,67 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
                 .join("\n")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_pages_nobody_for_the_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = common::free_addr();
+    let sink = Sink::default();
+    receiver::serve(&addr, sink.clone()).await;
+    // The default max_age (15 min) on the webhook, as a user configures it.
+    let text = format!("name = \"hook\"\nkind = \"webhook\"\nurl = \"http://{addr}/hook\"\n");
+    let hook: ReceiverConfig = toml::from_str(&text).unwrap();
+    let cfg = qos_sentinel::config::NotifyConfig {
+        receivers: vec![hook],
+        ..Default::default()
+    };
+    let registry = prometheus::Registry::new();
+    let d = qos_sentinel::notify::deliver::Dispatcher::start(&cfg, dir.path(), &registry, None)
+        .unwrap();
+    let now = qos_sentinel::notify::deliver::now_ms();
+    let at = |id: &str, status, window_end: i64| Alert {
+        id: id.into(),
+        status,
+        window_start: window_end - 60_000,
+        window_end,
+        started_at: window_end - 120_000,
+        parent_id: None,
+        ..child(0)
+    };
+    let hour = 3_600_000;
+    // Replayed hours: an incident that fired and resolved 3 h ago, one that fired 2 h ago and
+    // resolves now (never paged: its resolution is not news either); then one of this minute.
+    d.enqueue(&[at("old", Status::Firing, now - 3 * hour)])
+        .unwrap();
+    d.enqueue(&[at("old", Status::Resolved, now - 3 * hour + 300_000)])
+        .unwrap();
+    d.enqueue(&[at("long", Status::Firing, now - 2 * hour)])
+        .unwrap();
+    d.enqueue(&[at("long", Status::Resolved, now)]).unwrap();
+    d.enqueue(&[at("fresh", Status::Firing, now - 30_000)])
+        .unwrap();
+    wait_for("the fresh alert", Duration::from_secs(30), || {
+        !sink.accepted().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = sink
+        .accepted()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["fresh"], "only this minute's change is sent");
+    let m = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert_eq!(
+        common::metric(
+            &m,
+            "qos_sentinel_deliveries_total{outcome=\"stale\",receiver=\"hook\"}"
+        ),
+        4.0,
+        "{m}"
+    );
+    d.shutdown(Duration::from_secs(1)).await;
 }

@@ -118,7 +118,7 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
     sink.script(&[(400, None)]);
     receiver::serve(&hook_addr, sink.clone()).await;
     let hook: ReceiverConfig = toml::from_str(&format!(
-        "name = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/\"\n"
+        "name = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/\"\nmax_age = \"0s\"\n"
     ))
     .unwrap();
     cfg.notify.receivers = vec![hook];

@@ -169,6 +169,13 @@ pub struct ReceiverConfig {
     /// to this receiver (the parent says it already).
     #[serde(default)]
     pub hold_children: bool,
+    /// State changes whose window ended longer ago than this (a backlog read after an outage
+    /// or on a first start from the earliest offset) are not sent here, only counted
+    /// (`outcome="stale"`): nobody is paged for the past. They still go to the alerts topic
+    /// and to Alertmanager (with their true `startsAt`/`endsAt`). Default 15m; 0s = send
+    /// whatever their age. Alertmanager receivers take every change.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
     /// Link added to messages, e.g. a Grafana dashboard; `{location}`, `{cdn}`, `{rule}`,
     /// `{id}`, `{from_ms}` and `{to_ms}` are replaced.
     #[serde(default)]
@@ -185,6 +192,15 @@ impl ReceiverConfig {
             ReceiverKind::Alertmanager => Duration::from_secs(60),
             _ => Duration::from_secs(4 * 3600),
         });
+        (!d.is_zero()).then_some(d)
+    }
+
+    /// How old a state change may be and still be sent here; `None`: any age.
+    pub fn max_age(&self) -> Option<Duration> {
+        if self.kind == ReceiverKind::Alertmanager {
+            return None;
+        }
+        let d = self.max_age.unwrap_or(Duration::from_secs(15 * 60));
         (!d.is_zero()).then_some(d)
     }
 

@@ -22,7 +22,14 @@ use crate::retry::{self, Backoff};
 use crate::time::Millis;
 
 /// Outcomes counted per receiver in `qos_sentinel_deliveries_total`.
-pub const OUTCOMES: [&str; 5] = ["delivered", "retried", "failed", "expired", "dropped"];
+pub const OUTCOMES: [&str; 6] = [
+    "delivered",
+    "retried",
+    "failed",
+    "expired",
+    "dropped",
+    "stale",
+];
 
 /// Delivery metrics, registered in the daemon's registry.
 #[derive(Clone)]
@@ -132,6 +139,9 @@ struct RouteState {
     firing: HashMap<String, Firing>,
     /// (receiver, incident id) held back because a parent was firing there.
     held: HashSet<(usize, String)>,
+    /// (receiver, incident id) whose firing was too old to send there (`max_age`): its
+    /// resolution is not sent either, unless a fresh change was.
+    stale: HashSet<(usize, String)>,
 }
 
 pub struct Dispatcher {
@@ -247,6 +257,22 @@ impl Dispatcher {
                         .parent_id
                         .as_ref()
                         .is_some_and(|p| st.firing.get(p).is_some_and(|f| f.sent.contains_key(&i)));
+                    let too_old = r.cfg.max_age().is_some_and(|age| {
+                        queued_ms.saturating_sub(a.window_end) > age.as_millis() as Millis
+                    });
+                    if too_old || (a.status == Status::Resolved && st.stale.contains(&key)) {
+                        // The past pages nobody (a backlog replayed): counted, not sent.
+                        match a.status {
+                            Status::Firing => st.stale.insert(key),
+                            Status::Resolved => st.stale.remove(&key),
+                        };
+                        self.metrics
+                            .deliveries
+                            .with_label_values(&[r.cfg.name.as_str(), "stale"])
+                            .inc();
+                        continue;
+                    }
+                    st.stale.remove(&key);
                     match a.status {
                         Status::Firing if r.cfg.hold_children && parent_firing => {
                             st.held.insert(key);
