@@ -3,7 +3,7 @@
 //! the JSON behind it at /api/incidents.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -27,16 +27,25 @@ pub struct HttpConfig {
     /// Address of the /metrics, /healthz and /readyz endpoint. Loopback unless you mean it.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// /healthz fails once the engine's loop has made no turn for this long (a write
+    /// retrying forever, a wedged read): a liveness probe then restarts the process.
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: std::time::Duration,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
 
+const fn default_stall_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            stall_timeout: default_stall_timeout(),
         }
     }
 }
@@ -53,6 +62,15 @@ impl HttpConfig {
                 ),
             ));
         }
+        if self.stall_timeout < std::time::Duration::from_secs(1) {
+            return Err(Invalid::new(
+                "stall_timeout",
+                format!(
+                    "({}) must be at least 1s",
+                    crate::field::human(self.stall_timeout)
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -61,6 +79,11 @@ pub struct Readiness {
     pub benchmarks_loaded: AtomicBool,
     pub partitions_assigned: AtomicBool,
     pub broker_reachable: AtomicBool,
+    /// Wall-clock epoch ms of the engine loop's last turn; 0 before it starts (start-up:
+    /// restore, benchmark table).
+    heartbeat_ms: AtomicI64,
+    /// How long without a turn makes /healthz fail (`http.stall_timeout`).
+    pub stall_after_ms: AtomicI64,
 }
 
 impl Default for Readiness {
@@ -70,11 +93,27 @@ impl Default for Readiness {
             partitions_assigned: AtomicBool::new(false),
             // Until a check says otherwise: start-up itself needs the broker.
             broker_reachable: AtomicBool::new(true),
+            heartbeat_ms: AtomicI64::new(0),
+            stall_after_ms: AtomicI64::new(default_stall_timeout().as_millis() as i64),
         }
     }
 }
 
 impl Readiness {
+    /// The engine's loop made a turn.
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(crate::time::now_ms(), Ordering::Release);
+    }
+
+    /// How long the loop has made no turn, once that is over the stall timeout.
+    pub fn stalled(&self) -> Option<std::time::Duration> {
+        let last = self.heartbeat_ms.load(Ordering::Acquire);
+        let idle = crate::time::now_ms().saturating_sub(last);
+        (last > 0 && idle > self.stall_after_ms.load(Ordering::Acquire))
+            .then(|| std::time::Duration::from_millis(idle as u64))
+    }
+
     pub fn ready(&self) -> bool {
         self.benchmarks_loaded.load(Ordering::Acquire)
             && self.partitions_assigned.load(Ordering::Acquire)
@@ -161,7 +200,7 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, live: Arc<Live>)
             get(|State(s): State<AppState>| async move { axum::Json(s.live.snapshot()) }),
         )
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
         .with_state(AppState {
             metrics,
@@ -175,6 +214,20 @@ async fn metrics_handler(State(s): State<AppState>) -> ([(&'static str, &'static
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+/// Alive while the engine's loop turns: a loop stuck in a retry or a read fails it.
+async fn health_handler(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.readiness.stalled() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "stalled: the engine's loop has made no progress for {} s (http.stall_timeout)\n",
+                d.as_secs()
+            ),
+        ),
+    }
 }
 
 async fn ready_handler(State(s): State<AppState>) -> (StatusCode, String) {

@@ -1,5 +1,6 @@
 //! A broker outage of a minute: the daemon does not crash, /readyz turns false, and once the
-//! broker is back it catches up and its alerts equal a run without the outage.
+//! broker is back it catches up and its alerts equal a run without the outage. A broker that
+//! refuses writes wedges the loop in a retry: /healthz fails until it takes them again.
 
 mod common;
 
@@ -117,4 +118,65 @@ async fn a_minute_without_the_broker_loses_nothing() {
     );
     let _ = stop.send(true);
     d.await.unwrap().unwrap();
+}
+
+/// /healthz's status code and body, `None` while it does not answer.
+async fn health(base: &str) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_wedged_on_a_refused_write_fails_healthz() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.http.listen = common::free_addr();
+    cfg.http.stall_timeout = Duration::from_secs(3);
+    let cluster = common::mock_cluster(&mut cfg, 2);
+    let changelog = format!("changelog-{}", cfg.kafka.group_id);
+    cluster.create_topic(&changelog, 2, 1).unwrap();
+    cfg.kafka.changelog_topic = Some(changelog);
+    common::feed_sim(&cfg, common::two_incident_sim()).await;
+    // From now on the broker refuses every write: the first incident's partition state must
+    // reach the changelog before its alerts, and that write retries for as long as it fails.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 20_000],
+    );
+    let d = common::start_daemon(&cfg);
+    let base = format!("http://{}", cfg.http.listen);
+    let started = Instant::now();
+    let mut seen_ok = false;
+    let stalled = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "/healthz never failed (ok seen: {seen_ok})"
+        );
+        match health(&base).await {
+            Some((200, _)) => seen_ok = true,
+            Some((503, body)) => break body,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(seen_ok, "/healthz was fine while the loop turned");
+    assert!(stalled.contains("stalled"), "{stalled}");
+    // The broker takes writes again: the loop goes on, /healthz recovers.
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let back = Instant::now();
+    while health(&base).await.map(|h| h.0) != Some(200) {
+        assert!(
+            back.elapsed() < Duration::from_secs(120),
+            "/healthz did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.stop().await;
 }

@@ -79,6 +79,9 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| Arc::new(Metrics::new()));
     let readiness = Arc::new(Readiness::default());
+    readiness
+        .stall_after_ms
+        .store(cfg.http.stall_timeout.as_millis() as i64, Ordering::Release);
     let live = Arc::new(Live::default());
     if opts.serve_http {
         serve_http(&cfg, &metrics, &readiness, &live).await?;
@@ -214,6 +217,8 @@ async fn events(runner: &mut Runner, i: Inputs<'_>, shutdown: &mut watch::Receiv
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // /healthz: a turn of the loop is progress; a handler stuck in a retry is not.
+        runner.readiness.beat();
         tokio::select! {
             // Benchmarks first: a report should join a row that has already arrived. The ticker
             // before the reports: under a steady stream it must still mark idle partitions.
