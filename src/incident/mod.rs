@@ -162,6 +162,9 @@ struct Track {
     quiet_streak: u32,
     streak_start: Millis,
     firing: Option<Firing>,
+    /// Windows since this scope last had a verdict: the firing's `last` finding is that old.
+    #[serde(default)]
+    unseen: u32,
 }
 
 impl Track {
@@ -180,6 +183,7 @@ impl Track {
         self.bad_streak += 1;
         self.clean_streak = 0;
         self.quiet_streak = 0;
+        self.unseen = 0;
         let sev = v.severity;
         match &mut self.firing {
             None if self.bad_streak >= fire_after => {
@@ -231,15 +235,20 @@ pub struct Incidents {
     pub baselines: BTreeMap<(String, Metric), crate::metric::Baseline>,
 }
 
-fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {
-    let what = f.metric.kind().describe(f.observed, f.expected);
-    let where_ = match (&scope.location, &scope.cdn, &scope.prefix) {
+/// Where an incident is, in words: `cdn-a at IN/MH/Mumbai`, `cdn-a across IN/*`.
+fn place(scope: &Scope) -> String {
+    match (&scope.location, &scope.cdn, &scope.prefix) {
         (Some(l), Some(c), _) => format!("{c} at {l}"),
         (Some(l), None, _) => format!("all CDNs at {l}"),
         (None, Some(c), Some(r)) => format!("{c} across {r}/*"),
         (None, Some(c), None) => format!("{c} across locations"),
         (None, None, _) => "everywhere".into(),
-    };
+    }
+}
+
+fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String {
+    let what = f.metric.kind().describe(f.observed, f.expected);
+    let where_ = place(scope);
     match status {
         Status::Firing if !f.metric.kind().counts_samples() => {
             format!("{where_}: {what} since {}.", format_ms(since))
@@ -260,6 +269,24 @@ fn summary(status: Status, scope: &Scope, f: &Finding, since: Millis) -> String 
             )
         }
         Status::Resolved => format!("{where_}: back to normal ({what})."),
+    }
+}
+
+/// A resolution without a verdict in its window: a CDN-wide or location-wide scope whose keys
+/// are no longer bad together, or a key too thin to test for `windows` windows.
+fn untested_resolution(scope: &Scope, last: &Finding, windows: u32) -> String {
+    let what = last.metric.kind().describe(last.observed, last.expected);
+    let where_ = place(scope);
+    if scope.location.is_none() || scope.cdn.is_none() {
+        format!(
+            "{where_}: back to normal: too few of its keys are bad together any more \
+             (for {windows} windows; last tested together: {what})."
+        )
+    } else {
+        format!(
+            "{where_}: resolved without evidence: too few reports to test for {windows} \
+             windows (last tested: {what})."
+        )
     }
 }
 
@@ -313,6 +340,7 @@ impl Incidents {
                 quiet_streak: 0,
                 streak_start: window_start,
                 firing: None,
+                unseen: 0,
             });
             if v.bad {
                 if let Some(a) = t.bad(v, parent_id, (window_start, window_end), cfg.fire_after) {
@@ -322,6 +350,7 @@ impl Incidents {
                 t.bad_streak = 0;
                 t.clean_streak += 1;
                 t.quiet_streak += 1;
+                t.unseen = 0;
                 if let Some(f) = &mut t.firing {
                     f.last = v.finding.clone();
                 }
@@ -333,6 +362,7 @@ impl Incidents {
         // together: that is evidence of clean.
         for (k, t) in self.tracks.iter_mut() {
             if !seen.contains(k) {
+                t.unseen += 1;
                 // A thin window between two bad ones does not break the run; a longer gap does.
                 t.quiet_streak += 1;
                 if t.quiet_streak > 2 {
@@ -372,7 +402,13 @@ impl Incidents {
                         window_end,
                         Some(resolved_at),
                     );
-                    a.summary = summary(Status::Resolved, scope, &f.last, f.started_at);
+                    a.summary = if t.unseen == 0 {
+                        summary(Status::Resolved, scope, &f.last, f.started_at)
+                    } else {
+                        // The last finding is of its last bad (or tested) window, not of the
+                        // one that resolved it: say so, never "back to normal" with bad numbers.
+                        untested_resolution(scope, &f.last, t.unseen)
+                    };
                     alerts.push(a);
                     done.push((*metric, scope.clone()));
                 }
@@ -503,6 +539,54 @@ mod tests {
         );
         assert_eq!(inc.firing(), 0);
         assert!(inc.tracks.is_empty(), "no state kept for clean keys");
+    }
+
+    #[test]
+    fn a_resolution_never_quotes_its_last_bad_window_as_normal() {
+        let cfg = DetectConfig::default();
+        let wide = |bad: bool| Verdict {
+            scope: Scope {
+                prefix: None,
+                location: None,
+                cdn: Some("c".into()),
+            },
+            ..verdict(bad)
+        };
+        // A CDN-wide incident fires; then its keys are no longer bad together: the scope has
+        // no verdict at all in the windows that resolve it.
+        let mut inc = Incidents::new();
+        let mut out = Vec::new();
+        for i in 0..6 {
+            let s = i * 60_000;
+            let v = if i < 3 { vec![wide(true)] } else { vec![] };
+            out.extend(inc.apply(s, s + 60_000, v, &cfg));
+        }
+        let resolved = out.iter().find(|a| a.status == Status::Resolved).unwrap();
+        assert!(
+            resolved
+                .summary
+                .contains("too few of its keys are bad together")
+                && !resolved
+                    .summary
+                    .contains("back to normal (playback failures 20.0%"),
+            "{}",
+            resolved.summary
+        );
+        // A key that resolves on clean windows quotes them.
+        let mut inc = Incidents::new();
+        let mut out = Vec::new();
+        for (i, bad) in [true, true, false, false, false].iter().enumerate() {
+            let s = i as i64 * 60_000;
+            out.extend(inc.apply(s, s + 60_000, vec![verdict(*bad)], &cfg));
+        }
+        let resolved = out.iter().find(|a| a.status == Status::Resolved).unwrap();
+        assert!(
+            resolved
+                .summary
+                .contains("back to normal (playback failures 1.0%"),
+            "{}",
+            resolved.summary
+        );
     }
 
     #[test]
