@@ -88,15 +88,26 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut doc: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: path.into(),
-                    message: e.to_string(),
-                })?;
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            // toml's Display quotes the offending line, which may hold a secret: the
+            // description and the line number only.
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError::Syntax {
+                path: path.into(),
+                message: match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
+        })?;
+        let defaults = toml::Value::try_from(Config::default()).ok();
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (var, value) in env {
             if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
-                apply_override(&mut doc, &var, rest, &value)?;
+                let path = apply_override(&mut doc, defaults.as_ref(), &var, rest, &value)?;
+                from_env.push((path, var.clone()));
             }
         }
         // The rules file is the base of [detect]; keys set in [detect] (or by environment
@@ -120,7 +131,14 @@ impl Config {
         let cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
                 let path = e.path().to_string();
-                field(&path, e.into_inner().to_string())
+                let message = e.into_inner().to_string();
+                match from_env.iter().find(|(p, _)| *p == path) {
+                    // The value may be a secret: the error says what was expected, not it.
+                    Some((_, var)) => {
+                        field(&path, format!("{} (set by {var})", unquoted(&message)))
+                    }
+                    None => field(&path, message),
+                }
             })?;
         cfg.validate()?;
         Ok(cfg)
@@ -165,14 +183,48 @@ impl From<&Config> for crate::engine::Settings {
     }
 }
 
-/// Sets `a.b.c` from `QOS_SENTINEL__A__B__C`. The value is read as a TOML value when it parses
-/// as one (numbers, booleans, quoted strings), otherwise as a plain string.
+/// A serde message without the values it quotes (between backticks or double quotes):
+/// "invalid type: integer `1234`, expected a string" -> "invalid type: integer, expected a
+/// string".
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match (quote, c) {
+            (None, '`' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" ,", ",")
+}
+
+/// The type a field's default has, at `parts` under `defaults`; `None` where the default is
+/// absent (an optional field) or the path unknown.
+fn default_at<'a>(defaults: Option<&'a toml::Value>, parts: &[String]) -> Option<&'a toml::Value> {
+    let mut v = defaults?;
+    for p in parts {
+        v = v.as_table()?.get(p)?;
+    }
+    Some(v)
+}
+
+/// Sets `a.b.c` from `QOS_SENTINEL__A__B__C`, typed by the field it sets: a field whose
+/// default is a string (and every `kafka.options` value) takes the value as it is, so
+/// `QOS_SENTINEL__KAFKA__GROUP_ID=1234` or a numeric password stays a string; numbers,
+/// booleans and arrays are read as TOML. A field without a default (optional) reads a TOML
+/// value where the text is one, else a string. Returns the field's path (`a.b.c`).
 fn apply_override(
     doc: &mut toml::Table,
+    defaults: Option<&toml::Value>,
     var: &str,
     path: &str,
     value: &str,
-) -> Result<(), ConfigError> {
+) -> Result<String, ConfigError> {
     let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::Env {
@@ -180,11 +232,20 @@ fn apply_override(
             message: "empty path segment".into(),
         });
     }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.into()));
+    let as_toml = || {
+        format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    let string = toml::Value::String(value.into());
+    let is_option = parts.len() == 3 && parts[0] == "kafka" && parts[1] == "options";
+    let parsed = match default_at(defaults, &parts) {
+        _ if is_option => string,
+        Some(toml::Value::String(_)) => string,
+        Some(_) => as_toml().unwrap_or(string),
+        None => as_toml().unwrap_or(string),
+    };
     let (last, parents) = parts.split_last().ok_or_else(|| ConfigError::Env {
         var: var.into(),
         message: "no field named".into(),
@@ -205,7 +266,7 @@ fn apply_override(
         };
     }
     table.insert(last.clone(), parsed);
-    Ok(())
+    Ok(parts.join("."))
 }
 
 #[cfg(test)]
@@ -247,6 +308,49 @@ mod tests {
         assert_eq!(cfg.kafka.brokers, "b1:9092,b2:9092");
         assert_eq!(cfg.window.size, Duration::from_secs(30));
         assert_eq!(cfg.detect.fire_after, 3);
+    }
+
+    #[test]
+    fn env_overrides_are_typed_by_their_field_and_secrets_never_show() {
+        // A numeric group id and a numeric SASL password stay strings.
+        let cfg = load(
+            "",
+            &[
+                ("QOS_SENTINEL__KAFKA__GROUP_ID", "1234"),
+                ("QOS_SENTINEL__KAFKA__OPTIONS__SASL.PASSWORD", "987654321"),
+                ("QOS_SENTINEL__DETECT__MIN_SAMPLES", "12"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.group_id, "1234");
+        assert_eq!(cfg.kafka.options["sasl.password"], "987654321");
+        assert_eq!(cfg.detect.min_samples, 12);
+        let debug = format!("{cfg:?}");
+        assert!(
+            !debug.contains("987654321") && debug.contains("sasl.password"),
+            "kafka.options values are masked in Debug: {debug}"
+        );
+        // A value of the wrong type: the error names the field and the variable, not the value.
+        let e = load(
+            "",
+            &[("QOS_SENTINEL__DETECT__MIN_SAMPLES", "\"s3cr3t-value\"")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("detect.min_samples")
+                && e.contains("QOS_SENTINEL__DETECT__MIN_SAMPLES")
+                && !e.contains("s3cr3t"),
+            "{e}"
+        );
+        // A TOML syntax error on the line that holds a secret: the line is not quoted.
+        let e = load(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.options]\n\"sasl.password\" = \"hunter2-secret\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 4") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

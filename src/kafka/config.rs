@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::field::{Invalid, human};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma separated `host:port`.
@@ -47,6 +47,27 @@ pub struct KafkaConfig {
     /// `"security.protocol" = "SASL_SSL"`. Values are never logged.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+/// Like every other secret, `options` values print as `***` (SASL passwords, TLS keys live
+/// there); their names show.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: BTreeMap<&str, &str> =
+            self.options.keys().map(|k| (k.as_str(), "***")).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("reports_topic", &self.reports_topic)
+            .field("benchmarks_topic", &self.benchmarks_topic)
+            .field("alerts_topic", &self.alerts_topic)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("session_timeout", &self.session_timeout)
+            .field("changelog_topic", &self.changelog_topic)
+            .field("summaries_topic", &self.summaries_topic)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 fn default_brokers() -> String {
