@@ -231,6 +231,7 @@ fn a_key_that_goes_silent_is_an_incident() {
     );
 }
 
+mod edges;
 mod partitioned;
 mod state;
 
