@@ -64,6 +64,15 @@ fn write_input(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (r, b)
 }
 
+/// A recording's lines.
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn lines(alerts: &[Alert]) -> Vec<(String, Status, Severity)> {
     alerts
         .iter()
@@ -191,11 +200,7 @@ async fn the_alerts_topic_equals_backtest_escalations_included() {
     });
     assert!(escalated, "no escalation in the scenario: {want:?}");
 
-    let input: Vec<String> = std::fs::read_to_string(&reports)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let input = lines_of(&reports);
     let (got, _) = daemon(dir.path(), &benchmarks, &input, want.len(), 0).await;
     assert_eq!(
         lines(&got),
@@ -213,11 +218,7 @@ async fn wild_clocks_change_no_alert_in_the_daemon_or_backtest() {
     assert!(want.len() >= 3, "{want:?}");
 
     // Reports of the incident's key, dated by broken clocks, among the good ones.
-    let mut input: Vec<String> = std::fs::read_to_string(&reports)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut input = lines_of(&reports);
     let template: serde_json::Value = serde_json::from_str(&input[input.len() / 2]).unwrap();
     let wild = [
         serde_json::json!("1970-01-01T00:00:00Z"),
