@@ -114,6 +114,10 @@ impl Settings {
     }
 }
 
+/// Event times beyond this (about 73 million years from 1970, either way) are refused by
+/// [`Engine::on_report`]: window arithmetic on them would overflow.
+pub const EVENT_TIME_LIMIT: Millis = 1 << 61;
+
 pub struct Engine {
     cfg: Settings,
     table: BenchmarkTable,
@@ -228,6 +232,12 @@ impl Engine {
 
     /// Joins a report with the benchmark valid at its event time and folds it into its window.
     pub fn on_report(&mut self, r: &Report, source: Option<(i32, i64)>) -> Recorded {
+        // Entry points bound event time to the clock (`WindowConfig::check_event_time`); this
+        // keeps window arithmetic from overflowing whatever the caller (counted as late).
+        if !(-EVENT_TIME_LIMIT..=EVENT_TIME_LIMIT).contains(&r.ts) {
+            self.counters.late += 1;
+            return Recorded::Late;
+        }
         let p = source.map_or(-1, |s| s.0);
         if self.frontier.wake(p) {
             self.ready = true;

@@ -1,6 +1,6 @@
 //! Numeric edges: reports the decoder accepts, with full-range values (any `u64` durations,
 //! `played_ms + rebuffer_ms` past `u64::MAX`, huge or tiny rates, benchmarks of extreme
-//! values), never panic the engine in a debug build (overflow checks on), through window
+//! values, now and then an event time anywhere in `i64`), never panic the engine in a debug build (overflow checks on), through window
 //! closes, detection and incidents.
 
 use proptest::prelude::*;
@@ -53,7 +53,12 @@ type Row = (
 fn row() -> impl Strategy<Value = Row> {
     (
         0usize..3,
-        0i64..8 * W,
+        prop_oneof![
+            8 => 0i64..8 * W,
+            1 => Just(i64::MIN),
+            1 => Just(i64::MAX),
+            1 => any::<i64>(),
+        ],
         duration(),
         duration(),
         prop::option::of(duration()),
