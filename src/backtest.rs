@@ -103,14 +103,13 @@ pub fn run_events(cfg: &Config, benchmarks: &[Benchmark], reports: &mut [Report]
     let w = &cfg.window;
     let lo = reports.partition_point(|r| w.check_event_time(r.ts, None).is_err());
     let hi = lo + progress_end(&reports[lo..], w.max_clock_skew.as_millis() as Millis);
-    for (i, r) in reports[..lo]
-        .iter()
-        .chain(&reports[hi..])
-        .enumerate()
-        .take(10)
-    {
-        let clock = (i >= lo && hi > lo).then(|| reports[hi - 1].ts);
-        if let Err(why) = w.check_event_time(r.ts, clock) {
+    // Why, for the first few: before the horizon, or ahead of the last report counted.
+    let progress = hi
+        .checked_sub(1)
+        .filter(|i| *i >= lo)
+        .map(|i| reports[i].ts);
+    for r in reports[..lo].iter().chain(&reports[hi..]).take(10) {
+        if let Err(why) = w.check_event_time(r.ts, progress) {
             eprintln!("skipped a report of {} / {}: {why}", r.location, r.cdn);
         }
     }

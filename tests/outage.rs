@@ -35,14 +35,20 @@ fn variant(base: &Config, dir: &std::path::Path, name: &str) -> Config {
     cfg
 }
 
-async fn ready(base: &str) -> Option<bool> {
+/// `path`'s status code and body, `None` while it does not answer.
+async fn get(base: &str, path: &str) -> Option<(u16, String)> {
     let r = reqwest::Client::new()
-        .get(format!("{base}/readyz"))
+        .get(format!("{base}{path}"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
         .ok()?;
-    Some(r.status().is_success())
+    let code = r.status().as_u16();
+    Some((code, r.text().await.unwrap_or_default()))
+}
+
+async fn ready(base: &str) -> Option<bool> {
+    get(base, "/readyz").await.map(|(code, _)| code == 200)
 }
 
 async fn settled(cfg: &Config) -> Vec<Alert> {
@@ -120,18 +126,6 @@ async fn a_minute_without_the_broker_loses_nothing() {
     d.await.unwrap().unwrap();
 }
 
-/// /healthz's status code and body, `None` while it does not answer.
-async fn health(base: &str) -> Option<(u16, String)> {
-    let r = reqwest::Client::new()
-        .get(format!("{base}/healthz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    let code = r.status().as_u16();
-    Some((code, r.text().await.unwrap_or_default()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_wedged_on_a_refused_write_fails_healthz() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -159,7 +153,7 @@ async fn a_loop_wedged_on_a_refused_write_fails_healthz() {
             started.elapsed() < Duration::from_secs(120),
             "/healthz never failed (ok seen: {seen_ok})"
         );
-        match health(&base).await {
+        match get(&base, "/healthz").await {
             Some((200, _)) => seen_ok = true,
             Some((503, body)) => break body,
             _ => {}
@@ -171,7 +165,7 @@ async fn a_loop_wedged_on_a_refused_write_fails_healthz() {
     // The broker takes writes again: the loop goes on, /healthz recovers.
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     let back = Instant::now();
-    while health(&base).await.map(|h| h.0) != Some(200) {
+    while get(&base, "/healthz").await.map(|h| h.0) != Some(200) {
         assert!(
             back.elapsed() < Duration::from_secs(120),
             "/healthz did not recover"

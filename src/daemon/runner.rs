@@ -250,9 +250,11 @@ impl Runner {
     ) {
         let mut msg = Some(first);
         let mut budget = BATCH;
+        // The wall clock event times are held against: once per batch, not per report.
+        let now = crate::time::now_ms();
         while let Some(m) = msg.take() {
             match m {
-                Ok(m) => self.on_report(consumer, &m).await,
+                Ok(m) => self.on_report(consumer, &m, now).await,
                 Err(KafkaError::PartitionEOF(p)) => {
                     self.pos.at_end.insert(p);
                 }
@@ -265,7 +267,12 @@ impl Runner {
         }
     }
 
-    async fn on_report(&mut self, consumer: &kafka::ReportsConsumer, msg: &BorrowedMessage<'_>) {
+    async fn on_report(
+        &mut self,
+        consumer: &kafka::ReportsConsumer,
+        msg: &BorrowedMessage<'_>,
+        now: Millis,
+    ) {
         self.reports_in.inc();
         let (p, o) = (msg.partition(), msg.offset());
         self.pos.at_end.remove(&p);
@@ -289,7 +296,7 @@ impl Runner {
             })
             .and_then(|r| {
                 // A wild clock is bad input, not a jump of event time.
-                match window.check_event_time(r.ts, Some(crate::time::now_ms())) {
+                match window.check_event_time(r.ts, Some(now)) {
                     Ok(()) => Ok(r),
                     Err(detail) => Err(decode::DecodeError::OutOfRange {
                         field: "ts",
