@@ -48,12 +48,22 @@ pub struct BenchOptions {
     /// must be empty: the run reads them from the beginning).
     pub brokers: Option<String>,
     pub seed: u64,
+    /// Share of the reports topic's messages that are bad (truncated JSON), each one a dead
+    /// letter: with 0.5, one bad message after each good report.
+    pub bad_share: f64,
 }
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
+    /// Messages on the reports topic, bad ones included.
     pub reports: u64,
+    /// Share of them that are bad, as asked.
+    pub bad_share: f64,
+    /// Bad messages produced.
+    pub bad_messages: u64,
+    /// Dead letters the daemon wrote.
+    pub dead_letters: u64,
     pub partitions: i32,
     pub produce_per_s: f64,
     /// Bare rdkafka consumer, payloads touched, nothing else.
@@ -115,10 +125,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         "bench: producing {} reports to {} partitions at {brokers}",
         opts.reports, opts.partitions
     );
-    let (sent, produce_per_s) = {
+    let (sent, bad_messages, produce_per_s) = {
         let cfg = cfg.clone();
-        let (n, seed) = (opts.reports, opts.seed);
-        tokio::task::spawn_blocking(move || produce(&cfg, n, seed)).await??
+        let (n, seed, bad) = (opts.reports, opts.seed, opts.bad_share);
+        tokio::task::spawn_blocking(move || produce(&cfg, n, seed, bad)).await??
     };
     eprintln!("bench: produced {sent} reports at {produce_per_s:.0}/s");
 
@@ -129,7 +139,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     };
     eprintln!("bench: bare consumer read them at {ceiling_per_s:.0}/s");
 
-    let (daemon_per_s, latencies) = daemon_rate(&cfg, sent).await?;
+    let (daemon_per_s, latencies, dead_letters) = daemon_rate(&cfg, sent).await?;
     let steal_percent = match (cpu0, cpu_times()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
             Some(100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
@@ -156,6 +166,9 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     let q = |p: f64| quantile(&latencies, p);
     Ok(Figures {
         reports: sent,
+        bad_share: opts.bad_share,
+        bad_messages,
+        dead_letters,
         partitions: opts.partitions,
         produce_per_s,
         ceiling_per_s,
@@ -192,16 +205,22 @@ fn quantile(sorted_or_not: &[Millis], p: f64) -> Option<Millis> {
     Some(v[rank - 1])
 }
 
-/// Produces simulated traffic until `n` reports are sent: returns (reports, reports/s).
-fn produce(cfg: &Config, n: u64, seed: u64) -> anyhow::Result<(u64, f64)> {
+/// Produces simulated traffic until `n` messages are on the reports topic, a `bad_share` of
+/// them bad: returns (messages, bad ones, messages/s).
+fn produce(cfg: &Config, n: u64, seed: u64, bad_share: f64) -> anyhow::Result<(u64, u64, f64)> {
+    anyhow::ensure!(
+        (0.0..1.0).contains(&bad_share),
+        "--bad-share must be at least 0 and below 1"
+    );
     let producer = crate::kafka::bulk_producer(&cfg.kafka)?;
     // About three reports per session-minute at the evening peak: size the world so that n
     // reports span half an hour of event time, long enough for incidents to fire and resolve.
     let minutes = 30;
     let mut sc = SimConfig::demo(seed, START, minutes * 60_000);
     sc.locations = 2_000;
-    sc.peak_sessions = ((n as f64 / (minutes as f64 * 3.0)) * 2.5) as usize + 1;
-    let (mut reports, started) = (0u64, Instant::now());
+    let good = n as f64 * (1.0 - bad_share);
+    sc.peak_sessions = ((good / (minutes as f64 * 3.0)) * 2.5) as usize + 1;
+    let (mut reports, mut bad, started) = (0u64, 0u64, Instant::now());
     let send = |topic: &str, key: &[u8], value: &[u8]| -> anyhow::Result<()> {
         loop {
             match producer.send(BaseRecord::to(topic).key(key).payload(value)) {
@@ -222,12 +241,20 @@ fn produce(cfg: &Config, n: u64, seed: u64) -> anyhow::Result<(u64, f64)> {
                 if reports == n {
                     break;
                 }
-                send(
-                    &cfg.kafka.reports_topic,
-                    r.location.as_bytes(),
-                    &serde_json::to_vec(&r)?,
-                )?;
+                let json = serde_json::to_vec(&r)?;
+                send(&cfg.kafka.reports_topic, r.location.as_bytes(), &json)?;
                 reports += 1;
+                // Bad messages in step with the good: truncated JSON, as a crashed writer leaves.
+                while reports < n && (bad + 1) as f64 <= bad_share * reports as f64 {
+                    let cut = json.len() / 2;
+                    send(
+                        &cfg.kafka.reports_topic,
+                        r.location.as_bytes(),
+                        &json[..cut],
+                    )?;
+                    reports += 1;
+                    bad += 1;
+                }
             }
             Event::Benchmark(b) => {
                 let key = format!("{}|{}", b.location, b.cdn);
@@ -265,7 +292,7 @@ fn produce(cfg: &Config, n: u64, seed: u64) -> anyhow::Result<(u64, f64)> {
         kept as u64 == reports,
         "the reports topic holds {kept} records, {reports} were sent"
     );
-    Ok((reports, rate))
+    Ok((reports, bad, rate))
 }
 
 /// Reads every partition of the reports topic from the start with a bare consumer until `n`
@@ -305,7 +332,7 @@ fn ceiling(cfg: &Config, n: u64) -> anyhow::Result<f64> {
 
 /// Runs the daemon over the topic: (records/s from its first record to the n-th, alert
 /// latencies in ms from window close to webhook receipt).
-async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>)> {
+async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>, u64)> {
     let latencies: Arc<Mutex<Vec<Millis>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -380,7 +407,7 @@ async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>)>
     server.abort();
     let secs = finished.map_or(0.0, |d| d.as_secs_f64());
     let l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok((n as f64 / secs.max(1e-9), l))
+    Ok((n as f64 / secs.max(1e-9), l, metrics.dead_letters.get()))
 }
 
 /// Runs [`memory`] in a child process (`qos-sentinel bench-memory`) and reads its figures.
@@ -556,6 +583,14 @@ pub fn render(f: &Figures) -> String {
         ms(f.alert_latency_p99_ms),
         ms(f.alert_latency_max_ms)
     ));
+    if f.bad_share > 0.0 {
+        s.push_str(&format!(
+            "| bad messages (dead letters written) | {} of {} ({}) | rate >= 80 % of the clean run's |\n",
+            f.bad_messages,
+            f.reports,
+            f.dead_letters
+        ));
+    }
     if let Some(steal) = f.steal_percent {
         s.push_str(&format!(
             "| CPU steal (hypervisor) while consuming | {steal:.0} % | |\n"

@@ -50,6 +50,17 @@ pub enum ChangelogError {
     },
 }
 
+impl ChangelogError {
+    /// A broker that did not answer (in time): worth reading again. A record that does not
+    /// decode stays so.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChangelogError::Kafka { .. } | ChangelogError::NotToTheEnd { .. }
+        )
+    }
+}
+
 /// What comes with a partition's state.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Header {

@@ -160,6 +160,22 @@ impl Live {
         }
     }
 
+    /// Firing incidents of restored or taken-over state, unless listed already.
+    pub fn adopt(&self, alerts: &[Alert]) {
+        let mut g = self.lock();
+        for a in alerts.iter().filter(|a| a.status == Status::Firing) {
+            g.firing.entry(a.id.clone()).or_insert_with(|| a.clone());
+        }
+    }
+
+    /// Incidents this instance no longer speaks for (their partition moved).
+    pub fn forget(&self, ids: &[String]) {
+        let mut g = self.lock();
+        for id in ids {
+            g.firing.remove(id);
+        }
+    }
+
     pub fn set_quality(&self, q: &Quality, watermark: Option<Millis>) {
         let mut g = self.lock();
         if q.window_start != g.quality.window_start {

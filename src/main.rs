@@ -138,6 +138,9 @@ enum Command {
         brokers: Option<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Share of the reports topic's messages that are bad (each a dead letter), 0 to 0.99.
+        #[arg(long, default_value_t = 0.0)]
+        bad_share: f64,
         /// Also write the figures as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -213,6 +216,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             keys,
             brokers,
             seed,
+            bad_share,
             json,
         } => {
             let opts = qos_sentinel::bench::BenchOptions {
@@ -221,6 +225,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 keys,
                 brokers,
                 seed,
+                bad_share,
             };
             bench(opts, json).await
         }

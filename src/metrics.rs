@@ -10,12 +10,13 @@ use crate::decode::DecodeError;
 use crate::engine::{Counters, Quality};
 
 /// The loops that retry until they succeed, as `qos_sentinel_retries_total` labels them.
-pub const RETRY_LOOPS: [&str; 5] = [
+pub const RETRY_LOOPS: [&str; 6] = [
     "checkpoint",
     "changelog",
     "outbox",
     "alerts_produce",
     "group_join",
+    "changelog_read",
 ];
 
 pub struct Metrics {
@@ -23,6 +24,10 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     pub decode_failures: IntCounterVec,
     pub dead_letters: IntCounter,
+    pub dead_letter_failures: IntCounter,
+    pub partitions_started_empty: IntCounter,
+    pub orphaned_incidents: IntGauge,
+    pub dead_letters_in_flight: IntGauge,
     pub join: IntCounterVec,
     pub dropped: IntCounterVec,
     pub windows_closed: IntCounter,
@@ -131,6 +136,26 @@ impl Metrics {
                 &r,
                 "qos_sentinel_dead_letters_total",
                 "Messages written to the dead-letter topic.",
+            ),
+            dead_letter_failures: counter(
+                &r,
+                "qos_sentinel_dead_letter_failures_total",
+                "Dead letters the broker did not take in time (logged; the input goes on).",
+            ),
+            partitions_started_empty: counter(
+                &r,
+                "qos_sentinel_partitions_started_empty_total",
+                "Partitions taken over without their state (changelog unreadable after retries).",
+            ),
+            orphaned_incidents: gauge(
+                &r,
+                "qos_sentinel_orphaned_incidents",
+                "Incidents firing on the alerts topic watched for a lost partition's locations (at most 10,000).",
+            ),
+            dead_letters_in_flight: gauge(
+                &r,
+                "qos_sentinel_dead_letters_in_flight",
+                "Dead letters sent and not yet acknowledged (at most 10,000 or 64 MiB).",
             ),
             join: counter_vec(
                 &r,

@@ -57,11 +57,22 @@ async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut f: impl
 
 /// A real Alertmanager routing every alert to `hook_addr`, ready; killed when dropped.
 async fn start_alertmanager(dir: &std::path::Path, hook_addr: &str) -> (common::Killed, String) {
+    start_alertmanager_with(dir, hook_addr, "5m").await
+}
+
+/// [`start_alertmanager`] with a `resolve_timeout` of its own: how long Alertmanager keeps an
+/// alert without `endsAt` active unless it is posted again.
+async fn start_alertmanager_with(
+    dir: &std::path::Path,
+    hook_addr: &str,
+    resolve_timeout: &str,
+) -> (common::Killed, String) {
     let am_config = dir.join("alertmanager.yml");
     std::fs::write(
         &am_config,
         format!(
-            "route:\n  receiver: hook\n  group_by: ['incident_id']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+            "global:\n  resolve_timeout: {resolve_timeout}\n\
+             route:\n  receiver: hook\n  group_by: ['incident_id']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
              receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook_addr}/am\n        send_resolved: true\n"
         ),
     )
@@ -225,4 +236,101 @@ async fn an_escalation_replaces_the_warning_in_alertmanager() {
     })
     .await;
     assert_eq!(d.shutdown(Duration::from_secs(1)).await, 0);
+}
+
+/// Whether Alertmanager lists an active alert of `id`.
+async fn active(am: &str, id: &str) -> bool {
+    !active_severities(am, id).await.is_empty()
+}
+
+/// Refreshes come from the engine's restored incidents, not from memory: the daemon is
+/// killed (SIGKILL) while an incident fires and comes back only after Alertmanager's
+/// `resolve_timeout` has resolved the alert by itself; the restarted daemon posts it again
+/// before any new input, and ends it when the incident resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_the_resolve_timeout_lists_the_firing_incident_again() {
+    common::need(BIN, "prometheus-alertmanager");
+    let dir = tempfile::tempdir().unwrap();
+    let hook_addr = common::free_addr();
+    let sink = Sink::default();
+    receiver::serve(&hook_addr, sink.clone()).await;
+    let (_am, am) = start_alertmanager_with(dir.path(), &hook_addr, "4s").await;
+
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.http.listen = common::free_addr();
+    let cluster = common::mock_cluster(&mut cfg, 1);
+    let k = cfg.kafka.clone();
+    let p = common::producer(&cluster.bootstrap_servers());
+    common::mumbai_benchmarks(&p, &k.benchmarks_topic);
+    common::mumbai_windows(&p, &k.reports_topic, 0..3, false);
+    common::mumbai_windows(&p, &k.reports_topic, 3..10, true);
+    let receivers = format!(
+        "[[notify.receivers]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"{am}\"\nrepeat_interval = \"1s\"\n"
+    );
+    let config = common::write_config(dir.path(), &cfg, &receivers);
+    let log = dir.path().join("daemon.log");
+    let spawn = || common::Killed(common::spawn_daemon(&config, &[("RUST_LOG", "info")], &log));
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let mut daemon = spawn();
+    let alerts = common::tail(&k.brokers, &k.alerts_topic);
+    let first = tokio::task::block_in_place(|| {
+        common::read_until(&alerts, Duration::from_secs(90), |r| !r.is_empty())
+    });
+    let fired: Alert = serde_json::from_slice(first[0].value.as_deref().expect("alert")).unwrap();
+    assert_eq!(fired.status, Status::Firing, "{}", logs());
+    let id = fired.id.clone();
+    wait_for("Alertmanager lists the incident", || active(&am, &id)).await;
+    daemon.0.kill().unwrap(); // SIGKILL, while it fires
+    daemon.0.wait().unwrap();
+
+    // Nobody refreshes it: Alertmanager resolves it by itself.
+    wait_for("Alertmanager times the alert out", || async {
+        !active(&am, &id).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!active(&am, &id).await);
+
+    // Back, with no new input: the incident is still firing in its restored state.
+    let _daemon = spawn();
+    wait_for(
+        "the restarted daemon posts the firing incident again",
+        || active(&am, &id),
+    )
+    .await;
+    // And keeps it there past another timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        active(&am, &id).await,
+        "refreshed after the restart\n{}",
+        logs()
+    );
+
+    common::mumbai_windows(&p, &k.reports_topic, 10..20, false);
+    wait_for("the resolution ends it in Alertmanager", || async {
+        !active(&am, &id).await
+    })
+    .await;
+    let all = tokio::task::block_in_place(|| {
+        common::read_until(&alerts, Duration::from_secs(30), |r| {
+            r.iter().any(|m| {
+                m.value.as_deref().is_some_and(|v| {
+                    serde_json::from_slice::<Alert>(v).is_ok_and(|a| a.status == Status::Resolved)
+                })
+            })
+        })
+    });
+    let changes: Vec<(String, Status)> = first
+        .iter()
+        .chain(&all)
+        .filter_map(|m| serde_json::from_slice::<Alert>(m.value.as_deref()?).ok())
+        .map(|a| (a.id, a.status))
+        .collect();
+    assert_eq!(
+        changes,
+        [(id.clone(), Status::Firing), (id, Status::Resolved)],
+        "one firing, one resolution on the alerts topic: the restart raised nothing new\n{}",
+        logs()
+    );
 }

@@ -10,7 +10,7 @@ fn bench_command_measures_every_figure_on_a_small_run() {
     let json = dir.path().join("figures.json");
     let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
         .args(["bench", "--reports", "30000", "--partitions", "8"])
-        .args(["--keys", "500,2000", "--json"])
+        .args(["--keys", "500,2000", "--bad-share", "0.5", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -29,6 +29,16 @@ fn bench_command_measures_every_figure_on_a_small_run() {
     }
     let f: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(f["reports"], 30_000);
+    // Half of the messages bad: each is a dead letter, all written before the daemon stopped.
+    let bad = f["bad_messages"].as_u64().unwrap();
+    assert!((14_999..=15_000).contains(&bad), "{f}");
+    assert_eq!(f["dead_letters"].as_u64(), Some(bad), "{f}");
+    assert!(
+        table.contains(&format!(
+            "bad messages (dead letters written) | {bad} of 30000 ({bad})"
+        )),
+        "{table}"
+    );
     for rate in ["produce_per_s", "ceiling_per_s", "daemon_per_s"] {
         assert!(f[rate].as_f64().unwrap() > 0.0, "{rate}: {f}");
     }

@@ -266,3 +266,73 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
         .unwrap()
         .unwrap();
 }
+
+/// Bad input does not throttle good input. Each dead letter used to be awaited inline, a
+/// broker round trip each: with a 100 ms round trip, 2,000 bad messages held the good reports
+/// behind them for over 3 minutes. In flight together they take a few round trips. Every
+/// letter is still on the dead-letter topic after a shutdown that follows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_in_flight_do_not_hold_up_the_good_ones() {
+    const BAD_N: usize = 2_000;
+    const GOOD_N: usize = 2_000;
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(state.path());
+    let cluster = common::mock_cluster(&mut cfg, 1);
+    let brokers = cluster.bootstrap_servers();
+    let k = cfg.kafka.clone();
+    let p = common::producer(&brokers);
+    for i in 0..BAD_N {
+        common::send(
+            &p,
+            &k.reports_topic,
+            "bad",
+            format!("{{not json {i}").as_bytes(),
+        );
+    }
+    for i in 0..GOOD_N {
+        let (loc, cdn) = KEYS[i % KEYS.len()];
+        let r = report(loc, cdn, T0 + (i as i64) * 150, i as i64, false);
+        common::send(&p, &k.reports_topic, loc, &serde_json::to_vec(&r).unwrap());
+    }
+    common::flush(&p);
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .unwrap();
+
+    let metrics = std::sync::Arc::new(qos_sentinel::metrics::Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = RunOptions {
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    };
+    let daemon = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let records = metrics.records_in.with_label_values(&["reports"]);
+    let start = std::time::Instant::now();
+    while records.get() < (BAD_N + GOOD_N) as u64 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        records.get(),
+        (BAD_N + GOOD_N) as u64,
+        "every message read within a minute of a 100 ms round trip"
+    );
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .expect("daemon stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(metrics.dead_letters.get(), BAD_N as u64);
+    assert_eq!(metrics.dead_letters_in_flight.get(), 0);
+    let tail = common::tail(&brokers, &k.dead_letter_topic);
+    let letters = common::read_until(&tail, Duration::from_secs(30), |r| r.len() >= BAD_N);
+    assert_eq!(
+        letters.len(),
+        BAD_N,
+        "every bad message on the dead-letter topic"
+    );
+    assert_eq!(
+        letters[BAD_N - 1].value.as_deref(),
+        Some(format!("{{not json {}", BAD_N - 1).as_bytes())
+    );
+}

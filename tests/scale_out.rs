@@ -10,13 +10,34 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::receiver::{self, Sink};
 use qos_sentinel::config::Config;
 use qos_sentinel::incident::{Alert, Status};
 
 /// One instance: its own state, HTTP port and config file; group, alerts topic and
-/// changelog as given.
-fn instance(base: &Config, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    common::instance(base, dir, name).1
+/// changelog as given; `receivers` (TOML) its notification receivers.
+fn instance(
+    base: &Config,
+    dir: &std::path::Path,
+    name: &str,
+    receivers: &str,
+) -> std::path::PathBuf {
+    let (cfg, _) = common::instance(base, dir, name);
+    common::write_config(&dir.join(name), &cfg, receivers)
+}
+
+/// What a webhook received, in order of arrival: (incident id, status).
+fn webhook_changes(sink: &Sink) -> Vec<(String, String)> {
+    sink.received()
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["id"].as_str().unwrap_or_default().to_string(),
+                v["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The alerts once every incident has resolved, there are `at_least` of them (a group pauses
@@ -59,10 +80,11 @@ async fn group_run(
     dir: &std::path::Path,
     run: &Run,
     at_least: usize,
+    receivers: &str,
 ) -> (Vec<Alert>, String) {
     let n = run.members;
     let paths: Vec<_> = (0..n)
-        .map(|i| instance(base, dir, &format!("member-{i}")))
+        .map(|i| instance(base, dir, &format!("member-{i}"), receivers))
         .collect();
     let logs: Vec<_> = (0..n)
         .map(|i| dir.join(format!("member-{i}.log")))
@@ -135,7 +157,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
     broker
         .create_topic(&single.kafka.alerts_topic, 1, 1)
         .expect("topic");
-    let path = instance(&single, dir.path(), "single");
+    let path = instance(&single, dir.path(), "single", "");
     let log = dir.path().join("single.log");
     let started = Instant::now();
     let child = common::Killed(common::spawn_daemon(&path, &[("RUST_LOG", "info")], &log));
@@ -163,6 +185,7 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
             .map_or(1, |d| d.as_nanos() as u64),
     );
     let mut took_over = 0;
+    let mut reminders = 0;
     let victims = [rng.below(2) as usize, rng.below(3) as usize];
     // Somewhere in the first half of the work (the alone run took `took`, start-up and
     // settling included).
@@ -197,11 +220,20 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
         let summaries = format!("summaries-{}-{k}", base.kafka.group_id);
         broker.create_topic(&summaries, 1, 1).expect("topic");
         group.kafka.summaries_topic = Some(summaries);
+        // Every member reminds the incidents it owns every second; a partition's old owner
+        // must stop when it moves.
+        let (hook_addr, sink) = (common::free_addr(), Sink::default());
+        receiver::serve(&hook_addr, sink.clone()).await;
+        let receivers = format!(
+            "[[notify.receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/hook\"\n\
+             repeat_interval = \"1s\"\nmax_age = \"0s\"\n"
+        );
         let (alerts, logs) = group_run(
             &group,
             &dir.path().join(format!("group{k}")),
             run,
             alone.len(),
+            &receivers,
         )
         .await;
         let taken = |log: &str| {
@@ -232,9 +264,33 @@ async fn a_group_that_loses_a_member_alerts_as_one_instance_does() {
                 Status::Resolved => assert!(fired.contains(&a.id), "{} resolved first", a.id),
             }
         }
+        // Nothing marked firing reaches the webhook after that incident's resolution: no
+        // member reminds an incident whose partition moved away, or that resolved.
+        let hook = webhook_changes(&sink);
+        let mut resolved = std::collections::HashSet::new();
+        for (id, status) in &hook {
+            match status.as_str() {
+                "resolved" => {
+                    resolved.insert(id.clone());
+                }
+                _ => assert!(
+                    !resolved.contains(id),
+                    "{n} instances, run {k}: {id} reminded as firing after its resolution: {hook:?}\n{logs}"
+                ),
+            }
+        }
+        reminders += sink
+            .received()
+            .iter()
+            .filter(|r| {
+                r.header("idempotency-key")
+                    .is_some_and(|k| k.contains(":repeat-"))
+            })
+            .count();
     }
     assert!(
         took_over > 0,
         "no partition was taken over from the changelog in any run"
     );
+    assert!(reminders > 0, "no reminder reached the webhook in any run");
 }

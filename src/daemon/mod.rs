@@ -12,6 +12,7 @@
 //! | `probes.rs` | broker reachability, consumer lag, gauges |
 
 mod emit;
+mod orphans;
 mod positions;
 mod probes;
 mod runner;
@@ -94,6 +95,7 @@ pub async fn run(
     let dispatcher = outputs.dispatcher.clone();
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
     ckpt.changelog = changelog(&cfg, &producer)?;
+    ckpt.dead_letters = Some(source::InFlight::new(dlq.clone(), &metrics));
     send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,6 +125,8 @@ pub async fn run(
         last_progress: (Instant::now(), engine.watermark()),
         last_probe: Instant::now() - PROBE_EVERY,
         lag_shown: HashSet::new(),
+        adopted: HashSet::new(),
+        orphans: orphans::Orphans::default(),
         reports_in: metrics.records_in.with_label_values(&["reports"]),
         summaries_in: metrics.records_in.with_label_values(&["summaries"]),
         cfg: cfg.clone(),
@@ -134,7 +138,6 @@ pub async fn run(
         ckpt,
         pos,
         summaries,
-        dlq,
         store,
     };
     let inputs = Inputs {
@@ -226,7 +229,7 @@ async fn events(runner: &mut Runner, i: Inputs<'_>, shutdown: &mut watch::Receiv
             _ = shutdown.changed() => break,
             Some(()) = i.hangup.recv() => runner.on_hangup(),
             Some(u) = i.benchmarks.recv() => runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row),
-            m = next_summary(i.summaries) => runner.on_summaries(i.summaries, m).await,
+            m = next_summary(i.summaries) => runner.on_summaries(i.reports, i.summaries, m).await,
             _ = ticker.tick() => runner.on_tick(i.reports).await,
             msg = i.reports.recv() => runner.on_reports(i.reports, msg).await,
         }
@@ -338,6 +341,7 @@ fn restore(
         dirty: false,
         changelog: None,
         flush_first: None,
+        dead_letters: None,
         retries: retries.clone(),
     };
     Ok((engine, next, ckpt))

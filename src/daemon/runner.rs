@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 
 /// Shortest unsettled time before a member rejoins its group (see [`Runner::watch_group`]).
 const REJOIN_AFTER_AT_LEAST: Duration = Duration::from_secs(30);
-use crate::source::{DeadLetter, DeadLetters};
+use crate::source::DeadLetter;
 use crate::table::store::TableStore;
 use crate::time::Millis;
 
@@ -44,7 +44,6 @@ pub(super) struct Runner {
     pub(super) pos: Positions,
     /// Where this instance's partitions' summaries go, when instances share the partitions.
     pub(super) summaries: Option<Summaries>,
-    pub(super) dlq: DeadLetters,
     /// The benchmark cache (its size is a gauge).
     pub(super) store: Arc<TableStore>,
     /// When input goes idle, event time is advanced by wall-clock time after this, so the
@@ -56,6 +55,10 @@ pub(super) struct Runner {
     pub(super) last_probe: Instant,
     /// Partitions with a lag series.
     pub(super) lag_shown: HashSet<i32>,
+    /// Incidents left firing by partitions that started empty.
+    pub(super) orphans: super::orphans::Orphans,
+    /// Assigned partitions whose firing incidents were adopted (see [`Runner::adopt`]).
+    pub(super) adopted: HashSet<i32>,
     pub(super) reports_in: IntCounter,
     pub(super) summaries_in: IntCounter,
 }
@@ -98,13 +101,43 @@ impl Runner {
             out,
         )
         .await;
+        let orphans = self.orphans.placed(&self.engine, &self.outputs);
+        if !orphans.is_empty() {
+            info!(
+                resolved = orphans.len(),
+                "Incidents left firing by a lost partition's last owner: resolved."
+            );
+            let closing = super::emit::Closing {
+                alerts: orphans,
+                started: Instant::now(),
+                closed: true,
+            };
+            finish(
+                &mut self.ckpt,
+                &self.engine,
+                &mut self.pos,
+                &self.outputs,
+                closing,
+            )
+            .await;
+        }
     }
 
     /// Registers what the consumer has assigned and takes new partitions' state over.
     /// Returns whether any partition is assigned.
     async fn sync(&mut self, consumer: &kafka::ReportsConsumer) -> bool {
         let a = sync_assignment(consumer, &mut self.engine, &mut self.pos, &mut self.ckpt);
-        take_over(
+        if !a.released.is_empty() {
+            let n = self.outputs.dispatcher.release(&a.released);
+            self.outputs.live.forget(&a.released);
+            info!(
+                incidents = a.released.len(),
+                reminded = n,
+                "Partitions revoked: their firing incidents are their next owner's to remind."
+            );
+        }
+        self.adopted.retain(|p| a.assigned.contains(p));
+        let lost = take_over(
             &self.cfg,
             &mut self.engine,
             &mut self.pos,
@@ -113,12 +146,48 @@ impl Runner {
             &a.added,
         )
         .await;
+        self.orphans.lost(&self.outputs, &self.engine, &lost).await;
+        self.adopt(&a.assigned).await;
         a.any
+    }
+
+    /// Incidents firing in the state of partitions this instance now owns (restored from its
+    /// checkpoint or taken over): their reminders and Alertmanager refreshes go on from here,
+    /// and they are on the live page.
+    async fn adopt(&mut self, assigned: &[i32]) {
+        let mut firing = Vec::new();
+        for p in assigned {
+            if self.adopted.insert(*p) {
+                firing.extend(self.engine.firing_alerts_of(*p));
+            }
+        }
+        if !assigned.is_empty() {
+            // Known ones are skipped: cheap to offer each time.
+            firing.extend(self.engine.cdn_firing_alerts());
+        }
+        if firing.is_empty() {
+            return;
+        }
+        let dispatcher = &self.outputs.dispatcher;
+        let counter = self.metrics.retries.with_label_values(&["outbox"]);
+        let adopted =
+            crate::retry::until_ok("queue refreshes in the outbox", Some(counter), || {
+                dispatcher.adopt(&firing)
+            })
+            .await;
+        if adopted > 0 {
+            info!(
+                incidents = adopted,
+                "Firing incidents in restored or taken-over state: reminding them from here."
+            );
+        }
+        self.outputs.live.adopt(&firing);
     }
 
     /// A summary, then whatever else is already fetched, up to a batch.
     pub(super) async fn on_summaries(
         &mut self,
+        reports: &kafka::ReportsConsumer,
         consumer: Option<&rdkafka::consumer::StreamConsumer>,
         first: KafkaResult<BorrowedMessage<'_>>,
     ) {
@@ -141,6 +210,11 @@ impl Runner {
             }
         }
         if self.engine.has_ready() {
+            // Nothing is decided for a partition that has moved away: a revocation since the
+            // last report is taken in first.
+            if reports.context().take_revoked() {
+                self.sync(reports).await;
+            }
             self.close(None).await;
         }
     }
@@ -319,10 +393,10 @@ impl Runner {
                     offset = o,
                     "Dead-lettered a report."
                 );
-                // Wait for the dead letter to be durable before this offset can be committed.
-                match self.dlq.send(DeadLetter::from_message(msg, &e)).await {
-                    Ok(()) => self.metrics.dead_letters.inc(),
-                    Err(e) => error!(error = %e, "Could not write to the dead-letter topic."),
+                // In flight: the next checkpoint waits for it before this offset can be
+                // committed.
+                if let Some(dlq) = &mut self.ckpt.dead_letters {
+                    dlq.push(DeadLetter::from_message(msg, &e)).await;
                 }
             }
         }
@@ -346,6 +420,8 @@ impl Runner {
         );
         if self.ckpt.dirty {
             self.ckpt.save(&self.engine, &mut self.pos, &[]).await;
+        } else if let Some(dlq) = &mut self.ckpt.dead_letters {
+            dlq.settle().await;
         }
         self.pos.store(consumer, &self.cfg.kafka.reports_topic);
         if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {

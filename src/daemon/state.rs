@@ -29,6 +29,9 @@ pub(super) struct Checkpointer {
     /// Flushed before each checkpoint: the summaries of the windows in it must be out (a
     /// restore would not send them again).
     pub(super) flush_first: Option<rdkafka::producer::FutureProducer>,
+    /// Dead letters in flight: acknowledged before each checkpoint (the offsets behind them
+    /// move on with it).
+    pub(super) dead_letters: Option<crate::source::InFlight>,
     /// `qos_sentinel_retries_total`, for the checkpoint and changelog loops.
     pub(super) retries: prometheus::IntCounterVec,
 }
@@ -149,6 +152,9 @@ impl Checkpointer {
     /// Writes the state, the read positions and the newly decided alerts (retrying until the
     /// disk takes them), then moves the committable offsets up to this state.
     pub(super) async fn save(&mut self, engine: &Engine, pos: &mut Positions, alerts: &[Alert]) {
+        if let Some(dlq) = &mut self.dead_letters {
+            dlq.settle().await;
+        }
         if let Some(producer) = &self.flush_first {
             use rdkafka::producer::Producer;
             if let Err(e) = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)))

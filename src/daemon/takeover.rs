@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::emit::{Closing, Outputs, finish, found_on_alerts_topic};
 use super::positions::Positions;
@@ -23,6 +23,11 @@ pub(super) struct Assignment {
     pub(super) any: bool,
     /// Newly assigned partitions.
     pub(super) added: Vec<i32>,
+    /// Every partition assigned now.
+    pub(super) assigned: Vec<i32>,
+    /// Incidents of revoked partitions that were firing: this instance no longer speaks for
+    /// them (no reminders, off the live page).
+    pub(super) released: Vec<String>,
 }
 
 /// Registers newly assigned report partitions with the engine and handles revoked ones:
@@ -39,6 +44,8 @@ pub(super) fn sync_assignment(
         return Assignment {
             any: false,
             added: Vec::new(),
+            assigned: Vec::new(),
+            released: Vec::new(),
         };
     };
     let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -57,8 +64,14 @@ pub(super) fn sync_assignment(
         .filter(|p| !assigned.contains(p))
         .copied()
         .collect();
+    let mut released = Vec::new();
     for p in revoked {
         pos.last_seen.remove(&p);
+        released.extend(engine.firing_alerts_of(p).into_iter().map(|a| a.id));
+        if p == 0 && engine.is_peered() {
+            // Partition 0's owner speaks for the CDN-wide incidents.
+            released.extend(engine.cdn_firing_alerts().into_iter().map(|a| a.id));
+        }
         if ckpt.changelog.is_some() {
             info!(
                 partition = p,
@@ -77,6 +90,8 @@ pub(super) fn sync_assignment(
     Assignment {
         any: !assigned.is_empty(),
         added,
+        assigned,
+        released,
     }
 }
 
@@ -90,16 +105,15 @@ pub(super) async fn take_over(
     ckpt: &mut Checkpointer,
     out: &Outputs,
     added: &[i32],
-) {
+) -> Vec<i32> {
     let Some(topic) = cfg.kafka.changelog_topic.as_deref() else {
-        return;
+        return Vec::new();
     };
+    let mut lost = Vec::new();
     let mut pending = Vec::new();
     let mut from: HashMap<i32, i64> = HashMap::new();
     for p in added {
-        let last = tokio::task::block_in_place(|| {
-            crate::changelog::read_share(&cfg.kafka, topic, *p, Duration::from_secs(10))
-        });
+        let last = read_share_retrying(cfg, topic, *p, &ckpt.retries).await;
         let (header, share) = match last {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -110,7 +124,15 @@ pub(super) async fn take_over(
                 continue;
             }
             Err(e) => {
-                warn!(partition = p, error = %e, "Changelog not usable: starting at the committed offset.");
+                error!(
+                    partition = p,
+                    error = %e,
+                    "Changelog unreadable: the partition starts EMPTY at the committed offset; \
+                     incidents its last owner had firing are resolved here as their locations \
+                     show up."
+                );
+                out.metrics.partitions_started_empty.inc();
+                lost.push(*p);
                 continue;
             }
         };
@@ -122,7 +144,13 @@ pub(super) async fn take_over(
             continue;
         }
         if let Err(e) = engine.absorb_partition(*p, &share) {
-            warn!(partition = p, error = %e, "Changelog state unusable: starting at the committed offset.");
+            error!(
+                partition = p,
+                error = %e,
+                "Changelog state unusable: the partition starts EMPTY at the committed offset."
+            );
+            out.metrics.partitions_started_empty.inc();
+            lost.push(*p);
             continue;
         }
         info!(
@@ -139,7 +167,7 @@ pub(super) async fn take_over(
         pending.extend(header.pending);
     }
     if pending.is_empty() {
-        return;
+        return lost;
     }
     let wanted: HashSet<String> = pending.iter().map(notify::change_key).collect();
     let found = found_on_alerts_topic(out, from, wanted).await;
@@ -158,6 +186,45 @@ pub(super) async fn take_over(
         closed: true,
     };
     finish(ckpt, engine, pos, out, closing).await;
+    lost
+}
+
+/// Changelog reads attempted per partition before it starts empty.
+const READ_ATTEMPTS: u32 = 4;
+
+/// A partition's last changelog share; what the broker failed to answer is read again (up to
+/// [`READ_ATTEMPTS`], waiting 1, 2, 4 s, counted in `retries_total{loop="changelog_read"}`).
+/// A record that cannot be decoded is not read again.
+async fn read_share_retrying(
+    cfg: &Config,
+    topic: &str,
+    partition: i32,
+    retries: &prometheus::IntCounterVec,
+) -> Result<Option<(crate::changelog::Header, Vec<u8>)>, crate::changelog::ChangelogError> {
+    let counter = retries.with_label_values(&["changelog_read"]);
+    let policy = crate::retry::Policy {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(4),
+        jitter: false,
+    };
+    let mut backoff = crate::retry::Backoff::with_policy(
+        "read a partition's state from the changelog",
+        Some(counter),
+        policy,
+    );
+    let mut attempt = 1;
+    loop {
+        let read = tokio::task::block_in_place(|| {
+            crate::changelog::read_share(&cfg.kafka, topic, partition, Duration::from_secs(10))
+        });
+        match read {
+            Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                backoff.wait(format!("partition {partition}: {e}")).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// An instance with no CDN-wide stage of its own (no checkpoint) starts it from report

@@ -225,6 +225,32 @@ impl Engine {
             .sum::<usize>()
     }
 
+    /// The window size, ms.
+    pub fn window_ms(&self) -> Millis {
+        self.cfg.window_ms()
+    }
+
+    /// Whether the CDN-wide stage is shared with other instances.
+    pub fn is_peered(&self) -> bool {
+        self.peers.is_some()
+    }
+
+    /// The last firing alert of each incident firing on `partition`'s locations.
+    pub fn firing_alerts_of(&self, partition: i32) -> Vec<Alert> {
+        self.parts
+            .get(&partition)
+            .map_or_else(Vec::new, |p| p.incidents.firing_alerts())
+    }
+
+    /// The last firing alert of each CDN-wide (or CDN-in-a-region) incident firing, where this
+    /// instance speaks for them: peered, partition 0's owner does.
+    pub fn cdn_firing_alerts(&self) -> Vec<Alert> {
+        match &self.peers {
+            Some(_) if !self.has_partition(0) => Vec::new(),
+            _ => self.incidents.firing_alerts(),
+        }
+    }
+
     /// Applies a benchmark row (or a tombstone, `None`) valid from `ts`.
     pub fn on_benchmark(&mut self, location: &str, cdn: &str, ts: Millis, row: Option<Expected>) {
         self.table.upsert(location, cdn, ts, row);

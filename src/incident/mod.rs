@@ -195,9 +195,13 @@ impl Track {
                     started_at: self.streak_start,
                     severity: sev,
                     last: v.finding,
+                    alerted: None,
                 };
                 let a = alert(Status::Firing, &v.scope, &f, window_start, window_end, None);
-                self.firing = Some(f);
+                self.firing = Some(Firing {
+                    alerted: Some(Box::new(a.clone())),
+                    ..f
+                });
                 Some(a)
             }
             Some(f) => {
@@ -205,7 +209,9 @@ impl Track {
                 // Escalation is news; a repeat at the same severity is not.
                 (sev > f.severity).then(|| {
                     f.severity = sev;
-                    alert(Status::Firing, &v.scope, f, window_start, window_end, None)
+                    let a = alert(Status::Firing, &v.scope, f, window_start, window_end, None);
+                    f.alerted = Some(Box::new(a.clone()));
+                    a
                 })
             }
             None => None,
@@ -222,6 +228,11 @@ struct Firing {
     started_at: Millis,
     severity: Severity,
     last: Finding,
+    /// The incident's last firing alert (its firing or its escalation), for the reminders and
+    /// refreshes a restarted instance or a partition's next owner sends. Absent in state
+    /// written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alerted: Option<Box<Alert>>,
 }
 
 /// All incidents, open and forming.
@@ -425,6 +436,20 @@ impl Incidents {
     /// Incidents currently firing.
     pub fn firing(&self) -> usize {
         self.tracks.values().filter(|t| t.firing.is_some()).count()
+    }
+
+    /// The last firing alert of each incident firing now: what its receivers were last told.
+    pub fn firing_alerts(&self) -> Vec<Alert> {
+        self.tracks
+            .iter()
+            .filter_map(|((_, scope), t)| {
+                let f = t.firing.as_ref()?;
+                Some(match &f.alerted {
+                    Some(a) => (**a).clone(),
+                    None => alert(Status::Firing, scope, f, f.started_at, f.started_at, None),
+                })
+            })
+            .collect()
     }
 }
 

@@ -313,6 +313,83 @@ impl Dispatcher {
         self.push(per, 0, queued_ms, Some(detected_ms))
     }
 
+    /// Incidents firing in state this process restored or took over: their reminders and
+    /// refreshes lived only in the memory of the process that fired them, and go on from here.
+    /// Alertmanager receivers get a refresh at once (without one, Alertmanager resolves an
+    /// alert by itself after its `resolve_timeout`); chat and webhook receivers are not paged
+    /// again now, only reminded at their repeat interval. Incidents known here already are
+    /// left alone. Returns how many were adopted.
+    pub fn adopt(&self, alerts: &[Alert]) -> Result<usize, OutboxError> {
+        if self.receivers.is_empty() {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
+        let mut adopted: Vec<(Firing, Vec<usize>)> = Vec::new();
+        {
+            let st = self.lock();
+            // Parents first, so that a child held under its parent stays held.
+            let mut list: Vec<&Alert> = alerts
+                .iter()
+                .filter(|a| a.status == Status::Firing && !st.firing.contains_key(&a.id))
+                .collect();
+            list.sort_by_key(|a| a.parent_id.is_some());
+            let mut seen = HashSet::new();
+            for a in list {
+                if !seen.insert(a.id.as_str()) {
+                    continue;
+                }
+                let mut f = Firing {
+                    alert: a.clone(),
+                    sent: HashMap::new(),
+                };
+                let mut held = Vec::new();
+                for (i, r) in self.receivers.iter().enumerate() {
+                    if !render::routes(&r.cfg, a) {
+                        continue;
+                    }
+                    let parent_here = a.parent_id.as_ref().is_some_and(|p| {
+                        st.firing.get(p).is_some_and(|f| f.sent.contains_key(&i))
+                            || adopted
+                                .iter()
+                                .any(|(f, _)| &f.alert.id == p && f.sent.contains_key(&i))
+                    });
+                    if r.cfg.hold_children && parent_here {
+                        held.push(i);
+                        continue;
+                    }
+                    f.sent.insert(i, (now, 0));
+                    if r.cfg.kind == ReceiverKind::Alertmanager {
+                        per[i].push(a.clone());
+                    }
+                }
+                adopted.push((f, held));
+            }
+        }
+        self.push(per, 1, now_ms(), None)?;
+        let n = adopted.len();
+        let mut st = self.lock();
+        for (f, held) in adopted {
+            for i in held {
+                st.held.insert((i, f.alert.id.clone()));
+            }
+            st.firing.insert(f.alert.id.clone(), f);
+        }
+        Ok(n)
+    }
+
+    /// Incidents this process no longer speaks for (their partition moved to another
+    /// instance): no more reminders or refreshes from here. Returns how many were reminded.
+    pub fn release(&self, ids: &[String]) -> usize {
+        let mut st = self.lock();
+        let gone: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let before = st.firing.len();
+        st.firing.retain(|id, _| !gone.contains(id.as_str()));
+        st.held.retain(|(_, id)| !gone.contains(id.as_str()));
+        st.stale.retain(|(_, id)| !gone.contains(id.as_str()));
+        before - st.firing.len()
+    }
+
     /// Queues reminders of incidents still firing whose receiver's repeat interval has passed.
     pub fn repeat_due(&self) -> Result<(), OutboxError> {
         if self.receivers.is_empty() {

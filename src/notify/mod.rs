@@ -155,6 +155,46 @@ pub fn find_on_topic(
     Ok(found)
 }
 
+/// The incidents whose last state change on the alerts topic is a firing one (read from its
+/// start to its end within `timeout`).
+pub fn firing_on_topic(
+    k: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Alert>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let started = std::time::Instant::now();
+    let consumer = kafka::end_reader(k, ".alerts-firing", "earliest", false)?;
+    let partitions = kafka::partitions(consumer.client(), topic, timeout)?;
+    let start: Vec<(i32, Offset)> = partitions.iter().map(|p| (*p, Offset::Beginning)).collect();
+    let how = Read {
+        timeout: timeout.saturating_sub(started.elapsed()),
+        fail_on_error: true,
+        end_after_a_record: false,
+    };
+    let mut last: std::collections::HashMap<String, Alert> = std::collections::HashMap::new();
+    let end = kafka::read::read_to_end(&consumer, topic, &start, how, |m| {
+        if let Some(a) = m
+            .payload()
+            .and_then(|v| serde_json::from_slice::<Alert>(v).ok())
+        {
+            // Only the firing ones are kept: the memory is that of the incidents open now.
+            if a.status == crate::incident::Status::Firing {
+                last.insert(a.id.clone(), a);
+            } else {
+                last.remove(&a.id);
+            }
+        }
+        Next::More
+    })?;
+    if !end.complete {
+        return Err(KafkaError::MessageConsumption(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        ));
+    }
+    Ok(last.into_values().collect())
+}
+
 /// One readable line per alert, for the console and the demo.
 pub fn render_line(a: &Alert) -> String {
     let status = match a.status {

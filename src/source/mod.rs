@@ -4,7 +4,7 @@
 
 mod dead_letter;
 
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetters, InFlight, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -161,6 +161,7 @@ pub fn spawn_benchmark_reader(
             if check(&pos) {
                 flag.store(true, Ordering::Release);
             }
+            let mut letters = rt.block_on(async { InFlight::new(dead_letters, &metrics) });
             while !stop.load(Ordering::Acquire) {
                 let mut batch: Vec<BenchmarkUpdate> = Vec::new();
                 let mut timeout = Duration::from_millis(200);
@@ -184,13 +185,15 @@ pub fn spawn_benchmark_reader(
                     match parsed {
                         Ok(u) => batch.push(u),
                         // The bad message is kept on the dead-letter topic; read on past it.
-                        Err(e) => dead_letter(&rt, &dead_letters, &metrics, &e, &msg),
+                        Err(e) => dead_letter(&rt, &mut letters, &metrics, &e, &msg),
                     }
                     if let Some(x) = pos.iter_mut().find(|x| x.0 == p) {
                         x.1 = x.1.max(o + 1);
                     }
                 }
                 if polled > 0 {
+                    // The offsets below go past the bad messages: their letters first.
+                    rt.block_on(letters.settle());
                     let offsets: Vec<(i32, i64)> = pos.iter().map(|(p, n, _)| (*p, *n)).collect();
                     persist(&store, &batch, &topic, &offsets)?;
                     for u in batch {
@@ -259,7 +262,7 @@ fn persist(
 
 fn dead_letter<M: Message>(
     rt: &tokio::runtime::Handle,
-    dlq: &DeadLetters,
+    letters: &mut InFlight,
     metrics: &Metrics,
     err: &DecodeError,
     msg: &M,
@@ -268,10 +271,5 @@ fn dead_letter<M: Message>(
         .decode_failures
         .with_label_values(&[err.reason()])
         .inc();
-    let letter = DeadLetter::from_message(msg, err);
-    if let Err(e) = rt.block_on(dlq.send(letter)) {
-        warn!(error = %e, "Could not write to the dead-letter topic.");
-    } else {
-        metrics.dead_letters.inc();
-    }
+    rt.block_on(letters.push(DeadLetter::from_message(msg, err)));
 }

@@ -553,3 +553,64 @@ impl Daemon {
         self.handle.await.expect("daemon task").expect("daemon run");
     }
 }
+
+/// Event time of [`mumbai_windows`]' window 0: 2026-01-01T00:00:00Z.
+pub const MUMBAI_T0: i64 = 1_767_225_600_000;
+
+/// Benchmark rows for `IN/MH/Mumbai` on cdn-a and cdn-b (1 % failures expected).
+pub fn mumbai_benchmarks(p: &Producer, topic: &str) {
+    for cdn in ["cdn-a", "cdn-b"] {
+        let b = qos_sentinel::decode::Benchmark {
+            ts: MUMBAI_T0 - 3_600_000,
+            location: "IN/MH/Mumbai".into(),
+            cdn: cdn.into(),
+            throughput_kbps: Some(5_500.0),
+            rebuffer_ratio: Some(0.004),
+            startup_ms: Some(1_000.0),
+            error_rate: Some(0.01),
+        };
+        send(
+            p,
+            topic,
+            &format!("IN/MH/Mumbai|{cdn}"),
+            &serde_json::to_vec(&b).expect("benchmark JSON"),
+        );
+    }
+    flush(p);
+}
+
+/// One-minute windows of reports on `IN/MH/Mumbai` x cdn-a/cdn-b, 80 per key and window;
+/// cdn-a fails 25 % of its sessions when `failing` (a failure-rate incident), well under its
+/// benchmark otherwise.
+pub fn mumbai_windows(p: &Producer, topic: &str, windows: std::ops::Range<i64>, failing: bool) {
+    use qos_sentinel::decode::Report;
+    for w in windows {
+        for n in 0..80i64 {
+            for (ki, cdn) in ["cdn-a", "cdn-b"].iter().enumerate() {
+                let i = w * 1_000 + n * 2 + ki as i64;
+                let failed = if ki == 0 && failing {
+                    n % 4 == 0
+                } else {
+                    i % 150 == 0
+                };
+                let r = Report {
+                    session_id: format!("s{i}").into(),
+                    throughput_kbps: Some(5_000.0 + (i % 11) as f64 * 100.0),
+                    error: failed.then(|| "E_NETWORK".into()),
+                    ..Report::new(
+                        "IN/MH/Mumbai",
+                        cdn.to_string(),
+                        MUMBAI_T0 + w * 60_000 + n * 700,
+                    )
+                };
+                send(
+                    p,
+                    topic,
+                    "IN/MH/Mumbai",
+                    &serde_json::to_vec(&r).expect("report JSON"),
+                );
+            }
+        }
+    }
+    flush(p);
+}
