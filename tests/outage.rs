@@ -62,6 +62,10 @@ async fn settled(cfg: &Config) -> Vec<Alert> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_broker_loses_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,rdkafka=off,librdkafka=off")
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut base = common::test_config(&dir.path().join("unused"));
     base.window.allowed_lateness = Duration::from_secs(10);

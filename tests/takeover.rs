@@ -60,6 +60,11 @@ struct Running {
 }
 
 fn start(cfg: &Config) -> Running {
+    // The daemons' logs, shown when a test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,rdkafka=off,librdkafka=off")
+        .with_test_writer()
+        .try_init();
     let metrics = std::sync::Arc::new(Metrics::new());
     let (stop, rx) = tokio::sync::watch::channel(false);
     let opts = RunOptions {

@@ -7,7 +7,7 @@
 //! are left to their owners.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -18,10 +18,15 @@ use crate::incident::{Alert, Status};
 /// Orphans kept at most (the newest firing ones; the rest are only logged).
 pub(super) const MAX_ORPHANS: usize = 10_000;
 
+/// A failed alerts-topic lookup is tried again after this.
+const LOOKUP_AGAIN: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub(super) struct Orphans {
     /// Partitions that started empty.
     lost: HashSet<i32>,
+    /// When the alerts topic is to be read (again) for the lost partitions' orphans.
+    lookup: Option<Instant>,
     /// Incidents firing on the alerts topic that no state here knows, by id.
     firing: HashMap<String, Alert>,
 }
@@ -34,6 +39,17 @@ impl Orphans {
             return;
         }
         self.lost.extend(parts.iter().copied());
+        self.lookup = Some(Instant::now());
+        self.look_up(out, engine).await;
+    }
+
+    /// Reads the alerts topic for the orphans, when a lookup is due (after a partition was
+    /// lost, or 30 s after one failed).
+    pub(super) async fn look_up(&mut self, out: &Outputs, engine: &Engine) {
+        if self.lookup.is_none_or(|at| at > Instant::now()) {
+            return;
+        }
+        self.lookup = Some(Instant::now() + LOOKUP_AGAIN);
         let (k, topic) = (out.kafka.clone(), out.alerts.topic().to_string());
         let read = tokio::task::spawn_blocking(move || {
             crate::notify::firing_on_topic(&k, &topic, Duration::from_secs(60))
@@ -42,7 +58,7 @@ impl Orphans {
         let firing = match read {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                warn!(error = %e, "Cannot read the alerts topic for incidents left firing by a lost partition.");
+                warn!(error = %e, "Cannot read the alerts topic for incidents left firing by a lost partition; trying again in 30 s.");
                 return;
             }
             Err(e) => {
@@ -69,12 +85,13 @@ impl Orphans {
             );
             candidates.truncate(MAX_ORPHANS);
         }
+        self.lookup = None;
         for a in candidates {
             self.firing.insert(a.id.clone(), a);
         }
         out.metrics.orphaned_incidents.set(self.firing.len() as i64);
         info!(
-            partitions = ?parts,
+            partitions = ?self.lost,
             watched = self.firing.len(),
             "Incidents firing on the alerts topic, watched for the lost partitions' locations."
         );

@@ -255,6 +255,7 @@ impl Runner {
                 self.close(Some(advanced)).await;
             }
         }
+        self.orphans.look_up(&self.outputs, &self.engine).await;
         if let Err(e) = self.outputs.dispatcher.repeat_due() {
             error!(error = %e, "Cannot queue repeats in the outbox.");
         }
