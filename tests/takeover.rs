@@ -118,17 +118,25 @@ async fn first_owner(cfg: &Config, dir: &std::path::Path) -> String {
     fired[0].id.clone()
 }
 
+/// The first owner's run, then a second owner (a fresh state directory) started while the
+/// changelog's leader is down: (config, cluster, the incident's id, the second owner).
+async fn second_owner_while_the_changelog_is_down(
+    dir: &std::path::Path,
+) -> (Config, &'static Cluster, String, Running) {
+    let mut cfg = common::test_config(&dir.join("unused"));
+    let cluster = two_brokers(&mut cfg);
+    let id = first_owner(&cfg, dir).await;
+    cluster.broker_down(2).unwrap();
+    let mut second = cfg.clone();
+    second.state.dir = dir.join("second");
+    let d = start(&second);
+    (cfg, cluster, id, d)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_reads_the_changelog_again_until_its_leader_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(&dir.path().join("unused"));
-    let cluster = two_brokers(&mut cfg);
-    let id = first_owner(&cfg, dir.path()).await;
-
-    cluster.broker_down(2).unwrap();
-    let mut second = cfg.clone();
-    second.state.dir = dir.path().join("second");
-    let d = start(&second);
+    let (cfg, cluster, id, d) = second_owner_while_the_changelog_is_down(dir.path()).await;
     let retries = d.metrics.retries.with_label_values(&["changelog_read"]);
     let t = Instant::now();
     while retries.get() == 0 {
@@ -167,14 +175,7 @@ async fn a_takeover_reads_the_changelog_again_until_its_leader_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_that_starts_empty_resolves_what_its_last_owner_left_firing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = common::test_config(&dir.path().join("unused"));
-    let cluster = two_brokers(&mut cfg);
-    let id = first_owner(&cfg, dir.path()).await;
-
-    cluster.broker_down(2).unwrap();
-    let mut second = cfg.clone();
-    second.state.dir = dir.path().join("second");
-    let d = start(&second);
+    let (cfg, cluster, id, d) = second_owner_while_the_changelog_is_down(dir.path()).await;
     let t = Instant::now();
     while d.metrics.partitions_started_empty.get() == 0 {
         assert!(
