@@ -137,6 +137,9 @@ impl Config {
                     Some((_, var)) => {
                         field(&path, format!("{} (set by {var})", unquoted(&message)))
                     }
+                    // A value of the wrong type in the file may be a secret written as a
+                    // number (a password, a token): its type says enough.
+                    None if message.starts_with("invalid type") => field(&path, unquoted(&message)),
                     None => field(&path, message),
                 }
             })?;
@@ -351,6 +354,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 4") && !e.contains("hunter2"), "{e}");
+        // A secret of the wrong type in the file: named by its field, never quoted.
+        let e = load("[kafka.options]\n\"sasl.password\" = 55501234\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kafka.options") && e.contains("invalid type") && !e.contains("55501234"),
+            "{e}"
+        );
     }
 
     #[test]

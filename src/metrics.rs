@@ -38,6 +38,9 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub watermark: IntGauge,
     pub benchmark_versions: IntGauge,
+    pub benchmark_keys: IntGauge,
+    pub learned_entries: IntGauge,
+    pub keys_evicted: IntCounterVec,
     pub open_keys: IntGauge,
     pub run_windows: IntGauge,
     pub detection_seconds: Histogram,
@@ -209,6 +212,23 @@ impl Metrics {
                 "qos_sentinel_benchmark_versions",
                 "Benchmark row versions held in the table.",
             ),
+            benchmark_keys: gauge(
+                &r,
+                "qos_sentinel_benchmark_keys",
+                "(location, cdn) keys in the benchmark table (at most window.max_benchmark_keys).",
+            ),
+            learned_entries: gauge(
+                &r,
+                "qos_sentinel_learned_entries",
+                "Learned normals held, one per key and metric (keys at most window.max_learned_keys per partition).",
+            ),
+            keys_evicted: counter_vec(
+                &r,
+                "qos_sentinel_keys_evicted_total",
+                "Keys evicted, least recently seen first, to stay under a cap, by state.",
+                "state",
+                &["benchmarks", "learned"],
+            ),
             open_keys: gauge(
                 &r,
                 "qos_sentinel_open_window_keys",
@@ -345,6 +365,12 @@ impl Metrics {
         self.windows_closed
             .inc_by(d(now.windows_closed, last.windows_closed));
         self.tests.inc_by(d(now.tests, last.tests));
+        self.keys_evicted
+            .with_label_values(&["benchmarks"])
+            .inc_by(d(now.benchmark_evicted, last.benchmark_evicted));
+        self.keys_evicted
+            .with_label_values(&["learned"])
+            .inc_by(d(now.learned_evicted, last.learned_evicted));
         *last = now;
     }
 

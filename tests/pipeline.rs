@@ -336,3 +336,106 @@ async fn bad_messages_in_flight_do_not_hold_up_the_good_ones() {
         Some(format!("{{not json {}", BAD_N - 1).as_bytes())
     );
 }
+
+/// #18: a flood of distinct benchmark keys stays under `window.max_benchmark_keys`, in the
+/// table and in its RocksDB cache, and the keys reports join are not the ones evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_benchmark_keys_stays_under_its_cap_in_memory_and_on_disk() {
+    const CAP: usize = 500;
+    const FLOOD: usize = 10_000;
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(state.path());
+    cfg.window.max_benchmark_keys = CAP;
+    let cluster = common::mock_cluster(&mut cfg, 1);
+    let brokers = cluster.bootstrap_servers();
+    let k = cfg.kafka.clone();
+    let p = common::producer(&brokers);
+    common::mumbai_benchmarks(&p, &k.benchmarks_topic);
+
+    let metrics = std::sync::Arc::new(qos_sentinel::metrics::Metrics::new());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = RunOptions {
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    };
+    let daemon = tokio::spawn(daemon::run(cfg.clone(), opts, stop_rx));
+    let wait_for = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+        let start = std::time::Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "timed out: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Reports join the Mumbai keys (they are seen at the reports' event times) ...
+    common::mumbai_windows(&p, &k.reports_topic, 0..3, false);
+    let hits = metrics.join.with_label_values(&["hit"]);
+    let h = hits.clone();
+    wait_for("reports joined", Box::new(move || h.get() >= 480)).await;
+    // ... then a flood of keys published half an hour before them.
+    for i in 0..FLOOD {
+        let b = Benchmark {
+            ts: common::MUMBAI_T0 - 1_800_000,
+            location: format!("FL/{}/{i}", i % 97),
+            cdn: "cdn-x".into(),
+            throughput_kbps: Some(5_000.0),
+            rebuffer_ratio: None,
+            startup_ms: None,
+            error_rate: Some(0.01),
+        };
+        let key = format!("{}|cdn-x", b.location);
+        common::send(
+            &p,
+            &k.benchmarks_topic,
+            &key,
+            &serde_json::to_vec(&b).unwrap(),
+        );
+    }
+    common::flush(&p);
+    let evicted = metrics.keys_evicted.with_label_values(&["benchmarks"]);
+    let e = evicted.clone();
+    wait_for(
+        "flood evicted",
+        Box::new(move || e.get() >= (FLOOD + 2 - CAP) as u64),
+    )
+    .await;
+    let held = metrics.benchmark_keys.get();
+    assert!(
+        held > 0 && held <= CAP as i64,
+        "benchmark keys held: {held}, cap {CAP}"
+    );
+    // The Mumbai keys still join: nothing reports use was evicted.
+    common::mumbai_windows(&p, &k.reports_topic, 3..6, false);
+    let h = hits.clone();
+    wait_for(
+        "reports joined after the flood",
+        Box::new(move || h.get() >= 960),
+    )
+    .await;
+    assert_eq!(
+        metrics.join.with_label_values(&["miss"]).get(),
+        0,
+        "every report joined its benchmark"
+    );
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), daemon)
+        .await
+        .expect("daemon stops")
+        .unwrap()
+        .unwrap();
+    // The cache holds what the table holds: at most the cap, the Mumbai keys among them.
+    let store = qos_sentinel::table::store::TableStore::open(state.path()).unwrap();
+    let table = store.load().unwrap();
+    assert!(
+        table.keys() <= CAP,
+        "RocksDB cache keys after the flood: {}, cap {CAP}",
+        table.keys()
+    );
+    assert!(
+        table
+            .as_of("IN/MH/Mumbai", "cdn-a", common::MUMBAI_T0)
+            .is_some()
+    );
+}

@@ -105,6 +105,8 @@ impl Orphans {
         let now = engine
             .watermark()
             .unwrap_or_else(crate::notify::deliver::now_ms);
+        // One walk over the lost partitions' keys, not one over every key per orphan.
+        let known = engine.locations_of(&self.lost);
         let ids: Vec<String> = self
             .firing
             .values()
@@ -112,8 +114,7 @@ impl Orphans {
                 a.scope
                     .location
                     .as_deref()
-                    .and_then(|l| engine.home_of(l))
-                    .is_some_and(|p| self.lost.contains(&p))
+                    .is_some_and(|l| known.contains(l))
             })
             .map(|a| a.id.clone())
             .collect();

@@ -156,13 +156,15 @@ impl Runner {
     /// and they are on the live page.
     async fn adopt(&mut self, assigned: &[i32]) {
         let mut firing = Vec::new();
+        let mut new = false;
         for p in assigned {
             if self.adopted.insert(*p) {
+                new = true;
                 firing.extend(self.engine.firing_alerts_of(*p));
             }
         }
-        if !assigned.is_empty() {
-            // Known ones are skipped: cheap to offer each time.
+        if new {
+            // Where this instance now speaks for them (known ones are skipped).
             firing.extend(self.engine.cdn_firing_alerts());
         }
         if firing.is_empty() {
@@ -262,6 +264,7 @@ impl Runner {
         self.pos.store(consumer, &self.cfg.kafka.reports_topic);
         self.watch_group(consumer);
         publish_gauges(&self.metrics, &self.engine, &self.outputs.live);
+        self.delete_removed_benchmarks();
         if self.last_probe.elapsed() >= PROBE_EVERY {
             self.last_probe = Instant::now();
             self.probe(consumer);
@@ -291,6 +294,20 @@ impl Runner {
             .inc();
         if let Err(e) = kafka::rejoin(consumer, &self.cfg.kafka.reports_topic) {
             error!(error = %e, "Cannot subscribe to the reports topic again.");
+        }
+    }
+
+    /// Deletes from the RocksDB cache the benchmark versions the table let go of (pruned,
+    /// evicted), so that the cache is bounded like the table. A failed delete is logged and
+    /// left: those rows come back at the next start and the table evicts them again.
+    fn delete_removed_benchmarks(&mut self) {
+        let gone = self.engine.take_table_removals();
+        if gone.is_empty() {
+            return;
+        }
+        let store = &self.store;
+        if let Err(e) = tokio::task::block_in_place(|| store.delete_rows(&gone)) {
+            warn!(error = %e, rows = gone.len(), "Cannot delete removed benchmark rows from the cache.");
         }
     }
 
@@ -419,6 +436,7 @@ impl Runner {
             partitions = ?self.engine.partition_state(),
             "Shutting down: committing offsets."
         );
+        self.delete_removed_benchmarks();
         if self.ckpt.dirty {
             self.ckpt.save(&self.engine, &mut self.pos, &[]).await;
         } else if let Some(dlq) = &mut self.ckpt.dead_letters {

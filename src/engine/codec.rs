@@ -95,6 +95,8 @@ impl Engine {
     /// An engine from a [`Engine::snapshot`]. Fails if the bytes do not decode or were taken
     /// with another window size or lateness (their windows would not line up).
     /// On failure the table is handed back.
+    // The error is built once, at start-up: its size costs nothing.
+    #[allow(clippy::result_large_err)]
     pub fn restore(
         cfg: impl Into<Settings>,
         table: BenchmarkTable,

@@ -115,6 +115,7 @@ impl Engine {
             return;
         };
         let a = part.test(&mut w, &self.cfg.detect);
+        self.counters.learned_evicted += part.cap_learned(self.cfg.window.max_learned_keys);
         self.counters.tests += a.tests;
         self.counters.discoveries += a.discoveries();
         let stash = self
@@ -221,6 +222,8 @@ impl Engine {
             let mut parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
             let learned = &mut self.incidents.baselines;
             let direct = test_cdns(&self.cfg.detect, groups, &parents, learned, end);
+            self.counters.learned_evicted +=
+                cap_by_last_seen(learned, self.cfg.window.max_learned_keys);
             parents.extend(direct);
             let cdn = self.incidents.apply(start, end, parents, &self.cfg.detect);
             match &mut self.peers {
@@ -258,9 +261,35 @@ impl Engine {
             for part in self.parts.values_mut() {
                 part.forget_before(horizon);
             }
+            self.incidents
+                .baselines
+                .retain(|_, b| b.last_seen >= horizon);
         }
         alerts
     }
+}
+
+/// Keeps at most `max` of the aggregates' learned offsets, the least recently seen going
+/// first; how many went.
+fn cap_by_last_seen(learned: &mut BTreeMap<(String, Metric), Baseline>, max: usize) -> u64 {
+    if learned.len() <= max {
+        return 0;
+    }
+    let mut seen: Vec<Millis> = learned.values().map(|b| b.last_seen).collect();
+    let excess = seen.len() - max;
+    let (_, cut, _) = seen.select_nth_unstable(excess - 1);
+    let cut = *cut;
+    let mut at_cut = excess - seen.iter().filter(|t| **t < cut).count();
+    let before = learned.len();
+    learned.retain(|_, b| {
+        let go = b.last_seen < cut
+            || (b.last_seen == cut && at_cut > 0 && {
+                at_cut -= 1;
+                true
+            });
+        !go
+    });
+    (before - learned.len()) as u64
 }
 
 /// Whether a stashed entry is a CDN aggregate (see [`super::assess::group_key`]).

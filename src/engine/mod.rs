@@ -66,6 +66,12 @@ pub struct Counters {
     pub tests: u64,
     pub discoveries: u64,
     pub alerts: u64,
+    /// Keys whose learned normals were evicted to stay under `window.max_learned_keys`.
+    #[serde(default)]
+    pub learned_evicted: u64,
+    /// Benchmark keys evicted to stay under `window.max_benchmark_keys` (since start).
+    #[serde(default, skip_serializing)]
+    pub benchmark_evicted: u64,
 }
 
 /// Why state bytes (a checkpoint, a changelog share, a summary) could not be used. None of
@@ -151,9 +157,11 @@ impl Engine {
     }
 
     /// Starts from a benchmark table loaded elsewhere (the RocksDB cache).
-    pub fn with_table(cfg: impl Into<Settings>, table: BenchmarkTable) -> Self {
+    pub fn with_table(cfg: impl Into<Settings>, mut table: BenchmarkTable) -> Self {
+        let cfg: Settings = cfg.into();
+        table.set_max_keys(cfg.window.max_benchmark_keys);
         Self {
-            cfg: cfg.into(),
+            cfg,
             table,
             parts: BTreeMap::new(),
             frontier: Frontier::default(),
@@ -185,7 +193,10 @@ impl Engine {
     }
 
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            benchmark_evicted: self.table.evicted(),
+            ..self.counters
+        }
     }
 
     /// How many times a window was decided, including again for partitions catching up:
@@ -196,6 +207,26 @@ impl Engine {
 
     pub fn table(&self) -> &BenchmarkTable {
         &self.table
+    }
+
+    /// Benchmark versions the table let go of (pruned, evicted) since the last call, for the
+    /// cache behind it to delete too.
+    pub fn take_table_removals(&mut self) -> Vec<crate::table::Removed> {
+        self.table.take_removed()
+    }
+
+    /// Learned normals held over all partitions (one entry per key and metric that learns;
+    /// cheap, for the gauge).
+    pub fn learned_entries(&self) -> usize {
+        self.parts.values().map(Part::learned_entries).sum()
+    }
+
+    /// Keys with learned normals in each partition (walks them all: for tests and tools).
+    pub fn learned_keys(&self) -> BTreeMap<i32, usize> {
+        self.parts
+            .iter()
+            .map(|(p, part)| (*p, part.learned_keys()))
+            .collect()
     }
 
     /// Open windows and keys over all of them, summed over the partitions.
@@ -268,7 +299,7 @@ impl Engine {
         if self.frontier.wake(p) {
             self.ready = true;
         }
-        let expected = self.table.as_of(&r.location, &r.cdn, r.ts);
+        let expected = self.table.join(&r.location, &r.cdn, r.ts);
         let joined = expected.is_some();
         let part = part_entry(&mut self.parts, &self.cfg, p);
         let out = part.record(r, expected, source);
@@ -358,6 +389,18 @@ impl Engine {
     }
 
     /// The partition whose state knows `location` (its keys' history), if any.
+    /// The locations the given partitions hold history of (one walk over their keys).
+    pub fn locations_of(
+        &self,
+        partitions: &std::collections::HashSet<i32>,
+    ) -> std::collections::HashSet<&str> {
+        self.parts
+            .iter()
+            .filter(|(p, _)| partitions.contains(p))
+            .flat_map(|(_, part)| part.locations())
+            .collect()
+    }
+
     pub fn home_of(&self, location: &str) -> Option<i32> {
         self.parts
             .iter()

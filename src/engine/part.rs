@@ -45,6 +45,11 @@ pub(super) struct Part {
     pub(super) incidents: Incidents,
     /// Every window ending at or before this has been decided for its incidents.
     pub(super) decided_until: Millis,
+    /// An upper bound of the keys with learned normals: distinct keys counted at the last
+    /// check, plus the entries inserted since ([`Part::cap_learned`] counts again only when
+    /// it passes the cap).
+    #[serde(skip)]
+    learned_bound: Option<usize>,
 }
 
 impl Part {
@@ -59,7 +64,56 @@ impl Part {
             runs: Runs::default(),
             incidents: Incidents::new(),
             decided_until: Millis::MIN,
+            learned_bound: Some(0),
         }
+    }
+
+    /// Keys with learned normals (levels, offsets, spreads), each counted once.
+    fn learned_last_seen(&self) -> HashMap<&Key, Millis> {
+        let mut seen: HashMap<&Key, Millis> = HashMap::new();
+        for ((k, _), b) in self.levels.iter().chain(self.baselines.iter()) {
+            let e = seen.entry(k).or_insert(b.last_seen);
+            *e = (*e).max(b.last_seen);
+        }
+        for ((k, _), sp) in &self.spreads {
+            let e = seen.entry(k).or_insert(sp.last_seen);
+            *e = (*e).max(sp.last_seen);
+        }
+        seen
+    }
+
+    /// Keys with learned normals.
+    pub(super) fn learned_keys(&self) -> usize {
+        self.learned_last_seen().len()
+    }
+
+    /// Entries of learned normals (one per key and metric).
+    pub(super) fn learned_entries(&self) -> usize {
+        self.levels.len() + self.baselines.len() + self.spreads.len()
+    }
+
+    /// Keeps at most `max` keys' learned normals: past it, the least recently seen keys
+    /// forget theirs, down to nine tenths of `max` (so that a flood of new keys pays for one
+    /// count per tenth of the cap). Returns how many keys were evicted.
+    pub(super) fn cap_learned(&mut self, max: usize) -> u64 {
+        if self.learned_bound.is_some_and(|b| b <= max) {
+            return 0;
+        }
+        let seen = self.learned_last_seen();
+        if seen.len() <= max {
+            self.learned_bound = Some(seen.len());
+            return 0;
+        }
+        let keep = max - max / 10;
+        let mut by_age: Vec<(Millis, &Key)> = seen.into_iter().map(|(k, t)| (t, k)).collect();
+        let excess = by_age.len() - keep;
+        by_age.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
+        let gone: HashSet<Key> = by_age[..excess].iter().map(|(_, k)| (*k).clone()).collect();
+        self.levels.retain(|(k, _), _| !gone.contains(k));
+        self.baselines.retain(|(k, _), _| !gone.contains(k));
+        self.spreads.retain(|(k, _), _| !gone.contains(k));
+        self.learned_bound = Some(keep);
+        gone.len() as u64
     }
 
     fn references(&self) -> References<'_> {
@@ -79,6 +133,11 @@ impl Part {
         }
     }
 
+    /// The locations this part has history of (with repeats).
+    pub(super) fn locations(&self) -> impl Iterator<Item = &str> {
+        self.levels.keys().map(|(k, _)| &*k.location)
+    }
+
     /// Whether this part has history of keys at `location`.
     pub(super) fn knows_location(&self, location: &str) -> bool {
         self.levels.keys().any(|(k, _)| &*k.location == location)
@@ -92,6 +151,9 @@ impl Part {
         expected: Option<&Expected>,
         source: Option<(i32, i64)>,
     ) -> Recorded {
+        if self.windows.refuses(&r.location, &r.cdn, r.ts) {
+            return Recorded::KeyCapExceeded; // before any interning or lookup of its normals
+        }
         let learned = !self.baselines.is_empty() || !self.levels.is_empty();
         // Interned once, where anything needs it before the window does.
         let key =
@@ -179,6 +241,7 @@ impl Part {
                 bad.insert((*i, v.finding.metric));
             }
         }
+        let mut inserted = 0usize;
         for (i, (key, acc)) in keys.iter().enumerate() {
             for m in Metric::all() {
                 let kind = m.kind();
@@ -199,6 +262,7 @@ impl Part {
                     kind.follow(&mut b, x, is_bad, at);
                     if b != Baseline::default() {
                         self.levels.insert((key.clone(), m), b);
+                        inserted += 1;
                     }
                 }
             }
@@ -208,7 +272,14 @@ impl Part {
             if let (false, Some(x), Some(prior)) =
                 (v.bad, v.finding.spread, m.kind().prior_spread())
             {
-                let s = self.spreads.entry((keys[*i].0.clone(), m)).or_default();
+                let k = (keys[*i].0.clone(), m);
+                let s = match self.spreads.get_mut(&k) {
+                    Some(s) => s,
+                    None => {
+                        inserted += 1;
+                        self.spreads.entry(k).or_default()
+                    }
+                };
                 s.learn(x, prior, at);
             }
             let key = (keys[*i].0.clone(), m);
@@ -218,11 +289,16 @@ impl Part {
             {
                 continue;
             }
+            if !self.baselines.contains_key(&key) {
+                inserted += 1;
+            }
             let b = self.baselines.entry(key).or_default();
             // The finding's expectation already includes the offset used: undo it.
             let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
             b.learn(raw, at);
         }
+        // Every new entry may be a new key.
+        self.learned_bound = self.learned_bound.map(|b| b + inserted);
     }
 
     /// Keys unseen since `horizon` forget what was normal for them.

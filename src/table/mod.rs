@@ -36,10 +36,47 @@ impl From<&Benchmark> for Expected {
 /// Versions of one key, ordered by valid-from time. `None` is a deletion.
 type Versions = Vec<(Millis, Option<Expected>)>;
 
+/// Most versions kept per key: a probe publishing every second keeps the last 17 minutes of
+/// them (older ones go first; the pruning horizon usually removes them long before).
+pub const MAX_VERSIONS_PER_KEY: usize = 1_024;
+
+/// The keys kept when none is given (`window.max_benchmark_keys`).
+pub const DEFAULT_MAX_KEYS: usize = 400_000;
+
 #[derive(Debug, Default)]
+struct Row {
+    versions: Versions,
+    /// The newest event time this key was written or joined at: the least recently seen
+    /// keys are evicted first when the table is full.
+    seen: Millis,
+}
+
+/// A version removed from the table (pruned, evicted or beyond the per-key cap).
+pub type Removed = (String, String, Millis);
+
+#[derive(Debug)]
 pub struct BenchmarkTable {
-    rows: HashMap<String, HashMap<String, Versions>>,
+    rows: HashMap<String, HashMap<String, Row>>,
     versions: usize,
+    keys: usize,
+    max_keys: usize,
+    evicted: u64,
+    /// Versions removed and not yet taken ([`BenchmarkTable::take_removed`]), for the cache
+    /// behind the table to delete as well; `None` where nothing keeps a copy.
+    removed: Option<Vec<Removed>>,
+}
+
+impl Default for BenchmarkTable {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            versions: 0,
+            keys: 0,
+            max_keys: DEFAULT_MAX_KEYS,
+            evicted: 0,
+            removed: None,
+        }
+    }
 }
 
 impl BenchmarkTable {
@@ -47,26 +84,108 @@ impl BenchmarkTable {
         Self::default()
     }
 
+    /// A table whose removals are kept for [`BenchmarkTable::take_removed`] (a copy of it is
+    /// stored elsewhere: the RocksDB cache).
+    pub fn tracked() -> Self {
+        Self {
+            removed: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Holds at most `max_keys` (location, cdn) keys, evicting the least recently seen ones
+    /// (now, if it holds more).
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys.max(1);
+        if self.keys > self.max_keys {
+            self.evict();
+        }
+    }
+
     /// Inserts a version valid from `ts` (a replay of an existing version overwrites it).
     pub fn upsert(&mut self, location: &str, cdn: &str, ts: Millis, row: Option<Expected>) {
-        let versions = self
-            .rows
-            .entry(location.to_owned())
-            .or_default()
-            .entry(cdn.to_owned())
-            .or_default();
+        let cdns = match self.rows.get_mut(location) {
+            Some(c) => c,
+            None => self.rows.entry(location.to_owned()).or_default(),
+        };
+        let key = match cdns.get_mut(cdn) {
+            Some(k) => k,
+            None => {
+                self.keys += 1;
+                cdns.entry(cdn.to_owned()).or_default()
+            }
+        };
+        key.seen = key.seen.max(ts);
+        let versions = &mut key.versions;
         match versions.binary_search_by_key(&ts, |(t, _)| *t) {
             Ok(i) => versions[i].1 = row,
             Err(i) => {
                 versions.insert(i, (ts, row));
                 self.versions += 1;
+                if versions.len() > MAX_VERSIONS_PER_KEY {
+                    let (t, _) = versions.remove(0);
+                    self.versions -= 1;
+                    if let Some(r) = &mut self.removed {
+                        r.push((location.to_owned(), cdn.to_owned(), t));
+                    }
+                }
             }
         }
+        if self.keys > self.max_keys {
+            self.evict();
+        }
+    }
+
+    /// Evicts the least recently seen keys, down to nine tenths of the cap (so that a flood
+    /// of new keys pays for one sort per tenth of the cap, not one per key).
+    fn evict(&mut self) {
+        let keep = self.max_keys - self.max_keys / 10;
+        let mut seen: Vec<Millis> = self
+            .rows
+            .values()
+            .flat_map(|c| c.values().map(|r| r.seen))
+            .collect();
+        let excess = seen.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        // Keys seen before `cut` go, and as many seen at `cut` as it takes.
+        let (_, cut, _) = seen.select_nth_unstable(excess - 1);
+        let cut = *cut;
+        let mut at_cut = excess - seen.iter().filter(|s| **s < cut).count();
+        let mut gone = 0usize;
+        let removed = &mut self.removed;
+        let mut versions = 0usize;
+        self.rows.retain(|loc, cdns| {
+            cdns.retain(|cdn, r| {
+                let go = r.seen < cut
+                    || (r.seen == cut && at_cut > 0 && {
+                        at_cut -= 1;
+                        true
+                    });
+                if go {
+                    gone += 1;
+                    versions += r.versions.len();
+                    if let Some(out) = removed.as_mut() {
+                        out.extend(
+                            r.versions
+                                .iter()
+                                .map(|(t, _)| (loc.clone(), cdn.clone(), *t)),
+                        );
+                    }
+                }
+                !go
+            });
+            !cdns.is_empty()
+        });
+        self.keys -= gone;
+        self.versions -= versions;
+        self.evicted += gone as u64;
     }
 
     /// The benchmark valid at event time `ts`, if any.
     pub fn as_of(&self, location: &str, cdn: &str, ts: Millis) -> Option<&Expected> {
-        let versions = self.rows.get(location)?.get(cdn)?;
+        let versions = &self.rows.get(location)?.get(cdn)?.versions;
         let i = versions.partition_point(|(t, _)| *t <= ts);
         if i == 0 {
             return None;
@@ -74,16 +193,32 @@ impl BenchmarkTable {
         versions[i - 1].1.as_ref()
     }
 
+    /// Like [`BenchmarkTable::as_of`], and the key counts as seen at `ts` (a report joined it).
+    pub fn join(&mut self, location: &str, cdn: &str, ts: Millis) -> Option<&Expected> {
+        let row = self.rows.get_mut(location)?.get_mut(cdn)?;
+        row.seen = row.seen.max(ts);
+        let i = row.versions.partition_point(|(t, _)| *t <= ts);
+        if i == 0 {
+            return None;
+        }
+        row.versions[i - 1].1.as_ref()
+    }
+
     /// Drops versions superseded before `horizon`, keeping for each key the newest version at
     /// or before it. Returns how many versions were removed.
     pub fn prune_before(&mut self, horizon: Millis) -> usize {
         let mut removed = 0;
-        for cdns in self.rows.values_mut() {
-            for versions in cdns.values_mut() {
+        for (loc, cdns) in &mut self.rows {
+            for (cdn, row) in cdns.iter_mut() {
+                let versions = &mut row.versions;
                 let i = versions.partition_point(|(t, _)| *t <= horizon);
                 if i > 1 {
-                    versions.drain(..i - 1);
+                    let old = versions.drain(..i - 1);
                     removed += i - 1;
+                    match &mut self.removed {
+                        Some(out) => out.extend(old.map(|(t, _)| (loc.clone(), cdn.clone(), t))),
+                        None => drop(old),
+                    }
                 }
             }
         }
@@ -91,9 +226,28 @@ impl BenchmarkTable {
         removed
     }
 
+    /// The versions removed since the last call, for the cache to delete (empty unless the
+    /// table is [`BenchmarkTable::tracked`]).
+    pub fn take_removed(&mut self) -> Vec<Removed> {
+        self.removed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// Number of stored versions over all keys.
     pub fn len(&self) -> usize {
         self.versions
+    }
+
+    /// Number of (location, cdn) keys.
+    pub fn keys(&self) -> usize {
+        self.keys
+    }
+
+    /// Keys evicted so far to stay under the cap.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,8 +257,9 @@ impl BenchmarkTable {
     /// Every version, for persistence and inspection.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, Millis, Option<&Expected>)> {
         self.rows.iter().flat_map(|(loc, cdns)| {
-            cdns.iter().flat_map(move |(cdn, vs)| {
-                vs.iter()
+            cdns.iter().flat_map(move |(cdn, r)| {
+                r.versions
+                    .iter()
                     .map(move |(t, e)| (loc.as_str(), cdn.as_str(), *t, e.as_ref()))
             })
         })
@@ -162,5 +317,68 @@ mod tests {
         t.upsert("L", "c", 1_000, exp(5.0));
         assert_eq!(t.len(), 1);
         assert_eq!(t.as_of("L", "c", 1_000).unwrap().throughput_kbps, Some(5.0));
+    }
+
+    #[test]
+    fn a_flood_of_keys_evicts_the_least_recently_seen_and_keeps_what_reports_join() {
+        let mut t = BenchmarkTable::tracked();
+        t.set_max_keys(100);
+        t.upsert("IN/Mumbai", "c", 1_000, exp(1.0));
+        // Reports join it at later event times: it is seen then.
+        for ts in [50_000, 90_000] {
+            assert!(t.join("IN/Mumbai", "c", ts).is_some());
+        }
+        for i in 0..10_000 {
+            t.upsert(&format!("FL/{i}"), "c", 10_000 + i, exp(2.0));
+            assert!(t.keys() <= 100, "keys {} over the cap", t.keys());
+        }
+        assert!(
+            t.as_of("IN/Mumbai", "c", 95_000).is_some(),
+            "joined key kept"
+        );
+        assert!(
+            t.as_of("FL/0", "c", 95_000).is_none(),
+            "oldest flood key gone"
+        );
+        assert!(
+            t.as_of("FL/9999", "c", 95_000).is_some(),
+            "newest flood key kept"
+        );
+        assert_eq!(t.evicted() as usize + t.keys(), 10_001);
+        assert_eq!(t.len(), t.keys(), "one version per key");
+        // Every evicted version is handed over for the cache to delete, once.
+        let removed = t.take_removed();
+        assert_eq!(removed.len(), t.evicted() as usize);
+        assert!(
+            removed
+                .iter()
+                .any(|(l, _, ts)| l == "FL/0" && *ts == 10_000)
+        );
+        assert!(t.take_removed().is_empty());
+    }
+
+    #[test]
+    fn versions_per_key_are_capped_and_pruned_ones_are_handed_over() {
+        let mut t = BenchmarkTable::tracked();
+        let n = MAX_VERSIONS_PER_KEY as i64 + 10;
+        for ts in 0..n {
+            t.upsert("L", "c", ts * 1_000, exp(ts as f64));
+        }
+        assert_eq!(t.len(), MAX_VERSIONS_PER_KEY);
+        assert_eq!(t.take_removed().len(), 10, "the oldest went first");
+        assert_eq!(
+            t.as_of("L", "c", (n - 1) * 1_000).unwrap().throughput_kbps,
+            Some((n - 1) as f64)
+        );
+        let pruned = t.prune_before((n - 5) * 1_000);
+        assert_eq!(t.take_removed().len(), pruned);
+        assert_eq!(t.len(), 5);
+        // An untracked table keeps nothing for a cache it does not have.
+        let mut u = BenchmarkTable::new();
+        u.set_max_keys(1);
+        u.upsert("A", "c", 1, exp(1.0));
+        u.upsert("B", "c", 2, exp(1.0));
+        assert_eq!(u.keys(), 1);
+        assert!(u.take_removed().is_empty());
     }
 }

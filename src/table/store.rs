@@ -138,9 +138,12 @@ impl TableStore {
         }
     }
 
-    /// Loads every cached version into a fresh table.
+    /// Loads every cached version into a fresh table, one that keeps what it removes for
+    /// [`TableStore::delete_rows`].
     pub fn load(&self) -> Result<BenchmarkTable, StoreError> {
-        let mut table = BenchmarkTable::new();
+        let mut table = BenchmarkTable::tracked();
+        // Capped by the engine that takes it (`window.max_benchmark_keys`), not while loading.
+        table.set_max_keys(usize::MAX);
         for item in self.db.prefix_iterator([ROW]) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if k.first() != Some(&ROW) {

@@ -1,4 +1,4 @@
-//! `[window]`: window size, allowed lateness, the key cap.
+//! `[window]`: window size, allowed lateness, event-time bounds, the key caps.
 
 use std::time::Duration;
 
@@ -21,6 +21,15 @@ pub struct WindowConfig {
     /// and counted, so a flood of bogus locations cannot exhaust memory.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Most keys per source partition whose learned normals (levels, offsets from the
+    /// benchmark, spreads) are kept; beyond it the least recently seen keys forget theirs.
+    /// Keys unseen for 120 windows forget anyway.
+    #[serde(default = "default_max_learned_keys")]
+    pub max_learned_keys: usize,
+    /// Most (location, cdn) keys in the benchmark table (and its RocksDB cache); beyond it
+    /// the keys least recently published or joined by a report are evicted.
+    #[serde(default = "default_max_benchmark_keys")]
+    pub max_benchmark_keys: usize,
     /// How far a report's event time may run ahead of the wall clock (the daemon) or of the
     /// recording's own progress (`backtest`). One report from a wild clock (2100, 9999) would
     /// otherwise close every window up to it: later ones are dead-lettered as out of range.
@@ -41,6 +50,12 @@ const fn default_lateness() -> Duration {
 const fn default_max_keys() -> usize {
     200_000
 }
+const fn default_max_learned_keys() -> usize {
+    400_000
+}
+const fn default_max_benchmark_keys() -> usize {
+    crate::table::DEFAULT_MAX_KEYS
+}
 const fn default_max_clock_skew() -> Duration {
     Duration::from_secs(600)
 }
@@ -55,6 +70,8 @@ impl Default for WindowConfig {
             size: default_window_size(),
             allowed_lateness: default_lateness(),
             max_keys: default_max_keys(),
+            max_learned_keys: default_max_learned_keys(),
+            max_benchmark_keys: default_max_benchmark_keys(),
             max_clock_skew: default_max_clock_skew(),
             earliest_event_time: default_earliest(),
         }
@@ -125,8 +142,14 @@ impl WindowConfig {
                 ),
             ));
         }
-        if self.max_keys == 0 {
-            return Err(Invalid::new("max_keys", "(0) must be at least 1"));
+        for (field, n) in [
+            ("max_keys", self.max_keys),
+            ("max_learned_keys", self.max_learned_keys),
+            ("max_benchmark_keys", self.max_benchmark_keys),
+        ] {
+            if n == 0 {
+                return Err(Invalid::new(field, "(0) must be at least 1"));
+            }
         }
         Ok(())
     }

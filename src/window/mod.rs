@@ -211,6 +211,21 @@ impl Windows {
         Recorded::Accepted
     }
 
+    /// Whether the key cap refuses a report for (location, cdn) at `ts`: its window is open,
+    /// full, and does not hold the key. Cheap (nothing interned), so that a flood of new keys
+    /// costs two hash lookups per refused report.
+    pub fn refuses(&self, location: &str, cdn: &str, ts: Millis) -> bool {
+        let start = self.start_of(ts);
+        let end = start + self.size;
+        if end <= self.closed_until || self.watermark().is_some_and(|wm| end <= wm) {
+            return false; // late: `record` says so
+        }
+        self.open
+            .get(&start)
+            .is_some_and(|w| w.keys.len() >= self.max_keys)
+            && !self.lookup(start, location, cdn)
+    }
+
     fn lookup(&self, start: Millis, location: &str, cdn: &str) -> bool {
         match (self.names.get(location), self.names.get(cdn)) {
             (Some(l), Some(c)) => self.open[&start].keys.contains_key(&Key {

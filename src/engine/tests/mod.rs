@@ -232,6 +232,7 @@ fn a_key_that_goes_silent_is_an_incident() {
 }
 
 mod edges;
+mod flood;
 mod partitioned;
 mod state;
 
