@@ -66,6 +66,19 @@ pub mod option {
 }
 
 /// Wall-clock now in epoch milliseconds.
+/// The `n` least recently seen of `items` (when each was last seen, the item): what a cap
+/// evicts first. Ties at the cut go in no particular order.
+pub fn least_recent<K>(mut items: Vec<(Millis, K)>, n: usize) -> Vec<K> {
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < items.len() {
+        items.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        items.truncate(n);
+    }
+    items.into_iter().map(|(_, k)| k).collect()
+}
+
 pub fn now_ms() -> Millis {
     Utc::now().timestamp_millis()
 }

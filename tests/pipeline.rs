@@ -21,6 +21,21 @@ const KEYS: [(&str, &str); 4] = [
 /// Failure spike on (Mumbai, cdn-a) in windows 4..8.
 const BAD: (usize, std::ops::Range<i64>) = (0, 4..8);
 
+/// Asks the daemon to stop and waits up to `secs` for a clean shutdown.
+async fn stop(
+    tx: &tokio::sync::watch::Sender<bool>,
+    daemon: tokio::task::JoinHandle<anyhow::Result<()>>,
+    secs: u64,
+    what: &str,
+) {
+    tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(secs), daemon)
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap();
+}
+
 fn report(loc: &str, cdn: &str, ts: i64, i: i64, failed: bool) -> Report<'static> {
     Report {
         session_id: format!("s{i}").into(),
@@ -218,12 +233,7 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
         assert_eq!(r.status(), 200, "{path}");
     }
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), daemon)
-        .await
-        .expect("daemon stops on shutdown")
-        .unwrap()
-        .unwrap();
+    stop(&stop_tx, daemon, 30, "daemon stops on shutdown").await;
 
     // The benchmark cache holds the rows and how far the topic was read, so a restart
     // neither re-reads the topic nor starts with an empty table.
@@ -259,12 +269,13 @@ async fn incident_fires_and_resolves_and_bad_messages_are_dead_lettered() {
         metrics.contains("qos_sentinel_records_in_total{input=\"benchmarks\"} 0"),
         "benchmark topic not re-read:\n{metrics}"
     );
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), restarted)
-        .await
-        .expect("restarted daemon stops on shutdown")
-        .unwrap()
-        .unwrap();
+    stop(
+        &stop_tx,
+        restarted,
+        30,
+        "restarted daemon stops on shutdown",
+    )
+    .await;
 }
 
 /// Bad input does not throttle good input. Each dead letter used to be awaited inline, a
@@ -316,12 +327,7 @@ async fn bad_messages_in_flight_do_not_hold_up_the_good_ones() {
         (BAD_N + GOOD_N) as u64,
         "every message read within a minute of a 100 ms round trip"
     );
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), daemon)
-        .await
-        .expect("daemon stops")
-        .unwrap()
-        .unwrap();
+    stop(&stop_tx, daemon, 60, "daemon stops").await;
     assert_eq!(metrics.dead_letters.get(), BAD_N as u64);
     assert_eq!(metrics.dead_letters_in_flight.get(), 0);
     let tail = common::tail(&brokers, &k.dead_letter_topic);
@@ -419,12 +425,7 @@ async fn a_flood_of_benchmark_keys_stays_under_its_cap_in_memory_and_on_disk() {
         0,
         "every report joined its benchmark"
     );
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), daemon)
-        .await
-        .expect("daemon stops")
-        .unwrap()
-        .unwrap();
+    stop(&stop_tx, daemon, 60, "daemon stops").await;
     // The cache holds what the table holds: at most the cap, the Mumbai keys among them.
     let store = qos_sentinel::table::store::TableStore::open(state.path()).unwrap();
     let table = store.load().unwrap();

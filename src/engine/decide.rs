@@ -272,24 +272,19 @@ impl Engine {
 /// Keeps at most `max` of the aggregates' learned offsets, the least recently seen going
 /// first; how many went.
 fn cap_by_last_seen(learned: &mut BTreeMap<(String, Metric), Baseline>, max: usize) -> u64 {
-    if learned.len() <= max {
+    let excess = learned.len().saturating_sub(max);
+    if excess == 0 {
         return 0;
     }
-    let mut seen: Vec<Millis> = learned.values().map(|b| b.last_seen).collect();
-    let excess = seen.len() - max;
-    let (_, cut, _) = seen.select_nth_unstable(excess - 1);
-    let cut = *cut;
-    let mut at_cut = excess - seen.iter().filter(|t| **t < cut).count();
-    let before = learned.len();
-    learned.retain(|_, b| {
-        let go = b.last_seen < cut
-            || (b.last_seen == cut && at_cut > 0 && {
-                at_cut -= 1;
-                true
-            });
-        !go
-    });
-    (before - learned.len()) as u64
+    let seen = learned.iter().map(|(k, b)| (b.last_seen, k)).collect();
+    let gone: Vec<(String, Metric)> = crate::time::least_recent(seen, excess)
+        .into_iter()
+        .cloned()
+        .collect();
+    for k in &gone {
+        learned.remove(k);
+    }
+    gone.len() as u64
 }
 
 /// Whether a stashed entry is a CDN aggregate (see [`super::assess::group_key`]).

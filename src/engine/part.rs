@@ -105,10 +105,12 @@ impl Part {
             return 0;
         }
         let keep = max - max / 10;
-        let mut by_age: Vec<(Millis, &Key)> = seen.into_iter().map(|(k, t)| (t, k)).collect();
-        let excess = by_age.len() - keep;
-        by_age.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
-        let gone: HashSet<Key> = by_age[..excess].iter().map(|(_, k)| (*k).clone()).collect();
+        let excess = seen.len() - keep;
+        let by_age = seen.into_iter().map(|(k, t)| (t, k)).collect();
+        let gone: HashSet<Key> = crate::time::least_recent(by_age, excess)
+            .into_iter()
+            .cloned()
+            .collect();
         self.levels.retain(|(k, _), _| !gone.contains(k));
         self.baselines.retain(|(k, _), _| !gone.contains(k));
         self.spreads.retain(|(k, _), _| !gone.contains(k));

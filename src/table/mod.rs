@@ -137,50 +137,46 @@ impl BenchmarkTable {
     }
 
     /// Evicts the least recently seen keys, down to nine tenths of the cap (so that a flood
-    /// of new keys pays for one sort per tenth of the cap, not one per key).
+    /// of new keys pays for one selection per tenth of the cap, not one per key).
     fn evict(&mut self) {
         let keep = self.max_keys - self.max_keys / 10;
-        let mut seen: Vec<Millis> = self
-            .rows
-            .values()
-            .flat_map(|c| c.values().map(|r| r.seen))
-            .collect();
-        let excess = seen.len().saturating_sub(keep);
+        let excess = self.keys.saturating_sub(keep);
         if excess == 0 {
             return;
         }
-        // Keys seen before `cut` go, and as many seen at `cut` as it takes.
-        let (_, cut, _) = seen.select_nth_unstable(excess - 1);
-        let cut = *cut;
-        let mut at_cut = excess - seen.iter().filter(|s| **s < cut).count();
-        let mut gone = 0usize;
-        let removed = &mut self.removed;
-        let mut versions = 0usize;
-        self.rows.retain(|loc, cdns| {
-            cdns.retain(|cdn, r| {
-                let go = r.seen < cut
-                    || (r.seen == cut && at_cut > 0 && {
-                        at_cut -= 1;
-                        true
-                    });
-                if go {
-                    gone += 1;
-                    versions += r.versions.len();
-                    if let Some(out) = removed.as_mut() {
-                        out.extend(
-                            r.versions
-                                .iter()
-                                .map(|(t, _)| (loc.clone(), cdn.clone(), *t)),
-                        );
-                    }
-                }
-                !go
-            });
-            !cdns.is_empty()
-        });
-        self.keys -= gone;
-        self.versions -= versions;
-        self.evicted += gone as u64;
+        let seen = self
+            .rows
+            .iter()
+            .flat_map(|(l, c)| {
+                c.iter()
+                    .map(move |(cdn, r)| (r.seen, (l.as_str(), cdn.as_str())))
+            })
+            .collect();
+        let gone: Vec<(String, String)> = crate::time::least_recent(seen, excess)
+            .into_iter()
+            .map(|(l, c)| (l.to_owned(), c.to_owned()))
+            .collect();
+        for (loc, cdn) in gone {
+            let Some(cdns) = self.rows.get_mut(&loc) else {
+                continue;
+            };
+            let Some(r) = cdns.remove(&cdn) else {
+                continue;
+            };
+            if cdns.is_empty() {
+                self.rows.remove(&loc);
+            }
+            self.keys -= 1;
+            self.versions -= r.versions.len();
+            self.evicted += 1;
+            if let Some(out) = &mut self.removed {
+                out.extend(
+                    r.versions
+                        .iter()
+                        .map(|(t, _)| (loc.clone(), cdn.clone(), *t)),
+                );
+            }
+        }
     }
 
     /// The benchmark valid at event time `ts`, if any.
