@@ -75,6 +75,22 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// `metric`'s outcome of a test against `reference`.
+    pub fn of(metric: Metric, o: crate::metric::Outcome, reference: Reference) -> Finding {
+        Finding {
+            metric,
+            observed: o.observed,
+            expected: o.expected,
+            samples: o.samples,
+            p_value: o.p_value,
+            effect: o.effect,
+            eligible: o.eligible,
+            reference,
+            cohort: None,
+            spread: o.spread,
+        }
+    }
+
     /// Name of the rule this finding belongs to.
     pub fn rule(&self) -> &'static str {
         self.metric
@@ -117,18 +133,7 @@ pub fn evaluate_with(
             kind.prior_spread().unwrap_or(1.0)
         };
         if let Some(o) = kind.test(w, reference, &t, spread) {
-            out.push(Finding {
-                metric: m,
-                observed: o.observed,
-                expected: o.expected,
-                samples: o.samples,
-                p_value: o.p_value,
-                effect: o.effect,
-                eligible: o.eligible,
-                reference: against,
-                cohort: None,
-                spread: o.spread,
-            });
+            out.push(Finding::of(m, o, against));
         }
     }
     out

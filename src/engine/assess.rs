@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::detect::DetectConfig;
+use crate::detect::rules::Tuning;
 use crate::detect::{self, Baseline, Finding, Metric, Normals, Reference};
 use crate::incident::{Scope, Verdict};
 use crate::window::{Acc, Key};
@@ -25,7 +26,8 @@ pub(super) struct References<'a> {
 /// One window's keys (sorted) and the verdicts on them, each with the index of its key.
 pub(super) struct Assessment {
     pub keys: Vec<(Key, Acc)>,
-    /// Per key, its run (this window merged with its earlier ones) where it has one.
+    /// Per key, its longest run (this window merged with its earlier ones within reach)
+    /// where it has one: what a key too small for one window learns from.
     pub runs: Vec<Option<Acc>>,
     /// Per CDN, the keys of this window that were not bad on their own, merged (see
     /// [`cdn_groups`]).
@@ -82,12 +84,12 @@ pub(super) fn normals(
     out
 }
 
-/// Tests one closed window's keys against `refs`; `run` gives a key's run, where it has one
+/// Tests one closed window's keys against `refs`; `scan` gives a key's runs, shortest first
 /// (see [`super::runs`]).
 pub(super) fn assess(
     mut present: HashMap<Key, Acc>,
     refs: &References,
-    run: &dyn Fn(&Key, &Acc) -> Option<Acc>,
+    scan: &dyn Fn(&Key, &Acc) -> Vec<Acc>,
     detect_cfg: &DetectConfig,
 ) -> Assessment {
     // Keys that usually report but sent nothing in this window are tested too.
@@ -99,11 +101,13 @@ pub(super) fn assess(
     let mut keys: Vec<_> = present.into_iter().collect();
     // HashMap order is random; detection output must not be.
     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let runs: Vec<Option<Acc>> = keys.iter().map(|(k, a)| run(k, a)).collect();
+    let mut runs: Vec<Option<Acc>> = Vec::with_capacity(keys.len());
     let mut findings: Vec<(usize, Finding)> = Vec::new();
     for (i, (key, acc)) in keys.iter().enumerate() {
-        let found = key_findings(key, acc, runs[i].as_ref(), refs, detect_cfg);
+        let mut scanned = scan(key, acc);
+        let found = key_findings(key, acc, &scanned, refs, detect_cfg);
         findings.extend(found.map(|f| (i, f)));
+        runs.push(scanned.pop());
     }
     let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
     let discovered = detect::benjamini_hochberg(&p, detect_cfg.fdr);
@@ -179,12 +183,66 @@ fn cdn_groups(keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<(Key, A
         .collect()
 }
 
+/// A key's findings over the windows that end with this one: this window alone, then each
+/// of its runs (shortest first), each metric at the length that shows it worst. A change that
+/// began a few windows ago shows best in the run that holds only those windows; a key too
+/// small for one window is decided on a run. The smallest p-value over the lengths tested is
+/// multiplied by how many were tested (Bonferroni), so the scan is one test of the window's
+/// family like any other, under the same floors and Benjamini-Hochberg procedure. A metric
+/// this window alone shows within the floors is settled by it: a run is evidence of a change
+/// that lasts until now, not of one that has ended (which would keep an incident open).
+fn scan(
+    acc: &Acc,
+    runs: &[Acc],
+    tune: &dyn Fn(Metric) -> Tuning,
+    normals: &Normals,
+) -> Vec<Finding> {
+    let mut best: Vec<(Finding, usize)> = detect::evaluate_with(acc, tune, normals)
+        .into_iter()
+        .map(|f| (f, 1))
+        .collect();
+    if runs.is_empty() {
+        return best.into_iter().map(|(f, _)| f).collect();
+    }
+    let settled: Vec<Metric> = best
+        .iter()
+        .filter(|(f, _)| !f.eligible)
+        .map(|(f, _)| f.metric)
+        .collect();
+    let again = |m: Metric| {
+        let mut t = tune(m);
+        t.enabled &= m.kind().accumulates() && !settled.contains(&m);
+        t
+    };
+    for run in runs {
+        for f in detect::evaluate_with(run, &again, normals) {
+            match best.iter_mut().find(|(b, _)| b.metric == f.metric) {
+                Some((b, tested)) => {
+                    *tested += 1;
+                    // The most significant length that passes the floors, else the most
+                    // significant one.
+                    if (f.eligible, -f.p_value) > (b.eligible, -b.p_value) {
+                        *b = f;
+                    }
+                }
+                None => best.push((f, 1)),
+            }
+        }
+    }
+    best.into_iter()
+        .map(|(mut f, tested)| {
+            f.p_value = (f.p_value * tested as f64).min(1.0);
+            f
+        })
+        .collect()
+}
+
 /// Every finding on one key: each metric against its reference, on this window or, for a
-/// metric short of samples in it, on the key's run.
+/// metric short of samples in it, on the key's runs.
 fn key_findings(
     key: &Key,
     acc: &Acc,
-    run: Option<&Acc>,
+    runs: &[Acc],
     refs: &References,
     detect_cfg: &DetectConfig,
 ) -> impl Iterator<Item = Finding> {
@@ -197,17 +255,7 @@ fn key_findings(
         }
     }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
-    let mut out = detect::evaluate_with(acc, &tune, &normals);
-    if let Some(run) = run {
-        // Only the metrics that accumulate and had too few samples here are tested again.
-        let tested: Vec<Metric> = out.iter().map(|f| f.metric).collect();
-        let again = |m: Metric| {
-            let mut t = tune(m);
-            t.enabled &= m.kind().accumulates() && !tested.contains(&m);
-            t
-        };
-        out.extend(detect::evaluate_with(run, &again, &normals));
-    }
+    let mut out = scan(acc, runs, &tune, &normals);
     for f in &mut out {
         let warm = f.reference != Reference::Benchmark
             || !f.metric.kind().learns_offset()

@@ -185,8 +185,8 @@ impl Part {
         let (start, size) = (w.start, w.end - w.start);
         let runs = &self.runs;
         let span = detect.run_windows;
-        let run = |k: &Key, a: &Acc| runs.merged(k, (start, size), span, a);
-        let assessment = assess::assess(keys, &self.references(), &run, detect);
+        let scan = |k: &Key, a: &Acc| runs.scan(k, (start, size), span, a);
+        let assessment = assess::assess(keys, &self.references(), &scan, detect);
         self.suspects = assessment
             .verdicts
             .iter()
@@ -194,13 +194,17 @@ impl Part {
             .map(|(i, _)| assessment.keys[*i].0.clone())
             .collect();
         self.learn(detect.min_samples, &assessment, w.end);
-        // A key keeps its window for the next runs while a metric that accumulates lacks
-        // samples in it.
+        // A small key keeps its window for the next runs: one of fewer than 4 x `min_samples`
+        // reports (a window alone decides only large deviations there), or with too few
+        // session starts among its reports.
         let short = |a: &Acc| {
-            Metric::all().any(|m| {
-                let kind = m.kind();
-                kind.accumulates() && kind.level(a.window(m), detect.min_samples).is_none()
-            })
+            a.reports < 4 * detect.min_samples
+                || Metric::all().any(|m| {
+                    let kind = m.kind();
+                    kind.accumulates()
+                        && kind.per_session()
+                        && kind.level(a.window(m), detect.min_samples).is_none()
+                })
         };
         self.runs.push((start, size), &assessment.keys, short, span);
         assessment
@@ -237,10 +241,12 @@ impl Part {
     /// benchmark of its clean findings.
     fn learn(&mut self, min_n: u64, a: &Assessment, at: Millis) {
         let (keys, verdicts) = (&a.keys, &a.verdicts);
-        let mut bad = HashSet::new();
+        let (mut bad, mut suspect) = (HashSet::new(), HashSet::new());
         for (i, v) in verdicts {
             if v.bad {
                 bad.insert((*i, v.finding.metric));
+            } else if v.finding.eligible {
+                suspect.insert((*i, v.finding.metric));
             }
         }
         let mut inserted = 0usize;
@@ -258,7 +264,11 @@ impl Part {
                 };
                 let is_bad = bad.contains(&(i, m));
                 if let Some(b) = self.levels.get_mut(&(key.clone(), m)) {
-                    kind.follow(b, x, is_bad, at);
+                    if suspect.contains(&(i, m)) && b.warm_level() {
+                        b.lean(x, at); // not significant (yet): followed only slowly
+                    } else {
+                        kind.follow(b, x, is_bad, at);
+                    }
                 } else {
                     let mut b = Baseline::default();
                     kind.follow(&mut b, x, is_bad, at);
@@ -297,7 +307,14 @@ impl Part {
             let b = self.baselines.entry(key).or_default();
             // The finding's expectation already includes the offset used: undo it.
             let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
-            b.learn(raw, at);
+            if v.finding.eligible && b.warm() {
+                // Beyond the floors but not (yet) significant: the start of an incident on a
+                // small key, more often than not. Learned at full speed it would be absorbed
+                // before its evidence adds up; a lasting shift is still followed, slowly.
+                b.lean_offset(raw, at);
+            } else {
+                b.learn(raw, at);
+            }
         }
         // Every new entry may be a new key.
         self.learned_bound = self.learned_bound.map(|b| b + inserted);

@@ -19,29 +19,29 @@ pub(super) struct Runs {
 }
 
 impl Runs {
-    /// `acc` (the window starting at `start`) merged with the key's earlier windows of the
-    /// run; `None` when the key has none within reach.
-    /// `span` windows at most, this one included.
-    pub(super) fn merged(
-        &self,
-        key: &Key,
-        w: (Millis, Millis),
-        span: usize,
-        acc: &Acc,
-    ) -> Option<Acc> {
+    /// The runs that end with `acc` (the window starting at `start`), shortest first: `acc`
+    /// merged with the key's newest earlier window within reach, then with the two newest,
+    /// and so on up to `span` windows, this one included. Empty when the key has no earlier
+    /// window within reach. A change that began in the last few windows shows best in the
+    /// run that holds only those: the scan over run lengths (a windowed change-point test)
+    /// decides a small key within a few windows of the change, not only after a whole run.
+    pub(super) fn scan(&self, key: &Key, w: (Millis, Millis), span: usize, acc: &Acc) -> Vec<Acc> {
         let (start, size) = w;
         let reach = start - (span as Millis - 1) * size;
-        let earlier = self.keys.get(key)?;
-        let mut within = earlier
+        let Some(earlier) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Acc> = Vec::new();
+        for (_, a) in earlier
             .iter()
+            .rev()
             .filter(|(s, _)| *s >= reach && *s < start)
-            .peekable();
-        within.peek()?;
-        let mut merged = acc.clone();
-        for (_, a) in within {
+        {
+            let mut merged = out.last().unwrap_or(acc).clone();
             merged.merge(a);
+            out.push(merged);
         }
-        Some(merged)
+        out
     }
 
     /// Keeps this window of the keys `short` says lack samples for the next windows' runs,
@@ -103,11 +103,18 @@ mod tests {
         let mut runs = Runs::default();
         const SPAN: usize = 4;
         let small = |a: &Acc| a.reports < 100;
-        assert_eq!(runs.merged(&key, (0, 60), SPAN, &acc(10)), None);
+        assert_eq!(runs.scan(&key, (0, 60), SPAN, &acc(10)).pop(), None);
         for w in 0..6 {
             let now = acc(10);
             if w > 0 {
-                let m = runs.merged(&key, (w * 60, 60), SPAN, &now).expect("a run");
+                let scan = runs.scan(&key, (w * 60, 60), SPAN, &now);
+                // Shortest first: two windows, then three, ...
+                let lengths: Vec<u64> = scan.iter().map(|a| a.reports / 10).collect();
+                assert_eq!(
+                    lengths,
+                    (2..=w as u64 + 1).take(SPAN - 1).collect::<Vec<_>>()
+                );
+                let m = scan.last().expect("a run");
                 let spans = (w as u64 + 1).min(SPAN as u64);
                 assert_eq!(m.reports, 10 * spans, "window {w}");
             }

@@ -62,6 +62,18 @@ impl Baseline {
         self.windows >= OWN_LEVEL_WARMUP
     }
 
+    /// Follows a window that deviates beyond the floors without being significant: only as
+    /// fast as [`Baseline::drift`], and the key counts as seen.
+    pub fn lean(&mut self, x: f64, at: Millis) {
+        self.drift(x);
+        self.last_seen = at;
+    }
+
+    /// [`Baseline::lean`] for an offset from the benchmark (clamped as [`Baseline::learn`]).
+    pub fn lean_offset(&mut self, x: f64, at: Millis) {
+        self.lean(x.clamp(-MAX_OFFSET, MAX_OFFSET), at);
+    }
+
     /// Follows a level slowly even through bad windows, so that a lasting change (traffic
     /// steered away for good) becomes the new normal after a few dozen windows.
     pub fn drift(&mut self, x: f64) {

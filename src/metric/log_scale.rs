@@ -215,8 +215,7 @@ impl Kind for LogScale {
         true
     }
 
-    /// Samples taken once per session are independent from window to window.
-    fn accumulates(&self) -> bool {
+    fn per_session(&self) -> bool {
         self.once_per_session
     }
 

@@ -131,10 +131,16 @@ pub trait Kind: Sync {
         amount - exposure * expected
     }
     /// Whether a window short of samples may be tested together with the key's previous
-    /// windows: only where each window's samples are new evidence, as session starts are (a
-    /// session's later reports repeat what its earlier ones said: merging windows would count
-    /// the same sessions again, and a few slow home networks would look like a degradation).
+    /// windows (its runs). A session's later reports repeat what its earlier ones said, so a
+    /// run counts no more independent samples than the distinct sessions it holds
+    /// ([`effective_n`]): merging windows then adds new sessions' evidence, not the same
+    /// sessions again. Not for a count per window (report volume).
     fn accumulates(&self) -> bool {
+        true
+    }
+    /// Whether it is measured once per session (session starts): a key can carry many
+    /// reports and still too few of these for one window.
+    fn per_session(&self) -> bool {
         false
     }
     /// Whether a finding says how many reports it rests on.

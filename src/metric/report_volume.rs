@@ -100,6 +100,11 @@ impl Kind for ReportVolume {
         }
     }
 
+    /// A count per window: a run's sum is no window's count.
+    fn accumulates(&self) -> bool {
+        false
+    }
+
     fn expects_reports(&self, level: f64) -> bool {
         level >= MIN_USUAL_VOLUME
     }

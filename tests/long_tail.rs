@@ -1,0 +1,631 @@
+//! The long tail: labelled scenarios from a world this repository's simulator does not make,
+//! shaped like a real service's traffic rather than like the traffic detection was tuned on.
+//!
+//! - Zipf-popular keys: most location+CDN keys carry 5-40 reports a window, a few carry more.
+//! - Sessions are the unit: each keeps its network for its life (fast home, slow home or
+//!   mobile, heavy-tailed across sessions, mobile reports dipping), reports every 10, 15 or
+//!   30 s (players differ), lives a log-normal few minutes, starts once (startup time), and
+//!   a failed start sends one error report and ends.
+//! - Some keys have no benchmark; probes measure what a fast home network would see.
+//! - Incidents on small keys of every kind (throughput down to a third with stalls, stalls
+//!   alone, failures, startup regression, outage), and a CDN degrading over a region of keys
+//!   each too small to show it alone.
+//!
+//! Scored per key-size band (the key's reports a window): recall, precision, median delay.
+//! `LONG_TAIL_*` variables scale the quiet run up for the README's figures (see there).
+
+use qos_sentinel::backtest::{Score, run_stream, score};
+use qos_sentinel::config::Config;
+use qos_sentinel::decode::{Benchmark, Report};
+use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::sim::{Event, IncidentKind, Injected, LabelledIncident, Labels, Rng};
+
+const MINUTE: i64 = 60_000;
+/// 2026-11-20T00:00:00Z.
+const MIDNIGHT: i64 = 1_795_132_800_000;
+
+/// One location+CDN of the world.
+#[derive(Debug, Clone)]
+struct KeyModel {
+    location: String,
+    cdn: String,
+    /// Session arrivals a minute.
+    arrivals: f64,
+    /// What a fast home network sees, kbps.
+    throughput: f64,
+    /// Stall chance per report on a fast home network.
+    stall: f64,
+    startup_ms: f64,
+    /// Failed starts per session.
+    failure: f64,
+    benchmarked: bool,
+}
+
+/// A session's network for its life.
+#[derive(Debug, Clone, Copy)]
+enum Class {
+    FastHome,
+    SlowHome,
+    Mobile,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    key: usize,
+    class: Class,
+    /// Multiplier on the key's throughput, fixed for the session.
+    quality: f64,
+    interval: i64,
+    next: i64,
+    end: i64,
+    started: bool,
+}
+
+/// What an incident does to a key's traffic.
+#[derive(Debug, Clone, Copy, Default)]
+struct Effect {
+    throughput: f64,
+    stall: f64,
+    startup: f64,
+    /// Extra chance of an error per report.
+    errors: f64,
+    silent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Planned {
+    injected: Injected,
+    effect: Effect,
+}
+
+impl Planned {
+    fn hits(&self, k: &KeyModel, ts: i64) -> bool {
+        let i = &self.injected;
+        ts >= i.start
+            && ts < i.end
+            && k.cdn == i.cdn
+            && match i.kind {
+                IncidentKind::RegionalCdnDegradation => k.location.starts_with(&i.location),
+                _ => k.location == i.location,
+            }
+    }
+}
+
+struct World {
+    rng: Rng,
+    keys: Vec<KeyModel>,
+    incidents: Vec<Planned>,
+    sessions: Vec<Session>,
+    next_id: u64,
+    now: i64,
+    end: i64,
+    /// Night-time load is a fraction of the day's.
+    load: f64,
+    buffer: std::collections::VecDeque<Event>,
+}
+
+/// Mean reports a window of a session (players report every 10, 15 or 30 s).
+const REPORTS_PER_SESSION_MINUTE: f64 = (6.0 + 4.0 + 2.0) / 3.0;
+/// Mean session life, minutes (log-normal, median 5).
+const MEAN_LIFE_MINUTES: f64 = 6.2;
+
+impl World {
+    /// `regions` x `cities` locations x `cdns` CDNs; key sizes Zipf-distributed so that the
+    /// typical key carries about `median` reports a window at full load.
+    fn new(seed: u64, regions: usize, cities: usize, cdns: usize, median: f64) -> World {
+        let mut rng = Rng::new(seed ^ 0x1006_7a11);
+        let mut keys = Vec::new();
+        let n = regions * cities * cdns;
+        let mut ranks: Vec<usize> = (0..n).collect();
+        // Popularity by a shuffled Zipf rank, so that big and small keys mix in every region.
+        for i in (1..n).rev() {
+            ranks.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let zipf = |r: usize| 1.0 / (r as f64 + 1.0).powf(0.8);
+        let median_weight = zipf(n / 2);
+        let mut i = 0;
+        for r in 0..regions {
+            for c in 0..cities {
+                let location = format!("R{r:02}/Z{c}/City{r}x{c}");
+                let base = rng.lognormal(9.3, 0.3); // ~11 Mbps for a fast home
+                for d in 0..cdns {
+                    let reports = median * zipf(ranks[i]) / median_weight;
+                    keys.push(KeyModel {
+                        location: location.clone(),
+                        cdn: format!("net-{}", (b'p' + d as u8) as char),
+                        arrivals: reports / REPORTS_PER_SESSION_MINUTE / MEAN_LIFE_MINUTES,
+                        throughput: base * rng.lognormal(0.0, 0.25),
+                        stall: 0.015 * rng.lognormal(0.0, 0.4),
+                        startup_ms: 1_100.0 * rng.lognormal(0.0, 0.3),
+                        failure: 0.006 * rng.lognormal(0.0, 0.4),
+                        benchmarked: rng.f64() >= 0.1,
+                    });
+                    i += 1;
+                }
+            }
+        }
+        World {
+            rng,
+            keys,
+            incidents: Vec::new(),
+            sessions: Vec::new(),
+            next_id: 0,
+            now: 0,
+            end: 0,
+            load: 1.0,
+            buffer: Default::default(),
+        }
+    }
+
+    fn run(mut self, start: i64, minutes: i64, load: f64) -> World {
+        self.now = start;
+        self.end = start + minutes * MINUTE;
+        self.load = load;
+        // Sessions already playing at the start.
+        for k in 0..self.keys.len() {
+            let live = self.keys[k].arrivals * load * MEAN_LIFE_MINUTES;
+            for _ in 0..poisson(&mut self.rng, live) {
+                let back = self.rng.below(5 * MINUTE as u64) as i64;
+                let mut s = self.session(k, start - back);
+                s.next = start + (s.next - start).rem_euclid(s.interval);
+                s.started = true;
+                self.sessions.push(s);
+            }
+        }
+        self
+    }
+
+    /// Expected reports a window of key `k` at full load.
+    fn reports_per_window(&self, k: usize) -> f64 {
+        self.keys[k].arrivals * MEAN_LIFE_MINUTES * REPORTS_PER_SESSION_MINUTE
+    }
+
+    fn session(&mut self, key: usize, at: i64) -> Session {
+        let rng = &mut self.rng;
+        let class = match rng.f64() {
+            x if x < 0.5 => Class::FastHome,
+            x if x < 0.75 => Class::SlowHome,
+            _ => Class::Mobile,
+        };
+        let quality = match class {
+            Class::FastHome => rng.lognormal(0.0, 0.35),
+            Class::SlowHome => rng.lognormal((0.3f64).ln(), 0.5),
+            Class::Mobile => rng.lognormal((0.45f64).ln(), 0.8),
+        };
+        let interval = [10_000, 15_000, 30_000][rng.below(3) as usize];
+        let life = (rng.lognormal((5.0f64).ln(), 0.7) * MINUTE as f64) as i64;
+        self.next_id += 1;
+        Session {
+            id: self.next_id,
+            key,
+            class,
+            quality,
+            interval,
+            next: at + rng.below(interval as u64) as i64,
+            end: at + life.max(20_000),
+            started: false,
+        }
+    }
+
+    fn effect(&self, k: usize, ts: i64) -> Effect {
+        let key = &self.keys[k];
+        let mut e = Effect {
+            throughput: 1.0,
+            stall: 1.0,
+            startup: 1.0,
+            ..Effect::default()
+        };
+        for p in self.incidents.iter().filter(|p| p.hits(key, ts)) {
+            e.throughput *= p.effect.throughput;
+            e.stall *= p.effect.stall;
+            e.startup *= p.effect.startup;
+            e.errors += p.effect.errors;
+            e.silent |= p.effect.silent;
+        }
+        e
+    }
+
+    fn report(&mut self, i: usize, ts: i64) -> Option<Report<'static>> {
+        let (k, class, quality, interval, started, id) = {
+            let s = &self.sessions[i];
+            (s.key, s.class, s.quality, s.interval, s.started, s.id)
+        };
+        let e = self.effect(k, ts);
+        if e.silent {
+            return None;
+        }
+        let key = self.keys[k].clone();
+        let rng = &mut self.rng;
+        self.sessions[i].started = true;
+        let mobile = matches!(class, Class::Mobile);
+        let mut tp = key.throughput * quality * e.throughput * rng.lognormal(0.0, 0.25);
+        if mobile && rng.chance(0.1) {
+            tp *= 0.2; // a tunnel, a crowded cell
+        }
+        let stall_chance = key.stall
+            * match class {
+                Class::FastHome => 1.0,
+                Class::SlowHome => 3.0,
+                Class::Mobile => 6.0,
+            }
+            * e.stall;
+        let stall = if rng.chance(stall_chance.min(0.9)) {
+            // Pareto stalls: most short, a few most of the interval.
+            (400.0 / rng.f64().max(1e-6).powf(1.0 / 1.4)).min(interval as f64 * 0.9)
+        } else {
+            0.0
+        };
+        let startup = (!started).then(|| {
+            let c = match class {
+                Class::FastHome => 1.0,
+                Class::SlowHome => 1.5,
+                Class::Mobile => 2.0,
+            };
+            (key.startup_ms * c * e.startup * rng.lognormal(0.0, 0.45)) as u64
+        });
+        let failed = if started {
+            rng.chance(e.errors)
+        } else {
+            rng.chance(key.failure * if mobile { 2.5 } else { 1.0 } + e.errors)
+        };
+        if failed && !started {
+            self.sessions[i].end = ts; // a failed start ends the session
+        }
+        Some(Report {
+            ts,
+            session_id: format!("x{id:x}").into(),
+            asn: Some(64_600 + (id % 7) as u32),
+            device: Some(if mobile { "phone" } else { "tv" }.into()),
+            played_ms: if failed && !started {
+                0
+            } else {
+                (interval as f64 - stall) as u64
+            },
+            rebuffer_ms: stall as u64,
+            startup_ms: if failed && !started { None } else { startup },
+            throughput_kbps: Some(tp.round().max(1.0)),
+            error: failed.then(|| "E_SEGMENT".into()),
+            ..Report::new(key.location, key.cdn, ts)
+        })
+    }
+
+    fn benchmarks(&mut self, ts: i64) {
+        for key in self.keys.clone() {
+            if !key.benchmarked {
+                continue;
+            }
+            let noise = self.rng.lognormal(0.0, 0.05);
+            self.buffer.push_back(Event::Benchmark(Benchmark {
+                ts,
+                location: key.location.clone(),
+                cdn: key.cdn.clone(),
+                // Probes sit on good networks; a CDN-side incident shows on them too, but
+                // the players' view is what is tested.
+                throughput_kbps: Some(key.throughput * 0.9 * noise),
+                rebuffer_ratio: Some(key.stall * 0.08),
+                startup_ms: Some(key.startup_ms * 0.9),
+                error_rate: Some(key.failure / 3.0),
+            }));
+        }
+    }
+
+    /// One minute of traffic into the buffer, in event-time order.
+    fn minute(&mut self) {
+        let (from, to) = (self.now, self.now + MINUTE);
+        if (from - MIDNIGHT).rem_euclid(5 * MINUTE) == 0 {
+            self.benchmarks(from);
+        }
+        for k in 0..self.keys.len() {
+            let arrivals = poisson(&mut self.rng, self.keys[k].arrivals * self.load);
+            for _ in 0..arrivals {
+                let at = from + self.rng.below(MINUTE as u64) as i64;
+                let s = self.session(k, at);
+                self.sessions.push(s);
+            }
+        }
+        let mut out = Vec::new();
+        for i in 0..self.sessions.len() {
+            while self.sessions[i].next < to && self.sessions[i].next < self.sessions[i].end {
+                let ts = self.sessions[i].next.max(from);
+                self.sessions[i].next += self.sessions[i].interval;
+                if let Some(r) = self.report(i, ts) {
+                    out.push(r);
+                }
+            }
+        }
+        self.sessions.retain(|s| s.next < s.end);
+        out.sort_by_key(|r| r.ts);
+        self.buffer.extend(out.into_iter().map(Event::Report));
+        self.now = to;
+    }
+
+    fn labels(&self) -> Labels {
+        let locations: Vec<String> = self.keys.iter().map(|k| k.location.clone()).collect();
+        Labels {
+            window_ms: MINUTE,
+            incidents: self
+                .incidents
+                .iter()
+                .map(|p| LabelledIncident {
+                    injected: p.injected.clone(),
+                    scopes: p.injected.scopes(&locations),
+                    metrics: p
+                        .injected
+                        .kind
+                        .metrics()
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Iterator for World {
+    type Item = Event;
+    fn next(&mut self) -> Option<Event> {
+        while self.buffer.is_empty() {
+            if self.now >= self.end {
+                return None;
+            }
+            self.minute();
+        }
+        self.buffer.pop_front()
+    }
+}
+
+fn poisson(rng: &mut Rng, mean: f64) -> u64 {
+    if mean > 30.0 {
+        return (mean + mean.sqrt() * rng.normal()).round().max(0.0) as u64;
+    }
+    let (l, mut k, mut p) = ((-mean).exp(), 0, 1.0);
+    loop {
+        p *= rng.f64();
+        if p <= l {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Key-size bands, by reports a window.
+const BANDS: [(&str, f64, f64); 3] = [
+    ("5-10", 5.0, 10.0),
+    ("10-30", 10.0, 30.0),
+    ("30+", 30.0, f64::INFINITY),
+];
+
+fn band_of(reports: f64) -> &'static str {
+    BANDS
+        .iter()
+        .find(|(_, lo, hi)| reports >= *lo && reports < *hi)
+        .map_or("<5", |b| b.0)
+}
+
+/// The scenario of one seed: 8 regions x 6 cities x 3 CDNs (144 keys, median 15 reports a
+/// window), 150 minutes of evening load, nine incidents after a 40-minute warm-up.
+fn scenario(seed: u64) -> (World, Vec<&'static str>) {
+    let mut w = World::new(seed, 8, 6, 3, 15.0);
+    let start = MIDNIGHT + 18 * 60 * MINUTE;
+    let size = |w: &World, k: usize| w.reports_per_window(k);
+    // Keys by band, benchmarked ones for the per-key incidents, in a seeded order.
+    let mut order: Vec<usize> = (0..w.keys.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, w.rng.below(i as u64 + 1) as usize);
+    }
+    let pick = |w: &World, lo: f64, hi: f64, taken: &[usize]| {
+        order
+            .iter()
+            .copied()
+            .find(|&k| {
+                let n = size(w, k);
+                n >= lo
+                    && n < hi
+                    && w.keys[k].benchmarked
+                    && !taken
+                        .iter()
+                        .any(|&t| w.keys[t].location == w.keys[k].location)
+            })
+            .expect("a key of that size")
+    };
+    let plan: [(IncidentKind, Effect, f64, f64, i64); 8] = [
+        (
+            IncidentKind::Degradation,
+            Effect {
+                throughput: 1.0 / 3.0,
+                stall: 7.0,
+                ..fx()
+            },
+            10.0,
+            30.0,
+            14,
+        ),
+        (
+            IncidentKind::Degradation,
+            Effect {
+                throughput: 1.0 / 3.0,
+                stall: 7.0,
+                ..fx()
+            },
+            30.0,
+            200.0,
+            10,
+        ),
+        (
+            IncidentKind::Degradation,
+            Effect { stall: 7.0, ..fx() },
+            10.0,
+            30.0,
+            16,
+        ),
+        (
+            IncidentKind::FailureSpike,
+            Effect {
+                errors: 0.12,
+                ..fx()
+            },
+            10.0,
+            30.0,
+            14,
+        ),
+        (
+            IncidentKind::FailureSpike,
+            Effect {
+                errors: 0.12,
+                ..fx()
+            },
+            30.0,
+            200.0,
+            10,
+        ),
+        (
+            IncidentKind::StartupRegression,
+            Effect {
+                startup: 3.0,
+                ..fx()
+            },
+            20.0,
+            90.0,
+            18,
+        ),
+        (
+            IncidentKind::Outage,
+            Effect {
+                silent: true,
+                ..fx()
+            },
+            10.0,
+            30.0,
+            12,
+        ),
+        (
+            IncidentKind::Degradation,
+            Effect {
+                throughput: 1.0 / 3.0,
+                stall: 7.0,
+                ..fx()
+            },
+            5.0,
+            10.0,
+            16,
+        ),
+    ];
+    let mut taken = Vec::new();
+    let mut bands = Vec::new();
+    let mut at = start + 40 * MINUTE;
+    for (i, (kind, effect, lo, hi, minutes)) in plan.into_iter().enumerate() {
+        let k = pick(&w, lo, hi, &taken);
+        taken.push(k);
+        bands.push(band_of(size(&w, k)));
+        // Two incidents at a time at most, starting mid-window.
+        let begin = at + 17_000;
+        w.incidents.push(Planned {
+            injected: Injected {
+                kind,
+                location: w.keys[k].location.clone(),
+                cdn: w.keys[k].cdn.clone(),
+                start: begin,
+                end: begin + minutes * MINUTE,
+                asn: None,
+            },
+            effect,
+        });
+        at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
+    }
+    // A CDN degrading over one region's keys (each small).
+    let region = "R03/";
+    w.incidents.push(Planned {
+        injected: Injected {
+            kind: IncidentKind::RegionalCdnDegradation,
+            location: region.into(),
+            cdn: "net-q".into(),
+            start: at + 5 * MINUTE + 31_000,
+            end: at + 20 * MINUTE,
+            asn: None,
+        },
+        effect: Effect {
+            throughput: 0.4,
+            stall: 5.0,
+            ..fx()
+        },
+    });
+    bands.push("regional");
+    (w.run(start, 150, 1.0), bands)
+}
+
+fn fx() -> Effect {
+    Effect {
+        throughput: 1.0,
+        stall: 1.0,
+        startup: 1.0,
+        ..Effect::default()
+    }
+}
+
+fn firing_lines(alerts: &[Alert]) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .map(qos_sentinel::notify::render_line)
+        .collect()
+}
+
+/// Per band: the score of that band's incidents (precision over the alerts whose scope is
+/// one of that band's incidents' or no incident's).
+fn by_band(
+    alerts: &[Alert],
+    labels: &Labels,
+    bands: &[&'static str],
+) -> Vec<(&'static str, Score)> {
+    let mut out: Vec<(&'static str, Score)> = Vec::new();
+    let mut names: Vec<&'static str> = bands.to_vec();
+    names.dedup();
+    names.sort();
+    names.dedup();
+    for b in names {
+        let sub = Labels {
+            window_ms: labels.window_ms,
+            incidents: labels
+                .incidents
+                .iter()
+                .zip(bands)
+                .filter(|(_, x)| **x == b)
+                .map(|(l, _)| l.clone())
+                .collect(),
+        };
+        out.push((b, score(alerts, &sub)));
+    }
+    out
+}
+
+#[test]
+fn small_keys_incidents_are_caught_per_band() {
+    let cfg = Config::default();
+    let mut totals: std::collections::BTreeMap<&str, (usize, usize, Vec<f64>)> = Default::default();
+    for seed in [1, 2, 3] {
+        let (world, bands) = scenario(seed);
+        let labels = world.labels();
+        for (l, b) in labels.incidents.iter().zip(&bands) {
+            eprintln!("  planned [{b}] {}", l.injected.describe());
+        }
+        let summary = run_stream(&cfg, world);
+        let all = score(&summary.alerts, &labels);
+        eprintln!("seed {seed}: {all:?}");
+        for l in firing_lines(&summary.alerts) {
+            eprintln!("  {l}");
+        }
+        for (b, s) in by_band(&summary.alerts, &labels, &bands) {
+            eprintln!("  band {b}: {s:?}");
+            let t = totals.entry(b).or_default();
+            t.0 += s.incidents;
+            t.1 += s.detected;
+            t.2.extend(s.median_delay_windows);
+        }
+        assert!(all.precision >= 0.95, "seed {seed}: {all:?}");
+    }
+    eprintln!("{totals:?}");
+    let recall = |b: &str| totals.get(b).map_or(0.0, |t| t.1 as f64 / t.0 as f64);
+    assert!(recall("30+") >= 0.8, "{totals:?}");
+}
