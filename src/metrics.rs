@@ -40,6 +40,7 @@ pub struct Metrics {
     pub benchmark_versions: IntGauge,
     pub benchmark_keys: IntGauge,
     pub learned_entries: IntGauge,
+    pub session_levels: IntGauge,
     pub keys_evicted: IntCounterVec,
     pub open_keys: IntGauge,
     pub run_windows: IntGauge,
@@ -222,12 +223,17 @@ impl Metrics {
                 "qos_sentinel_learned_entries",
                 "Learned normals held, one per key and metric (keys at most window.max_learned_keys per partition).",
             ),
+            session_levels: gauge(
+                &r,
+                "qos_sentinel_session_levels",
+                "Live sessions whose own levels are held, to compare each report with its session's earlier ones (at most window.max_sessions per partition).",
+            ),
             keys_evicted: counter_vec(
                 &r,
                 "qos_sentinel_keys_evicted_total",
                 "Keys evicted, least recently seen first, to stay under a cap, by state.",
                 "state",
-                &["benchmarks", "learned"],
+                &["benchmarks", "learned", "sessions"],
             ),
             open_keys: gauge(
                 &r,
@@ -371,6 +377,9 @@ impl Metrics {
         self.keys_evicted
             .with_label_values(&["learned"])
             .inc_by(d(now.learned_evicted, last.learned_evicted));
+        self.keys_evicted
+            .with_label_values(&["sessions"])
+            .inc_by(d(now.sessions_evicted, last.sessions_evicted));
         *last = now;
     }
 

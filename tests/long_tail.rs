@@ -176,11 +176,6 @@ impl World {
         self
     }
 
-    /// Expected reports a window of key `k` at full load.
-    fn reports_per_window(&self, k: usize) -> f64 {
-        self.keys[k].arrivals * MEAN_LIFE_MINUTES * REPORTS_PER_SESSION_MINUTE
-    }
-
     fn session(&mut self, key: usize, at: i64) -> Session {
         let rng = &mut self.rng;
         let class = match rng.f64() {
@@ -407,13 +402,33 @@ fn band_of(reports: f64) -> &'static str {
 /// The scenario of one seed: 8 regions x 6 cities x 3 CDNs (144 keys, median 15 reports a
 /// window), 150 minutes of evening load, nine incidents after a 40-minute warm-up.
 fn scenario(seed: u64) -> (World, Vec<&'static str>) {
-    let mut w = World::new(seed, 8, 6, 3, 15.0);
     let start = MIDNIGHT + 18 * 60 * MINUTE;
-    let size = |w: &World, k: usize| w.reports_per_window(k);
+    let world = || World::new(seed, 8, 6, 3, 15.0);
+    // Each key's size as measured: its reports a window over the 40 quiet minutes before the
+    // first incident (the same traffic as the run's, which is the same until then).
+    let mut counts = std::collections::HashMap::<(String, String), f64>::new();
+    for e in world().run(start, 40, 1.0) {
+        if let Event::Report(r) = e {
+            *counts.entry((r.location.into(), r.cdn.into())).or_default() += 1.0 / 40.0;
+        }
+    }
+    let mut w = world();
+    let sizes: Vec<f64> = w
+        .keys
+        .iter()
+        .map(|k| {
+            counts
+                .get(&(k.location.clone(), k.cdn.clone()))
+                .copied()
+                .unwrap_or(0.0)
+        })
+        .collect();
+    let size = |_: &World, k: usize| sizes[k];
     // Keys by band, benchmarked ones for the per-key incidents, in a seeded order.
+    let mut rng = Rng::new(seed ^ 0x5eed);
     let mut order: Vec<usize> = (0..w.keys.len()).collect();
     for i in (1..order.len()).rev() {
-        order.swap(i, w.rng.below(i as u64 + 1) as usize);
+        order.swap(i, rng.below(i as u64 + 1) as usize);
     }
     let pick = |w: &World, lo: f64, hi: f64, taken: &[usize]| {
         order
@@ -607,11 +622,23 @@ fn small_keys_incidents_are_caught_per_band() {
     for seed in [1, 2, 3] {
         let (world, bands) = scenario(seed);
         let labels = world.labels();
-        for (l, b) in labels.incidents.iter().zip(&bands) {
-            eprintln!("  planned [{b}] {}", l.injected.describe());
-        }
+        let one = |l: &LabelledIncident, alerts: &[Alert]| {
+            let single = Labels {
+                window_ms: MINUTE,
+                incidents: vec![l.clone()],
+            };
+            score(alerts, &single).detected == 1
+        };
         let summary = run_stream(&cfg, world);
         let all = score(&summary.alerts, &labels);
+        for (l, b) in labels.incidents.iter().zip(&bands) {
+            let caught = if one(l, &summary.alerts) {
+                "caught"
+            } else {
+                "MISSED"
+            };
+            eprintln!("  {caught} [{b}] {}", l.injected.describe());
+        }
         eprintln!("seed {seed}: {all:?}");
         for l in firing_lines(&summary.alerts) {
             eprintln!("  {l}");
@@ -628,4 +655,52 @@ fn small_keys_incidents_are_caught_per_band() {
     eprintln!("{totals:?}");
     let recall = |b: &str| totals.get(b).map_or(0.0, |t| t.1 as f64 / t.0 as f64);
     assert!(recall("30+") >= 0.8, "{totals:?}");
+}
+
+/// Quiet traffic of the same world raises nothing: `regions` x `cities` x 4 CDNs at `load`
+/// (night-time is a fraction of the evening), for `minutes` from midnight.
+fn quiet(seed: u64, regions: usize, cities: usize, minutes: i64, load: f64) -> Vec<String> {
+    let cfg = Config::default();
+    let world = World::new(seed, regions, cities, 4, 15.0).run(MIDNIGHT, minutes, load);
+    let summary = run_stream(&cfg, world);
+    eprintln!(
+        "quiet seed {seed}: {} keys, {} reports, {} tests, {} alerts",
+        regions * cities * 4,
+        summary.reports,
+        summary.counters.tests,
+        summary.alerts.len()
+    );
+    firing_lines(&summary.alerts)
+}
+
+#[test]
+fn quiet_nights_of_small_keys_raise_nothing() {
+    for seed in [7, 8] {
+        let lines = quiet(seed, 8, 8, 240, 0.4);
+        assert!(lines.is_empty(), "seed {seed}: {lines:#?}");
+    }
+}
+
+/// The README's quiet figure: `LONG_TAIL_KEYS` keys (a multiple of 40) for `LONG_TAIL_HOURS`
+/// hours from midnight, half the evening's load. `cargo test --release --test long_tail --
+/// --ignored`.
+#[test]
+#[ignore]
+fn quiet_day_at_scale() {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let keys = var("LONG_TAIL_KEYS", 1_000);
+    let hours = var("LONG_TAIL_HOURS", 24) as i64;
+    let lines = quiet(
+        var("LONG_TAIL_SEED", 11) as u64,
+        keys / 40,
+        10,
+        hours * 60,
+        0.5,
+    );
+    assert!(lines.is_empty(), "{lines:#?}");
 }

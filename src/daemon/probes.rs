@@ -107,6 +107,7 @@ pub(super) fn publish_gauges(metrics: &Metrics, engine: &Engine, live: &Live) {
     metrics.benchmark_versions.set(engine.table().len() as i64);
     metrics.benchmark_keys.set(engine.table().keys() as i64);
     metrics.learned_entries.set(engine.learned_entries() as i64);
+    metrics.session_levels.set(engine.session_levels() as i64);
     metrics.open_keys.set(engine.open_stats().1 as i64);
     metrics.run_windows.set(engine.run_windows() as i64);
 }

@@ -72,6 +72,9 @@ pub struct Finding {
     /// (local: not part of summaries or alerts).
     #[serde(skip)]
     pub spread: Option<f64>,
+    /// The same for its within-session differences, where the metric pairs.
+    #[serde(skip)]
+    pub pair_spread: Option<f64>,
 }
 
 impl Finding {
@@ -88,6 +91,7 @@ impl Finding {
             reference,
             cohort: None,
             spread: o.spread,
+            pair_spread: o.pair_spread,
         }
     }
 
@@ -132,7 +136,13 @@ pub fn evaluate_with(
         } else {
             kind.prior_spread().unwrap_or(1.0)
         };
-        if let Some(o) = kind.test(w, reference, &t, spread) {
+        let pair_spread = match normal.pair_spread {
+            s if s > 0.0 => s,
+            _ => crate::metric::PAIR_DESIGN_EFFECT,
+        };
+        let level = kind.test(w, reference, &t, spread);
+        let paired = kind.test_paired(w, reference, &t, pair_spread);
+        if let Some(o) = crate::metric::Outcome::either(level, paired) {
             out.push(Finding::of(m, o, against));
         }
     }

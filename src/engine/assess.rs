@@ -248,11 +248,13 @@ fn key_findings(
 ) -> impl Iterator<Item = Finding> {
     let mut normals = normals(refs, key, acc.joined > 0, |_| true);
     for m in Metric::all() {
-        if let (Some(prior), Some(s)) =
-            (m.kind().prior_spread(), refs.spreads.get(&(key.clone(), m)))
-        {
+        let Some(s) = refs.spreads.get(&(key.clone(), m)) else {
+            continue;
+        };
+        if let Some(prior) = m.kind().prior_spread() {
             normals[m.index()].spread = s.value(prior);
         }
+        normals[m.index()].pair_spread = s.pair_value(crate::metric::PAIR_DESIGN_EFFECT);
     }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = scan(acc, runs, &tune, &normals);

@@ -4,6 +4,7 @@
 //! (location-wide parents and location+CDN scopes), and the quality view.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::assess::{Assessment, GROUP_MARK};
 use super::quality::{KeyQuality, Quality, key_quality, sort_worst, totals};
@@ -116,6 +117,8 @@ impl Engine {
         };
         let a = part.test(&mut w, &self.cfg.detect);
         self.counters.learned_evicted += part.cap_learned(self.cfg.window.max_learned_keys);
+        self.counters.sessions_evicted +=
+            part.prune_sessions(w.start, w.end - w.start, self.cfg.window.max_sessions);
         self.counters.tests += a.tests;
         self.counters.discoveries += a.discoveries();
         let stash = self
@@ -219,7 +222,16 @@ impl Engine {
                 }
             };
             let (keys, verdicts) = flatten(bad);
-            let mut parents = roll_up(&self.cfg.detect, &keys, &verdicts, Grouping::Cdn);
+            // Where each CDN had keys that were not bad (its regional aggregates).
+            let clean: Vec<(Arc<str>, &str)> = groups
+                .iter()
+                .filter_map(|(k, _, _)| {
+                    let region = k.location.strip_prefix(GROUP_MARK)?;
+                    (!region.is_empty()).then(|| (k.cdn.clone(), region))
+                })
+                .collect();
+            let grouping = Grouping::Cdn { clean: &clean };
+            let mut parents = roll_up(&self.cfg.detect, &keys, &verdicts, grouping);
             let learned = &mut self.incidents.baselines;
             let direct = test_cdns(&self.cfg.detect, groups, &parents, learned, end);
             self.counters.learned_evicted +=
@@ -395,9 +407,11 @@ fn group_scope(k: &Key) -> Scope {
 
 /// Which parents [`roll_up`] raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Grouping {
-    /// One CDN at many locations: spans partitions, decided over all of them.
-    Cdn,
+pub(super) enum Grouping<'a> {
+    /// One CDN at many locations: spans partitions, decided over all of them. `clean`: the
+    /// regions where each CDN had keys that were not bad, so that a CDN bad at locations of
+    /// one region only is that region's incident.
+    Cdn { clean: &'a [(Arc<str>, &'a str)] },
     /// Every CDN at one location: a location is in one partition.
     Location,
 }
@@ -415,7 +429,8 @@ pub(super) fn flatten(mut groups: Vec<Tested>) -> Flat {
 }
 
 /// Root-cause grouping. A CDN bad on one metric at `group_min_locations` or more
-/// locations is one CDN-wide incident; a location bad on one metric on every CDN tested
+/// locations is one CDN-wide incident (of the CDN within a region, when they are all under
+/// one prefix); a location bad on one metric on every CDN tested
 /// there (two or more) is one location-wide incident. The parent's evidence is the
 /// merged accumulators of the bad keys under it. `grouping` says which of the two to raise.
 pub(super) fn roll_up(
@@ -465,9 +480,27 @@ pub(super) fn roll_up(
             });
         }
     };
-    for ((m, cdn), idx) in by_cdn.iter().filter(|_| grouping == Grouping::Cdn) {
+    let clean = match grouping {
+        Grouping::Cdn { clean } => clean,
+        Grouping::Location => &[],
+    };
+    for ((m, cdn), idx) in by_cdn.iter().filter(|_| grouping != Grouping::Location) {
         if idx.len() >= detect_cfg.group_min_locations {
-            parent(*m, idx, Scope::cdn_wide(cdn));
+            // The most specific scope that holds them all: their region (the locations under
+            // one prefix) when they are all in one and the CDN was tested elsewhere too, else
+            // the CDN.
+            let region_of = |i: usize| crate::incident::prefix_of(&keys[i].0.location);
+            let region = region_of(idx[0]);
+            let one_region = region.is_some()
+                && idx.iter().all(|i| region_of(*i) == region)
+                && clean
+                    .iter()
+                    .any(|(c, r)| **c == **cdn && Some(*r) != region);
+            let scope = match region {
+                Some(r) if one_region => Scope::cdn_under(r, cdn),
+                _ => Scope::cdn_wide(cdn),
+            };
+            parent(*m, idx, scope);
         }
     }
     for ((m, loc), (idx, tested)) in by_loc.iter().filter(|_| grouping == Grouping::Location) {

@@ -31,6 +31,7 @@ mod assess;
 mod codec;
 mod decide;
 mod frontier;
+mod paired;
 mod part;
 mod peers;
 mod quality;
@@ -69,6 +70,9 @@ pub struct Counters {
     /// Keys whose learned normals were evicted to stay under `window.max_learned_keys`.
     #[serde(default)]
     pub learned_evicted: u64,
+    /// Sessions whose own levels were evicted to stay under `window.max_sessions`.
+    #[serde(default)]
+    pub sessions_evicted: u64,
     /// Benchmark keys evicted to stay under `window.max_benchmark_keys` (since start).
     #[serde(default, skip_serializing)]
     pub benchmark_evicted: u64,
@@ -241,6 +245,12 @@ impl Engine {
     /// of a recent window: bounded by `window.max_keys`).
     pub fn run_windows(&self) -> usize {
         self.parts.values().map(Part::run_windows).sum()
+    }
+
+    /// Sessions whose own levels are held, over all partitions (at most
+    /// `window.max_sessions` per partition).
+    pub fn session_levels(&self) -> usize {
+        self.parts.values().map(Part::session_levels).sum()
     }
 
     pub fn firing(&self) -> usize {

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use super::Settings;
 use super::assess::{self, Assessment, References};
 use super::decide::{Grouping, Tested, flatten, roll_up};
+use super::paired::SessionLevels;
 use super::runs::Runs;
 use crate::decode::Report;
 use crate::detect::DetectConfig;
@@ -41,6 +42,9 @@ pub(super) struct Part {
     /// Small keys' recent windows, so that their evidence adds up.
     #[serde(default)]
     runs: Runs,
+    /// What each live session has shown so far, for the metrics that pair.
+    #[serde(default)]
+    sessions: SessionLevels,
     /// Incidents on its locations and location+CDN pairs.
     pub(super) incidents: Incidents,
     /// Every window ending at or before this has been decided for its incidents.
@@ -62,6 +66,7 @@ impl Part {
             spreads: HashMap::new(),
             suspects: HashSet::new(),
             runs: Runs::default(),
+            sessions: SessionLevels::default(),
             incidents: Incidents::new(),
             decided_until: Millis::MIN,
             learned_bound: Some(0),
@@ -160,7 +165,7 @@ impl Part {
         // Interned once, where anything needs it before the window does.
         let key =
             (learned || !self.suspects.is_empty()).then(|| self.windows.key(&r.location, &r.cdn));
-        let normals = match &key {
+        let mut normals = match &key {
             Some(key) if learned => {
                 assess::normals(&self.references(), key, expected.is_some(), |k| {
                     k.sign_test()
@@ -168,6 +173,13 @@ impl Part {
             }
             _ => Normals::default(),
         };
+        for m in Metric::all() {
+            if let Some(x) = m.kind().pair_value(r) {
+                let window = self.windows.start_of(r.ts);
+                normals[m.index()].session =
+                    self.sessions.observe(&r.session_id, m.index(), window, x);
+            }
+        }
         let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));
         self.windows
             .record_keyed(&r.location, &r.cdn, key, r.ts, source, |acc| {
@@ -208,6 +220,18 @@ impl Part {
         };
         self.runs.push((start, size), &assessment.keys, short, span);
         assessment
+    }
+
+    /// After the window starting at `start` (of `size`) was tested: forgets the sessions that
+    /// have sent nothing since the window before it (ended), then the least recently seen
+    /// beyond `max`; returns how many the cap evicted.
+    pub(super) fn prune_sessions(&mut self, start: Millis, size: Millis, max: usize) -> u64 {
+        self.sessions.prune(start - size, max)
+    }
+
+    /// Sessions (and metrics) whose own levels are held.
+    pub(super) fn session_levels(&self) -> usize {
+        self.sessions.len()
     }
 
     /// Windows held in small keys' runs.
@@ -281,9 +305,8 @@ impl Part {
         }
         for (i, v) in verdicts {
             let m = v.finding.metric;
-            if let (false, Some(x), Some(prior)) =
-                (v.bad, v.finding.spread, m.kind().prior_spread())
-            {
+            let level = v.finding.spread.zip(m.kind().prior_spread());
+            if !v.bad && (level.is_some() || v.finding.pair_spread.is_some()) {
                 let k = (keys[*i].0.clone(), m);
                 let s = match self.spreads.get_mut(&k) {
                     Some(s) => s,
@@ -292,7 +315,12 @@ impl Part {
                         self.spreads.entry(k).or_default()
                     }
                 };
-                s.learn(x, prior, at);
+                if let Some((x, prior)) = level {
+                    s.learn(x, prior, at);
+                }
+                if let Some(x) = v.finding.pair_spread {
+                    s.learn_pair(x, crate::metric::PAIR_DESIGN_EFFECT, at);
+                }
             }
             let key = (keys[*i].0.clone(), m);
             if v.finding.reference != Reference::Benchmark

@@ -529,6 +529,7 @@ mod tests {
                 reference: Default::default(),
                 cohort: None,
                 spread: None,
+                pair_spread: None,
             },
             bad,
             severity: if bad {

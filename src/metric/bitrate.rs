@@ -15,6 +15,7 @@ pub static BITRATE_KBPS: LogScale = LogScale {
     once_per_session: false,
     enabled_by_default: false,
     rank: u8::MAX,
+    paired: false,
 };
 
 #[cfg(test)]

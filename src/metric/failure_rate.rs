@@ -84,6 +84,7 @@ impl Kind for FailureRate {
             effect,
             eligible: effect >= t.min_relative_effect && obs - p0 >= MIN_DELTA,
             spread: None,
+            pair_spread: None,
         })
     }
 

@@ -119,28 +119,58 @@ pub struct Spread {
     pub phi: f32,
     pub windows: u16,
     pub last_seen: Millis,
+    /// The same for the metric's within-session differences, where it pairs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_phi: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pair_windows: u16,
+}
+
+fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
+}
+
+/// One clean window's measure `x` into a spread's mean (`phi` over `windows`).
+fn absorb(phi: &mut f32, windows: &mut u16, x: f64, prior: f64) {
+    let x = x.min(SPREAD_CLIP * value(*phi, *windows, prior)) / SPREAD_CLIP_MEAN;
+    let a = 1.0 / (f64::from(*windows) + 1.0).min(SPREAD_MEMORY);
+    let old = f64::from(*phi);
+    *phi = (old + a * (x - old)) as f32;
+    *windows = windows.saturating_add(1);
+}
+
+/// A spread's design effect: its mean shrunk towards `prior` while few windows back it.
+fn value(phi: f32, windows: u16, prior: f64) -> f64 {
+    let w = f64::from(windows).min(SPREAD_MEMORY);
+    ((SPREAD_PRIOR_WEIGHT * prior + w * f64::from(phi)) / (SPREAD_PRIOR_WEIGHT + w)).max(1.0)
 }
 
 impl Spread {
     /// Learns from one clean window whose measure of its design effect was `x` (z², or
     /// reports per session).
     pub fn learn(&mut self, x: f64, prior: f64, at: Millis) {
-        if !x.is_finite() {
-            return;
+        if x.is_finite() {
+            absorb(&mut self.phi, &mut self.windows, x, prior);
+            self.last_seen = at;
         }
-        let x = x.min(SPREAD_CLIP * self.value(prior)) / SPREAD_CLIP_MEAN;
-        let a = 1.0 / (f64::from(self.windows) + 1.0).min(SPREAD_MEMORY);
-        let phi = f64::from(self.phi);
-        self.phi = (phi + a * (x - phi)) as f32;
-        self.windows = self.windows.saturating_add(1);
-        self.last_seen = at;
+    }
+
+    /// Learns the design effect of within-session differences from one clean window.
+    pub fn learn_pair(&mut self, x: f64, prior: f64, at: Millis) {
+        if x.is_finite() {
+            absorb(&mut self.pair_phi, &mut self.pair_windows, x, prior);
+            self.last_seen = at;
+        }
     }
 
     /// The design effect to test with.
     pub fn value(&self, prior: f64) -> f64 {
-        let w = f64::from(self.windows).min(SPREAD_MEMORY);
-        ((SPREAD_PRIOR_WEIGHT * prior + w * f64::from(self.phi)) / (SPREAD_PRIOR_WEIGHT + w))
-            .max(1.0)
+        value(self.phi, self.windows, prior)
+    }
+
+    /// The design effect of within-session differences to test with.
+    pub fn pair_value(&self, prior: f64) -> f64 {
+        value(self.pair_phi, self.pair_windows, prior)
     }
 }
 

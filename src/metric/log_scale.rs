@@ -20,6 +20,13 @@ const EXP_LOG_SUM: usize = 4;
 const EXP_N: usize = 5;
 const CMP: usize = 6;
 const WORSE: usize = 7;
+// Metrics that pair ([`LogScale::paired`]) also keep, over the reports whose session had a
+// level of its own: their count, Σ d and Σ d² of d = ln x - the session's level, and how many
+// were worse than it.
+const PAIR_N: usize = 8;
+const PAIR_SUM: usize = 9;
+const PAIR_SQ: usize = 10;
+const PAIR_WORSE: usize = 11;
 
 /// Count, mean and variance of `ln(x)` over a window's slots.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +78,10 @@ pub struct LogScale {
     pub once_per_session: bool,
     pub enabled_by_default: bool,
     pub rank: u8,
+    /// Each report is also compared with its session's own earlier reports
+    /// ([`crate::metric::Kind::pairs`]): per-report measures a session keeps its network
+    /// for (throughput), not once-per-session ones.
+    pub paired: bool,
 }
 
 impl LogScale {
@@ -120,7 +131,7 @@ impl Kind for LogScale {
     }
 
     fn slots(&self) -> usize {
-        8
+        if self.paired { 12 } else { 8 }
     }
 
     fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, normal: Normal) {
@@ -138,6 +149,17 @@ impl Kind for LogScale {
         if let Some(w) = self.worse(r, expected, normal) {
             s[CMP] += 1.0;
             s[WORSE] += f64::from(u8::from(w));
+        }
+        if let (true, Some(own), Some(x)) = (self.paired, normal.session, (self.value)(r)) {
+            let d = ln(x) - own;
+            s[PAIR_N] += 1.0;
+            s[PAIR_SUM] += d;
+            s[PAIR_SQ] += d * d;
+            s[PAIR_WORSE] += f64::from(u8::from(if self.higher_is_worse {
+                d > 0.0
+            } else {
+                d < 0.0
+            }));
         }
     }
 
@@ -181,7 +203,59 @@ impl Kind for LogScale {
             effect,
             eligible: effect >= t.min_relative_effect && broad,
             spread: z2,
+            pair_spread: None,
         })
+    }
+
+    /// The change every session of a key sees at once, whatever networks the key's viewers
+    /// are on: a one-sample t-test of the reports' differences from their sessions' own
+    /// earlier level, over `n / pair_spread` observations (the key's learned design effect of
+    /// those differences), with the sign test of the level test (most of them worse). A
+    /// window's reports whose sessions have no history yet are not paired: a third of
+    /// `min_samples` pairs (at least 10) are enough, as each compares a session with itself.
+    fn test_paired(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        pair_spread: f64,
+    ) -> Option<Outcome> {
+        if !self.paired {
+            return None;
+        }
+        let s = w.s;
+        let n = s[PAIR_N];
+        if n < (t.min_samples / 3).max(10) as f64 {
+            return None;
+        }
+        let mean = s[PAIR_SUM] / n;
+        let var = ((s[PAIR_SQ] - s[PAIR_SUM] * s[PAIR_SUM] / n) / (n - 1.0)).max(0.0);
+        let diff = if self.higher_is_worse { mean } else { -mean };
+        let n_eff = (n / pair_spread.max(1.0)).max(2.0);
+        let p_value = t_p_value(diff, (var / n_eff).sqrt(), n_eff - 1.0);
+        let se_independent = (var / n).sqrt();
+        let z2 = (se_independent > 0.0).then(|| (diff / se_independent).powi(2));
+        let effect = diff.exp() - 1.0;
+        let broad = s[PAIR_WORSE] >= MIN_WORSE_SHARE * n;
+        let stats = self.stats(w);
+        Some(Outcome {
+            observed: if stats.n() > 0 {
+                stats.mean_log().exp()
+            } else {
+                (reference - diff).exp()
+            },
+            expected: reference.exp(),
+            samples: stats.n(),
+            p_value,
+            effect,
+            eligible: effect >= t.min_relative_effect && broad,
+            spread: None,
+            pair_spread: z2,
+        })
+    }
+
+    fn pair_value(&self, r: &Report) -> Option<f64> {
+        self.paired.then(|| (self.value)(r).map(ln)).flatten()
     }
 
     fn format(&self, v: f64) -> String {

@@ -143,6 +143,24 @@ pub trait Kind: Sync {
     fn per_session(&self) -> bool {
         false
     }
+    /// Whether each report is also compared with its own session's earlier reports
+    /// ([`crate::metric::Normal::session`]): then this is the report's value on the scale of
+    /// that comparison (a log), else `None`.
+    fn pair_value(&self, _r: &Report) -> Option<f64> {
+        None
+    }
+    /// Tests the window's within-session differences (see [`Kind::pair_value`]) for "worse
+    /// than the sessions themselves were", with `pair_spread` their design effect;
+    /// `reference` is the level test's, for what is shown.
+    fn test_paired(
+        &self,
+        _w: Window,
+        _reference: f64,
+        _t: &Tuning,
+        _pair_spread: f64,
+    ) -> Option<Outcome> {
+        None
+    }
     /// Whether a finding says how many reports it rests on.
     fn counts_samples(&self) -> bool {
         true
@@ -181,7 +199,17 @@ pub struct Normal {
     /// The key's learned design effect for the metric; 0 where it has none (the metric's
     /// [`Kind::prior_spread`] applies).
     pub spread: f64,
+    /// The key's learned design effect of within-session differences ([`Kind::pairs`]); 0
+    /// where it has none ([`PAIR_DESIGN_EFFECT`] applies).
+    pub pair_spread: f64,
+    /// The report's session's own level (mean of logs over its reports of earlier windows),
+    /// for a metric that pairs, where the session has one.
+    pub session: Option<f64>,
 }
+
+/// The design effect of within-session differences a key starts with: a session's reports
+/// share the error of its own level and may drift together; each key then learns its own.
+pub const PAIR_DESIGN_EFFECT: f64 = 2.0;
 
 /// [`Normal`] per metric, by [`Metric::index`].
 pub type Normals = [Normal; MAX_METRICS];
@@ -212,6 +240,35 @@ pub struct Outcome {
     /// the squared deviation in standard errors of independent samples for a test of means,
     /// reports per session for a count; `None` for tests without one.
     pub spread: Option<f64>,
+    /// The same for the within-session differences of a metric that pairs.
+    pub pair_spread: Option<f64>,
+}
+
+impl Outcome {
+    /// The level test and the within-session test of one window as one test: the more
+    /// significant of those that pass the floors (else the more significant), its p-value
+    /// doubled (Bonferroni over the two); what is shown (observed, expected, samples) stays
+    /// the level's, where there is one.
+    pub fn either(level: Option<Outcome>, paired: Option<Outcome>) -> Option<Outcome> {
+        match (level, paired) {
+            (Some(l), Some(p)) => {
+                let chosen = if (p.eligible, -p.p_value) > (l.eligible, -l.p_value) {
+                    p
+                } else {
+                    l
+                };
+                Some(Outcome {
+                    p_value: (2.0 * chosen.p_value).min(1.0),
+                    effect: chosen.effect,
+                    eligible: chosen.eligible,
+                    spread: l.spread,
+                    pair_spread: p.pair_spread,
+                    ..l
+                })
+            }
+            (l, p) => l.or(p),
+        }
+    }
 }
 
 /// A metric: an index into the registry. Serialised as its name.

@@ -116,6 +116,7 @@ impl Kind for RebufferRatio {
             effect,
             eligible: effect >= min_eff && r - e >= MIN_DELTA && without_worst / e - 1.0 >= min_eff,
             spread: z2,
+            pair_spread: None,
         })
     }
 

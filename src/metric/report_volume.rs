@@ -67,6 +67,7 @@ impl Kind for ReportVolume {
             effect,
             eligible: (observed as f64) <= 0.5 * usual && effect >= t.min_relative_effect,
             spread: per_session,
+            pair_spread: None,
         })
     }
 

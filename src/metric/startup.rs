@@ -14,4 +14,5 @@ pub static STARTUP_MS: LogScale = LogScale {
     once_per_session: true,
     enabled_by_default: true,
     rank: 3,
+    paired: false,
 };

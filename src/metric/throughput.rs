@@ -13,4 +13,5 @@ pub static THROUGHPUT_KBPS: LogScale = LogScale {
     once_per_session: false,
     enabled_by_default: true,
     rank: 2,
+    paired: true,
 };

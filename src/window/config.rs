@@ -26,6 +26,12 @@ pub struct WindowConfig {
     /// Keys unseen for 120 windows forget anyway.
     #[serde(default = "default_max_learned_keys")]
     pub max_learned_keys: usize,
+    /// Most live sessions per source partition whose own levels are kept, so that a report
+    /// can be compared with its session's earlier ones (throughput); beyond it the least
+    /// recently seen are forgotten. A session that sends nothing for a window is forgotten
+    /// anyway. About 40 bytes each.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
     /// Most (location, cdn) keys in the benchmark table (and its RocksDB cache); beyond it
     /// the keys least recently published or joined by a report are evicted.
     #[serde(default = "default_max_benchmark_keys")]
@@ -53,6 +59,9 @@ const fn default_max_keys() -> usize {
 const fn default_max_learned_keys() -> usize {
     400_000
 }
+const fn default_max_sessions() -> usize {
+    500_000
+}
 const fn default_max_benchmark_keys() -> usize {
     crate::table::DEFAULT_MAX_KEYS
 }
@@ -71,6 +80,7 @@ impl Default for WindowConfig {
             allowed_lateness: default_lateness(),
             max_keys: default_max_keys(),
             max_learned_keys: default_max_learned_keys(),
+            max_sessions: default_max_sessions(),
             max_benchmark_keys: default_max_benchmark_keys(),
             max_clock_skew: default_max_clock_skew(),
             earliest_event_time: default_earliest(),
@@ -145,6 +155,7 @@ impl WindowConfig {
         for (field, n) in [
             ("max_keys", self.max_keys),
             ("max_learned_keys", self.max_learned_keys),
+            ("max_sessions", self.max_sessions),
             ("max_benchmark_keys", self.max_benchmark_keys),
         ] {
             if n == 0 {

@@ -75,14 +75,14 @@ impl From<NamedAcc> for Acc {
                 worse as f64,
             ]
         };
-        m.of_mut(Metric::THROUGHPUT_KBPS).copy_from_slice(&log(
+        m.of_mut(Metric::THROUGHPUT_KBPS)[..8].copy_from_slice(&log(
             &a.throughput,
             a.exp_throughput_log_sum,
             a.exp_throughput_n,
             a.throughput_cmp,
             a.throughput_worse,
         ));
-        m.of_mut(Metric::STARTUP_MS).copy_from_slice(&log(
+        m.of_mut(Metric::STARTUP_MS)[..8].copy_from_slice(&log(
             &a.startup,
             a.exp_startup_log_sum,
             a.exp_startup_n,

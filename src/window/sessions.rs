@@ -15,7 +15,7 @@ const BITS: f64 = 128.0;
 pub struct Sessions(pub [u64; 2]);
 
 /// FNV-1a: stable across runs and versions (the bitmap is stored in checkpoints).
-fn hash(id: &str) -> u64 {
+pub fn hash(id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
         h ^= u64::from(b);

@@ -318,6 +318,29 @@ fn small_keys(locs: &[String], degrade: impl Fn(&str) -> bool) -> Vec<Alert> {
     out
 }
 
+/// The one parent incident among `alerts`; every other firing alert is a key under it (each
+/// key, compared with its own sessions' earlier reports, also shows the drop on its own).
+fn one_parent(alerts: &[Alert]) -> &Alert {
+    let firing = crate::incident::firing(alerts);
+    let parents: Vec<&&Alert> = firing
+        .iter()
+        .filter(|a| a.scope.location.is_none())
+        .collect();
+    assert_eq!(parents.len(), 1, "{alerts:#?}");
+    let p = parents[0];
+    for a in firing.iter().filter(|a| a.scope.location.is_some()) {
+        assert_eq!(a.parent_id.as_deref(), Some(p.id.as_str()), "{a:#?}");
+        assert!(
+            a.scope
+                .location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("IN/")),
+            "{a:#?}"
+        );
+    }
+    p
+}
+
 fn cities(country: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{country}/R{i}/City{i}")).collect()
 }
@@ -326,9 +349,7 @@ fn cities(country: &str, n: usize) -> Vec<String> {
 fn a_cdn_degrading_over_keys_each_too_small_to_test_is_one_cdn_wide_incident() {
     let locs = cities("IN", 8);
     let alerts = small_keys(&locs, |_| true);
-    let firing = crate::incident::firing(&alerts);
-    assert_eq!(firing.len(), 1, "{alerts:#?}");
-    let a = firing[0];
+    let a = one_parent(&alerts);
     assert_eq!(
         (
             a.scope.location.as_deref(),
@@ -350,9 +371,7 @@ fn a_cdn_degrading_in_one_region_over_small_keys_is_one_incident_of_that_region(
         locs.extend(cities(country, 8));
     }
     let alerts = small_keys(&locs, |l| l.starts_with("IN/"));
-    let firing = crate::incident::firing(&alerts);
-    assert_eq!(firing.len(), 1, "{alerts:#?}");
-    let a = firing[0];
+    let a = one_parent(&alerts);
     assert_eq!(a.scope, Scope::cdn_under("IN", "cdn-a"), "{a:#?}");
     assert_eq!(a.scope.to_string(), "prefix=IN,cdn=cdn-a");
     assert!(a.summary.contains("cdn-a across IN/*"), "{}", a.summary);

@@ -1,0 +1,138 @@
+//! What each live session of a partition has shown so far: the evidence of a change that
+//! every session of a key sees at once.
+//!
+//! A key's viewers mix fast home, slow home and mobile networks, each session keeping its own
+//! for its life, so a small key's window mean moves a lot with which sessions happen to play
+//! (its sample of sessions), and a drop to a third is only a few standard errors of it. The
+//! same drop seen *within* each session (this report against the session's own earlier
+//! reports) is many: the network mix cancels out. So for each metric that pairs
+//! ([`crate::metric::Kind::pairs`]: per-report throughput) a session's mean of logs over its
+//! reports of earlier windows is kept, and each report is folded with its difference from it
+//! ([`crate::metric::Normal::session`]); the metric tests those differences as well as the
+//! level (see [`crate::metric::LogScale`]).
+//!
+//! Bounded: a session is forgotten once it has sent nothing for a window (players report
+//! every 6-30 s), and at most `window.max_sessions` are kept per partition, the least recently
+//! seen forgotten first (`qos_sentinel_keys_evicted_total{state="sessions"}`). Checkpointed
+//! with the partition, so that a restored or taken-over partition pairs as it would have.
+
+use std::collections::HashMap;
+
+use crate::time::Millis;
+
+/// One session's history of one metric: its reports of earlier windows, summed, and those of
+/// the window it is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Level {
+    sum: f64,
+    n: u32,
+    now_sum: f64,
+    now_n: u32,
+    /// Start of the window `now_*` belong to.
+    window: Millis,
+}
+
+/// Reports of earlier windows a session needs before its own level is trusted.
+const MIN_HISTORY: u32 = 2;
+
+/// Per live session (its id's hash) and pairing metric (its index), what it has shown.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct SessionLevels {
+    levels: HashMap<(u64, u8), Level>,
+}
+
+impl SessionLevels {
+    /// The session's own level of metric `m` (mean of `ln x` over its reports of windows
+    /// before `window`), if it has enough history; then folds `ln_x`, a report of `window`.
+    /// A report of a window older than the session's newest is not folded and not paired.
+    pub(super) fn observe(
+        &mut self,
+        session: &str,
+        m: usize,
+        window: Millis,
+        ln_x: f64,
+    ) -> Option<f64> {
+        let id = (crate::window::sessions::hash(session), m as u8);
+        let l = self.levels.entry(id).or_insert(Level {
+            window,
+            ..Level::default()
+        });
+        if window < l.window || !ln_x.is_finite() {
+            return None;
+        }
+        if window > l.window {
+            l.sum += l.now_sum;
+            l.n = l.n.saturating_add(l.now_n);
+            (l.now_sum, l.now_n, l.window) = (0.0, 0, window);
+        }
+        let own = (l.n >= MIN_HISTORY).then(|| l.sum / f64::from(l.n));
+        l.now_sum += ln_x;
+        l.now_n = l.now_n.saturating_add(1);
+        own
+    }
+
+    /// Forgets the sessions whose newest report is of a window before `horizon`, then the
+    /// least recently seen beyond `max` (down to nine tenths of it). Returns how many were
+    /// evicted by the cap (ended sessions are not counted).
+    pub(super) fn prune(&mut self, horizon: Millis, max: usize) -> u64 {
+        self.levels.retain(|_, l| l.window >= horizon);
+        if self.levels.len() <= max {
+            return 0;
+        }
+        let keep = max - max / 10;
+        let excess = self.levels.len() - keep;
+        // Oldest first; ties by id, so that a restored copy evicts the same sessions.
+        let mut by_age: Vec<(Millis, (u64, u8))> =
+            self.levels.iter().map(|(id, l)| (l.window, *id)).collect();
+        by_age.select_nth_unstable(excess - 1);
+        let gone: std::collections::HashSet<(u64, u8)> =
+            by_age[..excess].iter().map(|(_, id)| *id).collect();
+        self.levels.retain(|id, _| !gone.contains(id));
+        gone.len() as u64
+    }
+
+    /// Sessions and metrics held.
+    pub(super) fn len(&self) -> usize {
+        self.levels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_compared_with_its_own_earlier_windows() {
+        let mut s = SessionLevels::default();
+        // Two reports in window 0: no history yet.
+        assert_eq!(s.observe("a", 0, 0, 1.0), None);
+        assert_eq!(s.observe("a", 0, 0, 3.0), None);
+        // In window 60 its level is the mean of window 0's, whatever it reports now.
+        assert_eq!(s.observe("a", 0, 60, 10.0), Some(2.0));
+        assert_eq!(s.observe("a", 0, 60, 10.0), Some(2.0));
+        // Window 120: window 60's reports have joined its history.
+        assert_eq!(s.observe("a", 0, 120, 0.0), Some(6.0));
+        // A late report of an older window is neither paired nor folded.
+        assert_eq!(s.observe("a", 0, 60, 100.0), None);
+        assert_eq!(s.observe("a", 0, 120, 0.0), Some(6.0));
+        // Metrics and sessions are apart.
+        assert_eq!(s.observe("a", 1, 120, 5.0), None);
+        assert_eq!(s.observe("b", 0, 120, 5.0), None);
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn ended_sessions_are_forgotten_and_the_cap_holds() {
+        let mut s = SessionLevels::default();
+        for i in 0..1_000 {
+            s.observe(&format!("s{i}"), 0, (i / 100) * 60, 1.0);
+        }
+        // Sessions last seen before window 300 have ended.
+        assert_eq!(s.prune(300, 10_000), 0);
+        assert_eq!(s.len(), 500);
+        // Past the cap the least recently seen go, down to nine tenths of it.
+        assert_eq!(s.prune(0, 100), 410);
+        assert_eq!(s.len(), 90);
+        assert!(s.levels.values().all(|l| l.window == 540));
+    }
+}
