@@ -653,8 +653,12 @@ fn small_keys_incidents_are_caught_per_band() {
         assert!(all.precision >= 0.95, "seed {seed}: {all:?}");
     }
     eprintln!("{totals:?}");
+    // What this version catches (README, "Measured detection quality"): a floor against
+    // regressions, not the targets of issue #17, which the 10-30 band does not meet yet.
     let recall = |b: &str| totals.get(b).map_or(0.0, |t| t.1 as f64 / t.0 as f64);
     assert!(recall("30+") >= 0.8, "{totals:?}");
+    assert!(recall("10-30") >= 0.3, "{totals:?}");
+    assert_eq!(recall("regional"), 1.0, "{totals:?}");
 }
 
 /// Quiet traffic of the same world raises nothing: `regions` x `cities` x 4 CDNs at `load`
@@ -682,8 +686,8 @@ fn quiet_nights_of_small_keys_raise_nothing() {
 }
 
 /// The README's quiet figure: `LONG_TAIL_KEYS` keys (a multiple of 40) for `LONG_TAIL_HOURS`
-/// hours from midnight, half the evening's load. `cargo test --release --test long_tail --
-/// --ignored`.
+/// hours from midnight, half the evening's load: `cargo test --test long_tail -- --ignored`
+/// (24 h over 1,000 keys: 24.7 M reports, about 6 minutes in a debug build).
 #[test]
 #[ignore]
 fn quiet_day_at_scale() {

@@ -234,6 +234,7 @@ fn a_key_that_goes_silent_is_an_incident() {
 mod edges;
 mod flood;
 mod partitioned;
+mod sessions;
 mod state;
 
 /// 24 windows of one key with 60 reports a window, of which only 4 are session starts; from
