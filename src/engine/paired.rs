@@ -17,6 +17,7 @@
 //! with the partition, so that a restored or taken-over partition pairs as it would have.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::time::Millis;
 
@@ -38,7 +39,29 @@ const MIN_HISTORY: u32 = 2;
 /// Per live session (its id's hash) and pairing metric (its index), what it has shown.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct SessionLevels {
-    levels: HashMap<(u64, u8), Level>,
+    levels: HashMap<(u64, u8), Level, BuildHasherDefault<Hashed>>,
+}
+
+/// The map's hasher: its keys are hashes already (FNV-1a of the session id), so they are
+/// only mixed with the metric, not hashed again (SipHash would double the cost of a lookup).
+#[derive(Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 ^= x;
+    }
+    fn write_u8(&mut self, x: u8) {
+        self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl SessionLevels {
