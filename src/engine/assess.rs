@@ -189,8 +189,9 @@ fn cdn_groups(keys: &[(Key, Acc)], verdicts: &[(usize, Verdict)]) -> Vec<(Key, A
 /// small for one window is decided on a run. The smallest p-value over the lengths tested is
 /// multiplied by how many were tested (Bonferroni), so the scan is one test of the window's
 /// family like any other, under the same floors and Benjamini-Hochberg procedure. A metric
-/// this window alone shows within the floors is settled by it: a run is evidence of a change
-/// that lasts until now, not of one that has ended (which would keep an incident open).
+/// this window alone (with samples enough for its level) shows within the floors is settled
+/// by it: a run is evidence of a change that lasts until now, not of one that has ended
+/// (which would keep an incident open).
 fn scan(
     acc: &Acc,
     runs: &[Acc],
@@ -204,9 +205,15 @@ fn scan(
     if runs.is_empty() {
         return best.into_iter().map(|(f, _)| f).collect();
     }
+    // Settled: within the floors on a window with samples enough for its level alone (a
+    // window too small for that was tested on its within-session differences only, which
+    // fade as sessions learn the new level: its runs still hold the level's evidence).
     let settled: Vec<Metric> = best
         .iter()
-        .filter(|(f, _)| !f.eligible)
+        .filter(|(f, _)| {
+            let m = f.metric;
+            !f.eligible && m.kind().level(acc.window(m), tune(m).min_samples).is_some()
+        })
         .map(|(f, _)| f.metric)
         .collect();
     let again = |m: Metric| {
