@@ -173,11 +173,16 @@ impl Part {
             }
             _ => Normals::default(),
         };
+        let mut session = None; // the id's hash and the window, once per report
         for m in Metric::all() {
             if let Some(x) = m.kind().pair_value(r) {
-                let window = self.windows.start_of(r.ts);
-                normals[m.index()].session =
-                    self.sessions.observe(&r.session_id, m.index(), window, x);
+                let (id, window) = *session.get_or_insert_with(|| {
+                    (
+                        crate::window::sessions::hash(&r.session_id),
+                        self.windows.start_of(r.ts),
+                    )
+                });
+                normals[m.index()].session = self.sessions.observe(id, m.index(), window, x);
             }
         }
         let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));

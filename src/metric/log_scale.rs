@@ -239,11 +239,8 @@ impl Kind for LogScale {
         let broad = s[PAIR_WORSE] >= MIN_WORSE_SHARE * n;
         let stats = self.stats(w);
         Some(Outcome {
-            observed: if stats.n() > 0 {
-                stats.mean_log().exp()
-            } else {
-                (reference - diff).exp()
-            },
+            // Pairs are reports with a value: the window has a level to show.
+            observed: stats.mean_log().exp(),
             expected: reference.exp(),
             samples: stats.n(),
             p_value,
