@@ -656,8 +656,10 @@ fn small_keys_incidents_are_caught_per_band() {
     // What this version catches (README, "Measured detection quality"): a floor against
     // regressions, not the targets of issue #17, which the 10-30 band does not meet yet.
     let recall = |b: &str| totals.get(b).map_or(0.0, |t| t.1 as f64 / t.0 as f64);
-    assert!(recall("30+") >= 0.8, "{totals:?}");
-    assert!(recall("10-30") >= 0.3, "{totals:?}");
+    // A key under suspicion holds its sessions' own levels and its spread (seed 1's 30+
+    // drop and seed 2's 10-30 one were missed while they learned the drop).
+    assert_eq!(recall("30+"), 1.0, "{totals:?}");
+    assert!(recall("10-30") >= 0.4, "{totals:?}");
     // A window too small for its level alone no longer stops the runs that hold the level's
     // evidence (seed 1's 5-10 key was missed before).
     assert!(recall("5-10") >= 0.3, "{totals:?}");

@@ -68,12 +68,17 @@ impl SessionLevels {
     /// The session's (the hash of its id) own level of metric `m` (mean of `ln x` over its reports of windows
     /// before `window`), if it has enough history; then folds `ln_x`, a report of `window`.
     /// A report of a window older than the session's newest is not folded and not paired.
+    /// `hold`: the session's key is under suspicion (its last tested window deviated on a
+    /// pairing metric), so the window the session leaves now is not folded into its level:
+    /// a session keeps comparing itself with what it showed before the change, where it would
+    /// otherwise learn the drop within a window or two and the evidence fade.
     pub(super) fn observe(
         &mut self,
         session: u64,
         m: usize,
         window: Millis,
         ln_x: f64,
+        hold: bool,
     ) -> Option<f64> {
         let id = (session, m as u8);
         let l = self.levels.entry(id).or_insert(Level {
@@ -84,8 +89,10 @@ impl SessionLevels {
             return None;
         }
         if window > l.window {
-            l.sum += l.now_sum;
-            l.n = l.n.saturating_add(l.now_n);
+            if !hold {
+                l.sum += l.now_sum;
+                l.n = l.n.saturating_add(l.now_n);
+            }
             (l.now_sum, l.now_n, l.window) = (0.0, 0, window);
         }
         let own = (l.n >= MIN_HISTORY).then(|| l.sum / f64::from(l.n));
@@ -129,19 +136,19 @@ mod tests {
     fn a_session_is_compared_with_its_own_earlier_windows() {
         let mut s = SessionLevels::default();
         // Two reports in window 0: no history yet.
-        assert_eq!(s.observe(h("a"), 0, 0, 1.0), None);
-        assert_eq!(s.observe(h("a"), 0, 0, 3.0), None);
+        assert_eq!(s.observe(h("a"), 0, 0, 1.0, false), None);
+        assert_eq!(s.observe(h("a"), 0, 0, 3.0, false), None);
         // In window 60 its level is the mean of window 0's, whatever it reports now.
-        assert_eq!(s.observe(h("a"), 0, 60, 10.0), Some(2.0));
-        assert_eq!(s.observe(h("a"), 0, 60, 10.0), Some(2.0));
+        assert_eq!(s.observe(h("a"), 0, 60, 10.0, false), Some(2.0));
+        assert_eq!(s.observe(h("a"), 0, 60, 10.0, false), Some(2.0));
         // Window 120: window 60's reports have joined its history.
-        assert_eq!(s.observe(h("a"), 0, 120, 0.0), Some(6.0));
+        assert_eq!(s.observe(h("a"), 0, 120, 0.0, false), Some(6.0));
         // A late report of an older window is neither paired nor folded.
-        assert_eq!(s.observe(h("a"), 0, 60, 100.0), None);
-        assert_eq!(s.observe(h("a"), 0, 120, 0.0), Some(6.0));
+        assert_eq!(s.observe(h("a"), 0, 60, 100.0, false), None);
+        assert_eq!(s.observe(h("a"), 0, 120, 0.0, false), Some(6.0));
         // Metrics and sessions are apart.
-        assert_eq!(s.observe(h("a"), 1, 120, 5.0), None);
-        assert_eq!(s.observe(h("b"), 0, 120, 5.0), None);
+        assert_eq!(s.observe(h("a"), 1, 120, 5.0, false), None);
+        assert_eq!(s.observe(h("b"), 0, 120, 5.0, false), None);
         assert_eq!(s.len(), 3);
     }
 
@@ -149,7 +156,7 @@ mod tests {
     fn ended_sessions_are_forgotten_and_the_cap_holds() {
         let mut s = SessionLevels::default();
         for i in 0..1_000 {
-            s.observe(h(&format!("s{i}")), 0, (i / 100) * 60, 1.0);
+            s.observe(h(&format!("s{i}")), 0, (i / 100) * 60, 1.0, false);
         }
         // Sessions last seen before window 300 have ended.
         assert_eq!(s.prune(300, 10_000), 0);

@@ -39,6 +39,11 @@ pub(super) struct Part {
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
     suspects: HashSet<Key>,
+    /// Keys under suspicion: their last closed window deviated on some metric (bad, or beyond
+    /// the floors without being significant yet): their sessions hold their own levels
+    /// ([`SessionLevels::observe`]).
+    #[serde(default, skip_serializing_if = "HashSet::is_empty")]
+    held: HashSet<Key>,
     /// Small keys' recent windows, so that their evidence adds up.
     #[serde(default)]
     runs: Runs,
@@ -65,6 +70,7 @@ impl Part {
             volumes: HashMap::new(),
             spreads: HashMap::new(),
             suspects: HashSet::new(),
+            held: HashSet::new(),
             runs: Runs::default(),
             sessions: SessionLevels::default(),
             incidents: Incidents::new(),
@@ -163,8 +169,8 @@ impl Part {
         }
         let learned = !self.baselines.is_empty() || !self.levels.is_empty();
         // Interned once, where anything needs it before the window does.
-        let key =
-            (learned || !self.suspects.is_empty()).then(|| self.windows.key(&r.location, &r.cdn));
+        let key = (learned || !self.suspects.is_empty() || !self.held.is_empty())
+            .then(|| self.windows.key(&r.location, &r.cdn));
         let mut normals = match &key {
             Some(key) if learned => {
                 assess::normals(&self.references(), key, expected.is_some(), |k| {
@@ -174,6 +180,7 @@ impl Part {
             _ => Normals::default(),
         };
         let mut session = None; // the id's hash and the window, once per report
+        let hold = !self.held.is_empty() && key.as_ref().is_some_and(|k| self.held.contains(k));
         for m in Metric::all() {
             if let Some(x) = m.kind().pair_value(r) {
                 let (id, window) = *session.get_or_insert_with(|| {
@@ -182,7 +189,7 @@ impl Part {
                         self.windows.start_of(r.ts),
                     )
                 });
-                normals[m.index()].session = self.sessions.observe(id, m.index(), window, x);
+                normals[m.index()].session = self.sessions.observe(id, m.index(), window, x, hold);
             }
         }
         let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));
@@ -208,6 +215,12 @@ impl Part {
             .verdicts
             .iter()
             .filter(|(_, v)| v.bad)
+            .map(|(i, _)| assessment.keys[*i].0.clone())
+            .collect();
+        self.held = assessment
+            .verdicts
+            .iter()
+            .filter(|(_, v)| v.bad || v.finding.eligible)
             .map(|(i, _)| assessment.keys[*i].0.clone())
             .collect();
         self.learn(detect.min_samples, &assessment, w.end);
@@ -321,10 +334,10 @@ impl Part {
                     }
                 };
                 if let Some((x, prior)) = level {
-                    s.learn(x, prior, at);
+                    s.learn(x, prior, at, v.finding.eligible);
                 }
                 if let Some(x) = v.finding.pair_spread {
-                    s.learn_pair(x, crate::metric::PAIR_DESIGN_EFFECT, at);
+                    s.learn_pair(x, crate::metric::PAIR_DESIGN_EFFECT, at, v.finding.eligible);
                 }
             }
             let key = (keys[*i].0.clone(), m);

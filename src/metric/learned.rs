@@ -130,11 +130,18 @@ fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
     *x == T::default()
 }
 
-/// One clean window's measure `x` into a spread's mean (`phi` over `windows`).
-fn absorb(phi: &mut f32, windows: &mut u16, x: f64, prior: f64) {
+/// One window's measure `x` into a spread's mean (`phi` over `windows`); a suspect one at a
+/// tenth of the rate, not counted as a window.
+fn absorb(phi: &mut f32, windows: &mut u16, x: f64, prior: f64, suspect: bool) {
     let x = x.min(SPREAD_CLIP * value(*phi, *windows, prior)) / SPREAD_CLIP_MEAN;
     let a = 1.0 / (f64::from(*windows) + 1.0).min(SPREAD_MEMORY);
     let old = f64::from(*phi);
+    if suspect {
+        if *windows > 0 {
+            *phi = (old + 0.1 * a * (x - old)) as f32;
+        }
+        return;
+    }
     *phi = (old + a * (x - old)) as f32;
     *windows = windows.saturating_add(1);
 }
@@ -146,19 +153,29 @@ fn value(phi: f32, windows: u16, prior: f64) -> f64 {
 }
 
 impl Spread {
-    /// Learns from one clean window whose measure of its design effect was `x` (z², or
-    /// reports per session).
-    pub fn learn(&mut self, x: f64, prior: f64, at: Millis) {
+    /// Learns from one window that was not bad whose measure of its design effect was `x`
+    /// (z², or reports per session); `suspect`: it deviated beyond the floors without being
+    /// significant, so it teaches at a tenth of the rate (a small key's incident is suspect
+    /// for a few windows before its evidence adds up: learned at full rate, its own z² would
+    /// inflate the spread it is tested with, window after window, until it never adds up).
+    pub fn learn(&mut self, x: f64, prior: f64, at: Millis, suspect: bool) {
         if x.is_finite() {
-            absorb(&mut self.phi, &mut self.windows, x, prior);
+            absorb(&mut self.phi, &mut self.windows, x, prior, suspect);
             self.last_seen = at;
         }
     }
 
-    /// Learns the design effect of within-session differences from one clean window.
-    pub fn learn_pair(&mut self, x: f64, prior: f64, at: Millis) {
+    /// Learns the design effect of within-session differences from one window, as
+    /// [`Spread::learn`].
+    pub fn learn_pair(&mut self, x: f64, prior: f64, at: Millis, suspect: bool) {
         if x.is_finite() {
-            absorb(&mut self.pair_phi, &mut self.pair_windows, x, prior);
+            absorb(
+                &mut self.pair_phi,
+                &mut self.pair_windows,
+                x,
+                prior,
+                suspect,
+            );
             self.last_seen = at;
         }
     }
@@ -184,7 +201,7 @@ mod tests {
         let mut rng = Rng::new(3);
         let mut s = Spread::default();
         for i in 0..windows {
-            s.learn(rng.normal().powi(2) * phi, prior, i as Millis);
+            s.learn(rng.normal().powi(2) * phi, prior, i as Millis, false);
         }
         s.value(prior)
     }
@@ -204,12 +221,12 @@ mod tests {
         // One wild window moves it by a bounded amount.
         let mut s = Spread::default();
         for i in 0..100 {
-            s.learn(1.0, 1.0, i);
+            s.learn(1.0, 1.0, i, false);
         }
         let before = s.value(1.0);
-        s.learn(1e6, 1.0, 100);
+        s.learn(1e6, 1.0, 100, false);
         assert!(s.value(1.0) < before * 1.2, "{before} -> {}", s.value(1.0));
-        s.learn(f64::NAN, 1.0, 101);
+        s.learn(f64::NAN, 1.0, 101, false);
         assert!(s.value(1.0).is_finite());
     }
 }
