@@ -77,6 +77,8 @@ struct Effect {
 struct Planned {
     injected: Injected,
     effect: Effect,
+    /// On every CDN of the location (a viewer-side problem: its ISP, its last mile).
+    every_cdn: bool,
 }
 
 impl Planned {
@@ -84,7 +86,7 @@ impl Planned {
         let i = &self.injected;
         ts >= i.start
             && ts < i.end
-            && k.cdn == i.cdn
+            && (self.every_cdn || k.cdn == i.cdn)
             && match i.kind {
                 IncidentKind::RegionalCdnDegradation => k.location.starts_with(&i.location),
                 _ => k.location == i.location,
@@ -546,6 +548,7 @@ fn scenario(seed: u64) -> (World, Vec<&'static str>) {
                 asn: None,
             },
             effect,
+            every_cdn: false,
         });
         at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
     }
@@ -565,6 +568,7 @@ fn scenario(seed: u64) -> (World, Vec<&'static str>) {
             stall: 5.0,
             ..fx()
         },
+        every_cdn: false,
     });
     bands.push("regional");
     (w.run(start, 150, 1.0), bands)
@@ -664,6 +668,87 @@ fn small_keys_incidents_are_caught_per_band() {
     // evidence (seed 1's 5-10 key was missed before).
     assert!(recall("5-10") >= 0.3, "{totals:?}");
     assert_eq!(recall("regional"), 1.0, "{totals:?}");
+}
+
+/// A location whose every CDN degrades at once (its viewers' ISP), each of its keys too small
+/// to show it alone (5-20 reports a window), is raised as one location-wide incident: the
+/// location's aggregate is tested directly, not only rolled up from keys bad on their own.
+#[test]
+fn a_location_degrading_on_every_cdn_of_small_keys_is_one_location_incident() {
+    let start = MIDNIGHT + 18 * 60 * MINUTE;
+    for seed in [5, 6] {
+        let world = || World::new(seed, 8, 6, 3, 15.0);
+        // Each key's reports a window, measured over the 40 minutes before the incident.
+        let mut counts = std::collections::HashMap::<(String, String), f64>::new();
+        for e in world().run(start, 40, 1.0) {
+            if let Event::Report(r) = e {
+                *counts.entry((r.location.into(), r.cdn.into())).or_default() += 1.0 / 40.0;
+            }
+        }
+        let size = |k: &KeyModel| {
+            counts
+                .get(&(k.location.clone(), k.cdn.clone()))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let mut w = world();
+        let mut locations: Vec<String> = w.keys.iter().map(|k| k.location.clone()).collect();
+        locations.dedup();
+        let location = locations
+            .into_iter()
+            .find(|l| {
+                let keys: Vec<&KeyModel> = w.keys.iter().filter(|k| &k.location == l).collect();
+                keys.len() == 3
+                    && keys
+                        .iter()
+                        .all(|k| k.benchmarked && (5.0..20.0).contains(&size(k)))
+            })
+            .expect("a location of small keys");
+        let begin = start + 40 * MINUTE + 17_000;
+        let end = begin + 15 * MINUTE;
+        w.incidents.push(Planned {
+            injected: Injected {
+                kind: IncidentKind::Degradation,
+                location: location.clone(),
+                cdn: "*".into(),
+                start: begin,
+                end,
+                asn: None,
+            },
+            effect: Effect {
+                throughput: 0.4,
+                stall: 5.0,
+                ..fx()
+            },
+            every_cdn: true,
+        });
+        let summary = run_stream(&Config::default(), w.run(start, 80, 1.0));
+        for l in firing_lines(&summary.alerts) {
+            eprintln!("seed {seed}: {l}");
+        }
+        let firing: Vec<&Alert> = summary
+            .alerts
+            .iter()
+            .filter(|a| a.status == Status::Firing)
+            .collect();
+        let at_location = firing.iter().find(|a| {
+            a.scope.location.as_deref() == Some(&location)
+                && a.scope.cdn.is_none()
+                && a.window_start >= begin - MINUTE
+                && a.window_end <= end + 2 * MINUTE
+        });
+        assert!(
+            at_location.is_some(),
+            "seed {seed}: no location-wide incident at {location}"
+        );
+        // Nothing anywhere else.
+        assert!(
+            firing
+                .iter()
+                .all(|a| a.scope.location.as_deref() == Some(&location)),
+            "seed {seed}"
+        );
+    }
 }
 
 /// Quiet traffic of the same world raises nothing: `regions` x `cities` x 4 CDNs at `load`

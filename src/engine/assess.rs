@@ -33,6 +33,9 @@ pub(super) struct Assessment {
     /// [`cdn_groups`]).
     pub groups: Vec<(Key, Acc)>,
     pub verdicts: Vec<(usize, Verdict)>,
+    /// The direct test of each location's aggregate (see [`test_locations`]): every
+    /// verdict, under the aggregate's key (which learns from the clean ones).
+    pub locations: Vec<(Key, Verdict)>,
     /// How many tests ran (findings in the family).
     pub tests: u64,
 }
@@ -131,13 +134,101 @@ pub(super) fn assess(
         ));
     }
     let groups = cdn_groups(&keys, &verdicts);
+    let locations = test_locations(&keys, &verdicts, refs, detect_cfg);
     Assessment {
         keys,
         runs,
         groups,
         verdicts,
+        locations,
         tests,
     }
+}
+
+/// The key a location's aggregate (every CDN there) learns under: the location, and the
+/// mark as its CDN (no CDN name that decoding accepts has it).
+pub(super) fn location_key(location: &Arc<str>) -> Key {
+    Key {
+        location: location.clone(),
+        cdn: Arc::from(GROUP_MARK.to_string()),
+    }
+}
+
+/// The direct test of every location's aggregate: the keys of a location (at least two CDNs)
+/// whose every report found a benchmark, merged and tested as one against the benchmarks
+/// shifted by what the aggregate learned is normal for it (until warm only critical
+/// deviations count); the partition's locations are one family for Benjamini-Hochberg. A
+/// viewer-side problem at one location (its ISP, its last mile) shows on every CDN there,
+/// each key too small to show it alone, or some bad on their own and the others not yet:
+/// the aggregate is bad on a metric only when every key tested on it there deviates beyond
+/// the floors (bad or not), so that one CDN's incident never names its location.
+fn test_locations(
+    keys: &[(Key, Acc)],
+    verdicts: &[(usize, Verdict)],
+    refs: &References,
+    detect_cfg: &DetectConfig,
+) -> Vec<(Key, Verdict)> {
+    let mut merged: std::collections::BTreeMap<&Arc<str>, (Acc, usize)> = Default::default();
+    for (key, acc) in keys {
+        if acc.reports == 0 || acc.joined < acc.reports {
+            continue;
+        }
+        let (m, n) = merged.entry(&key.location).or_default();
+        m.merge_sums(acc);
+        *n += 1;
+    }
+    // Per location and metric: (keys tested on it, keys deviating beyond the floors).
+    let mut deviating: HashMap<(&str, Metric), (usize, usize)> = HashMap::new();
+    for (i, v) in verdicts {
+        let e = deviating
+            .entry((&*keys[*i].0.location, v.finding.metric))
+            .or_default();
+        e.0 += 1;
+        e.1 += usize::from(v.bad || v.finding.eligible);
+    }
+    let mut findings = Vec::new();
+    for (location, (acc, n)) in merged {
+        if n < 2 {
+            continue; // one CDN: its key was tested
+        }
+        let key = location_key(location);
+        let tune = |m| detect_cfg.tuning(Some(location), None, m);
+        let mut normals = Normals::default();
+        for m in Metric::all().filter(|m| m.kind().learns_offset()) {
+            if let Some(b) = refs.baselines.get(&(key.clone(), m)) {
+                normals[m.index()].offset = b.offset;
+            }
+        }
+        for mut f in detect::evaluate_with(&acc, &tune, &normals) {
+            let warm = !f.metric.kind().learns_offset()
+                || refs
+                    .baselines
+                    .get(&(key.clone(), f.metric))
+                    .is_some_and(Baseline::warm);
+            let every = deviating
+                .get(&(&**location, f.metric))
+                .is_some_and(|(tested, dev)| *tested >= 2 && dev == tested);
+            f.eligible &= every
+                && Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
+            findings.push((key.clone(), f));
+        }
+    }
+    let p: Vec<f64> = findings.iter().map(|(_, f)| f.p_value).collect();
+    let discovered = detect::benjamini_hochberg(&p, detect_cfg.fdr);
+    findings
+        .into_iter()
+        .zip(discovered)
+        .map(|((key, finding), d)| {
+            let t = detect_cfg.tuning(Some(&key.location), None, finding.metric);
+            let v = Verdict {
+                scope: Scope::location_wide(&key.location),
+                severity: detect::severity(finding.effect, &t),
+                bad: d && finding.eligible,
+                finding,
+            };
+            (key, v)
+        })
+        .collect()
 }
 
 /// What starts the location of a group key (a CDN's aggregate): a control character no

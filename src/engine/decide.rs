@@ -35,6 +35,9 @@ pub(super) struct Stash {
     /// test of the CDN's aggregate).
     #[serde(default)]
     groups: Vec<(Key, Acc)>,
+    /// The partition's locations whose aggregate was bad (decided with its own incidents).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    locations: Vec<Verdict>,
     /// Lowest source offset per partition that contributed (for safe commits).
     pub(super) min_offsets: HashMap<i32, i64>,
 }
@@ -68,6 +71,12 @@ impl Stash {
             );
         }
         self.groups.extend(a.groups);
+        self.locations.extend(
+            a.locations
+                .into_iter()
+                .filter(|(_, v)| v.bad)
+                .map(|(_, v)| v),
+        );
         let mut grouped: Vec<Vec<Verdict>> = vec![Vec::new(); a.keys.len()];
         for (i, v) in a.verdicts {
             grouped[i].push(v);
@@ -259,8 +268,18 @@ impl Engine {
                     alerts.extend(peers.cdn_alerts_for(part.decided_until, start, end));
                 }
             }
-            let groups = stashed.remove(p).map(|s| s.keys).unwrap_or_default();
-            alerts.extend(part.decide(start, end, groups, &self.cfg.detect, &self.incidents));
+            let (keys, locations) = stashed
+                .remove(p)
+                .map(|s| (s.keys, s.locations))
+                .unwrap_or_default();
+            alerts.extend(part.decide(
+                start,
+                end,
+                keys,
+                locations,
+                &self.cfg.detect,
+                &self.incidents,
+            ));
         }
         self.counters.alerts += alerts.len() as u64;
         if fresh {

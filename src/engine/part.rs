@@ -13,7 +13,7 @@ use super::runs::Runs;
 use crate::decode::Report;
 use crate::detect::DetectConfig;
 use crate::detect::{Baseline, Metric, Normals, Reference};
-use crate::incident::{Alert, Incidents};
+use crate::incident::{Alert, Incidents, Verdict};
 use crate::metric::Spread;
 use crate::table::Expected;
 use crate::time::Millis;
@@ -265,11 +265,22 @@ impl Part {
         start: Millis,
         end: Millis,
         stashed: Vec<Tested>,
+        locations: Vec<Verdict>,
         detect: &DetectConfig,
         outer: &Incidents,
     ) -> Vec<Alert> {
         let (keys, verdicts) = flatten(stashed);
         let mut all = roll_up(detect, &keys, &verdicts, Grouping::Location);
+        // A location's aggregate bad where no roll-up of its keys bad on their own says so.
+        for v in locations {
+            let m = v.finding.metric;
+            if !all
+                .iter()
+                .any(|p| p.scope == v.scope && p.finding.metric == m)
+            {
+                all.push(v);
+            }
+        }
         all.extend(verdicts.into_iter().map(|(_, v)| v));
         let alerts = self
             .incidents
@@ -357,6 +368,24 @@ impl Part {
                 // Beyond the floors but not (yet) significant: the start of an incident on a
                 // small key, more often than not. Learned at full speed it would be absorbed
                 // before its evidence adds up; a lasting shift is still followed, slowly.
+                b.lean_offset(raw, at);
+            } else {
+                b.learn(raw, at);
+            }
+        }
+        // Each location's aggregate learns its offset from the benchmark like a key.
+        for (key, v) in &a.locations {
+            let m = v.finding.metric;
+            let k = (key.clone(), m);
+            if !m.kind().learns_offset() || !Baseline::teaches(self.baselines.get(&k), v.bad) {
+                continue;
+            }
+            if !self.baselines.contains_key(&k) {
+                inserted += 1;
+            }
+            let b = self.baselines.entry(k).or_default();
+            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
+            if v.finding.eligible && b.warm() {
                 b.lean_offset(raw, at);
             } else {
                 b.learn(raw, at);
