@@ -358,20 +358,7 @@ impl Part {
             {
                 continue;
             }
-            if !self.baselines.contains_key(&key) {
-                inserted += 1;
-            }
-            let b = self.baselines.entry(key).or_default();
-            // The finding's expectation already includes the offset used: undo it.
-            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
-            if v.finding.eligible && b.warm() {
-                // Beyond the floors but not (yet) significant: the start of an incident on a
-                // small key, more often than not. Learned at full speed it would be absorbed
-                // before its evidence adds up; a lasting shift is still followed, slowly.
-                b.lean_offset(raw, at);
-            } else {
-                b.learn(raw, at);
-            }
+            inserted += self.teach_offset(key, v, at);
         }
         // Each location's aggregate learns its offset from the benchmark like a key.
         for (key, v) in &a.locations {
@@ -380,19 +367,28 @@ impl Part {
             if !m.kind().learns_offset() || !Baseline::teaches(self.baselines.get(&k), v.bad) {
                 continue;
             }
-            if !self.baselines.contains_key(&k) {
-                inserted += 1;
-            }
-            let b = self.baselines.entry(k).or_default();
-            let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
-            if v.finding.eligible && b.warm() {
-                b.lean_offset(raw, at);
-            } else {
-                b.learn(raw, at);
-            }
+            inserted += self.teach_offset(k, v, at);
         }
         // Every new entry may be a new key.
         self.learned_bound = self.learned_bound.map(|b| b + inserted);
+    }
+
+    /// Teaches `key`'s offset from the benchmark with a window's verdict on it; 1 where that
+    /// made a new entry.
+    fn teach_offset(&mut self, key: (Key, Metric), v: &Verdict, at: Millis) -> usize {
+        let new = usize::from(!self.baselines.contains_key(&key));
+        let b = self.baselines.entry(key).or_default();
+        // The finding's expectation already includes the offset used: undo it.
+        let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
+        if v.finding.eligible && b.warm() {
+            // Beyond the floors but not (yet) significant: the start of an incident on a
+            // small key, more often than not. Learned at full speed it would be absorbed
+            // before its evidence adds up; a lasting shift is still followed, slowly.
+            b.lean_offset(raw, at);
+        } else {
+            b.learn(raw, at);
+        }
+        new
     }
 
     /// Keys unseen since `horizon` forget what was normal for them.
