@@ -29,7 +29,6 @@ use crate::metrics::Metrics;
 
 /// Shortest unsettled time before a member rejoins its group (see [`Runner::watch_group`]).
 const REJOIN_AFTER_AT_LEAST: Duration = Duration::from_secs(30);
-use crate::source::DeadLetter;
 use crate::table::store::TableStore;
 use crate::time::Millis;
 
@@ -231,6 +230,9 @@ impl Runner {
             .partitions_assigned
             .store(any, Ordering::Release);
         self.pos.tick();
+        if let Some(dlq) = &mut self.ckpt.dead_letters {
+            dlq.collect();
+        }
         for (p, seen) in &self.pos.last_seen {
             if seen.elapsed() > self.idle_grace {
                 self.engine.set_partition_idle(*p);
@@ -414,7 +416,7 @@ impl Runner {
                 // In flight: the next checkpoint waits for it before this offset can be
                 // committed.
                 if let Some(dlq) = &mut self.ckpt.dead_letters {
-                    dlq.push(DeadLetter::from_message(msg, &e)).await;
+                    dlq.push_message(msg, &e).await;
                 }
             }
         }

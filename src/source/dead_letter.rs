@@ -1,38 +1,33 @@
 //! Bad input's way out: a message that cannot be read goes to the dead-letter topic with the
 //! reason in its headers, and the input goes on.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::decode::DecodeError;
-use crate::kafka::{ProduceError, SEND_TIMEOUT};
 
-/// A bad message, ready for the dead-letter topic.
-pub struct DeadLetter {
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub reason: &'static str,
-    pub error: String,
-    pub source: String,
+/// A dead letter's parts, borrowed from the consumed message and its error.
+struct Letter<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    reason: &'static str,
+    error: &'a str,
+    source: &'a str,
 }
 
-impl DeadLetter {
-    pub fn from_message<M: Message>(msg: &M, err: &DecodeError) -> Self {
-        DeadLetter {
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            reason: err.reason(),
-            error: err.to_string(),
-            source: format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset()),
-        }
-    }
-
+impl Letter<'_> {
     /// Bytes it holds (key, payload, texts).
     fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
+        self.key.map_or(0, <[u8]>::len)
+            + self.value.map_or(0, <[u8]>::len)
             + self.error.len()
             + self.source.len()
     }
@@ -52,56 +47,43 @@ impl DeadLetters {
             topic: topic.into(),
         }
     }
+}
 
-    /// The record of one letter: its key and payload, the reason in headers.
-    fn record<'a>(&'a self, l: &'a DeadLetter) -> FutureRecord<'a, [u8], [u8]> {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(l.reason),
-            })
-            .insert(Header {
-                key: "error",
-                value: Some(&l.error),
-            })
-            .insert(Header {
-                key: "source",
-                value: Some(&l.source),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
-        if let Some(k) = &l.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &l.value {
-            record = record.payload(v.as_slice());
-        }
-        record
+/// The record of one letter: its key and payload, the reason in headers.
+fn record<'a>(topic: &'a str, l: &Letter<'a>) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: "reason",
+            value: Some(l.reason),
+        })
+        .insert(Header {
+            key: "error",
+            value: Some(l.error),
+        })
+        .insert(Header {
+            key: "source",
+            value: Some(l.source),
+        });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(k) = l.key {
+        record = record.key(k);
     }
-
-    /// Sends one letter and waits for the broker's acknowledgement ([`InFlight`] keeps many
-    /// going at once).
-    pub async fn send(&self, l: DeadLetter) -> Result<(), ProduceError> {
-        self.producer
-            .send(self.record(&l), SEND_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| ProduceError {
-                topic: self.topic.clone(),
-                source: e,
-            })
+    if let Some(v) = l.value {
+        record = record.payload(v);
     }
+    record
 }
 
 /// Dead letters on their way: produced without waiting, at most [`MAX_IN_FLIGHT`] letters
 /// (and [`MAX_IN_FLIGHT_BYTES`] of them) unacknowledged at once, and all acknowledged by
 /// [`InFlight::settle`], which a reader calls before it makes the offsets behind them
 /// durable (a checkpoint, a commit). Bad input then costs what a good message costs, not a
-/// broker round trip each.
+/// broker round trip each: the producer copies the letter into its queue and the
+/// acknowledgements are collected in order, without a task each.
 pub struct InFlight {
     dlq: DeadLetters,
-    /// Each send's letter size and whether the broker took it.
-    pending: tokio::task::JoinSet<(usize, bool)>,
+    /// Each send's letter size and its acknowledgement, oldest first.
+    pending: VecDeque<(usize, DeliveryFuture)>,
     bytes: usize,
     written: prometheus::IntCounter,
     failed: prometheus::IntCounter,
@@ -117,7 +99,7 @@ impl InFlight {
     pub fn new(dlq: DeadLetters, metrics: &crate::metrics::Metrics) -> Self {
         InFlight {
             dlq,
-            pending: tokio::task::JoinSet::new(),
+            pending: VecDeque::new(),
             bytes: 0,
             written: metrics.dead_letters.clone(),
             failed: metrics.dead_letter_failures.clone(),
@@ -134,26 +116,37 @@ impl InFlight {
         self.pending.is_empty()
     }
 
-    /// Puts a letter in flight; waits only while the flight is full. Must run inside the
-    /// Tokio runtime.
-    pub async fn push(&mut self, l: DeadLetter) {
+    /// Puts a consumed message that cannot be read in flight, with the reason (waits only
+    /// while the flight is full); its key and payload are copied once, by the producer.
+    pub async fn push_message<M: Message>(&mut self, msg: &M, err: &DecodeError) {
+        let error = err.to_string();
+        let source = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+        let letter = Letter {
+            key: msg.key(),
+            value: msg.payload(),
+            reason: err.reason(),
+            error: &error,
+            source: &source,
+        };
+        self.put(&letter).await;
+    }
+
+    async fn put(&mut self, l: &Letter<'_>) {
         let size = l.size();
         while !self.pending.is_empty()
             && (self.pending.len() >= MAX_IN_FLIGHT || self.bytes + size > MAX_IN_FLIGHT_BYTES)
         {
             self.land_one().await;
         }
-        // Landed letters are also collected here, so the set holds only those in flight.
-        while let Some(done) = self.pending.try_join_next() {
-            self.landed(done);
-        }
+        // Letters acknowledged meanwhile are counted here, so the queue holds those in flight.
+        self.collect();
         // Queued here, in input order (the producer keeps it); only the acknowledgement is
-        // awaited in the set.
+        // awaited later.
         let delivery = loop {
             let sent = self
                 .dlq
                 .producer
-                .send_result(self.dlq.record(&l))
+                .send_result(record(&self.dlq.topic, l))
                 .map_err(|(e, _)| e);
             match sent {
                 Ok(d) => break Some(d),
@@ -174,32 +167,21 @@ impl InFlight {
             self.failed.inc();
             return;
         };
-        let (written, failed, gauge) = (
-            self.written.clone(),
-            self.failed.clone(),
-            self.gauge.clone(),
-        );
-        gauge.inc();
+        self.gauge.inc();
         self.bytes += size;
-        self.pending.spawn(async move {
-            let ok = match delivery.await {
-                Ok(Ok(_)) => {
-                    written.inc();
-                    true
-                }
-                Ok(Err((e, _))) => {
-                    tracing::debug!(error = %e, "Dead letter not written.");
-                    failed.inc();
-                    false
-                }
-                Err(_) => {
-                    failed.inc();
-                    false
-                }
+        self.pending.push_back((size, delivery));
+    }
+
+    /// Counts the letters at the head of the flight that the broker has acknowledged,
+    /// without waiting.
+    pub fn collect(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Some((_, front)) = self.pending.front_mut() {
+            let Poll::Ready(done) = Pin::new(front).poll(&mut cx) else {
+                break;
             };
-            gauge.dec();
-            (size, ok)
-        });
+            self.landed(done);
+        }
     }
 
     /// Waits until every letter in flight is acknowledged (or failed: counted, logged once).
@@ -219,28 +201,36 @@ impl InFlight {
         failed
     }
 
-    /// Waits for one send to end; whether it was written.
+    /// Waits for the oldest send to end; whether it was written.
     async fn land_one(&mut self) -> bool {
-        match self.pending.join_next().await {
-            Some(done) => self.landed(done),
+        match self.pending.front_mut() {
+            Some((_, front)) => {
+                let done = front.await;
+                self.landed(done)
+            }
             None => true,
         }
     }
 
-    fn landed(&mut self, done: Result<(usize, bool), tokio::task::JoinError>) -> bool {
+    /// Takes the head of the flight, acknowledged as `done`: counts it; whether it was written.
+    fn landed<E>(&mut self, done: Result<OwnedDeliveryResult, E>) -> bool {
+        if let Some((size, _)) = self.pending.pop_front() {
+            self.bytes = self.bytes.saturating_sub(size);
+        }
+        self.gauge.dec();
         match done {
-            Ok((size, ok)) => {
-                self.bytes = self.bytes.saturating_sub(size);
-                ok
+            Ok(Ok(_)) => {
+                self.written.inc();
+                true
             }
-            // A send that panicked or was cancelled: counted as failed.
-            Err(e) => {
-                tracing::debug!(error = %e, "Dead-letter task ended abnormally.");
+            Ok(Err((e, _))) => {
+                tracing::debug!(error = %e, "Dead letter not written.");
                 self.failed.inc();
-                self.gauge.dec();
-                if self.pending.is_empty() {
-                    self.bytes = 0;
-                }
+                false
+            }
+            // The producer went away before it answered.
+            Err(_) => {
+                self.failed.inc();
                 false
             }
         }

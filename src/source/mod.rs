@@ -4,7 +4,7 @@
 
 mod dead_letter;
 
-pub use dead_letter::{DeadLetter, DeadLetters, InFlight, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
+pub use dead_letter::{DeadLetters, InFlight, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -271,5 +271,5 @@ fn dead_letter<M: Message>(
         .decode_failures
         .with_label_values(&[err.reason()])
         .inc();
-    rt.block_on(letters.push(DeadLetter::from_message(msg, err)));
+    rt.block_on(letters.push_message(msg, err));
 }
