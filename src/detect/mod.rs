@@ -142,7 +142,11 @@ pub fn evaluate_with(
         };
         let level = kind.test(w, reference, &t, spread);
         let paired = kind.test_paired(w, reference, &t, pair_spread);
-        if let Some(o) = crate::metric::Outcome::either(level, paired) {
+        let counted = normal
+            .base
+            .and_then(|base| kind.test_base(w, reference, &t, base));
+        let either = crate::metric::Outcome::either;
+        if let Some(o) = either(either(level, paired), counted) {
             out.push(Finding::of(m, o, against));
         }
     }

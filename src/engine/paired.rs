@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::metric::SessionMark;
 use crate::time::Millis;
 
 /// One session's history of one metric: its reports of earlier windows, summed, and those of
@@ -101,6 +102,46 @@ impl SessionLevels {
         own
     }
 
+    /// For a metric that counts sessions: notes a report of the session in `window`, an
+    /// event or not, and returns what the session has shown ([`SessionMark`]). A report of a
+    /// window older than the session's newest counts for nothing. `hold`: the key is under
+    /// suspicion, so the window the session leaves now does not join its history (as
+    /// [`SessionLevels::observe`]).
+    pub(super) fn mark(
+        &mut self,
+        session: u64,
+        m: usize,
+        window: Millis,
+        event: bool,
+        hold: bool,
+    ) -> SessionMark {
+        let l = self.levels.entry((session, m as u8)).or_insert(Level {
+            window,
+            ..Level::default()
+        });
+        if window < l.window {
+            return SessionMark::default();
+        }
+        if window > l.window {
+            if !hold && l.now_n > 0 {
+                l.n = l.n.saturating_add(1);
+                l.sum += f64::from(u8::from(l.now_sum > 0.0));
+            }
+            (l.now_sum, l.now_n, l.window) = (0.0, 0, window);
+        }
+        let mark = SessionMark {
+            first: l.now_n == 0,
+            first_event: event && l.now_sum == 0.0,
+            windows: l.n,
+            event_windows: l.sum as u32,
+        };
+        l.now_n = l.now_n.saturating_add(1);
+        if event {
+            l.now_sum += 1.0;
+        }
+        mark
+    }
+
     /// Forgets the sessions whose newest report is of a window before `horizon`, then the
     /// least recently seen beyond `max` (down to nine tenths of it). Returns how many were
     /// evicted by the cap (ended sessions are not counted).
@@ -150,6 +191,28 @@ mod tests {
         assert_eq!(s.observe(h("a"), 1, 120, 5.0, false), None);
         assert_eq!(s.observe(h("b"), 0, 120, 5.0, false), None);
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn a_session_counts_once_a_window_and_keeps_its_history() {
+        let mut s = SessionLevels::default();
+        let m = |s: &mut SessionLevels, id: &str, w: Millis, event: bool, hold: bool| {
+            let k = s.mark(h(id), 1, w, event, hold);
+            (k.first, k.first_event, k.windows, k.event_windows)
+        };
+        assert_eq!(m(&mut s, "a", 0, false, false), (true, false, 0, 0));
+        assert_eq!(m(&mut s, "a", 0, true, false), (false, true, 0, 0));
+        assert_eq!(m(&mut s, "a", 0, true, false), (false, false, 0, 0));
+        // A new window: counted again; window 0 (with an event) is history now.
+        assert_eq!(m(&mut s, "a", 60, false, false), (true, false, 1, 1));
+        // A late report of an older window counts for nothing.
+        assert_eq!(m(&mut s, "a", 0, true, false), (false, false, 0, 0));
+        assert_eq!(m(&mut s, "a", 120, false, false), (true, false, 2, 1));
+        // Held: the window left (120) does not join the history; the next one does.
+        assert_eq!(m(&mut s, "a", 180, true, true), (true, true, 2, 1));
+        assert_eq!(m(&mut s, "a", 240, true, false), (true, true, 3, 2));
+        assert_eq!(m(&mut s, "b", 60, false, false), (true, false, 0, 0));
+        assert_eq!(s.len(), 2);
     }
 
     #[test]

@@ -182,14 +182,22 @@ impl Part {
         let mut session = None; // the id's hash and the window, once per report
         let hold = !self.held.is_empty() && key.as_ref().is_some_and(|k| self.held.contains(k));
         for m in Metric::all() {
-            if let Some(x) = m.kind().pair_value(r) {
-                let (id, window) = *session.get_or_insert_with(|| {
-                    (
-                        crate::window::sessions::hash(&r.session_id),
-                        self.windows.start_of(r.ts),
-                    )
-                });
-                normals[m.index()].session = self.sessions.observe(id, m.index(), window, x, hold);
+            let kind = m.kind();
+            let (pair, event) = (kind.pair_value(r), kind.session_event(r));
+            if pair.is_none() && event.is_none() {
+                continue;
+            }
+            let (id, window) = *session.get_or_insert_with(|| {
+                (
+                    crate::window::sessions::hash(&r.session_id),
+                    self.windows.start_of(r.ts),
+                )
+            });
+            let n = &mut normals[m.index()];
+            if let Some(x) = pair {
+                n.session = self.sessions.observe(id, m.index(), window, x, hold);
+            } else if let Some(event) = event {
+                n.mark = self.sessions.mark(id, m.index(), window, event, hold);
             }
         }
         let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));
@@ -330,6 +338,26 @@ impl Part {
                         inserted += 1;
                     }
                 }
+            }
+        }
+        // A key's usual share of sessions with an event, from its window alone.
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            for m in Metric::all() {
+                let Some((events, sessions)) = m.kind().base_measure(acc.window(m)) else {
+                    continue;
+                };
+                if bad.contains(&(i, m)) {
+                    continue;
+                }
+                let k = (key.clone(), m);
+                let s = match self.spreads.get_mut(&k) {
+                    Some(s) => s,
+                    None => {
+                        inserted += 1;
+                        self.spreads.entry(k).or_default()
+                    }
+                };
+                s.learn_base(events, sessions, at, suspect.contains(&(i, m)));
             }
         }
         for (i, v) in verdicts {

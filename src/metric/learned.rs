@@ -124,7 +124,24 @@ pub struct Spread {
     pub pair_phi: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pair_windows: u16,
+    /// For a metric that counts sessions ([`crate::metric::Kind::session_event`]): its
+    /// sessions with an event and its sessions, summed over clean windows with a memory of
+    /// about [`BASE_MEMORY`] windows, and the windows learned from.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_events: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_sessions: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base_windows: u16,
 }
+
+/// Windows a key's usual share of sessions with an event is learned over.
+const BASE_MEMORY: f32 = 30.0;
+/// Windows it needs before it is tested against, and session-windows.
+pub const BASE_WARMUP: u16 = 10;
+const BASE_MIN_SESSIONS: f32 = 40.0;
+/// Weight, in session-windows, of the prior share (a fifth) in the usual share.
+const BASE_PRIOR_SESSIONS: f64 = 5.0;
 
 fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
     *x == T::default()
@@ -178,6 +195,33 @@ impl Spread {
             );
             self.last_seen = at;
         }
+    }
+
+    /// Learns the usual share of sessions with an event from a window that was not bad on
+    /// the metric: `events` of its `sessions`; a suspect one at a tenth of the weight.
+    pub fn learn_base(&mut self, events: f64, sessions: f64, at: Millis, suspect: bool) {
+        if !(events.is_finite() && sessions.is_finite() && sessions > 0.0) {
+            return;
+        }
+        let w = if suspect { 0.1 } else { 1.0 };
+        let keep = 1.0 - w / BASE_MEMORY;
+        self.base_events = self.base_events * keep + w * events as f32;
+        self.base_sessions = self.base_sessions * keep + w * sessions as f32;
+        if !suspect {
+            self.base_windows = self.base_windows.saturating_add(1);
+        }
+        self.last_seen = at;
+    }
+
+    /// The usual share of sessions with an event in a window, once learned over
+    /// [`BASE_WARMUP`] windows and [`BASE_MIN_SESSIONS`] session-windows; shrunk towards a
+    /// fifth by the weight of [`BASE_PRIOR_SESSIONS`] (a key that has seen few sessions, or
+    /// none stall, is not assumed never to).
+    pub fn base(&self) -> Option<f64> {
+        (self.base_windows >= BASE_WARMUP && self.base_sessions >= BASE_MIN_SESSIONS).then(|| {
+            (f64::from(self.base_events) + 0.2 * BASE_PRIOR_SESSIONS)
+                / (f64::from(self.base_sessions) + BASE_PRIOR_SESSIONS)
+        })
     }
 
     /// The design effect to test with.

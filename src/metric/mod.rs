@@ -161,6 +161,28 @@ pub trait Kind: Sync {
     ) -> Option<Outcome> {
         None
     }
+    /// Whether each session's window is also a unit of evidence for this metric: then
+    /// whether this report is an event (a stall) for the count of sessions that had one in
+    /// the window ([`Normal::mark`]); `None` for a metric that does not count sessions.
+    fn session_event(&self, _r: &Report) -> Option<bool> {
+        None
+    }
+    /// The window's (events, sessions) for a key to learn its usual share of sessions with an
+    /// event from ([`crate::metric::Spread::learn_base`]); `None` where not counted.
+    fn base_measure(&self, _w: Window) -> Option<(f64, f64)> {
+        None
+    }
+    /// Tests the window's sessions with an event against what each session's own history and
+    /// `base`, the key's learned share of sessions with one in a window, expect; `reference`
+    /// is the level test's, for what is shown.
+    fn test_base(&self, _w: Window, _reference: f64, _t: &Tuning, _base: f64) -> Option<Outcome> {
+        None
+    }
+    /// A slot count this metric had before slots were appended to it: state of that layout
+    /// still reads, the appended slots at zero.
+    fn slots_before(&self) -> Option<usize> {
+        None
+    }
     /// Whether a finding says how many reports it rests on.
     fn counts_samples(&self) -> bool {
         true
@@ -205,6 +227,22 @@ pub struct Normal {
     /// The report's session's own level (mean of logs over its reports of earlier windows),
     /// for a metric that pairs, where the session has one.
     pub session: Option<f64>,
+    /// For a metric that counts sessions ([`Kind::session_event`]): what the report's
+    /// session has shown ([`SessionMark`]).
+    pub mark: SessionMark,
+    /// The key's learned share of sessions with an event in a window, once warm.
+    pub base: Option<f64>,
+}
+
+/// A report of a metric that counts sessions, as its session's history sees it: whether it
+/// is the session's first report in its window, and its first event there; and, of the
+/// session's earlier windows, how many it reported in and how many of those had an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionMark {
+    pub first: bool,
+    pub first_event: bool,
+    pub windows: u32,
+    pub event_windows: u32,
 }
 
 /// The design effect of within-session differences a key starts with: a session's reports
@@ -245,7 +283,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The level test and the within-session test of one window as one test: the more
+    /// Two tests of one window (the level test and the within-session or the session-count
+    /// test) as one test: the more
     /// significant of those that pass the floors (else the more significant), its p-value
     /// doubled (Bonferroni over the two); what is shown (observed, expected, samples) stays
     /// the level's, where there is one.
@@ -261,8 +300,8 @@ impl Outcome {
                     p_value: (2.0 * chosen.p_value).min(1.0),
                     effect: chosen.effect,
                     eligible: chosen.eligible,
-                    spread: l.spread,
-                    pair_spread: p.pair_spread,
+                    spread: l.spread.or(p.spread),
+                    pair_spread: l.pair_spread.or(p.pair_spread),
                     ..l
                 })
             }
@@ -430,11 +469,13 @@ impl<'de> serde::Deserialize<'de> for Slots {
         let map = std::collections::BTreeMap::<String, Vec<f64>>::deserialize(d)?;
         let mut out = Slots::default();
         for (name, values) in map {
-            // A metric no longer registered is dropped; one with another layout starts anew.
-            if let Some(m) = Metric::named(&name)
-                && values.len() == m.kind().slots()
-            {
-                out.of_mut(m).copy_from_slice(&values);
+            // A metric no longer registered is dropped; one with another layout starts anew,
+            // unless slots were only appended to it.
+            let Some(m) = Metric::named(&name) else {
+                continue;
+            };
+            if values.len() == m.kind().slots() || Some(values.len()) == m.kind().slots_before() {
+                out.of_mut(m)[..values.len()].copy_from_slice(&values);
             }
         }
         Ok(out)

@@ -2,6 +2,14 @@
 //! t-test on the ratio estimator with a delta-method standard error (one stalled session
 //! inflates the variance instead of the mean), and the deviation must survive removing the
 //! worst report.
+//!
+//! A small key's ratio has no power: a few sessions, Pareto-long stalls. There each
+//! session's window is the unit of evidence as well: how many of the window's (or run's)
+//! sessions stalled at all, against what each session's own history of stalls and the key's
+//! learned usual share expect ([`RebufferRatio::test_base`]). A session counts once a window
+//! however often it stalls, and one that always stalls (a viewer on a bad cell) expects to.
+
+use statrs::distribution::{Binomial, DiscreteCDF};
 
 use super::{DESIGN_EFFECT, Kind, Normal, Outcome, Tuning, Window, effective_n, t_p_value};
 use crate::decode::Report;
@@ -15,7 +23,9 @@ const MIN_DELTA: f64 = 0.005;
 
 // Slots: with r = rebuffer ms and d = played + rebuffer ms of each report, Σr, Σd, Σr², Σd²,
 // Σrd; the report with the most rebuffering (r, d); Σ d·expected ratio and Σ d over joined
-// reports (the denominator-weighted expectation).
+// reports (the denominator-weighted expectation); then the sessions of the window, those of
+// them that stalled, 1 for a window with reports (summed: the windows of a run), the stalled
+// sessions' bitmap and what the sessions' histories expect.
 const R: usize = 0;
 const D: usize = 1;
 const RR: usize = 2;
@@ -25,8 +35,44 @@ const MAX_R: usize = 5;
 const MAX_R_D: usize = 6;
 const EXP_WSUM: usize = 7;
 const EXP_D: usize = 8;
+const SESSIONS: usize = 9;
+const STALLED: usize = 10;
+const WINDOWS: usize = 11;
+/// The stalled sessions' hashed ids, a 64-bit bitmap in two slots of 32 bits (integers, so
+/// exact as `f64`), merged by OR: distinct stalled sessions over a run.
+const STALLED_LO: usize = 12;
+const STALLED_HI: usize = 13;
+/// What the sessions' own histories expect of the window's session-windows: Σ stalled
+/// windows / (windows + [`HISTORY_PRIOR`]) and Σ [`HISTORY_PRIOR`] / (windows +
+/// [`HISTORY_PRIOR`]), the weight left to the key's usual share.
+const OWN: usize = 14;
+const PRIOR: usize = 15;
+
+/// Weight, in windows, of the key's usual share in a session's own share of windows with a
+/// stall.
+const HISTORY_PRIOR: f64 = 2.0;
+
+/// Session-windows a session test needs, and stalled ones beyond the expected.
+const MIN_SESSIONS: f64 = 4.0;
+const MIN_EXTRA_STALLED: f64 = 3.0;
+/// The share of session-windows with a stall must be this much above the expected (points).
+const MIN_SHARE_DELTA: f64 = 0.05;
+/// Smallest usual share of sessions that stall tested against.
+const MIN_BASE_SHARE: f64 = 0.02;
 
 pub struct RebufferRatio;
+
+/// A 32-bit half of the stalled sessions' bitmap.
+fn bits(x: f64) -> u32 {
+    x as u32
+}
+
+/// Distinct stalled sessions, by linear counting over the bitmap; `None` when saturated.
+fn stalled_sessions(s: &[f64]) -> Option<f64> {
+    let set = f64::from(bits(s[STALLED_LO]).count_ones() + bits(s[STALLED_HI]).count_ones());
+    let zeros = 64.0 - set;
+    (zeros > 0.0).then(|| -64.0 * (zeros / 64.0).ln())
+}
 
 fn ratio(s: &[f64]) -> f64 {
     if s[D] > 0.0 { s[R] / s[D] } else { 0.0 }
@@ -46,10 +92,32 @@ impl Kind for RebufferRatio {
     }
 
     fn slots(&self) -> usize {
-        9
+        16
     }
 
-    fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, _: Normal) {
+    fn slots_before(&self) -> Option<usize> {
+        Some(9)
+    }
+
+    fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, normal: Normal) {
+        let k = normal.mark;
+        if k.first {
+            let h = f64::from(k.windows) + HISTORY_PRIOR;
+            s[SESSIONS] += 1.0;
+            s[OWN] += f64::from(k.event_windows) / h;
+            s[PRIOR] += HISTORY_PRIOR / h;
+        }
+        s[STALLED] += f64::from(u8::from(k.first_event));
+        s[WINDOWS] = 1.0;
+        if r.rebuffer_ms > 0 {
+            let bit = crate::window::sessions::hash(&r.session_id) % 64;
+            let (slot, bit) = if bit < 32 {
+                (STALLED_LO, bit)
+            } else {
+                (STALLED_HI, bit - 32)
+            };
+            s[slot] = f64::from(bits(s[slot]) | (1 << bit));
+        }
         let rb = r.rebuffer_ms as f64;
         let d = r.played_ms as f64 + rb;
         s[R] += rb;
@@ -68,8 +136,13 @@ impl Kind for RebufferRatio {
     }
 
     fn merge(&self, s: &mut [f64], o: &[f64]) {
-        for i in [R, D, RR, DD, RD, EXP_WSUM, EXP_D] {
+        for i in [
+            R, D, RR, DD, RD, EXP_WSUM, EXP_D, SESSIONS, STALLED, WINDOWS, OWN, PRIOR,
+        ] {
             s[i] += o[i];
+        }
+        for i in [STALLED_LO, STALLED_HI] {
+            s[i] = f64::from(bits(s[i]) | bits(o[i]));
         }
         if o[MAX_R] > s[MAX_R] {
             s[MAX_R] = o[MAX_R];
@@ -116,6 +189,67 @@ impl Kind for RebufferRatio {
             effect,
             eligible: effect >= min_eff && r - e >= MIN_DELTA && without_worst / e - 1.0 >= min_eff,
             spread: z2,
+            pair_spread: None,
+        })
+    }
+
+    fn session_event(&self, r: &Report) -> Option<bool> {
+        Some(r.rebuffer_ms > 0)
+    }
+
+    fn base_measure(&self, w: Window) -> Option<(f64, f64)> {
+        (w.s[SESSIONS] > 0.0).then(|| (w.s[STALLED], w.s[SESSIONS]))
+    }
+
+    /// Each session against its own history: the window's (or run's) session-windows with a
+    /// stall against what the sessions' own shares of windows with a stall expect, each
+    /// shrunk towards `base`, the key's usual share, by [`HISTORY_PRIOR`] windows (a new
+    /// session expects `base`); the binomial upper tail at their mean chance, which bounds
+    /// the tail of their own chances (Hoeffding's theorem). A
+    /// viewer on a bad cell who stalls in every window expects to, so stalls the way its
+    /// sessions always did are not evidence, and sessions that start stalling together are.
+    /// Eligible with at least [`MIN_EXTRA_STALLED`] stalled session-windows beyond the
+    /// expected, at least three distinct sessions stalled, the share of session-windows up by
+    /// [`MIN_SHARE_DELTA`] and by the relative floor, and still a stalled session-window beyond
+    /// the expected without two sessions that stalled in every window (one or two viewers
+    /// walking into a bad cell are not the CDN).
+    fn test_base(&self, w: Window, reference: f64, t: &Tuning, base: f64) -> Option<Outcome> {
+        let s = w.s;
+        let (windows, n, x) = (s[WINDOWS], s[SESSIONS].round(), s[STALLED].round());
+        if n < MIN_SESSIONS || s[D] <= 0.0 {
+            return None;
+        }
+        let p1 = base.clamp(MIN_BASE_SHARE, 0.95);
+        let expected = (s[OWN] + p1 * s[PRIOR]).max(MIN_BASE_SHARE);
+        // Each session-window stalls with its own chance; with their mean, the binomial's
+        // upper tail bounds theirs beyond the mean plus one (Hoeffding, 1956).
+        let p_value = match Binomial::new((expected / n).min(1.0), n as u64) {
+            Ok(d) if x >= 1.0 => d.sf(x as u64 - 1),
+            Ok(_) => 1.0,
+            Err(_) => return None,
+        };
+        // Within one window each session counts once already; over a run, by the bitmap.
+        let distinct = if windows <= 1.0 {
+            x
+        } else {
+            stalled_sessions(s).map_or(x, f64::round)
+        };
+        let effect = x / expected - 1.0;
+        let beyond_two = (x - 2.0 * windows) - expected;
+        let e = reference.max(MIN_EXPECTED_RATIO);
+        Some(Outcome {
+            observed: ratio(s),
+            expected: e,
+            samples: w.reports,
+            p_value,
+            effect,
+            eligible: effect >= t.min_relative_effect
+                && x - expected >= MIN_EXTRA_STALLED
+                && distinct >= 3.0
+                && (x - expected) / n >= MIN_SHARE_DELTA
+                && beyond_two >= 1.0
+                && ratio(s) > e,
+            spread: None,
             pair_spread: None,
         })
     }

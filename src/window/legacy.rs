@@ -52,7 +52,7 @@ impl From<NamedAcc> for Acc {
             a.exp_error_sum,
             a.exp_error_n as f64,
         ]);
-        m.of_mut(Metric::REBUFFER_RATIO).copy_from_slice(&[
+        m.of_mut(Metric::REBUFFER_RATIO)[..9].copy_from_slice(&[
             a.sum_r,
             a.sum_d,
             a.sum_rr,

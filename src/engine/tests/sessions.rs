@@ -64,3 +64,86 @@ fn a_small_key_of_mixed_networks_that_drops_is_caught_by_its_sessions() {
     let quiet = mixed_small_keys(false);
     assert!(quiet.is_empty(), "{quiet:#?}");
 }
+
+/// A uniform number in [0, 1) from its arguments (deterministic).
+fn uniform(a: i64, b: i64, c: i64) -> f64 {
+    let mut x = (a as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (b as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+        ^ (c as u64).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^= x >> 32;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Six keys of about 16 reports a window (a session starts at each key every window and
+/// plays four, reporting every 15 s); a report stalls now and then (4 %), most stalls short,
+/// a few long. At `XX/L1` one session of each four is on a bad cell and stalls on every
+/// report: what one viewer does, not the CDN. From window 25 to 35, when `stalls`, every
+/// session at `XX/L0` stalls on 40 % of its reports.
+fn stalling_small_keys(stalls: bool) -> Vec<Alert> {
+    let mut e = Engine::new(Settings::default());
+    let locs: Vec<String> = (0..6).map(|i| format!("XX/L{i}")).collect();
+    for l in &locs {
+        let row = Expected {
+            rebuffer_ratio: Some(0.01),
+            ..Default::default()
+        };
+        e.on_benchmark(l, "c", 0, Some(row));
+    }
+    let mut out = Vec::new();
+    for w in 0..45i64 {
+        for tick in 0..4i64 {
+            for (k, l) in locs.iter().enumerate() {
+                for started in (w - 3).max(0)..=w {
+                    let id = started * 7 + k as i64;
+                    let bad_cell = k == 1 && started % 4 == 0;
+                    let chance = if stalls && k == 0 && (25..35).contains(&w) {
+                        0.4
+                    } else if bad_cell {
+                        1.0
+                    } else {
+                        0.04
+                    };
+                    let stalled = uniform(id, w, tick) < chance;
+                    // Pareto-like: most stalls under a second, a few most of the interval.
+                    let rebuffer_ms = if stalled {
+                        (400.0 / uniform(id, w, tick + 10).max(0.03)).min(13_000.0) as u64
+                    } else {
+                        0
+                    };
+                    let r = Report {
+                        session_id: format!("{k}-{started}").into(),
+                        played_ms: 15_000 - rebuffer_ms,
+                        rebuffer_ms,
+                        throughput_kbps: None,
+                        ..Report::new(l.clone(), "c", w * W + tick * 15_000 + k as i64 * 100)
+                    };
+                    e.on_report(&r, None);
+                }
+            }
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(46 * W));
+    out
+}
+
+#[test]
+fn a_small_key_whose_sessions_start_stalling_is_caught_by_counting_them() {
+    let alerts = stalling_small_keys(true);
+    let firing = crate::incident::firing(&alerts);
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    let a = firing[0];
+    assert_eq!(a.scope, Scope::pair("XX/L0", "c"), "{a:#?}");
+    assert_eq!(a.metric, Metric::REBUFFER_RATIO);
+    assert!(a.window_start <= 28 * W, "{a:#?}");
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.status == Status::Resolved && a.window_start < 40 * W)
+    );
+    // One viewer stalling on every report (XX/L1's bad cells) is not an incident.
+    let quiet = stalling_small_keys(false);
+    assert!(quiet.is_empty(), "{quiet:#?}");
+}

@@ -105,9 +105,11 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
             "{ca:?} {cb:?}"
         );
         // That state holds no sessions' own levels either: until the sessions playing at the
-        // cut have ended, fewer of their reports are paired (fewer tests of small keys).
+        // cut have ended, fewer of their reports are paired (fewer tests of small keys); and
+        // it was written before small keys' stalled sessions were counted (a test of its own,
+        // once a key has learned its usual share: about 7 % more tests in the first half).
         assert!(
-            ca.tests.abs_diff(cb.tests) * 20 <= ca.tests,
+            ca.tests.abs_diff(cb.tests) * 10 <= ca.tests,
             "{ca:?} {cb:?}"
         );
         (ca.discoveries, cb.discoveries, ca.tests, cb.tests) = (0, 0, 0, 0);
@@ -141,6 +143,43 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     let escalated = (n_a - rest_a.len()).abs_diff(n_b - rest_b.len());
     assert_eq!(last_a, last_b);
     assert_eq!(rest_a.len(), rest_b.len());
+    // Nor does it hold the keys' usual shares of sessions that stall: until they are learned
+    // again, the restored engine does not count stalled sessions, on which the engine that
+    // ran through may hold a small key's rebuffering incident one window longer as it ends.
+    // The same incidents resolve, within a window of each other.
+    let resolved_at = |alerts: &[Alert]| -> std::collections::HashMap<String, i64> {
+        alerts
+            .iter()
+            .filter(|a| a.status == crate::incident::Status::Resolved)
+            .map(|a| (a.id.clone(), a.window_start))
+            .collect()
+    };
+    let (end_a, end_b) = (resolved_at(&rest_a), resolved_at(&rest_b));
+    assert_eq!(
+        end_a.keys().collect::<std::collections::BTreeSet<_>>(),
+        end_b.keys().collect::<std::collections::BTreeSet<_>>()
+    );
+    for (id, at) in &end_a {
+        assert!(
+            end_b[id].abs_diff(*at) <= 60_000,
+            "{id}: {at} vs {}",
+            end_b[id]
+        );
+    }
+    let order = |alerts: &mut Vec<Alert>| {
+        for a in alerts.iter_mut() {
+            if a.status == crate::incident::Status::Resolved {
+                (a.window_start, a.window_end, a.resolved_at) = (0, 0, None);
+                (a.observed, a.samples) = (0.0, 0);
+            }
+        }
+        alerts.sort_by(|x, y| {
+            (x.status == crate::incident::Status::Resolved, &x.id)
+                .cmp(&(y.status == crate::incident::Status::Resolved, &y.id))
+        });
+    };
+    order(&mut rest_a);
+    order(&mut rest_b);
     for (x, y) in rest_a.iter_mut().zip(rest_b.iter_mut()) {
         let (ex, ey) = (x.expected.unwrap_or(0.0), y.expected.unwrap_or(0.0));
         assert!(
