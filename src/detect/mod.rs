@@ -145,8 +145,11 @@ pub fn evaluate_with(
         let counted = normal
             .base
             .and_then(|base| kind.test_base(w, reference, &t, base));
+        let few = normal
+            .var
+            .and_then(|var| kind.test_few(w, reference, &t, var));
         let either = crate::metric::Outcome::either;
-        if let Some(o) = either(either(level, paired), counted) {
+        if let Some(o) = either(either(either(level, paired), counted), few) {
             out.push(Finding::of(m, o, against));
         }
     }

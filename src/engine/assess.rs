@@ -354,6 +354,7 @@ fn key_findings(
         }
         normals[m.index()].pair_spread = s.pair_value(crate::metric::PAIR_DESIGN_EFFECT);
         normals[m.index()].base = s.base();
+        normals[m.index()].var = s.var();
     }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = scan(acc, runs, &tune, &normals);

@@ -340,13 +340,13 @@ impl Part {
                 }
             }
         }
-        // A key's usual share of sessions with an event, from its window alone.
+        // A key's usual share of sessions with an event and its variance of one sample, from
+        // its window alone.
         for (i, (key, acc)) in keys.iter().enumerate() {
             for m in Metric::all() {
-                let Some((events, sessions)) = m.kind().base_measure(acc.window(m)) else {
-                    continue;
-                };
-                if bad.contains(&(i, m)) {
+                let (kind, w) = (m.kind(), acc.window(m));
+                let (base, within) = (kind.base_measure(w), kind.within(w));
+                if (base.is_none() && within.is_none()) || bad.contains(&(i, m)) {
                     continue;
                 }
                 let k = (key.clone(), m);
@@ -357,7 +357,13 @@ impl Part {
                         self.spreads.entry(k).or_default()
                     }
                 };
-                s.learn_base(events, sessions, at, suspect.contains(&(i, m)));
+                let slow = suspect.contains(&(i, m));
+                if let Some((events, sessions)) = base {
+                    s.learn_base(events, sessions, at, slow);
+                }
+                if let Some((ss, df)) = within {
+                    s.learn_var(ss, df, at, slow);
+                }
             }
         }
         for (i, v) in verdicts {

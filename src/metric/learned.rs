@@ -133,7 +133,21 @@ pub struct Spread {
     pub base_sessions: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub base_windows: u16,
+    /// For a metric tested on few samples ([`crate::metric::Kind::within`]): its clean
+    /// windows' within-window sums of squares and degrees of freedom, with a memory of about
+    /// [`BASE_MEMORY`] windows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub var_ss: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub var_df: f32,
 }
+
+/// Degrees of freedom a key's variance of one sample needs before it is tested against.
+const VAR_MIN_DF: f32 = 20.0;
+/// Its prior, a standard deviation of 0.6 on the log scale (startup times), with the
+/// weight of this many degrees of freedom.
+const VAR_PRIOR: f64 = 0.36;
+const VAR_PRIOR_DF: f64 = 5.0;
 
 /// Windows a key's usual share of sessions with an event is learned over.
 const BASE_MEMORY: f32 = 30.0;
@@ -221,6 +235,29 @@ impl Spread {
         (self.base_windows >= BASE_WARMUP && self.base_sessions >= BASE_MIN_SESSIONS).then(|| {
             (f64::from(self.base_events) + 0.2 * BASE_PRIOR_SESSIONS)
                 / (f64::from(self.base_sessions) + BASE_PRIOR_SESSIONS)
+        })
+    }
+
+    /// Learns the variance of one sample from a window that was not bad on the metric: its
+    /// within-window sum of squares `ss` over `df` degrees of freedom; a suspect one at a
+    /// tenth of the weight.
+    pub fn learn_var(&mut self, ss: f64, df: f64, at: Millis, suspect: bool) {
+        if !(ss.is_finite() && df.is_finite() && df > 0.0 && ss >= 0.0) {
+            return;
+        }
+        let w = if suspect { 0.1 } else { 1.0 };
+        let keep = 1.0 - w / BASE_MEMORY;
+        self.var_ss = self.var_ss * keep + w * ss as f32;
+        self.var_df = self.var_df * keep + w * df as f32;
+        self.last_seen = at;
+    }
+
+    /// The variance of one sample, once learned over [`VAR_MIN_DF`] degrees of freedom
+    /// (shrunk towards [`VAR_PRIOR`]).
+    pub fn var(&self) -> Option<f64> {
+        (self.var_df >= VAR_MIN_DF).then(|| {
+            (f64::from(self.var_ss) + VAR_PRIOR * VAR_PRIOR_DF)
+                / (f64::from(self.var_df) + VAR_PRIOR_DF)
         })
     }
 

@@ -9,6 +9,8 @@ use crate::table::Expected;
 
 /// Share of reports on the worse side of normal before a log-scale deviation counts as broad.
 const MIN_WORSE_SHARE: f64 = 0.7;
+/// Fewest once-per-session samples tested against the key's learned variance.
+const MIN_FEW: u64 = 3;
 
 // Slots: count, Σ ln x, Σ (ln x)², Σ x; Σ ln(expected) and count over joined reports with
 // one; reports compared with what is normal for the key, and how many were worse.
@@ -203,6 +205,43 @@ impl Kind for LogScale {
             effect,
             eligible: effect >= t.min_relative_effect && broad,
             spread: z2,
+            pair_spread: None,
+        })
+    }
+
+    /// Once-per-session samples (startup) are independent: with the key's learned variance
+    /// of one, a window or run of 3 to `min_samples` of them is a z-test of their mean log,
+    /// with the sign test of the level test (most of them worse). Fewer than 3 are not tested.
+    fn within(&self, w: Window) -> Option<(f64, f64)> {
+        let stats = self.stats(w);
+        let n = stats.n() as f64;
+        (self.once_per_session && n >= 2.0).then(|| (stats.var_log() * (n - 1.0), n - 1.0))
+    }
+
+    fn test_few(&self, w: Window, reference: f64, t: &Tuning, var: f64) -> Option<Outcome> {
+        let stats = self.stats(w);
+        let n = stats.n();
+        if !self.once_per_session || n < MIN_FEW || n >= self.min_samples(t.min_samples) {
+            return None;
+        }
+        let m = stats.mean_log();
+        let diff = if self.higher_is_worse {
+            m - reference
+        } else {
+            reference - m
+        };
+        let p_value = super::z_upper(diff / (var / n as f64).sqrt());
+        let (cmp, worse) = (w.s[CMP], w.s[WORSE]);
+        let broad = cmp > 0.0 && worse >= MIN_WORSE_SHARE * cmp;
+        let effect = diff.exp() - 1.0;
+        Some(Outcome {
+            observed: m.exp(),
+            expected: reference.exp(),
+            samples: n,
+            p_value,
+            effect,
+            eligible: effect >= t.min_relative_effect && broad,
+            spread: None,
             pair_spread: None,
         })
     }

@@ -178,6 +178,18 @@ pub trait Kind: Sync {
     fn test_base(&self, _w: Window, _reference: f64, _t: &Tuning, _base: f64) -> Option<Outcome> {
         None
     }
+    /// The window's within-window sum of squares and its degrees of freedom, for a key to
+    /// learn the variance of one sample from ([`crate::metric::Spread::learn_var`]); `None`
+    /// for a metric that does not test few samples against it.
+    fn within(&self, _w: Window) -> Option<(f64, f64)> {
+        None
+    }
+    /// Tests a window (or run) of fewer samples than its level test needs against
+    /// `reference` with `var`, the key's learned variance of one sample (a z-test: each
+    /// sample is independent, its variance known from the key's history).
+    fn test_few(&self, _w: Window, _reference: f64, _t: &Tuning, _var: f64) -> Option<Outcome> {
+        None
+    }
     /// A slot count this metric had before slots were appended to it: state of that layout
     /// still reads, the appended slots at zero.
     fn slots_before(&self) -> Option<usize> {
@@ -232,6 +244,8 @@ pub struct Normal {
     pub mark: SessionMark,
     /// The key's learned share of sessions with an event in a window, once warm.
     pub base: Option<f64>,
+    /// The key's learned variance of one sample ([`Kind::within`]), once warm.
+    pub var: Option<f64>,
 }
 
 /// A report of a metric that counts sessions, as its session's history sees it: whether it
@@ -499,6 +513,15 @@ pub(crate) fn t_upper(t: f64, df: f64) -> f64 {
     match StudentsT::new(0.0, 1.0, df.max(1.0)) {
         Ok(d) => d.sf(t),
         Err(_) => 1.0,
+    }
+}
+
+/// The standard normal upper tail, `P(Z > z)`.
+pub(crate) fn z_upper(z: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal as Gauss};
+    match Gauss::new(0.0, 1.0) {
+        Ok(d) if z.is_finite() => d.sf(z),
+        _ => f64::from(u8::from(z.is_nan() || z < 0.0)),
     }
 }
 

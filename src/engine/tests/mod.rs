@@ -238,7 +238,8 @@ mod sessions;
 mod state;
 
 /// 24 windows of one key with 60 reports a window, of which only 4 are session starts; from
-/// window 10 to 17 startup takes 3 times as long (or not, when `regress` is false).
+/// window 10 to 17 startup takes 3 times as long (or not, when `regress` is false). Startup
+/// varies by ±20 % around its usual.
 fn few_starts(cfg: &Settings, regress: bool) -> Vec<Alert> {
     let mut e = Engine::new(cfg);
     let row = Expected {
@@ -272,14 +273,22 @@ fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows(
     let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     assert_eq!(firing[0].metric, Metric::STARTUP_MS);
-    assert!(firing[0].samples >= 10, "{:#?}", firing[0]);
-    // Within four windows of the start (window 10), and it resolves.
-    assert!(firing[0].window_start <= 14 * W, "{:#?}", firing[0]);
+    // Against the key's learned variance of one start, the second window of the regression
+    // fires on the run of both (eight starts; before, runs of ten starts fired at window 13),
+    // and it resolves.
+    assert!(firing[0].samples >= 8, "{:#?}", firing[0]);
+    assert!(firing[0].window_start <= 11 * W, "{:#?}", firing[0]);
     assert!(alerts.iter().any(|a| a.status == Status::Resolved));
-    // Tested a window at a time (as before runs), four starts are never enough.
-    let mut alone = cfg.clone();
-    alone.detect.run_windows = 1;
-    assert!(few_starts(&alone, true).is_empty());
+    let alone = {
+        let mut c = cfg.clone();
+        c.detect.run_windows = 1;
+        few_starts(&c, true)
+    };
+    // Even a window at a time (no runs), its four starts are enough against that variance
+    // (before: never).
+    let first = crate::incident::firing(&alone);
+    assert_eq!(first.len(), 1, "{alone:#?}");
+    assert!(first[0].window_start <= 12 * W, "{:#?}", first[0]);
     // And the same key without a regression raises nothing.
     assert!(few_starts(&cfg, false).is_empty());
 }

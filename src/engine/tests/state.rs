@@ -106,12 +106,10 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         );
         // That state holds no sessions' own levels either: until the sessions playing at the
         // cut have ended, fewer of their reports are paired (fewer tests of small keys); and
-        // it was written before small keys' stalled sessions were counted (a test of its own,
-        // once a key has learned its usual share: about 7 % more tests in the first half).
-        assert!(
-            ca.tests.abs_diff(cb.tests) * 10 <= ca.tests,
-            "{ca:?} {cb:?}"
-        );
+        // it was written before small keys' stalled sessions were counted and before windows
+        // of few session starts were tested against a key's learned variance (tests of their
+        // own, once learned: about 7 % and 9 % more tests in the first half).
+        assert!(ca.tests.abs_diff(cb.tests) * 5 <= ca.tests, "{ca:?} {cb:?}");
         (ca.discoveries, cb.discoveries, ca.tests, cb.tests) = (0, 0, 0, 0);
         // Alerts: up to the escalations (see below).
         let alerts = ca.alerts.abs_diff(cb.alerts);
@@ -180,10 +178,18 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     };
     order(&mut rest_a);
     order(&mut rest_b);
+    // A window of few session starts teaches a key's startup offset once the key has learned
+    // its variance of one start (it is tested then), which the restored engine has not yet:
+    // their startup expectations agree within 8 %, the others' within 2 %.
     for (x, y) in rest_a.iter_mut().zip(rest_b.iter_mut()) {
         let (ex, ey) = (x.expected.unwrap_or(0.0), y.expected.unwrap_or(0.0));
+        let within = if x.metric == Metric::STARTUP_MS {
+            0.08
+        } else {
+            0.02
+        };
         assert!(
-            (ex - ey).abs() <= 0.02 * ex.abs().max(ey.abs()),
+            (ex - ey).abs() <= within * ex.abs().max(ey.abs()),
             "{x:?}\n{y:?}"
         );
         for a in [&mut *x, &mut *y] {
