@@ -226,7 +226,7 @@ impl Metrics {
             session_levels: gauge(
                 &r,
                 "qos_sentinel_session_levels",
-                "Live sessions whose own levels are held, to compare each report with its session's earlier ones (at most window.max_sessions per partition).",
+                "Live session histories held, one per session and metric that keeps one, to compare each report with its session's earlier ones (at most window.max_sessions per partition).",
             ),
             keys_evicted: counter_vec(
                 &r,

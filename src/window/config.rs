@@ -26,10 +26,12 @@ pub struct WindowConfig {
     /// Keys unseen for 120 windows forget anyway.
     #[serde(default = "default_max_learned_keys")]
     pub max_learned_keys: usize,
-    /// Most live sessions per source partition whose own levels are kept, so that a report
-    /// can be compared with its session's earlier ones (throughput); beyond it the least
-    /// recently seen are forgotten. A session that sends nothing for a window is forgotten
-    /// anyway. About 56 bytes each (32 of sums, 16 of key, the map's share).
+    /// Most live session histories per source partition, one per session and metric that
+    /// keeps one (throughput's own level, rebuffering's windows with a stall: two for a
+    /// session that reports both), so that a report can be compared with its session's
+    /// earlier ones; beyond it the least recently seen are forgotten. A session that sends
+    /// nothing for a window is forgotten anyway. About 56 bytes each (32 of sums, 16 of key,
+    /// the map's share).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
     /// Most (location, cdn) keys in the benchmark table (and its RocksDB cache); beyond it
