@@ -134,6 +134,7 @@ impl SessionLevels {
             first_event: event && l.now_sum == 0.0,
             windows: l.n,
             event_windows: l.sum as u32,
+            session,
         };
         l.now_n = l.now_n.saturating_add(1);
         if event {

@@ -257,6 +257,8 @@ pub struct SessionMark {
     pub first_event: bool,
     pub windows: u32,
     pub event_windows: u32,
+    /// The hash of the session's id ([`crate::window::sessions::hash`]).
+    pub session: u64,
 }
 
 /// The design effect of within-session differences a key starts with: a session's reports

@@ -109,8 +109,9 @@ impl Kind for RebufferRatio {
         }
         s[STALLED] += f64::from(u8::from(k.first_event));
         s[WINDOWS] = 1.0;
-        if r.rebuffer_ms > 0 {
-            let bit = crate::window::sessions::hash(&r.session_id) % 64;
+        if k.first_event {
+            // Once a window per stalled session: its id's hash, as the session map has it.
+            let bit = k.session % 64;
             let (slot, bit) = if bit < 32 {
                 (STALLED_LO, bit)
             } else {
