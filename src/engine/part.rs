@@ -340,12 +340,24 @@ impl Part {
                 }
             }
         }
-        // A key's usual share of sessions with an event and its variance of one sample, from
-        // its window alone.
+        // A key's usual share of sessions with an event and its samples' squared deviations
+        // from its reference, from its window alone.
+        let references: Vec<Normals> = keys
+            .iter()
+            .map(|(key, acc)| {
+                assess::normals(&self.references(), key, acc.joined > 0, |k| k.per_session())
+            })
+            .collect();
         for (i, (key, acc)) in keys.iter().enumerate() {
             for m in Metric::all() {
                 let (kind, w) = (m.kind(), acc.window(m));
-                let (base, within) = (kind.base_measure(w), kind.within(w));
+                let normal = references[i][m.index()];
+                let reference = match kind.expected(w) {
+                    Some(e) => Some(e + normal.offset),
+                    None => normal.own,
+                };
+                let within = reference.and_then(|r| kind.deviations(w, r));
+                let base = kind.base_measure(w);
                 if (base.is_none() && within.is_none()) || bad.contains(&(i, m)) {
                     continue;
                 }

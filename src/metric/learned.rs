@@ -133,16 +133,16 @@ pub struct Spread {
     pub base_sessions: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub base_windows: u16,
-    /// For a metric tested on few samples ([`crate::metric::Kind::within`]): its clean
-    /// windows' within-window sums of squares and degrees of freedom, with a memory of about
-    /// [`BASE_MEMORY`] windows.
+    /// For a metric tested on few samples ([`crate::metric::Kind::deviations`]): its clean
+    /// windows' sums of squared deviations from their reference and sample counts, with a
+    /// memory of about [`BASE_MEMORY`] windows.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub var_ss: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub var_df: f32,
 }
 
-/// Degrees of freedom a key's variance of one sample needs before it is tested against.
+/// Samples a key's mean squared deviation of one sample needs before it is tested against.
 const VAR_MIN_DF: f32 = 20.0;
 /// Its prior, a standard deviation of 0.6 on the log scale (startup times), with the
 /// weight of this many degrees of freedom.
@@ -238,9 +238,9 @@ impl Spread {
         })
     }
 
-    /// Learns the variance of one sample from a window that was not bad on the metric: its
-    /// within-window sum of squares `ss` over `df` degrees of freedom; a suspect one at a
-    /// tenth of the weight.
+    /// Learns the mean squared deviation of one sample from its reference from a window
+    /// that was not bad on the metric: `ss` over `df` samples; a suspect one at a tenth of
+    /// the weight.
     pub fn learn_var(&mut self, ss: f64, df: f64, at: Millis, suspect: bool) {
         if !(ss.is_finite() && df.is_finite() && df > 0.0 && ss >= 0.0) {
             return;
@@ -252,8 +252,8 @@ impl Spread {
         self.last_seen = at;
     }
 
-    /// The variance of one sample, once learned over [`VAR_MIN_DF`] degrees of freedom
-    /// (shrunk towards [`VAR_PRIOR`]).
+    /// The mean squared deviation of one sample from its reference, once learned over
+    /// [`VAR_MIN_DF`] samples (shrunk towards [`VAR_PRIOR`]).
     pub fn var(&self) -> Option<f64> {
         (self.var_df >= VAR_MIN_DF).then(|| {
             (f64::from(self.var_ss) + VAR_PRIOR * VAR_PRIOR_DF)

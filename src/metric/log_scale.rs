@@ -9,8 +9,9 @@ use crate::table::Expected;
 
 /// Share of reports on the worse side of normal before a log-scale deviation counts as broad.
 const MIN_WORSE_SHARE: f64 = 0.7;
-/// Fewest once-per-session samples tested against the key's learned variance.
-const MIN_FEW: u64 = 3;
+/// Fewest once-per-session samples tested against the key's learned spread (the worst one
+/// left out, three).
+const MIN_FEW: u64 = 4;
 
 // Slots: count, Σ ln x, Σ (ln x)², Σ x; Σ ln(expected) and count over joined reports with
 // one; reports compared with what is normal for the key, and how many were worse.
@@ -29,6 +30,9 @@ const PAIR_N: usize = 8;
 const PAIR_SUM: usize = 9;
 const PAIR_SQ: usize = 10;
 const PAIR_WORSE: usize = 11;
+// Metrics that test few samples ([`LogScale::tests_few`]) also keep the largest ln x (the
+// worst sample), merged by max.
+const WORST: usize = 8;
 
 /// Count, mean and variance of `ln(x)` over a window's slots.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +114,12 @@ impl LogScale {
         })
     }
 
+    /// Whether few samples are tested against the key's learned spread (once-per-session
+    /// samples where higher is worse: startup).
+    fn tests_few(&self) -> bool {
+        self.once_per_session && self.higher_is_worse && !self.paired
+    }
+
     fn min_samples(&self, min_samples: u64) -> u64 {
         if self.once_per_session {
             (min_samples / 3).max(10)
@@ -133,12 +143,38 @@ impl Kind for LogScale {
     }
 
     fn slots(&self) -> usize {
-        if self.paired { 12 } else { 8 }
+        if self.paired {
+            12
+        } else if self.tests_few() {
+            9
+        } else {
+            8
+        }
+    }
+
+    fn slots_before(&self) -> Option<usize> {
+        self.tests_few().then_some(8)
+    }
+
+    fn merge(&self, s: &mut [f64], o: &[f64]) {
+        for (a, b) in s.iter_mut().zip(o).take(8) {
+            *a += b;
+        }
+        if self.paired {
+            for i in PAIR_N..=PAIR_WORSE {
+                s[i] += o[i];
+            }
+        } else if self.tests_few() {
+            s[WORST] = s[WORST].max(o[WORST]);
+        }
     }
 
     fn add(&self, s: &mut [f64], r: &Report, expected: Option<&Expected>, normal: Normal) {
         if let Some(x) = (self.value)(r) {
             let l = ln(x);
+            if self.tests_few() {
+                s[WORST] = s[WORST].max(l);
+            }
             s[N] += 1.0;
             s[SUM] += l;
             s[SUM_SQ] += l * l;
@@ -209,28 +245,32 @@ impl Kind for LogScale {
         })
     }
 
-    /// Once-per-session samples (startup) are independent: with the key's learned variance
-    /// of one, a window or run of 3 to `min_samples` of them is a z-test of their mean log,
-    /// with the sign test of the level test (most of them worse). Fewer than 3 are not tested.
-    fn within(&self, w: Window) -> Option<(f64, f64)> {
-        let stats = self.stats(w);
-        let n = stats.n() as f64;
-        (self.once_per_session && n >= 2.0).then(|| (stats.var_log() * (n - 1.0), n - 1.0))
+    /// Once-per-session samples (startup) are independent: with the key's learned mean
+    /// squared deviation of one from its reference, a window or run of 4 to `min_samples` of
+    /// them is a z-test of their mean log without the worst of them, with the sign test of
+    /// the level test (most of them worse). Fewer than 4 are not tested.
+    fn deviations(&self, w: Window, reference: f64) -> Option<(f64, f64)> {
+        let s = w.s;
+        let n = s[N];
+        (self.tests_few() && n >= 1.0).then(|| {
+            let ss = s[SUM_SQ] - 2.0 * reference * s[SUM] + n * reference * reference;
+            (ss.max(0.0), n)
+        })
     }
 
     fn test_few(&self, w: Window, reference: f64, t: &Tuning, var: f64) -> Option<Outcome> {
         let stats = self.stats(w);
         let n = stats.n();
-        if !self.once_per_session || n < MIN_FEW || n >= self.min_samples(t.min_samples) {
+        if !self.tests_few() || n < MIN_FEW || n >= self.min_samples(t.min_samples) {
             return None;
         }
         let m = stats.mean_log();
-        let diff = if self.higher_is_worse {
-            m - reference
-        } else {
-            reference - m
-        };
-        let p_value = super::z_upper(diff / (var / n as f64).sqrt());
+        let diff = m - reference;
+        // Without the worst sample: one start in a hundred takes ten times the usual, and
+        // three samples are no mean against it.
+        let rest = (n - 1) as f64;
+        let diff_rest = (w.s[SUM] - w.s[WORST]) / rest - reference;
+        let p_value = super::z_upper(diff_rest / (var / rest).sqrt());
         let (cmp, worse) = (w.s[CMP], w.s[WORSE]);
         let broad = cmp > 0.0 && worse >= MIN_WORSE_SHARE * cmp;
         let effect = diff.exp() - 1.0;
@@ -240,7 +280,9 @@ impl Kind for LogScale {
             samples: n,
             p_value,
             effect,
-            eligible: effect >= t.min_relative_effect && broad,
+            eligible: effect >= t.min_relative_effect
+                && diff_rest.exp() - 1.0 >= t.min_relative_effect
+                && broad,
             spread: None,
             pair_spread: None,
         })

@@ -178,15 +178,18 @@ pub trait Kind: Sync {
     fn test_base(&self, _w: Window, _reference: f64, _t: &Tuning, _base: f64) -> Option<Outcome> {
         None
     }
-    /// The window's within-window sum of squares and its degrees of freedom, for a key to
-    /// learn the variance of one sample from ([`crate::metric::Spread::learn_var`]); `None`
-    /// for a metric that does not test few samples against it.
-    fn within(&self, _w: Window) -> Option<(f64, f64)> {
+    /// The window's samples' sum of squared deviations from `reference` (the test's) and
+    /// their count, for a key to learn the mean squared deviation of one sample from
+    /// ([`crate::metric::Spread::learn_var`]): its spread plus how far its reference is off
+    /// (a reference learned by day is off at night); `None` for a metric that does not test
+    /// few samples against it.
+    fn deviations(&self, _w: Window, _reference: f64) -> Option<(f64, f64)> {
         None
     }
     /// Tests a window (or run) of fewer samples than its level test needs against
-    /// `reference` with `var`, the key's learned variance of one sample (a z-test: each
-    /// sample is independent, its variance known from the key's history).
+    /// `reference` with `var`, the key's learned mean squared deviation of one sample from
+    /// its reference (a z-test: each sample is independent, its spread known from the key's
+    /// history).
     fn test_few(&self, _w: Window, _reference: f64, _t: &Tuning, _var: f64) -> Option<Outcome> {
         None
     }
@@ -244,7 +247,8 @@ pub struct Normal {
     pub mark: SessionMark,
     /// The key's learned share of sessions with an event in a window, once warm.
     pub base: Option<f64>,
-    /// The key's learned variance of one sample ([`Kind::within`]), once warm.
+    /// The key's learned mean squared deviation of one sample ([`Kind::deviations`]), once
+    /// warm.
     pub var: Option<f64>,
 }
 

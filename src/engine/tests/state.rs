@@ -195,6 +195,10 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         for a in [&mut *x, &mut *y] {
             (a.p_value, a.expected, a.summary) = (None, None, String::new());
             a.severity = crate::detect::Severity::Warning;
+            // Drill-down sums cohorts only for a key bad in the window before, which the
+            // restored engine, relearning, may have judged otherwise: the cohort may be named
+            // a window later.
+            a.cohort = None;
         }
     }
     assert_eq!(rest_a, rest_b);
