@@ -62,6 +62,13 @@ impl LogStats<'_> {
     }
 }
 
+/// Whether most of the window's samples were on the worse side of what is normal for the
+/// key. Under "as normal" about half are; a mean dragged down by a few terrible sessions
+/// leaves that share near half, a real degradation moves most of them.
+fn broad(s: &[f64]) -> bool {
+    s[CMP] > 0.0 && s[WORSE] >= MIN_WORSE_SHARE * s[CMP]
+}
+
 /// `ln(x)`, floored at 1 so that zero throughput or startup does not produce -inf.
 fn ln(x: f64) -> f64 {
     x.max(1.0).ln()
@@ -227,11 +234,7 @@ impl Kind for LogScale {
         let p_value = t_p_value(diff, se, n_eff - 1.0);
         let se_independent = (stats.var_log() / n).sqrt();
         let z2 = (se_independent > 0.0).then(|| (diff / se_independent).powi(2));
-        // Under "as normal" about half the reports fall on the worse side of what is normal for
-        // the key. A mean dragged down by a few terrible sessions leaves that share near half;
-        // a real degradation moves most reports.
-        let (cmp, worse) = (w.s[CMP], w.s[WORSE]);
-        let broad = cmp > 0.0 && worse >= MIN_WORSE_SHARE * cmp;
+        let broad = broad(w.s);
         let effect = diff.exp() - 1.0;
         Some(Outcome {
             observed: m.exp(),
@@ -271,8 +274,7 @@ impl Kind for LogScale {
         let rest = (n - 1) as f64;
         let diff_rest = (w.s[SUM] - w.s[WORST]) / rest - reference;
         let p_value = super::z_upper(diff_rest / (var / rest).sqrt());
-        let (cmp, worse) = (w.s[CMP], w.s[WORSE]);
-        let broad = cmp > 0.0 && worse >= MIN_WORSE_SHARE * cmp;
+        let broad = broad(w.s);
         let effect = diff.exp() - 1.0;
         Some(Outcome {
             observed: m.exp(),
