@@ -19,6 +19,8 @@ mod runner;
 mod state;
 mod summaries;
 mod takeover;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -84,8 +84,13 @@ impl Runner {
         }
     }
 
-    /// Closes what the watermark (or `until`) allows and emits what that decided.
-    async fn close(&mut self, until: Option<Millis>) {
+    /// Closes what the watermark (or `until`) allows and emits what that decided. Every
+    /// decision goes through here, and a revocation noted by the consumer is taken in first:
+    /// nothing is decided for a partition that has moved away.
+    async fn close(&mut self, consumer: &kafka::ReportsConsumer, until: Option<Millis>) {
+        if consumer.context().take_revoked() {
+            self.sync(consumer).await;
+        }
         let out = close(
             &mut self.engine,
             &self.metrics,
@@ -124,7 +129,7 @@ impl Runner {
 
     /// Registers what the consumer has assigned and takes new partitions' state over.
     /// Returns whether any partition is assigned.
-    async fn sync(&mut self, consumer: &kafka::ReportsConsumer) -> bool {
+    pub(super) async fn sync(&mut self, consumer: &kafka::ReportsConsumer) -> bool {
         let a = sync_assignment(consumer, &mut self.engine, &mut self.pos, &mut self.ckpt);
         if !a.released.is_empty() {
             let n = self.outputs.dispatcher.release(&a.released);
@@ -211,12 +216,7 @@ impl Runner {
             }
         }
         if self.engine.has_ready() {
-            // Nothing is decided for a partition that has moved away: a revocation since the
-            // last report is taken in first.
-            if reports.context().take_revoked() {
-                self.sync(reports).await;
-            }
-            self.close(None).await;
+            self.close(reports, None).await;
         }
     }
 
@@ -248,7 +248,7 @@ impl Runner {
             }
         }
         // Idle marking may have moved the watermark.
-        self.close(None).await;
+        self.close(consumer, None).await;
         let wm = self.engine.watermark();
         if wm != self.last_progress.1 {
             self.last_progress = (Instant::now(), wm);
@@ -256,7 +256,7 @@ impl Runner {
             let idle = self.last_progress.0.elapsed();
             if idle > self.idle_grace {
                 let advanced = wm + (idle - self.idle_grace).as_millis() as Millis;
-                self.close(Some(advanced)).await;
+                self.close(consumer, Some(advanced)).await;
             }
         }
         self.orphans.look_up(&self.outputs, &self.engine).await;
@@ -422,7 +422,7 @@ impl Runner {
         }
         self.pos.next.insert(p, o + 1);
         if self.engine.has_ready() {
-            self.close(None).await;
+            self.close(consumer, None).await;
         }
     }
 
