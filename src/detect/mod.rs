@@ -148,8 +148,12 @@ pub fn evaluate_with(
         let few = normal
             .var
             .and_then(|var| kind.test_few(w, reference, &t, var));
+        let sequential = normal
+            .cusum
+            .and_then(|before| kind.test_cusum(w, reference, &t, before));
         let either = crate::metric::Outcome::either;
-        if let Some(o) = either(either(either(level, paired), counted), few) {
+        let found = either(either(either(level, paired), counted), few);
+        if let Some(o) = either(found, sequential) {
             out.push(Finding::of(m, o, against));
         }
     }

@@ -312,8 +312,13 @@ fn scan(
         t.enabled &= m.kind().accumulates() && !settled.contains(&m);
         t
     };
+    // The sequential test is the window's own: it already holds the windows before.
+    let mut alone = *normals;
+    for n in alone.iter_mut() {
+        n.cusum = None;
+    }
     for run in runs {
-        for f in detect::evaluate_with(run, &again, normals) {
+        for f in detect::evaluate_with(run, &again, &alone) {
             match best.iter_mut().find(|(b, _)| b.metric == f.metric) {
                 Some((b, tested)) => {
                     *tested += 1;
@@ -355,6 +360,7 @@ fn key_findings(
         normals[m.index()].pair_spread = s.pair_value(crate::metric::PAIR_DESIGN_EFFECT);
         normals[m.index()].base = s.base();
         normals[m.index()].var = s.var();
+        normals[m.index()].cusum = Some(f64::from(s.cusum));
     }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = scan(acc, runs, &tune, &normals);

@@ -167,7 +167,8 @@ impl Part {
         if self.windows.refuses(&r.location, &r.cdn, r.ts) {
             return Recorded::KeyCapExceeded; // before any interning or lookup of its normals
         }
-        let learned = !self.baselines.is_empty() || !self.levels.is_empty();
+        let learned =
+            !self.baselines.is_empty() || !self.levels.is_empty() || !self.spreads.is_empty();
         // Interned once, where anything needs it before the window does.
         let key = (learned || !self.suspects.is_empty() || !self.held.is_empty())
             .then(|| self.windows.key(&r.location, &r.cdn));
@@ -179,6 +180,15 @@ impl Part {
             }
             _ => Normals::default(),
         };
+        if let Some(key) = &key {
+            // A sample of a sequential test is scored against the key's learned spread.
+            for m in Metric::all() {
+                if m.kind().scores(r) {
+                    normals[m.index()].var =
+                        self.spreads.get(&(key.clone(), m)).and_then(|s| s.var());
+                }
+            }
+        }
         let mut session = None; // the id's hash and the window, once per report
         let hold = !self.held.is_empty() && key.as_ref().is_some_and(|k| self.held.contains(k));
         for m in Metric::all() {
@@ -356,6 +366,11 @@ impl Part {
                     Some(e) => Some(e + normal.offset),
                     None => normal.own,
                 };
+                if let Some(step) = kind.cusum_step(w)
+                    && let Some(s) = self.spreads.get_mut(&(key.clone(), m))
+                {
+                    s.step_cusum(step, at);
+                }
                 let within = reference.and_then(|r| kind.deviations(w, r));
                 let base = kind.base_measure(w);
                 if (base.is_none() && within.is_none()) || bad.contains(&(i, m)) {

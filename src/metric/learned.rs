@@ -140,6 +140,10 @@ pub struct Spread {
     pub var_ss: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub var_df: f32,
+    /// For a metric with a sequential test ([`crate::metric::Kind::test_cusum`]): where it
+    /// stands (never below zero).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cusum: f32,
 }
 
 /// Samples a key's mean squared deviation of one sample needs before it is tested against.
@@ -250,6 +254,15 @@ impl Spread {
         self.var_ss = self.var_ss * keep + w * ss as f32;
         self.var_df = self.var_df * keep + w * df as f32;
         self.last_seen = at;
+    }
+
+    /// Moves the key's sequential test by a window's step, bad windows included: it is the
+    /// evidence, not what is learned as normal.
+    pub fn step_cusum(&mut self, step: f64, at: Millis) {
+        if step.is_finite() {
+            self.cusum = (f64::from(self.cusum) + step).max(0.0) as f32;
+            self.last_seen = at;
+        }
     }
 
     /// The mean squared deviation of one sample from its reference, once learned over

@@ -31,8 +31,22 @@ const PAIR_SUM: usize = 9;
 const PAIR_SQ: usize = 10;
 const PAIR_WORSE: usize = 11;
 // Metrics that test few samples ([`LogScale::tests_few`]) also keep the largest ln x (the
-// worst sample), merged by max.
+// worst sample), merged by max, and the window's step of the key's sequential test:
+// Σ (min(z, CUSUM_CLIP) - CUSUM_DRIFT) over its samples, z being each sample's deviation from
+// the key's reference in its learned standard deviations (samples seen before the key had
+// learned one add nothing).
 const WORST: usize = 8;
+const CUSUM: usize = 9;
+/// A sample counts at most this many standard deviations in the sequential test: one start
+/// in a hundred takes ten times the usual.
+const CUSUM_CLIP: f64 = 3.0;
+/// What each sample must exceed to add evidence (in standard deviations): a key as usual
+/// drifts down by this much a sample, one whose samples are worse by more climbs.
+const CUSUM_DRIFT: f64 = 1.0;
+/// The sequential test's p-value is `exp(-CUSUM_THETA x S)`: the chance that a random walk
+/// of steps `min(z, 3) - 1` ever climbs to S (Lundberg's bound; 2 for standard normal z,
+/// 1.25 still holds for a reference off by 0.6 standard deviations).
+const CUSUM_THETA: f64 = 1.25;
 
 /// Count, mean and variance of `ln(x)` over a window's slots.
 #[derive(Debug, Clone, Copy)]
@@ -153,7 +167,7 @@ impl Kind for LogScale {
         if self.paired {
             12
         } else if self.tests_few() {
-            9
+            10
         } else {
             8
         }
@@ -173,6 +187,7 @@ impl Kind for LogScale {
             }
         } else if self.tests_few() {
             s[WORST] = s[WORST].max(o[WORST]);
+            s[CUSUM] += o[CUSUM];
         }
     }
 
@@ -181,6 +196,14 @@ impl Kind for LogScale {
             let l = ln(x);
             if self.tests_few() {
                 s[WORST] = s[WORST].max(l);
+                let level = match self.bench(expected) {
+                    Some(b) => Some(ln(b) + normal.offset),
+                    None => normal.own,
+                };
+                if let (Some(level), Some(var)) = (level, normal.var.filter(|v| *v > 0.0)) {
+                    let z = (l - level) / var.sqrt();
+                    s[CUSUM] += z.min(CUSUM_CLIP) - CUSUM_DRIFT;
+                }
             }
             s[N] += 1.0;
             s[SUM] += l;
@@ -285,6 +308,40 @@ impl Kind for LogScale {
             eligible: effect >= t.min_relative_effect
                 && diff_rest.exp() - 1.0 >= t.min_relative_effect
                 && broad,
+            spread: None,
+            pair_spread: None,
+        })
+    }
+
+    fn scores(&self, r: &Report) -> bool {
+        self.tests_few() && (self.value)(r).is_some()
+    }
+
+    fn cusum_step(&self, w: Window) -> Option<f64> {
+        (self.tests_few() && w.s[CUSUM] != 0.0).then(|| w.s[CUSUM])
+    }
+
+    /// The key's sequential test (a CUSUM of clipped z-scores): `before`, where it stood
+    /// after the last window, plus this window's step. Bad while it stands high and this
+    /// window's samples still climb, most of them worse than usual.
+    fn test_cusum(&self, w: Window, reference: f64, t: &Tuning, before: f64) -> Option<Outcome> {
+        let stats = self.stats(w);
+        if !self.tests_few() || stats.n() == 0 {
+            return None;
+        }
+        // Zero where no sample was scored (the key's spread not learned yet): the window is
+        // still a finding, which teaches the key its offset from the benchmark.
+        let step = w.s[CUSUM];
+        let level = (before + step).max(0.0);
+        let diff = stats.mean_log() - reference;
+        let effect = diff.exp() - 1.0;
+        Some(Outcome {
+            observed: stats.mean_log().exp(),
+            expected: reference.exp(),
+            samples: stats.n(),
+            p_value: (-CUSUM_THETA * level).exp(),
+            effect,
+            eligible: step > 0.0 && effect >= t.min_relative_effect && broad(w.s),
             spread: None,
             pair_spread: None,
         })

@@ -193,8 +193,29 @@ pub trait Kind: Sync {
     fn test_few(&self, _w: Window, _reference: f64, _t: &Tuning, _var: f64) -> Option<Outcome> {
         None
     }
-    /// A slot count this metric had before slots were appended to it: state of that layout
-    /// still reads, the appended slots at zero.
+    /// Whether the report is a sample of the metric's sequential test: [`Kind::add`] then needs
+    /// the key's learned spread in its [`Normal`].
+    fn scores(&self, _r: &Report) -> bool {
+        false
+    }
+    /// The window's step of the key's sequential test ([`crate::metric::Spread::step_cusum`]),
+    /// for a metric that has one.
+    fn cusum_step(&self, _w: Window) -> Option<f64> {
+        None
+    }
+    /// Tests the key's sequential test after this window: `before` is where it stood after
+    /// the last one. Evidence that accumulates over windows too small for any one test.
+    fn test_cusum(
+        &self,
+        _w: Window,
+        _reference: f64,
+        _t: &Tuning,
+        _before: f64,
+    ) -> Option<Outcome> {
+        None
+    }
+    /// The first slot count this metric had before slots were appended to it: state of that
+    /// layout, or of any since, still reads, the appended slots at zero.
     fn slots_before(&self) -> Option<usize> {
         None
     }
@@ -250,6 +271,9 @@ pub struct Normal {
     /// The key's learned mean squared deviation of one sample ([`Kind::deviations`]), once
     /// warm.
     pub var: Option<f64>,
+    /// Where the key's sequential test stood after its last window ([`Kind::test_cusum`]);
+    /// set for a window's own test, not for its runs.
+    pub cusum: Option<f64>,
 }
 
 /// A report of a metric that counts sessions, as its session's history sees it: whether it
@@ -494,7 +518,8 @@ impl<'de> serde::Deserialize<'de> for Slots {
             let Some(m) = Metric::named(&name) else {
                 continue;
             };
-            if values.len() == m.kind().slots() || Some(values.len()) == m.kind().slots_before() {
+            let before = m.kind().slots_before().unwrap_or(m.kind().slots());
+            if (before..=m.kind().slots()).contains(&values.len()) {
                 out.of_mut(m)[..values.len()].copy_from_slice(&values);
             }
         }

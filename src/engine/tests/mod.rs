@@ -293,6 +293,61 @@ fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows(
     assert!(few_starts(&cfg, false).is_empty());
 }
 
+/// 75 windows of one key with 20 reports a window from 4 sessions, one of them starting
+/// (startup ±20 % around its benchmark, 1 s); from window 45 to 60 startup takes `factor`
+/// times as long.
+/// Windows are tested alone (no runs).
+fn one_start_a_window(factor: f64) -> Vec<Alert> {
+    let mut cfg = Settings::default();
+    cfg.detect.run_windows = 1;
+    let mut e = Engine::new(cfg);
+    let row = Expected {
+        startup_ms: Some(1_000.0),
+        ..Default::default()
+    };
+    e.on_benchmark("US/NY/NewYork", "cdn-a", 0, Some(row));
+    let mut out = Vec::new();
+    for w in 0..75i64 {
+        for n in 0..20i64 {
+            let start = n == 0;
+            let slow = if (45..60).contains(&w) { factor } else { 1.0 };
+            let usual = 1_000.0 * (1.0 + 0.2 * ((w * 7) as f64).sin());
+            let r = Report {
+                session_id: format!("s{}-{}", w - n % 4, n % 4).into(),
+                startup_ms: start.then_some((usual * slow) as u64),
+                throughput_kbps: Some(4_000.0),
+                ..Report::new("US/NY/NewYork", "cdn-a", w * W + n * 3_000)
+            };
+            e.on_report(&r, None);
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(76 * W));
+    out
+}
+
+/// A key with one session start a window: no window, and no run of a few, holds starts
+/// enough for a test of its own. The key's sequential test (each start's deviation in the
+/// key's learned standard deviations, clipped, summed over windows) adds them up and fires
+/// on the regression's fourth window (before: nothing fired); it resolves two windows after
+/// the regression ends.
+#[test]
+fn a_startup_regression_on_one_start_a_window_is_caught_by_the_sequential_test() {
+    let alerts = one_start_a_window(3.0);
+    let firing = crate::incident::firing(&alerts);
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    assert_eq!(firing[0].metric, Metric::STARTUP_MS);
+    assert!(firing[0].window_start <= 49 * W, "{:#?}", firing[0]);
+    let resolved = alerts
+        .iter()
+        .find(|a| a.status == Status::Resolved)
+        .expect("resolved");
+    assert!(resolved.window_start <= 64 * W, "{resolved:#?}");
+    // Startup 20 % slower (below the 30 % floor) and as usual: nothing.
+    assert!(one_start_a_window(1.2).is_empty());
+    assert!(one_start_a_window(1.0).is_empty());
+}
+
 /// `locs` x 2 CDNs, 16 reports a window each (below `min_samples`), 30 windows; cdn-a
 /// delivers a third of its throughput at the locations `degrade` picks from window 12 to 22.
 fn small_keys(locs: &[String], degrade: impl Fn(&str) -> bool) -> Vec<Alert> {

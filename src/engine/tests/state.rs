@@ -108,8 +108,12 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         // cut have ended, fewer of their reports are paired (fewer tests of small keys); and
         // it was written before small keys' stalled sessions were counted and before windows
         // of few session starts were tested against a key's learned variance (tests of their
-        // own, once learned: about 7 % and 9 % more tests in the first half).
-        assert!(ca.tests.abs_diff(cb.tests) * 5 <= ca.tests, "{ca:?} {cb:?}");
+        // own, once learned: about 7 % and 9 % more tests in the first half), or a key's
+        // sequential test of its session starts (once its spread is learned: 26 % in all).
+        assert!(
+            ca.tests.abs_diff(cb.tests) * 10 <= ca.tests * 3,
+            "{ca:?} {cb:?}"
+        );
         (ca.discoveries, cb.discoveries, ca.tests, cb.tests) = (0, 0, 0, 0);
         // Alerts: up to the escalations (see below).
         let alerts = ca.alerts.abs_diff(cb.alerts);
