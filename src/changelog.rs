@@ -6,6 +6,13 @@
 //! partition number) is a whole share: a JSON header (where reading resumes, the alerts that
 //! were decided but maybe not yet produced) followed by the engine's CBOR share. Only the
 //! last record of a partition matters: compaction keeps it.
+//!
+//! A share larger than the producer takes in one record (`message.max.bytes`, 1,000,000 by
+//! default: about 1,700 keys) goes in chunks first, each under a key of its own
+//! (`p/<write id>/<i>`), then the record under key p is a [`Manifest`] that lists them by
+//! offset. A write that fails half-way leaves the last manifest and its chunks as they were
+//! (new chunks never reuse a key); the writer deletes (tombstones) the chunks of the manifest
+//! it replaced, so compaction keeps one share's chunks per partition.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +48,8 @@ pub enum ChangelogError {
         from: i64,
         timeout: Duration,
     },
+    #[error("changelog manifest: chunk at offset {offset} missing (compacted or not read)")]
+    MissingChunk { offset: i64 },
     #[error("the record is {found_topic}/{found_partition}'s, not {topic}/{partition}'s")]
     NotThisPartitions {
         found_topic: String,
@@ -74,6 +83,10 @@ pub struct Header {
     pub pending: Vec<Alert>,
     /// Alerts topic positions after the writer's last acknowledged alerts (where to look).
     pub delivered: HashMap<i32, i64>,
+    /// The keys of the chunks the share was read from, if it was chunked (not written: the
+    /// reader fills it in, so that its next write deletes them).
+    #[serde(skip)]
+    pub chunks: Vec<String>,
 }
 
 /// Header and share as one record value: 4-byte big-endian header length, header, share.
@@ -85,6 +98,44 @@ pub fn encode(header: &Header, share: &[u8]) -> Result<Vec<u8>, ChangelogError> 
     out.extend_from_slice(&h);
     out.extend_from_slice(share);
     Ok(out)
+}
+
+/// What a manifest value starts with (a record's 4-byte header length never does: it would be
+/// over a gigabyte).
+const MANIFEST: &[u8] = b"QSCHUNKS";
+
+/// The record under a partition's key when its share went in chunks: the chunks' keys and
+/// offsets in order, and the record's length.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub chunks: Vec<(String, i64)>,
+    pub len: usize,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Result<Vec<u8>, ChangelogError> {
+        let mut out = MANIFEST.to_vec();
+        out.extend(serde_json::to_vec(self)?);
+        Ok(out)
+    }
+
+    /// The manifest a record value is, if it is one.
+    pub fn of(value: &[u8]) -> Option<Result<Manifest, ChangelogError>> {
+        let json = value.strip_prefix(MANIFEST)?;
+        Some(serde_json::from_slice(json).map_err(ChangelogError::from))
+    }
+}
+
+/// The largest chunk of a share: under the producer's `message.max.bytes` (from
+/// `kafka.options`, else librdkafka's 1,000,000) by the room a record's key, headers and
+/// framing take.
+pub fn chunk_limit(k: &KafkaConfig) -> usize {
+    let max = k
+        .options
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(1_000_000);
+    max.saturating_sub(16 * 1024).max(max / 2).max(1)
 }
 
 /// The header and the share of a record value.
@@ -104,8 +155,92 @@ pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), ChangelogError> {
     Ok((header, share))
 }
 
-/// The last record of changelog partition `partition`, if it has one (blocking).
+/// A partition's last record (its chunks put together) and the keys of its chunks.
+type LastRecord = (Vec<u8>, Vec<String>);
+
+/// The last record of changelog partition `partition`, if it has one, its chunks put together
+/// when it is a manifest (blocking).
 fn read_last(
+    k: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<Option<LastRecord>, ChangelogError> {
+    let Some(last) = read_last_record(k, topic, partition, timeout)? else {
+        return Ok(None);
+    };
+    let Some(manifest) = Manifest::of(&last) else {
+        return Ok(Some((last, Vec::new())));
+    };
+    let manifest = manifest?;
+    let value = read_chunks(k, topic, partition, &manifest, timeout)?;
+    Ok(Some((
+        value,
+        manifest.chunks.into_iter().map(|(k, _)| k).collect(),
+    )))
+}
+
+/// A manifest's chunks, read from the first one's offset, put together.
+fn read_chunks(
+    k: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    manifest: &Manifest,
+    timeout: Duration,
+) -> Result<Vec<u8>, ChangelogError> {
+    let kafka = |source| ChangelogError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let Some(first) = manifest.chunks.iter().map(|(_, o)| *o).min() else {
+        return Ok(Vec::new());
+    };
+    let wanted: HashMap<i64, usize> = manifest
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(i, (_, o))| (*o, i))
+        .collect();
+    let consumer =
+        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
+    let how = Read {
+        timeout,
+        fail_on_error: true,
+        end_after_a_record: true,
+    };
+    let mut parts: Vec<Option<Vec<u8>>> = vec![None; manifest.chunks.len()];
+    let from = [(partition, Offset::Offset(first))];
+    let end = read_to_end(&consumer, topic, &from, how, |m| {
+        if let Some(i) = wanted.get(&m.offset()) {
+            let key = m.key().unwrap_or_default();
+            if key == manifest.chunks[*i].0.as_bytes() {
+                parts[*i] = Some(m.payload().unwrap_or_default().to_vec());
+            }
+        }
+        Next::More
+    })
+    .map_err(kafka)?;
+    if !end.complete {
+        return Err(ChangelogError::NotToTheEnd {
+            topic: topic.to_string(),
+            partition,
+            from: first,
+            timeout,
+        });
+    }
+    let mut out = Vec::with_capacity(manifest.len);
+    for (i, part) in parts.into_iter().enumerate() {
+        let part = part.ok_or(ChangelogError::MissingChunk {
+            offset: manifest.chunks[i].1,
+        })?;
+        out.extend_from_slice(&part);
+    }
+    Ok(out)
+}
+
+/// The last record of changelog partition `partition`, as it is.
+fn read_last_record(
     k: &KafkaConfig,
     topic: &str,
     partition: i32,
@@ -126,27 +261,39 @@ fn read_last(
     }
     // The last record is at high - 1, or further (some brokers, tansu 0.6, answer the offset
     // lookup with the last batch's first offset + 1): read on to the end fetching reports.
+    // The partition's own record may be further back, behind the tombstones of the chunks it
+    // replaced: read from further back, twice as far each time, until it shows.
     let how = Read {
         timeout,
         fail_on_error: true,
         end_after_a_record: true,
     };
-    let mut last = None;
-    let from = [(partition, Offset::Offset(high - 1))];
-    let end = read_to_end(&consumer, topic, &from, how, |m| {
-        last = Some(m.payload().unwrap_or_default().to_vec());
-        Next::More
-    })
-    .map_err(kafka)?;
-    if end.complete {
-        return Ok(last);
+    let key = partition.to_string();
+    let mut back = 1;
+    loop {
+        let start = (high - back).max(low);
+        let mut last = None;
+        let from = [(partition, Offset::Offset(start))];
+        let end = read_to_end(&consumer, topic, &from, how, |m| {
+            if m.key() == Some(key.as_bytes()) {
+                last = Some(m.payload().unwrap_or_default().to_vec());
+            }
+            Next::More
+        })
+        .map_err(kafka)?;
+        if !end.complete {
+            return Err(ChangelogError::NotToTheEnd {
+                topic: topic.to_string(),
+                partition,
+                from: start,
+                timeout,
+            });
+        }
+        if last.is_some() || start == low {
+            return Ok(last);
+        }
+        back *= 2;
     }
-    Err(ChangelogError::NotToTheEnd {
-        topic: topic.to_string(),
-        partition,
-        from: high - 1,
-        timeout,
-    })
 }
 
 /// Report partition `partition`'s last share on the changelog, if it has one: its header and
@@ -158,10 +305,11 @@ pub fn read_share(
     partition: i32,
     timeout: Duration,
 ) -> Result<Option<(Header, Vec<u8>)>, ChangelogError> {
-    let Some(value) = read_last(k, topic, partition, timeout)? else {
+    let Some((value, chunks)) = read_last(k, topic, partition, timeout)? else {
         return Ok(None);
     };
-    let (header, share) = decode(&value)?;
+    let (mut header, share) = decode(&value)?;
+    header.chunks = chunks;
     if header.reports_topic != k.reports_topic || header.partition != partition {
         return Err(ChangelogError::NotThisPartitions {
             found_topic: header.reports_topic,
@@ -185,6 +333,7 @@ mod tests {
             next: 42,
             pending: Vec::new(),
             delivered: HashMap::from([(0, 7)]),
+            chunks: Vec::new(),
         };
         let v = encode(&h, b"share").unwrap();
         let (back, share) = decode(&v).unwrap();

@@ -181,6 +181,8 @@ fn changelog(
         topic: topic.clone(),
         reports_topic: cfg.kafka.reports_topic.clone(),
         owned: HashSet::new(),
+        chunk: crate::changelog::chunk_limit(&cfg.kafka),
+        chunks: HashMap::new(),
     }))
 }
 

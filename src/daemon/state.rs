@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, warn};
 
 use super::positions::Positions;
+use rdkafka::producer::DeliveryFuture;
+
+use crate::changelog::Manifest;
 use crate::checkpoint::CheckpointStore;
 use crate::engine::Engine;
 use crate::incident::Alert;
@@ -43,6 +46,12 @@ pub(super) struct ChangelogWriter {
     pub(super) reports_topic: String,
     /// Report partitions assigned to this instance now.
     pub(super) owned: HashSet<i32>,
+    /// The largest record this writer produces ([`crate::changelog::chunk_limit`]): a larger
+    /// share goes in chunks and a manifest.
+    pub(super) chunk: usize,
+    /// Per partition, the keys of the chunks its last manifest written here lists: deleted
+    /// once a newer share is written.
+    pub(super) chunks: HashMap<i32, Vec<String>>,
 }
 
 impl ChangelogWriter {
@@ -50,8 +59,8 @@ impl ChangelogWriter {
     /// (CDN-wide ones go with the lowest owned partition). Must succeed when there are alerts
     /// (they are produced only after it); otherwise a failure only makes the next owner start
     /// from an older state. Returns whether every partition's state was written.
-    async fn write(
-        &self,
+    pub(super) async fn write(
+        &mut self,
         engine: &Engine,
         next: &HashMap<i32, i64>,
         alerts: &[Alert],
@@ -88,6 +97,7 @@ impl ChangelogWriter {
                     .cloned()
                     .collect(),
                 delivered: delivered.clone(),
+                chunks: Vec::new(),
             };
             match crate::changelog::encode(&header, &share) {
                 Ok(v) => records.push((*p, v)),
@@ -116,35 +126,106 @@ impl ChangelogWriter {
     }
 
     /// Sends each partition's record to its partition of the changelog, all in flight
-    /// together; how many were not written.
-    async fn send_all(&self, records: &[(i32, Vec<u8>)]) -> usize {
+    /// together (a share over [`ChangelogWriter::chunk`]: its chunks first, then its
+    /// manifest); how many partitions' records were not written.
+    async fn send_all(&mut self, records: &[(i32, Vec<u8>)]) -> usize {
+        let id = crate::notify::deliver::now_ms();
         let mut failed = 0;
-        let mut futures = Vec::with_capacity(records.len());
-        for (p, v) in records {
-            let key = p.to_string();
-            let record = rdkafka::producer::FutureRecord::to(&self.topic)
-                .partition(*p)
-                .key(&key)
-                .payload(v);
-            match self.producer.send_result(record) {
-                Ok(f) => futures.push(f),
-                Err((e, _)) => {
-                    debug!(error = %e, partition = p, "Changelog record not queued.");
+        // Chunks of the large shares, all in flight together.
+        let mut chunked: Vec<(i32, usize, ChunksInFlight)> = Vec::new();
+        for (p, v) in records.iter().filter(|(_, v)| v.len() > self.chunk) {
+            let parts = v
+                .chunks(self.chunk)
+                .enumerate()
+                .map(|(i, c)| {
+                    let key = format!("{p}/{id}/{i}");
+                    let f = self.send(*p, &key, Some(c));
+                    (key, f)
+                })
+                .collect();
+            chunked.push((*p, v.len(), parts));
+        }
+        let mut manifests = Vec::new();
+        for (p, len, parts) in chunked {
+            let mut chunks = Vec::with_capacity(parts.len());
+            for (key, f) in parts {
+                match delivered(f).await {
+                    Some(offset) => chunks.push((key, offset)),
+                    None => break,
+                }
+            }
+            if chunks.len() < len.div_ceil(self.chunk) {
+                failed += 1;
+                continue;
+            }
+            match (crate::changelog::Manifest { chunks, len }).encode() {
+                Ok(v) => manifests.push((p, v)),
+                Err(e) => {
+                    error!(error = %e, partition = p, "Cannot encode a changelog manifest.");
                     failed += 1;
                 }
             }
         }
-        for f in futures {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    debug!(error = %e, "Changelog record not written.");
-                    failed += 1;
+        // Then each partition's record: its whole share or its manifest.
+        let whole = records.iter().filter(|(_, v)| v.len() <= self.chunk);
+        let mut last = Vec::new();
+        for (p, v) in whole.chain(manifests.iter()) {
+            last.push((*p, self.send(*p, &p.to_string(), Some(v)), Manifest::of(v)));
+        }
+        for (p, f, manifest) in last {
+            if delivered(f).await.is_none() {
+                failed += 1;
+                continue;
+            }
+            // Written: the chunks of the share it replaced can go.
+            let keys = match manifest {
+                Some(Ok(m)) => m.chunks.into_iter().map(|(k, _)| k).collect(),
+                _ => Vec::new(),
+            };
+            let old = if keys.is_empty() {
+                self.chunks.remove(&p)
+            } else {
+                self.chunks.insert(p, keys)
+            };
+            for key in old.unwrap_or_default() {
+                if delivered(self.send(p, &key, None)).await.is_none() {
+                    debug!(partition = p, key, "Old changelog chunk not deleted.");
                 }
-                Err(_) => failed += 1,
             }
         }
         failed
+    }
+
+    /// Queues one record (a tombstone without `payload`) for partition `p`.
+    fn send(&self, p: i32, key: &str, payload: Option<&[u8]>) -> Option<DeliveryFuture> {
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(&self.topic)
+            .partition(p)
+            .key(key);
+        if let Some(v) = payload {
+            record = record.payload(v);
+        }
+        match self.producer.send_result(record) {
+            Ok(f) => Some(f),
+            Err((e, _)) => {
+                debug!(error = %e, partition = p, "Changelog record not queued.");
+                None
+            }
+        }
+    }
+}
+
+/// A share's chunks in flight: their keys and deliveries.
+type ChunksInFlight = Vec<(String, Option<DeliveryFuture>)>;
+
+/// The offset a queued record was written at, if it was.
+async fn delivered(f: Option<DeliveryFuture>) -> Option<i64> {
+    match f?.await {
+        Ok(Ok(delivery)) => Some(delivery.offset),
+        Ok(Err((e, _))) => {
+            debug!(error = %e, "Changelog record not written.");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -182,7 +263,7 @@ impl Checkpointer {
         .await;
         self.emitted.extend(decided.into_iter().map(|(k, _)| k));
         let mut shared = true;
-        if let (Some(cl), Some(_)) = (&self.changelog, &state) {
+        if let (Some(cl), Some(_)) = (&mut self.changelog, &state) {
             let delivered = self.store.delivered().unwrap_or_default();
             let counter = self.retries.with_label_values(&["changelog"]);
             shared = cl

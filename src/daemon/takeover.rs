@@ -86,6 +86,8 @@ pub(super) fn sync_assignment(
     }
     if let Some(cl) = &mut ckpt.changelog {
         cl.owned = assigned.iter().copied().collect();
+        // A revoked partition's chunks are its next owner's to delete.
+        cl.chunks.retain(|p, _| assigned.contains(p));
     }
     Assignment {
         any: !assigned.is_empty(),
@@ -115,7 +117,13 @@ pub(super) async fn take_over(
     for p in added {
         let last = read_share_retrying(cfg, topic, *p, &ckpt.retries).await;
         let (header, share) = match last {
-            Ok(Some(s)) => s,
+            Ok(Some((mut header, share))) => {
+                // Whoever writes the partition's state next deletes the chunks read here.
+                if let Some(cl) = &mut ckpt.changelog {
+                    cl.chunks.insert(*p, std::mem::take(&mut header.chunks));
+                }
+                (header, share)
+            }
             Ok(None) => {
                 info!(
                     partition = p,
