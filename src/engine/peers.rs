@@ -18,12 +18,53 @@ use crate::time::Millis;
 /// summaries topic: how far it has closed windows, whether its owner stopped waiting for it
 /// (idle), and the keys it found bad in the windows it closed (the evidence of CDN-wide
 /// incidents; clean keys are not needed there).
+///
+/// A partition's news of one close goes in several summaries when its bad keys are more than
+/// [`SUMMARY_KEYS`] (a large CDN incident): each message stays bounded, only the last one
+/// moves the partition's progress (so no peer decides a window before all its keys are in),
+/// and a part whose first window began in the part before says so (`continues`): its keys
+/// are added to that window's, where a window's first part replaces what was there (a new
+/// owner closing the window again).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Summary {
     partition: i32,
     closed_until: Millis,
     idle: bool,
     windows: Vec<(Millis, Vec<Tested>)>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    continues: bool,
+}
+
+/// Most bad keys in one summary message: a tested key with its evidence encodes to about 500
+/// bytes (measured), so a message stays near 250 KB, far below the producer's 1,000,000.
+pub(super) const SUMMARY_KEYS: usize = 500;
+
+/// A partition's windows of bad keys in parts of at most `limit` keys: each part with
+/// whether its first window continues the part before's last.
+type Parts<T> = Vec<(bool, Vec<(Millis, Vec<T>)>)>;
+
+fn split<T>(windows: Vec<(Millis, Vec<T>)>, limit: usize) -> Parts<T> {
+    let limit = limit.max(1);
+    let mut parts = Vec::new();
+    let (mut current, mut continues, mut room) = (Vec::new(), false, limit);
+    for (start, keys) in windows {
+        let mut keys = keys.into_iter().peekable();
+        let mut first = true;
+        while keys.peek().is_some() {
+            if room == 0 {
+                parts.push((continues, std::mem::take(&mut current)));
+                (continues, room) = (!first, limit);
+            }
+            let piece: Vec<T> = keys.by_ref().take(room).collect();
+            room -= piece.len();
+            current.push((start, piece));
+            first = false;
+        }
+    }
+    if !current.is_empty() {
+        parts.push((continues, current));
+    }
+    parts
 }
 
 /// The peered CDN-wide stage: every partition's progress and bad keys, from the summaries.
@@ -48,6 +89,9 @@ pub(super) struct Peers {
     /// Summaries to send.
     #[serde(skip)]
     outbox: Vec<Summary>,
+    /// Most bad keys in one summary ([`SUMMARY_KEYS`] unless a test sets it).
+    #[serde(skip)]
+    pub(super) summary_keys: Option<usize>,
 }
 
 impl Peers {
@@ -164,14 +208,15 @@ impl Engine {
             });
         }
         peers.progress.insert(s.partition, (s.closed_until, s.idle));
-        for (start, keys) in s.windows {
+        for (i, (start, keys)) in s.windows.into_iter().enumerate() {
             // A window decided already (a new owner closing it again) keeps its decision.
             if start + size > self.decided_until {
-                peers
-                    .bad
-                    .entry(start)
-                    .or_default()
-                    .insert(s.partition, keys);
+                let window = peers.bad.entry(start).or_default();
+                if i == 0 && s.continues {
+                    window.entry(s.partition).or_default().extend(keys);
+                } else {
+                    window.insert(s.partition, keys);
+                }
             }
         }
         self.ready = true;
@@ -206,14 +251,46 @@ impl Engine {
             if windows.is_empty() && peers.published.get(p) == Some(&now) {
                 continue;
             }
-            peers.published.insert(*p, now);
-            peers.outbox.push(Summary {
-                partition: *p,
-                closed_until: now.0,
-                idle: now.1,
-                windows,
-            });
+            let before = peers
+                .published
+                .insert(*p, now)
+                .unwrap_or((Millis::MIN, false));
+            let mut parts = split(windows, peers.summary_keys.unwrap_or(SUMMARY_KEYS));
+            if parts.is_empty() {
+                parts.push((false, Vec::new()));
+            }
+            let last = parts.len() - 1;
+            for (i, (continues, windows)) in parts.into_iter().enumerate() {
+                let (closed_until, idle) = if i == last { now } else { before };
+                peers.outbox.push(Summary {
+                    partition: *p,
+                    closed_until,
+                    idle,
+                    windows,
+                    continues,
+                });
+            }
         }
         peers.outgoing.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn a_close_splits_into_parts_of_at_most_the_limit_and_says_which_continue() {
+        let windows = vec![(0, vec![1, 2, 3]), (60, vec![4]), (120, vec![5, 6])];
+        assert_eq!(
+            split(windows.clone(), 2),
+            vec![
+                (false, vec![(0, vec![1, 2])]),
+                (true, vec![(0, vec![3]), (60, vec![4])]),
+                (false, vec![(120, vec![5, 6])]),
+            ]
+        );
+        assert_eq!(split(windows.clone(), 10), vec![(false, windows)]);
+        assert!(split::<u8>(Vec::new(), 3).is_empty());
     }
 }

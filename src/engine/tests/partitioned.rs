@@ -319,13 +319,22 @@ fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
 
 /// Two engines, each owning some of the 4 partitions, peered through an in-memory
 /// summaries log that both read; reports are read in event-time order.
-fn run_peered(events: &[crate::sim::Event], end: i64, owners: [usize; 4]) -> Vec<Alert> {
+/// At most `summary_keys` bad keys in one summary.
+fn run_peered(
+    events: &[crate::sim::Event],
+    end: i64,
+    owners: [usize; 4],
+    summary_keys: usize,
+) -> Vec<Alert> {
     use crate::sim::Event;
     let cfg = Settings::default();
     let mut engines: Vec<(Engine, usize)> = (0..2)
         .map(|_| {
             let mut e = Engine::new(&cfg);
             e.share_with_peers(4);
+            if let Some(p) = &mut e.peers {
+                p.summary_keys = Some(summary_keys);
+            }
             (e, 0)
         })
         .collect();
@@ -350,9 +359,13 @@ fn run_peered(events: &[crate::sim::Event], end: i64, owners: [usize; 4]) -> Vec
         |engines: &mut Vec<(Engine, usize)>, log: &mut Vec<Vec<u8>>, out: &mut Vec<Alert>| loop {
             let mut moved = false;
             for (e, read) in engines.iter_mut() {
+                // Deciding after each summary, as a daemon may (a summary at a time).
                 while *read < log.len() {
                     e.on_summary(*read as i64, &log[*read]).expect("a summary");
                     *read += 1;
+                    if e.has_ready() {
+                        out.extend(e.close_ready());
+                    }
                 }
                 if e.has_ready() {
                     out.extend(e.close_ready());
@@ -428,7 +441,17 @@ fn instances_sharing_partitions_raise_the_cdn_wide_incidents_one_instance_would(
     // The "IN/" locations' partitions (0, 2, 3) on both instances; partition 0's owner
     // sends the CDN-wide alerts: either instance.
     for owners in [[0, 0, 1, 1], [1, 0, 0, 1]] {
-        let peered = run_peered(&events, end, owners);
+        let peered = run_peered(&events, end, owners, super::super::peers::SUMMARY_KEYS);
         assert_eq!(all(&peered), all(&single), "owners {owners:?}");
+        // A close's bad keys in parts of one or two keys each (as a CDN incident over more
+        // keys than one message holds would be): the same alerts.
+        for keys in [1, 2] {
+            let parted = run_peered(&events, end, owners, keys);
+            assert_eq!(
+                all(&parted),
+                all(&single),
+                "owners {owners:?}, {keys} keys a summary"
+            );
+        }
     }
 }
