@@ -3,7 +3,8 @@
 //! changelog's leader (broker 2 of librdkafka's mock cluster) is down. It reads again; when
 //! the leader comes back in time it takes the state over, and the incident that fired before
 //! resolves with its own id. When the leader stays away, the partition starts empty, says so,
-//! and the incident its last owner left firing is resolved, never left firing forever.
+//! and the incident its last owner left firing is resolved, never left firing forever. And a
+//! partition whose state is larger than the producer takes in one record goes over in chunks.
 
 mod common;
 
@@ -210,5 +211,92 @@ async fn a_partition_that_starts_empty_resolves_what_its_last_owner_left_firing(
         orphan[1].summary
     );
     assert_eq!(d.metrics.orphaned_incidents.get(), 0);
+    d.stop().await;
+}
+
+/// One report each for `keys` small keys (no benchmark) in window `w`, on the one partition.
+fn small_keys(p: &common::Producer, topic: &str, keys: usize, w: i64) {
+    for k in 0..keys {
+        let r = qos_sentinel::decode::Report {
+            session_id: format!("k{k}-{w}").into(),
+            throughput_kbps: Some(3_000.0 + (k % 7) as f64 * 100.0),
+            played_ms: 10_000,
+            ..qos_sentinel::decode::Report::new(
+                format!("XX/{k}"),
+                "cdn-a".to_string(),
+                common::MUMBAI_T0 + w * 60_000 + (k as i64 % 50) * 1_000,
+            )
+        };
+        common::send(p, topic, "IN/MH/Mumbai", &serde_json::to_vec(&r).unwrap());
+    }
+    common::flush(p);
+}
+
+/// Thousands of keys in one report partition, a producer limited to 64 KiB a message
+/// (`kafka.options`): the partition's share goes to the changelog in chunks, so the first
+/// owner keeps consuming, checkpointing and alerting (before: the producer refused the one
+/// record, and the write, which the alert waits for, retried forever: no alert); a second
+/// owner takes the share over from the chunks and resolves the incident under its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_of_thousands_of_keys_goes_over_through_a_64_kib_producer() {
+    const KEYS: usize = 1_500;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("unused"));
+    let cluster = common::mock_cluster(&mut cfg, 1);
+    let changelog = format!("changelog-{}", cfg.kafka.group_id);
+    cluster.create_topic(&changelog, 1, 1).expect("topic");
+    cfg.kafka.changelog_topic = Some(changelog.clone());
+    cfg.kafka
+        .options
+        .insert("message.max.bytes".into(), "65536".into());
+    let topic = cfg.kafka.reports_topic.clone();
+    let p = common::producer(&cfg.kafka.brokers);
+    common::mumbai_benchmarks(&p, &cfg.kafka.benchmarks_topic);
+    for w in 0..10 {
+        small_keys(&p, &topic, KEYS, w);
+        common::mumbai_windows(&p, &topic, w..w + 1, w >= 3);
+    }
+    let mut first = cfg.clone();
+    first.state.dir = dir.path().join("first");
+    let d = start(&first);
+    let fired = tokio::task::block_in_place(|| alerts(&cfg, |a| !a.is_empty()));
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].status, Status::Firing);
+    d.stop().await;
+    let chunks = tokio::task::block_in_place(|| {
+        let c = common::tail(&cfg.kafka.brokers, &changelog);
+        common::read_until(&c, Duration::from_secs(5), |_| false)
+    });
+    let chunk_keys = chunks
+        .iter()
+        .filter(|m| m.key.as_deref().is_some_and(|k| k.starts_with("0/")))
+        .count();
+    assert!(chunk_keys >= 2, "the share went in chunks: {chunk_keys}");
+
+    let mut second = cfg.clone();
+    second.state.dir = dir.path().join("second");
+    let d = start(&second);
+    for w in 10..18 {
+        small_keys(&p, &topic, KEYS, w);
+        common::mumbai_windows(&p, &topic, w..w + 1, false);
+    }
+    let all = tokio::task::block_in_place(|| {
+        alerts(&cfg, |a| a.iter().any(|a| a.status == Status::Resolved))
+    });
+    let changes: Vec<(&str, Status)> = all.iter().map(|a| (a.id.as_str(), a.status)).collect();
+    assert_eq!(
+        changes,
+        [
+            (fired[0].id.as_str(), Status::Firing),
+            (fired[0].id.as_str(), Status::Resolved)
+        ],
+        "{all:#?}"
+    );
+    assert_eq!(d.metrics.partitions_started_empty.get(), 0);
+    assert!(
+        !all[1].summary.contains("could not be taken over"),
+        "resolved on evidence: {}",
+        all[1].summary
+    );
     d.stop().await;
 }
