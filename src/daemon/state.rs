@@ -207,7 +207,7 @@ impl ChangelogWriter {
         match self.producer.send_result(record) {
             Ok(f) => Some(f),
             Err((e, _)) => {
-                debug!(error = %e, partition = p, "Changelog record not queued.");
+                debug!(error = %e, partition = p, key, bytes = payload.map_or(0, <[u8]>::len), chunk = self.chunk, "Changelog record not queued.");
                 None
             }
         }
