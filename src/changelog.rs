@@ -204,31 +204,15 @@ fn read_chunks(
         .collect();
     let consumer =
         crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
-    let how = Read {
-        timeout,
-        fail_on_error: true,
-        end_after_a_record: true,
-    };
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; manifest.chunks.len()];
-    let from = [(partition, Offset::Offset(first))];
-    let end = read_to_end(&consumer, topic, &from, how, |m| {
+    read_on(&consumer, topic, partition, first, timeout, |m| {
         if let Some(i) = wanted.get(&m.offset()) {
             let key = m.key().unwrap_or_default();
             if key == manifest.chunks[*i].0.as_bytes() {
                 parts[*i] = Some(m.payload().unwrap_or_default().to_vec());
             }
         }
-        Next::More
-    })
-    .map_err(kafka)?;
-    if !end.complete {
-        return Err(ChangelogError::NotToTheEnd {
-            topic: topic.to_string(),
-            partition,
-            from: first,
-            timeout,
-        });
-    }
+    })?;
     let mut out = Vec::with_capacity(manifest.len);
     for (i, part) in parts.into_iter().enumerate() {
         let part = part.ok_or(ChangelogError::MissingChunk {
@@ -263,37 +247,56 @@ fn read_last_record(
     // lookup with the last batch's first offset + 1): read on to the end fetching reports.
     // The partition's own record may be further back, behind the tombstones of the chunks it
     // replaced: read from further back, twice as far each time, until it shows.
-    let how = Read {
-        timeout,
-        fail_on_error: true,
-        end_after_a_record: true,
-    };
     let key = partition.to_string();
     let mut back = 1;
     loop {
         let start = (high - back).max(low);
         let mut last = None;
-        let from = [(partition, Offset::Offset(start))];
-        let end = read_to_end(&consumer, topic, &from, how, |m| {
+        read_on(&consumer, topic, partition, start, timeout, |m| {
             if m.key() == Some(key.as_bytes()) {
                 last = Some(m.payload().unwrap_or_default().to_vec());
             }
-            Next::More
-        })
-        .map_err(kafka)?;
-        if !end.complete {
-            return Err(ChangelogError::NotToTheEnd {
-                topic: topic.to_string(),
-                partition,
-                from: start,
-                timeout,
-            });
-        }
+        })?;
         if last.is_some() || start == low {
             return Ok(last);
         }
         back *= 2;
     }
+}
+
+/// Reads `partition` of `topic` from `start` to its end, each record to `on_record`.
+fn read_on<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    timeout: Duration,
+    mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), ChangelogError> {
+    let how = Read {
+        timeout,
+        fail_on_error: true,
+        end_after_a_record: true,
+    };
+    let from = [(partition, Offset::Offset(start))];
+    let end = read_to_end(consumer, topic, &from, how, |m| {
+        on_record(m);
+        Next::More
+    })
+    .map_err(|source| ChangelogError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    })?;
+    if !end.complete {
+        return Err(ChangelogError::NotToTheEnd {
+            topic: topic.to_string(),
+            partition,
+            from: start,
+            timeout,
+        });
+    }
+    Ok(())
 }
 
 /// Report partition `partition`'s last share on the changelog, if it has one: its header and
