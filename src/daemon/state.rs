@@ -158,8 +158,12 @@ impl ChangelogWriter {
                 failed += 1;
                 continue;
             }
-            match (crate::changelog::Manifest { chunks, len }).encode() {
-                Ok(v) => manifests.push((p, v)),
+            let manifest = Manifest { chunks, len };
+            match manifest.encode() {
+                Ok(v) => {
+                    let keys: Vec<String> = manifest.chunks.into_iter().map(|(k, _)| k).collect();
+                    manifests.push((p, v, keys));
+                }
                 Err(e) => {
                     error!(error = %e, partition = p, "Cannot encode a changelog manifest.");
                     failed += 1;
@@ -167,21 +171,19 @@ impl ChangelogWriter {
             }
         }
         // Then each partition's record: its whole share or its manifest.
-        let whole = records.iter().filter(|(_, v)| v.len() <= self.chunk);
         let mut last = Vec::new();
-        for (p, v) in whole.chain(manifests.iter()) {
-            last.push((*p, self.send(*p, &p.to_string(), Some(v)), Manifest::of(v)));
+        for (p, v) in records.iter().filter(|(_, v)| v.len() <= self.chunk) {
+            last.push((*p, self.send(*p, &p.to_string(), Some(v)), Vec::new()));
         }
-        for (p, f, manifest) in last {
+        for (p, v, keys) in manifests {
+            last.push((p, self.send(p, &p.to_string(), Some(&v)), keys));
+        }
+        for (p, f, keys) in last {
             if delivered(f).await.is_none() {
                 failed += 1;
                 continue;
             }
             // Written: the chunks of the share it replaced can go.
-            let keys = match manifest {
-                Some(Ok(m)) => m.chunks.into_iter().map(|(k, _)| k).collect(),
-                _ => Vec::new(),
-            };
             let old = if keys.is_empty() {
                 self.chunks.remove(&p)
             } else {
