@@ -507,8 +507,10 @@ fn restart_figures(
     keys: usize,
 ) -> anyhow::Result<(u64, u64)> {
     let dir = tempfile::tempdir()?;
-    let snapshot = engine.snapshot().map_err(|e| anyhow::anyhow!(e))?;
-    let checkpoint_bytes = snapshot.len() as u64;
+    let delta = crate::checkpoint::Written::default()
+        .delta(&engine)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let checkpoint_bytes = delta.bytes() as u64;
     {
         let store = TableStore::open(dir.path())?;
         let changes: Vec<Change<'_>> = rows
@@ -525,14 +527,9 @@ fn restart_figures(
             store.write(chunk, "bench", &[])?;
         }
         let ckpt = CheckpointStore::open(dir.path())?;
-        ckpt.save(
-            "bench",
-            Some((&snapshot, &Default::default())),
-            &[],
-            now_ms(),
-        )?;
+        ckpt.save("bench", Some((&delta, &Default::default())), &[], now_ms())?;
     }
-    drop(snapshot);
+    drop(delta);
     drop(engine);
     let started = Instant::now();
     let store = TableStore::open(dir.path())?;
@@ -541,7 +538,8 @@ fn restart_figures(
     let restored = ckpt
         .load("bench")?
         .ok_or_else(|| anyhow::anyhow!("checkpoint not found"))?;
-    let engine = Engine::restore(cfg, table, &restored.engine)
+    let engine = ckpt
+        .restore_engine(cfg, table, &restored.engine)
         .map_err(|(why, _)| anyhow::anyhow!("restore failed: {why}"))?;
     let restart_ms = started.elapsed().as_millis() as u64;
     anyhow::ensure!(

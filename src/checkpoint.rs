@@ -20,7 +20,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Engine, Record, Restoring, Settings, StateError, key_id};
 use crate::field::Invalid;
+use crate::table::BenchmarkTable;
+use crate::window::Key;
+
+/// The partition a record's key (after its prefix) starts with.
+fn partition_of(k: &[u8]) -> Result<i32, CheckpointError> {
+    let p: [u8; 4] = k
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CheckpointError::Corrupt(format!("record key {k:?}")))?;
+    Ok(i32::from_be_bytes(p))
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -70,19 +82,170 @@ pub enum CheckpointError {
     Corrupt(String),
 }
 
-// Keys: `s/engine`, `s/next`, `e/<id>:<status>` per decided alert, `p/<id>:<status>` (the
-// alert's JSON) per alert not yet acknowledged by the alerts topic, and `d/<partition>` (the
-// alerts topic's offset after our last acknowledged alert there). Prefixes are kept
-// disjoint: a prefix scan must never meet another kind.
+// Keys: the engine's state as records ([`crate::engine::Record`]): `s/head` the engine's
+// own, `h/<partition>` each partition's head, `b/<partition><bucket>` its sessions and
+// `k/<partition><key id>` each of its keys (partitions as 4 bytes big-endian, buckets 2);
+// `s/engine` the whole state as one value, as versions before records wrote it (read, then
+// deleted by the next save); `s/next`, `e/<id>:<status>` per decided alert, `p/<id>:<status>`
+// (the alert's JSON) per alert not yet acknowledged by the alerts topic, and
+// `d/<partition>` (the alerts topic's offset after our last acknowledged alert there).
+// Prefixes are kept disjoint: a prefix scan must never meet another kind.
 const ENGINE: &[u8] = b"s/engine";
+const HEAD: &[u8] = b"s/head";
+const PART_HEADS: &[u8] = b"h/";
+const SESSIONS: &[u8] = b"b/";
+const KEYS: &[u8] = b"k/";
 const NEXT: &[u8] = b"s/next";
 const EMITTED: &[u8] = b"e/";
 const PENDING: &[u8] = b"p/";
 const DELIVERED: &[u8] = b"d/";
 
+/// The engine's state as a checkpoint holds it.
+pub enum Saved {
+    /// One value, as versions before state records wrote it.
+    Legacy(Vec<u8>),
+    /// The engine's record and its partitions' heads; keys and sessions are read from the
+    /// store as the engine is put back together ([`CheckpointStore::restore_engine`]).
+    Records {
+        engine: Vec<u8>,
+        heads: Vec<(i32, Vec<u8>)>,
+    },
+}
+
+/// The store key of a record.
+fn record_key(r: &Record<'_>) -> Vec<u8> {
+    match r {
+        Record::Engine(_) => HEAD.to_vec(),
+        Record::Head(p, _) => prefixed(PART_HEADS, &p.to_be_bytes()),
+        Record::Sessions(p, b, _) => session_key(*p, *b),
+        Record::Key(p, k, _) => key_key(*p, k),
+    }
+}
+
+fn session_key(p: i32, bucket: u16) -> Vec<u8> {
+    let mut k = prefixed(SESSIONS, &p.to_be_bytes());
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+fn key_key(p: i32, key: &Key) -> Vec<u8> {
+    let mut k = prefixed(KEYS, &p.to_be_bytes());
+    k.extend_from_slice(&key_id(key));
+    k
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// What the last save wrote, as a fingerprint of each record's bytes: the next save writes
+/// only the records whose bytes changed and deletes those that are gone (Kafka Streams'
+/// dirty entries of a cached store, found by comparing instead of by tracking writes).
+#[derive(Default)]
+pub struct Written {
+    /// Whether a save has written every record since this process opened the store: until
+    /// then a save first clears what an earlier run left.
+    whole: bool,
+    engine: u64,
+    heads: HashMap<i32, u64>,
+    sessions: HashMap<(i32, u16), u64>,
+    keys: HashMap<(i32, Key), u64>,
+}
+
+/// The records a save writes and deletes.
+#[derive(Default)]
+pub struct Delta {
+    clear: bool,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    deletes: Vec<Vec<u8>>,
+}
+
+impl Delta {
+    /// Records written and deleted.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.puts.len(), self.deletes.len())
+    }
+
+    /// Bytes written (keys and values).
+    pub fn bytes(&self) -> usize {
+        self.puts.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+impl Written {
+    /// What to write so that the store holds `engine`'s records, and from then on assumes it
+    /// was written (a save retries until it is).
+    pub fn delta(&mut self, engine: &Engine) -> Result<Delta, StateError> {
+        let old = std::mem::take(self);
+        let mut d = Delta {
+            clear: !old.whole,
+            ..Delta::default()
+        };
+        self.whole = true;
+        engine.records(|r| {
+            let bytes = match &r {
+                Record::Engine(v) | Record::Head(_, v) | Record::Sessions(_, _, v) => v,
+                Record::Key(_, _, v) => v,
+            };
+            let fp = fingerprint(bytes);
+            let old_fp = match &r {
+                Record::Engine(_) => {
+                    self.engine = fp;
+                    old.whole.then_some(old.engine)
+                }
+                Record::Head(p, _) => {
+                    self.heads.insert(*p, fp);
+                    old.heads.get(p).copied()
+                }
+                Record::Sessions(p, b, _) => {
+                    self.sessions.insert((*p, *b), fp);
+                    old.sessions.get(&(*p, *b)).copied()
+                }
+                Record::Key(p, k, _) => {
+                    let key = (*p, (*k).clone());
+                    let was = old.keys.get(&key).copied();
+                    self.keys.insert(key, fp);
+                    was
+                }
+            };
+            if d.clear || old_fp != Some(fp) {
+                d.puts.push((record_key(&r), bytes.clone()));
+            }
+        })?;
+        if !d.clear {
+            for p in old.heads.keys().filter(|p| !self.heads.contains_key(p)) {
+                d.deletes.push(prefixed(PART_HEADS, &p.to_be_bytes()));
+            }
+            for (p, b) in old
+                .sessions
+                .keys()
+                .filter(|k| !self.sessions.contains_key(k))
+            {
+                d.deletes.push(session_key(*p, *b));
+            }
+            for (p, k) in old.keys.keys().filter(|k| !self.keys.contains_key(k)) {
+                d.deletes.push(key_key(*p, k));
+            }
+        }
+        Ok(d)
+    }
+}
+
 /// What a checkpoint holds.
 pub struct Restored {
-    pub engine: Vec<u8>,
+    pub engine: Saved,
     /// Per report partition, the next offset to read: everything below is in `engine`.
     pub next: HashMap<i32, i64>,
     /// `id:status` of every alert emitted (and acknowledged by the alerts topic).
@@ -124,8 +287,19 @@ impl CheckpointStore {
     /// The last checkpoint, if any. `topic` guards against a state dir reused for another
     /// reports topic.
     pub fn load(&self, topic: &str) -> Result<Option<Restored>, CheckpointError> {
-        let Some(engine) = self.db.get(ENGINE).map_err(|e| self.err(e))? else {
-            return Ok(None);
+        let engine = match self.db.get(HEAD).map_err(|e| self.err(e))? {
+            Some(engine) => {
+                let heads = self
+                    .scan(PART_HEADS)?
+                    .into_iter()
+                    .map(|(k, v)| Ok((partition_of(&k)?, v)))
+                    .collect::<Result<_, CheckpointError>>()?;
+                Saved::Records { engine, heads }
+            }
+            None => match self.db.get(ENGINE).map_err(|e| self.err(e))? {
+                Some(v) => Saved::Legacy(v),
+                None => return Ok(None),
+            },
         };
         let next: (String, HashMap<i32, i64>) = match self.db.get(NEXT).map_err(|e| self.err(e))? {
             Some(v) => {
@@ -164,19 +338,68 @@ impl CheckpointStore {
         Ok(out)
     }
 
+    /// Puts back the engine a checkpoint holds ([`Saved`]), reading its keys and sessions
+    /// from the store one by one. On failure the table is handed back.
+    // The error is built once, at start-up: its size costs nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn restore_engine(
+        &self,
+        cfg: impl Into<Settings>,
+        table: BenchmarkTable,
+        saved: &Saved,
+    ) -> Result<Engine, (StateError, BenchmarkTable)> {
+        let (engine, heads) = match saved {
+            Saved::Legacy(v) => return Engine::restore(cfg, table, v),
+            Saved::Records { engine, heads } => (engine, heads),
+        };
+        let mut r = Engine::restoring(cfg, table, engine, heads)?;
+        let put = |prefix: &[u8], r: &mut Restoring| -> Result<(), StateError> {
+            for item in self.db.prefix_iterator(prefix) {
+                let (k, v) = item.map_err(|e| StateError::Decode(format!("{}: {e}", self.path)))?;
+                let Some(rest) = k.strip_prefix(prefix) else {
+                    break;
+                };
+                let p = partition_of(rest).map_err(|e| StateError::Decode(e.to_string()))?;
+                if prefix == SESSIONS {
+                    r.put_sessions(p, &v)?;
+                } else {
+                    r.put_key(p, &rest[4..], &v)?;
+                }
+            }
+            Ok(())
+        };
+        for prefix in [SESSIONS, KEYS] {
+            if let Err(e) = put(prefix, &mut r) {
+                return Err((e, r.abandon()));
+            }
+        }
+        Ok(r.finish())
+    }
+
     /// Writes the engine state with the read positions it covers (if given) and the newly
     /// decided alerts (`(id:status, alert JSON)`: recorded as emitted and kept as pending),
     /// atomically and synced.
     pub fn save(
         &self,
         topic: &str,
-        state: Option<(&[u8], &HashMap<i32, i64>)>,
+        state: Option<(&Delta, &HashMap<i32, i64>)>,
         decided: &[(String, Vec<u8>)],
         decided_at_ms: i64,
     ) -> Result<(), CheckpointError> {
         let mut batch = WriteBatch::default();
-        if let Some((engine, next)) = state {
-            batch.put(ENGINE, engine);
+        if let Some((delta, next)) = state {
+            if delta.clear {
+                for prefix in [PART_HEADS, SESSIONS, KEYS] {
+                    batch.delete_range(prefix, &prefix_end(prefix)[..]);
+                }
+            }
+            batch.delete(ENGINE);
+            for k in &delta.deletes {
+                batch.delete(k);
+            }
+            for (k, v) in &delta.puts {
+                batch.put(k, v);
+            }
             let n = serde_json::to_vec(&(topic, next))
                 .map_err(|e| CheckpointError::Corrupt(e.to_string()))?;
             batch.put(NEXT, n);
@@ -264,17 +487,54 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::{Event, SimConfig, Simulator};
+
+    const START: i64 = 1_767_290_400_000;
+
+    /// An engine fed `minutes` of the demo's traffic from `from` (minutes after START).
+    fn feed(e: &mut Engine, from: i64, minutes: i64) {
+        let sim = SimConfig::demo(7, START + from * 60_000, minutes * 60_000);
+        for ev in Simulator::new(sim) {
+            match ev {
+                Event::Benchmark(b) => {
+                    e.on_benchmark(&b.location, &b.cdn, b.ts, Some((&b).into()));
+                }
+                Event::Report(r) => {
+                    e.on_report(&r, Some((0, 0)));
+                    e.close_ready();
+                }
+            }
+        }
+    }
+
+    /// Every record of an engine, by store key.
+    fn records(e: &Engine) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        e.records(|r| {
+            let v = match &r {
+                Record::Engine(v) | Record::Head(_, v) | Record::Sessions(_, _, v) => v.clone(),
+                Record::Key(_, _, v) => v.clone(),
+            };
+            out.insert(record_key(&r), v);
+        })
+        .unwrap();
+        out
+    }
 
     #[test]
     fn saves_and_loads_state_positions_and_emitted_alerts() {
         let dir = tempfile::tempdir().unwrap();
+        let cfg = Settings::default();
+        let mut engine = Engine::new(&cfg);
+        feed(&mut engine, 0, 5);
         {
             let s = CheckpointStore::open(dir.path()).unwrap();
             assert!(s.load("reports").unwrap().is_none());
             let next: HashMap<i32, i64> = [(0, 10), (3, 7)].into();
+            let mut w = Written::default();
             s.save(
                 "reports",
-                Some((b"state-1", &next)),
+                Some((&w.delta(&engine).unwrap(), &next)),
                 &[("a:firing".into(), b"{1}".to_vec())],
                 1_000,
             )
@@ -283,7 +543,7 @@ mod tests {
                 .unwrap();
             s.save(
                 "reports",
-                Some((b"state-2", &next)),
+                Some((&w.delta(&engine).unwrap(), &next)),
                 &[("a:resolved".into(), b"{2}".to_vec())],
                 2_000,
             )
@@ -292,7 +552,11 @@ mod tests {
         let s = CheckpointStore::open(dir.path()).unwrap();
         assert!(s.load("other-topic").unwrap().is_none());
         let r = s.load("reports").unwrap().unwrap();
-        assert_eq!(r.engine, b"state-2");
+        let back = s
+            .restore_engine(&cfg, BenchmarkTable::new(), &r.engine)
+            .map_err(|e| e.0)
+            .unwrap();
+        assert!(records(&back) == records(&engine));
         assert_eq!(r.next, [(0, 10), (3, 7)].into());
         assert_eq!(
             r.emitted,
@@ -307,5 +571,81 @@ mod tests {
         assert_eq!(s.prune_emitted(1_500).unwrap(), 1);
         let r = s.load("reports").unwrap().unwrap();
         assert_eq!(r.emitted, ["a:resolved".to_string()].into());
+    }
+
+    /// A save writes only the records that changed since the last one and deletes those that
+    /// are gone; the store then holds exactly the engine's records. The first save of a
+    /// process clears what an earlier run left; state of the layout before records (one
+    /// value) is read once and deleted by the next save.
+    #[test]
+    fn a_save_writes_only_what_changed_and_the_store_equals_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Settings::default();
+        let next = HashMap::new();
+        let s = CheckpointStore::open(dir.path()).unwrap();
+        // What an earlier run left: a key no engine here has, and a legacy whole-state value.
+        let stale = {
+            let k = Key {
+                location: "XX/gone".into(),
+                cdn: "cdn-z".into(),
+            };
+            key_key(0, &k)
+        };
+        s.db.put(&stale, b"old").unwrap();
+        let mut old = Engine::new(&cfg);
+        feed(&mut old, 0, 3);
+        s.db.put(ENGINE, old.snapshot().unwrap()).unwrap();
+        let r = s.load("x").unwrap();
+        assert!(r.is_none(), "no positions, no checkpoint");
+        s.db.put(NEXT, serde_json::to_vec(&("reports", &next)).unwrap())
+            .unwrap();
+        let legacy = s.load("reports").unwrap().unwrap();
+        let Saved::Legacy(_) = &legacy.engine else {
+            panic!("the legacy value is read as such")
+        };
+        let mut engine = s
+            .restore_engine(&cfg, BenchmarkTable::new(), &legacy.engine)
+            .map_err(|e| e.0)
+            .unwrap();
+
+        let mut w = Written::default();
+        let first = w.delta(&engine).unwrap();
+        let all = records(&engine).len();
+        assert_eq!(first.counts(), (all, 0));
+        s.save("reports", Some((&first, &next)), &[], 0).unwrap();
+        assert!(s.db.get(&stale).unwrap().is_none(), "stale record cleared");
+        assert!(s.db.get(ENGINE).unwrap().is_none(), "legacy value deleted");
+
+        // Nothing changed: nothing is written.
+        let same = w.delta(&engine).unwrap();
+        assert_eq!(same.counts(), (0, 0));
+
+        // A few more minutes: what changed is written, what left is deleted, nothing else.
+        let before = records(&engine);
+        feed(&mut engine, 3, 4);
+        let after = records(&engine);
+        let d = w.delta(&engine).unwrap();
+        let changed = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .count();
+        let gone = before.keys().filter(|k| !after.contains_key(*k)).count();
+        assert_eq!(d.counts(), (changed, gone));
+        assert!(
+            changed < after.len(),
+            "{changed} of {} written",
+            after.len()
+        );
+        s.save("reports", Some((&d, &next)), &[], 0).unwrap();
+        let r = s.load("reports").unwrap().unwrap();
+        let back = s
+            .restore_engine(&cfg, BenchmarkTable::new(), &r.engine)
+            .map_err(|e| e.0)
+            .unwrap();
+        assert!(
+            records(&back) == after,
+            "the store holds the engine's records"
+        );
+        assert_eq!(back.counters(), engine.counters());
     }
 }

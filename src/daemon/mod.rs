@@ -315,7 +315,7 @@ fn restore(
         warn!(error = %e, "Cannot prune the checkpoint's emitted alerts.");
     }
     let (engine, next, emitted) = match ckpt_store.load(&cfg.kafka.reports_topic)? {
-        Some(r) => match Engine::restore(cfg, table, &r.engine) {
+        Some(r) => match ckpt_store.restore_engine(cfg, table, &r.engine) {
             Ok(e) => {
                 info!(
                     partitions = ?r.next,
@@ -340,6 +340,7 @@ fn restore(
         store: ckpt_store,
         topic: cfg.kafka.reports_topic.clone(),
         emitted,
+        written: Default::default(),
         interval: cfg.state.checkpoint_interval,
         last: None,
         dirty: false,

@@ -21,6 +21,8 @@ pub(super) struct Checkpointer {
     pub(super) store: CheckpointStore,
     pub(super) topic: String,
     pub(super) emitted: HashSet<String>,
+    /// What the checkpoint holds of the engine's state: a save writes only what changed.
+    pub(super) written: crate::checkpoint::Written,
     /// Closes without alerts checkpoint at most this often (catching up on a backlog closes
     /// many windows a second; each checkpoint encodes the whole state and syncs it).
     pub(super) interval: Duration,
@@ -252,12 +254,25 @@ impl Checkpointer {
                 Err(e) => error!(error = %e, id = %a.id, "Cannot encode an alert."),
             }
         }
-        let state = engine
-            .snapshot()
-            .map_err(|e| error!(error = %e, "Cannot encode the engine state; only the alerts are checkpointed."))
-            .ok();
+        let state = match self.written.delta(engine) {
+            Ok(d) => {
+                let (put, deleted) = d.counts();
+                debug!(
+                    put,
+                    deleted,
+                    bytes = d.bytes(),
+                    "Checkpointing the changed state records."
+                );
+                Some(d)
+            }
+            Err(e) => {
+                error!(error = %e, "Cannot encode the engine state; only the alerts are checkpointed.");
+                self.written = crate::checkpoint::Written::default();
+                None
+            }
+        };
         let now = crate::notify::deliver::now_ms();
-        let ckpt_state = state.as_deref().map(|s| (s, &pos.next));
+        let ckpt_state = state.as_ref().map(|s| (s, &pos.next));
         let counter = self.retries.with_label_values(&["checkpoint"]);
         crate::retry::until_ok("write the checkpoint", Some(counter), || {
             self.store.save(&self.topic, ckpt_state, &decided, now)

@@ -25,6 +25,7 @@
 //! | `decide.rs` | the stash and the cross-partition decision, roll-up to CDN and location |
 //! | `peers.rs` | the summaries protocol of the CDN-wide stage across instances |
 //! | `codec.rs` | checkpoint, changelog share and summary bytes |
+//! | `records.rs` | the state as a store's records: one per key, per partition, per session bucket |
 //! | `quality.rs` | the viewer-quality view of the last window |
 
 mod assess;
@@ -35,6 +36,7 @@ mod paired;
 mod part;
 mod peers;
 mod quality;
+mod records;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -54,6 +56,7 @@ use frontier::Frontier;
 use part::Part;
 use peers::Peers;
 pub use quality::{KeyQuality, Quality, WORST_KEYS};
+pub use records::{Record, Restoring, STATE_VERSION, key_id, parse_key_id};
 
 /// Plain counters of what the engine did; the shell exports them as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,6 +93,8 @@ pub enum StateError {
     Shape,
     #[error("the share is partition {share}'s, not {partition}'s")]
     WrongShare { share: i32, partition: i32 },
+    #[error("state of version {found}; this version reads {supported}")]
+    Version { found: u32, supported: u32 },
     #[error("summary of partition {partition}, the reports topic has {partitions}")]
     UnknownPartition { partition: i32, partitions: i32 },
 }

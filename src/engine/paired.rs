@@ -34,6 +34,15 @@ struct Level {
     window: Millis,
 }
 
+/// Some sessions' levels: one record of the state store.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct SessionBucket(Vec<((u64, u8), Level)>);
+
+/// Which of `n` buckets a session (its id's hash) goes in.
+pub(super) fn bucket_of(session: u64, n: u16) -> usize {
+    (session.rotate_left(17) % u64::from(n.max(1))) as usize
+}
+
 /// Reports of earlier windows a session needs before its own level is trusted.
 const MIN_HISTORY: u32 = 2;
 
@@ -166,6 +175,24 @@ impl SessionLevels {
     /// Sessions and metrics held.
     pub(super) fn len(&self) -> usize {
         self.levels.len()
+    }
+
+    /// The sessions split by their id's hash into `n` buckets (the state store's session
+    /// records), each sorted so that equal state encodes to equal bytes.
+    pub(super) fn buckets(&self, n: u16) -> Vec<SessionBucket> {
+        let mut out = vec![SessionBucket::default(); usize::from(n.max(1))];
+        for (id, l) in &self.levels {
+            out[bucket_of(id.0, n)].0.push((*id, *l));
+        }
+        for b in &mut out {
+            b.0.sort_unstable_by_key(|(id, _)| *id);
+        }
+        out
+    }
+
+    /// Puts back one bucket of [`SessionLevels::buckets`] (a restore).
+    pub(super) fn put_bucket(&mut self, bucket: SessionBucket) {
+        self.levels.extend(bucket.0);
     }
 }
 

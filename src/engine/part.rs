@@ -24,32 +24,32 @@ use crate::window::{Acc, Closed, Key, Recorded, Windows};
 pub(super) struct Part {
     pub(super) windows: Windows,
     /// What is normal per key and metric that learns it, relative to the benchmark.
-    baselines: HashMap<(Key, Metric), Baseline>,
+    pub(super) baselines: HashMap<(Key, Metric), Baseline>,
     /// Own levels per key and metric (rates, means of logs, usual reports per window):
     /// where the key has no benchmark, and for the metrics benchmarks do not carry.
-    levels: HashMap<(Key, Metric), Baseline>,
+    pub(super) levels: HashMap<(Key, Metric), Baseline>,
     /// Usual reports per key, as state written before they were a metric's own level kept
     /// them; [`Part::settle`] moves them into `levels`.
     #[serde(default, skip_serializing)]
-    volumes: HashMap<Key, Baseline>,
+    pub(super) volumes: HashMap<Key, Baseline>,
     /// Per key and metric whose test scales a variance, its learned design effect.
     #[serde(default)]
-    spreads: HashMap<(Key, Metric), Spread>,
+    pub(super) spreads: HashMap<(Key, Metric), Spread>,
     /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
-    suspects: HashSet<Key>,
+    pub(super) suspects: HashSet<Key>,
     /// Keys under suspicion: their last closed window deviated on some metric (bad, or beyond
     /// the floors without being significant yet): their sessions hold their own levels
     /// ([`SessionLevels::observe`]).
     #[serde(default, skip_serializing_if = "HashSet::is_empty")]
-    held: HashSet<Key>,
+    pub(super) held: HashSet<Key>,
     /// Small keys' recent windows, so that their evidence adds up.
     #[serde(default)]
-    runs: Runs,
+    pub(super) runs: Runs,
     /// What each live session has shown so far, for the metrics that pair.
     #[serde(default)]
-    sessions: SessionLevels,
+    pub(super) sessions: SessionLevels,
     /// Incidents on its locations and location+CDN pairs.
     pub(super) incidents: Incidents,
     /// Every window ending at or before this has been decided for its incidents.
@@ -58,7 +58,7 @@ pub(super) struct Part {
     /// check, plus the entries inserted since ([`Part::cap_learned`] counts again only when
     /// it passes the cap).
     #[serde(skip)]
-    learned_bound: Option<usize>,
+    pub(super) learned_bound: Option<usize>,
 }
 
 impl Part {

@@ -15,7 +15,7 @@ use crate::window::{Acc, Key};
 /// The recent windows of a partition's small keys.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Runs {
-    keys: HashMap<Key, VecDeque<(Millis, Acc)>>,
+    pub(super) keys: HashMap<Key, VecDeque<(Millis, Acc)>>,
 }
 
 impl Runs {

@@ -102,6 +102,69 @@ impl From<WindowsRepr> for Windows {
     }
 }
 
+/// [`Windows`] without its keys' accumulators: what the state store keeps in a partition's
+/// head record (each accumulator goes with its key's record).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WindowsHead {
+    size: Millis,
+    lateness: Millis,
+    max_keys: usize,
+    /// Per open window, the lowest source offset per partition that contributed to it.
+    open: BTreeMap<Millis, HashMap<i32, i64>>,
+    newest: Option<Millis>,
+    closed_until: Millis,
+}
+
+impl Windows {
+    /// The windows without their accumulators ([`Windows::accs`] has those).
+    pub fn head(&self) -> WindowsHead {
+        WindowsHead {
+            size: self.size,
+            lateness: self.lateness,
+            max_keys: self.max_keys,
+            open: self
+                .open
+                .iter()
+                .map(|(s, w)| (*s, w.min_offsets.clone()))
+                .collect(),
+            newest: self.newest,
+            closed_until: self.closed_until,
+        }
+    }
+
+    /// Windows from a [`Windows::head`], without accumulators until [`Windows::put_acc`].
+    pub fn from_head(h: WindowsHead) -> Self {
+        Windows {
+            size: h.size,
+            lateness: h.lateness,
+            max_keys: h.max_keys,
+            open: h
+                .open
+                .into_iter()
+                .map(|(s, min_offsets)| {
+                    let keys = HashMap::new();
+                    (s, Open { keys, min_offsets })
+                })
+                .collect(),
+            newest: h.newest,
+            closed_until: h.closed_until,
+            names: HashSet::new(),
+        }
+    }
+
+    /// Every open window's accumulators: (window start, key, accumulator).
+    pub fn accs(&self) -> impl Iterator<Item = (Millis, &Key, &Acc)> {
+        self.open
+            .iter()
+            .flat_map(|(s, w)| w.keys.iter().map(move |(k, a)| (*s, k, a)))
+    }
+
+    /// Puts back a key's accumulator of the open window starting at `start` (a restore).
+    pub fn put_acc(&mut self, start: Millis, key: Key, acc: Acc) {
+        self.open.entry(start).or_default().keys.insert(key, acc);
+    }
+}
+
 impl Windows {
     /// Whether `other` has the same window size and lateness.
     pub fn same_shape(&self, other: &Windows) -> bool {

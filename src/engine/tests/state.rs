@@ -208,3 +208,105 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     assert_eq!(rest_a, rest_b);
     assert_eq!(same(&a, &b) as usize, escalated);
 }
+
+/// An engine's state as [`Engine::records`] hands it out.
+#[derive(Default)]
+struct Records {
+    engine: Vec<u8>,
+    heads: Vec<(i32, Vec<u8>)>,
+    sessions: Vec<(i32, Vec<u8>)>,
+    keys: BTreeMap<(i32, Vec<u8>), Vec<u8>>,
+}
+
+fn records_of(e: &Engine) -> Records {
+    let mut r = Records::default();
+    e.records(|rec| match rec {
+        Record::Engine(v) => r.engine = v,
+        Record::Head(p, v) => r.heads.push((p, v)),
+        Record::Sessions(p, _, v) => r.sessions.push((p, v)),
+        Record::Key(p, k, v) => {
+            r.keys.insert((p, key_id(k)), v);
+        }
+    })
+    .expect("encodes");
+    r
+}
+
+fn from_records(cfg: &Settings, r: &Records) -> Engine {
+    let mut back = Engine::restoring(cfg, BenchmarkTable::new(), &r.engine, &r.heads)
+        .map_err(|e| e.0)
+        .expect("engine and heads decode");
+    for (p, v) in &r.sessions {
+        back.put_sessions(*p, v).expect("sessions decode");
+    }
+    for ((p, id), v) in &r.keys {
+        back.put_key(*p, id, v).expect("a key decodes");
+    }
+    back.finish()
+}
+
+/// The state as records of a store (one per key, per partition, per bucket of sessions), put
+/// back together, continues exactly like the engine they were taken from: the same alerts and
+/// counters, and its records are the same bytes (so that a store writes only what changed).
+/// Records of another layout version are refused as a whole.
+#[test]
+fn an_engine_put_back_from_its_records_continues_exactly_like_the_original() {
+    let cfg = Settings::default();
+    let (events, cut) = demo_hour();
+    let mut a = Engine::new(&cfg);
+    let mut alerts_a = Vec::new();
+    for ev in &events[..cut] {
+        feed(&mut a, ev, &mut alerts_a);
+    }
+    let recs = records_of(&a);
+    assert!(recs.keys.len() >= 90, "{} keys", recs.keys.len());
+    let largest = recs.keys.values().map(Vec::len).max().unwrap_or(0);
+    assert!(largest < 20_000, "a key's record of {largest} bytes");
+    let mut b = from_records(&cfg, &recs);
+    for ev in &events[..cut] {
+        if let Event::Benchmark(bm) = ev {
+            b.on_benchmark(&bm.location, &bm.cdn, bm.ts, Some(Expected::from(bm)));
+        }
+    }
+    assert_eq!(a.counters(), b.counters());
+    assert_eq!(a.session_levels(), b.session_levels());
+    assert!(a.session_levels() > 100);
+    assert_eq!(a.run_windows(), b.run_windows());
+    assert_eq!(a.learned_entries(), b.learned_entries());
+    assert_eq!(a.open_stats(), b.open_stats());
+    let again = records_of(&b);
+    assert!(recs.keys == again.keys, "key records differ");
+    assert_eq!(recs.sessions, again.sessions);
+    let (rest_a, rest_b) = finish_both(&mut a, &mut b, &events[cut..]);
+    assert!(
+        !alerts_a.is_empty() && !rest_a.is_empty(),
+        "incidents on both sides of the cut"
+    );
+    assert_eq!(rest_a, rest_b);
+    assert_eq!(a.counters(), b.counters());
+
+    // Another version's records, or another window size: refused, the table handed back.
+    let mut newer = recs.engine.clone();
+    let at = newer
+        .windows(8)
+        .position(|w| w == b"version\x02")
+        .expect("the version field");
+    newer[at + 7] = 0x03;
+    match Engine::restoring(&cfg, BenchmarkTable::new(), &newer, &recs.heads) {
+        Err((
+            StateError::Version {
+                found: 3,
+                supported: 2,
+            },
+            _,
+        )) => {}
+        Err((e, _)) => panic!("{e}"),
+        Ok(_) => panic!("a record of version 3 restored"),
+    }
+    let mut other = cfg.clone();
+    other.window.size = std::time::Duration::from_secs(30);
+    assert!(matches!(
+        Engine::restoring(&other, BenchmarkTable::new(), &recs.engine, &recs.heads),
+        Err((StateError::Shape, _))
+    ));
+}
