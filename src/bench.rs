@@ -453,7 +453,12 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
             .take(keys)
     };
     let mut cfg = Config::default();
+    // Room for every key in every map: the defaults cap the benchmark table and the learned
+    // state at 400,000 keys, which evicted most of a million (and the restart figure then
+    // failed, finding 360,000 rows).
     cfg.window.max_keys = keys * 2 + 16;
+    cfg.window.max_benchmark_keys = keys * 2 + 16;
+    cfg.window.max_learned_keys = keys * 2 + 16;
     let base = rss_bytes();
     let mut engine = Engine::new(&cfg);
     let mut rows = Vec::with_capacity(keys);
