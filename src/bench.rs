@@ -533,6 +533,9 @@ fn restart_figures(
         }
         let ckpt = CheckpointStore::open(dir.path())?;
         ckpt.save("bench", Some((&delta, &Default::default())), &[], now_ms())?;
+        // As the daemon stops cleanly.
+        ckpt.flush()?;
+        store.flush()?;
     }
     drop(delta);
     drop(engine);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, Record, Restoring, Settings, StateError, key_id};
+use crate::engine::{DecodedKey, Engine, Record, Restoring, Settings, StateError, key_id};
 use crate::field::Invalid;
 use crate::table::BenchmarkTable;
 use crate::window::Key;
@@ -257,6 +257,9 @@ pub struct CheckpointStore {
     path: String,
 }
 
+/// A record of a partition under a prefix: the partition, the rest of its key, its value.
+type Part = (i32, Box<[u8]>, Box<[u8]>);
+
 /// A key (without its prefix) and its value.
 type Entry = (Vec<u8>, Vec<u8>);
 
@@ -282,6 +285,11 @@ impl CheckpointStore {
             path: self.path.clone(),
             error,
         }
+    }
+
+    /// Writes what the memtables hold to disk (a clean stop: the next open replays no log).
+    pub fn flush(&self) -> Result<(), CheckpointError> {
+        self.db.flush().map_err(|e| self.err(e))
     }
 
     /// The last checkpoint, if any. `topic` guards against a state dir reused for another
@@ -353,27 +361,107 @@ impl CheckpointStore {
             Saved::Records { engine, heads } => (engine, heads),
         };
         let mut r = Engine::restoring(cfg, table, engine, heads)?;
-        let put = |prefix: &[u8], r: &mut Restoring| -> Result<(), StateError> {
-            for item in self.db.prefix_iterator(prefix) {
-                let (k, v) = item.map_err(|e| StateError::Decode(format!("{}: {e}", self.path)))?;
-                let Some(rest) = k.strip_prefix(prefix) else {
-                    break;
-                };
+        let put = self
+            .put_sessions(&mut r)
+            .and_then(|()| self.put_keys(&mut r));
+        match put {
+            Ok(()) => Ok(r.finish()),
+            Err(e) => Err((e, r.abandon())),
+        }
+    }
+
+    /// Every entry under `prefix`: its partition, the rest of its key and its value.
+    fn under<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<Part, StateError>> + 'a {
+        self.db
+            .prefix_iterator(prefix)
+            .map(|item| item.map_err(|e| StateError::Decode(format!("{}: {e}", self.path))))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .map(move |item| {
+                let (k, v) = item?;
+                let rest = &k[prefix.len()..];
                 let p = partition_of(rest).map_err(|e| StateError::Decode(e.to_string()))?;
-                if prefix == SESSIONS {
-                    r.put_sessions(p, &v)?;
-                } else {
-                    r.put_key(p, &rest[4..], &v)?;
+                Ok((p, rest[4..].into(), v))
+            })
+    }
+
+    fn put_sessions(&self, r: &mut Restoring) -> Result<(), StateError> {
+        for item in self.under(SESSIONS) {
+            let (p, _, v) = item?;
+            r.put_sessions(p, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every key's record back, decoded on every core (decoding is most of a restore:
+    /// a million keys' records are over a gigabyte of CBOR) while this thread reads the
+    /// store and puts back what is decoded.
+    fn put_keys(&self, r: &mut Restoring) -> Result<(), StateError> {
+        type Raw = Vec<Part>;
+        type Decoded = Result<Vec<(i32, DecodedKey)>, StateError>;
+        const BATCH: usize = 256;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(threads * 2);
+        let raw_rx = std::sync::Mutex::new(raw_rx);
+        // Unbounded, yet never more than the raw batches sent and not yet put back.
+        let (dec_tx, dec_rx) = std::sync::mpsc::channel::<Decoded>();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (raw_rx, dec_tx) = (&raw_rx, dec_tx.clone());
+                s.spawn(move || {
+                    loop {
+                        let batch = match raw_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(batch) = batch else { return };
+                        let decoded = batch
+                            .into_iter()
+                            .map(|(p, id, v)| DecodedKey::decode(&id, &v).map(|k| (p, k)))
+                            .collect();
+                        if dec_tx.send(decoded).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(dec_tx);
+            let put_back = |d: Decoded, r: &mut Restoring| -> Result<(), StateError> {
+                for (p, k) in d? {
+                    r.put_decoded(p, k)?;
+                }
+                Ok(())
+            };
+            let mut sent = 0usize;
+            let mut done = 0usize;
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut items = self.under(KEYS).peekable();
+            while let Some(item) = items.next() {
+                batch.push(item?);
+                if batch.len() == BATCH || items.peek().is_none() {
+                    while let Ok(d) = dec_rx.try_recv() {
+                        put_back(d, r)?;
+                        done += 1;
+                    }
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if raw_tx.send(full).is_err() {
+                        return Err(StateError::Decode("a decoding thread ended".into()));
+                    }
+                    sent += 1;
                 }
             }
-            Ok(())
-        };
-        for prefix in [SESSIONS, KEYS] {
-            if let Err(e) = put(prefix, &mut r) {
-                return Err((e, r.abandon()));
+            drop(raw_tx);
+            while done < sent {
+                let d = dec_rx
+                    .recv()
+                    .map_err(|_| StateError::Decode("a decoding thread ended".into()))?;
+                put_back(d, r)?;
+                done += 1;
             }
-        }
-        Ok(r.finish())
+            Ok(())
+        })
     }
 
     /// Writes the engine state with the read positions it covers (if given) and the newly
@@ -647,5 +735,65 @@ mod tests {
             "the store holds the engine's records"
         );
         assert_eq!(back.counters(), engine.counters());
+    }
+
+    /// A store of thousands of keys (many decoding batches on every core) restores every
+    /// key; one record that does not decode, among them, fails the restore with its error
+    /// (no hang, no partial engine) and hands the table back.
+    #[test]
+    fn thousands_of_keys_restore_on_every_core_and_a_bad_one_fails_the_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Settings::default();
+        let s = CheckpointStore::open(dir.path()).unwrap();
+        let mut engine = Engine::new(&cfg);
+        feed(&mut engine, 0, 5);
+        let first = Written::default().delta(&engine).unwrap();
+        s.save("reports", Some((&first, &HashMap::new())), &[], 0)
+            .unwrap();
+        // Every key's record again under 40 other locations each.
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = records(&engine)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(KEYS))
+            .collect();
+        let mut copies = 0;
+        for (k, v) in &keys {
+            let p = partition_of(&k[KEYS.len()..]).unwrap();
+            let (location, cdn) = crate::engine::parse_key_id(&k[KEYS.len() + 4..]).unwrap();
+            for i in 0..40 {
+                let copy = Key {
+                    location: format!("{location}/copy-{i}").into(),
+                    cdn: cdn.into(),
+                };
+                s.db.put(key_key(p, &copy), v).unwrap();
+                copies += 1;
+            }
+        }
+        assert!(copies > 10 * 256, "{copies} copies");
+        let restored = s.load("reports").unwrap().unwrap();
+        let back = s
+            .restore_engine(&cfg, BenchmarkTable::new(), &restored.engine)
+            .map_err(|e| e.0)
+            .unwrap();
+        let back_keys = records(&back)
+            .into_keys()
+            .filter(|k| k.starts_with(KEYS))
+            .count();
+        assert_eq!(back_keys, keys.len() + copies);
+
+        let bad = key_key(
+            0,
+            &Key {
+                location: "XX/bad".into(),
+                cdn: "cdn-a".into(),
+            },
+        );
+        s.db.put(&bad, b"\xff not cbor").unwrap();
+        let mut table = BenchmarkTable::new();
+        table.upsert("XX/kept", "cdn-a", 0, None);
+        let Err((e, table)) = s.restore_engine(&cfg, table, &restored.engine) else {
+            panic!("a record that does not decode fails the restore");
+        };
+        assert!(matches!(e, StateError::Decode(_)), "{e}");
+        assert_eq!(table.keys(), 1, "the table is handed back");
     }
 }

@@ -444,6 +444,14 @@ impl Runner {
         } else if let Some(dlq) = &mut self.ckpt.dead_letters {
             dlq.settle().await;
         }
+        // What the memtables hold goes to disk now, not into the next start's log replay
+        // (seconds at a million keys).
+        if let Err(e) = self.ckpt.store.flush() {
+            warn!(error = %e, "Cannot flush the checkpoint store.");
+        }
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "Cannot flush the benchmark cache.");
+        }
         self.pos.store(consumer, &self.cfg.kafka.reports_topic);
         if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             // Nothing stored yet is not an error worth alarming about.

@@ -56,7 +56,7 @@ use frontier::Frontier;
 use part::Part;
 use peers::Peers;
 pub use quality::{KeyQuality, Quality, WORST_KEYS};
-pub use records::{Record, Restoring, STATE_VERSION, key_id, parse_key_id};
+pub use records::{DecodedKey, Record, Restoring, STATE_VERSION, key_id, parse_key_id};
 
 /// Plain counters of what the engine did; the shell exports them as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -23,7 +23,7 @@ use crate::incident::Incidents;
 use crate::metric::Spread;
 use crate::table::BenchmarkTable;
 use crate::time::Millis;
-use crate::window::{Acc, Key, Windows, WindowsHead};
+use crate::window::{Acc, AccNow, Key, Windows, WindowsHead};
 
 /// The layout of state records written by this version. 1 was the whole state as one value.
 pub const STATE_VERSION: u32 = 2;
@@ -112,7 +112,8 @@ impl<A, B, S, R> Default for KeyOf<A, B, S, R> {
 }
 
 type KeyRef<'a> = KeyOf<&'a Acc, &'a Baseline, &'a Spread, &'a VecDeque<(Millis, Acc)>>;
-type KeyOwned = KeyOf<Acc, Baseline, Spread, VecDeque<(Millis, Acc)>>;
+// Decoded with the current layout's accumulator only (see [`AccNow`]).
+type KeyOwned = KeyOf<AccNow, Baseline, Spread, VecDeque<(Millis, AccNow)>>;
 
 /// A partition's head: what is not any one key's.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -194,13 +195,12 @@ impl Part {
         }
     }
 
-    /// Puts back one key's record.
-    fn put_key(&mut self, id: &[u8], bytes: &[u8]) -> Result<(), StateError> {
-        let (location, cdn) = parse_key_id(id)?;
-        let key = self.windows.key(location, cdn);
-        let s: KeyOwned = decode(bytes)?;
+    /// Puts back one key's decoded record.
+    fn put_key(&mut self, k: DecodedKey) {
+        let key = self.windows.key(&k.location, &k.cdn);
+        let s = k.state;
         for (start, a) in s.open {
-            self.windows.put_acc(start, key.clone(), a);
+            self.windows.put_acc(start, key.clone(), a.into());
         }
         for (m, b) in s.baselines {
             self.baselines.insert((key.clone(), m), b);
@@ -212,6 +212,7 @@ impl Part {
             self.spreads.insert((key.clone(), m), sp);
         }
         if let Some(r) = s.runs {
+            let r = r.into_iter().map(|(start, a)| (start, a.into())).collect();
             self.runs.keys.insert(key.clone(), r);
         }
         if s.suspect {
@@ -220,7 +221,26 @@ impl Part {
         if s.held {
             self.held.insert(key);
         }
-        Ok(())
+    }
+}
+
+/// One key's record, decoded (on any thread: [`DecodedKey::decode`]) and not yet put back
+/// ([`Restoring::put_decoded`]).
+pub struct DecodedKey {
+    location: String,
+    cdn: String,
+    state: KeyOwned,
+}
+
+impl DecodedKey {
+    /// Decodes a key's record (its id: [`key_id`]).
+    pub fn decode(id: &[u8], bytes: &[u8]) -> Result<DecodedKey, StateError> {
+        let (location, cdn) = parse_key_id(id)?;
+        Ok(DecodedKey {
+            location: location.to_string(),
+            cdn: cdn.to_string(),
+            state: decode(bytes)?,
+        })
     }
 }
 
@@ -233,7 +253,14 @@ pub struct Restoring {
 impl Restoring {
     /// One key's record of `partition` (its id: [`key_id`]).
     pub fn put_key(&mut self, partition: i32, id: &[u8], bytes: &[u8]) -> Result<(), StateError> {
-        self.part(partition)?.put_key(id, bytes)
+        let k = DecodedKey::decode(id, bytes)?;
+        self.put_decoded(partition, k)
+    }
+
+    /// One key's record of `partition`, decoded.
+    pub fn put_decoded(&mut self, partition: i32, k: DecodedKey) -> Result<(), StateError> {
+        self.part(partition)?.put_key(k);
+        Ok(())
     }
 
     /// One session bucket of `partition`.

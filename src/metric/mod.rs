@@ -510,20 +510,89 @@ impl serde::Serialize for Slots {
 
 impl<'de> serde::Deserialize<'de> for Slots {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = std::collections::BTreeMap::<String, Vec<f64>>::deserialize(d)?;
+        d.deserialize_map(SlotsVisitor)
+    }
+}
+
+/// Reads each metric's values straight into its slots (a restore reads millions: no map or
+/// vector per metric). A metric no longer registered is skipped; one with another layout
+/// starts anew, unless slots were only appended to it.
+struct SlotsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SlotsVisitor {
+    type Value = Slots;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map from metric name to its slots")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Slots, A::Error> {
         let mut out = Slots::default();
-        for (name, values) in map {
-            // A metric no longer registered is dropped; one with another layout starts anew,
-            // unless slots were only appended to it.
-            let Some(m) = Metric::named(&name) else {
-                continue;
-            };
-            let before = m.kind().slots_before().unwrap_or(m.kind().slots());
-            if (before..=m.kind().slots()).contains(&values.len()) {
-                out.of_mut(m)[..values.len()].copy_from_slice(&values);
+        while let Some(MetricKey(m)) = map.next_key()? {
+            match m {
+                Some(m) => map.next_value_seed(MetricSlots(out.of_mut(m), m))?,
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
         }
         Ok(out)
+    }
+}
+
+/// A metric's name as a map key: `None` for one not registered.
+struct MetricKey(Option<Metric>);
+
+impl<'de> serde::Deserialize<'de> for MetricKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MetricKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a metric name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<MetricKey, E> {
+                Ok(MetricKey(Metric::named(name)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One metric's values into its slots, if there are as many as it has now or had before
+/// its last slots were appended.
+struct MetricSlots<'a>(&'a mut [f64], Metric);
+
+impl<'de> serde::de::DeserializeSeed<'de> for MetricSlots<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MetricSlots<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a metric's slots")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let MetricSlots(out, m) = self;
+        let mut read = [0.0; 64];
+        let mut n = 0;
+        while let Some(v) = seq.next_element::<f64>()? {
+            if let Some(slot) = read.get_mut(n) {
+                *slot = v;
+            }
+            n += 1;
+        }
+        let before = m.kind().slots_before().unwrap_or(m.kind().slots());
+        if (before..=m.kind().slots()).contains(&n) {
+            out[..n].copy_from_slice(&read[..n]);
+        }
+        Ok(())
     }
 }
 

@@ -111,6 +111,11 @@ impl TableStore {
         self.db.write(batch).map_err(|e| self.err(e))
     }
 
+    /// Writes what the memtables hold to disk (a clean stop: the next open replays no log).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.err(e))
+    }
+
     /// Removes versions that the in-memory table pruned.
     pub fn delete_rows(&self, rows: &[(String, String, Millis)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();

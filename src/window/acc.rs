@@ -81,34 +81,40 @@ impl Acc {
 #[derive(serde::Deserialize)]
 #[serde(untagged)]
 enum AccRepr {
-    Now {
-        reports: u64,
-        joined: u64,
-        metrics: Slots,
-        #[serde(default)]
-        sessions: Sessions,
-        #[serde(default)]
-        cohorts: Option<Box<Cohorts>>,
-    },
+    Now(AccNow),
     Named(super::legacy::NamedAcc),
+}
+
+/// An accumulator in the current layout only, decoded straight (the untagged [`AccRepr`]
+/// buffers every value to try each layout in turn: most of a restore's time). The state's
+/// per-key records ([`crate::engine::Record`]) were never written in another layout.
+#[derive(Default, serde::Deserialize)]
+pub struct AccNow {
+    reports: u64,
+    joined: u64,
+    metrics: Slots,
+    #[serde(default)]
+    sessions: Sessions,
+    #[serde(default)]
+    cohorts: Option<Box<Cohorts>>,
+}
+
+impl From<AccNow> for Acc {
+    fn from(a: AccNow) -> Self {
+        Acc {
+            reports: a.reports,
+            joined: a.joined,
+            metrics: a.metrics,
+            sessions: a.sessions,
+            cohorts: a.cohorts,
+        }
+    }
 }
 
 impl From<AccRepr> for Acc {
     fn from(r: AccRepr) -> Self {
         match r {
-            AccRepr::Now {
-                reports,
-                joined,
-                metrics,
-                sessions,
-                cohorts,
-            } => Acc {
-                reports,
-                joined,
-                metrics,
-                sessions,
-                cohorts,
-            },
+            AccRepr::Now(a) => a.into(),
             AccRepr::Named(n) => n.into(),
         }
     }
