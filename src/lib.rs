@@ -18,6 +18,7 @@ pub mod detect;
 pub mod engine;
 pub mod field;
 pub mod glob;
+pub mod hash;
 pub mod http;
 pub mod incident;
 pub mod kafka;

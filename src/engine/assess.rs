@@ -10,17 +10,17 @@ use crate::detect::DetectConfig;
 use crate::detect::rules::Tuning;
 use crate::detect::{self, Baseline, Finding, Metric, Normals, Reference};
 use crate::incident::{Scope, Verdict};
-use crate::window::{Acc, Key};
+use crate::window::{Acc, FastMap, Key};
 
 /// What a partition has learned about its keys, borrowed for one window's test.
 pub(super) struct References<'a> {
     /// Per key and metric that learns one, the offset from the benchmark.
-    pub baselines: &'a HashMap<(Key, Metric), Baseline>,
+    pub baselines: &'a FastMap<(Key, Metric), Baseline>,
     /// Per key and metric, the key's own level: where it has no benchmark, and for the
     /// metrics benchmarks do not carry (its usual report count, ...).
-    pub levels: &'a HashMap<(Key, Metric), Baseline>,
+    pub levels: &'a FastMap<(Key, Metric), Baseline>,
     /// Per key and metric, its learned design effect.
-    pub spreads: &'a HashMap<(Key, Metric), crate::metric::Spread>,
+    pub spreads: &'a FastMap<(Key, Metric), crate::metric::Spread>,
 }
 
 /// One window's keys (sorted) and the verdicts on them, each with the index of its key.
@@ -48,7 +48,7 @@ impl Assessment {
 
 /// A key's own level of `m`, once warm.
 pub(super) fn own_level(
-    levels: &HashMap<(Key, Metric), Baseline>,
+    levels: &FastMap<(Key, Metric), Baseline>,
     key: &Key,
     m: Metric,
 ) -> Option<f64> {
@@ -90,7 +90,7 @@ pub(super) fn normals(
 /// Tests one closed window's keys against `refs`; `scan` gives a key's runs, shortest first
 /// (see [`super::runs`]).
 pub(super) fn assess(
-    mut present: HashMap<Key, Acc>,
+    mut present: FastMap<Key, Acc>,
     refs: &References,
     scan: &dyn Fn(&Key, &Acc) -> Vec<Acc>,
     detect_cfg: &DetectConfig,

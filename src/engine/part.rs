@@ -17,33 +17,33 @@ use crate::incident::{Alert, Incidents, Verdict};
 use crate::metric::Spread;
 use crate::table::Expected;
 use crate::time::Millis;
-use crate::window::{Acc, Closed, Key, Recorded, Windows};
+use crate::window::{Acc, Closed, FastMap, FastSet, Key, Recorded, Windows};
 
 /// One source partition's share of the state (input without partitions is partition -1).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Part {
     pub(super) windows: Windows,
     /// What is normal per key and metric that learns it, relative to the benchmark.
-    pub(super) baselines: HashMap<(Key, Metric), Baseline>,
+    pub(super) baselines: FastMap<(Key, Metric), Baseline>,
     /// Own levels per key and metric (rates, means of logs, usual reports per window):
     /// where the key has no benchmark, and for the metrics benchmarks do not carry.
-    pub(super) levels: HashMap<(Key, Metric), Baseline>,
+    pub(super) levels: FastMap<(Key, Metric), Baseline>,
     /// Usual reports per key, as state written before they were a metric's own level kept
     /// them; [`Part::settle`] moves them into `levels`.
     #[serde(default, skip_serializing)]
-    pub(super) volumes: HashMap<Key, Baseline>,
+    pub(super) volumes: FastMap<Key, Baseline>,
     /// Per key and metric whose test scales a variance, its learned design effect.
     #[serde(default)]
-    pub(super) spreads: HashMap<(Key, Metric), Spread>,
+    pub(super) spreads: FastMap<(Key, Metric), Spread>,
     /// Keys bad in the last closed window: their reports are also counted per cohort (ASN,
     /// device) so that an incident can name the cohort behind it.
     #[serde(default)]
-    pub(super) suspects: HashSet<Key>,
+    pub(super) suspects: FastSet<Key>,
     /// Keys under suspicion: their last closed window deviated on some metric (bad, or beyond
     /// the floors without being significant yet): their sessions hold their own levels
     /// ([`SessionLevels::observe`]).
-    #[serde(default, skip_serializing_if = "HashSet::is_empty")]
-    pub(super) held: HashSet<Key>,
+    #[serde(default, skip_serializing_if = "FastSet::is_empty")]
+    pub(super) held: FastSet<Key>,
     /// Small keys' recent windows, so that their evidence adds up.
     #[serde(default)]
     pub(super) runs: Runs,
@@ -65,12 +65,12 @@ impl Part {
     pub(super) fn new(cfg: &Settings) -> Self {
         Part {
             windows: Windows::new(cfg.window_ms(), cfg.lateness_ms(), cfg.window.max_keys),
-            baselines: HashMap::new(),
-            levels: HashMap::new(),
-            volumes: HashMap::new(),
-            spreads: HashMap::new(),
-            suspects: HashSet::new(),
-            held: HashSet::new(),
+            baselines: FastMap::default(),
+            levels: FastMap::default(),
+            volumes: FastMap::default(),
+            spreads: FastMap::default(),
+            suspects: FastSet::default(),
+            held: FastSet::default(),
             runs: Runs::default(),
             sessions: SessionLevels::default(),
             incidents: Incidents::new(),

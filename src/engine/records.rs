@@ -181,10 +181,10 @@ impl Part {
     fn from_head(head: HeadOf<WindowsHead, Incidents>) -> Part {
         Part {
             windows: Windows::from_head(head.windows),
-            baselines: HashMap::new(),
-            levels: HashMap::new(),
-            volumes: HashMap::new(),
-            spreads: HashMap::new(),
+            baselines: Default::default(),
+            levels: Default::default(),
+            volumes: Default::default(),
+            spreads: Default::default(),
             suspects: Default::default(),
             held: Default::default(),
             runs: Default::default(),

@@ -7,15 +7,15 @@
 //! needs `fire_after` consecutive bad windows (consecutive runs share windows, so for small
 //! keys that is weaker evidence than for large ones: the floors carry it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::time::Millis;
-use crate::window::{Acc, Key};
+use crate::window::{Acc, FastMap, Key};
 
 /// The recent windows of a partition's small keys.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Runs {
-    pub(super) keys: HashMap<Key, VecDeque<(Millis, Acc)>>,
+    pub(super) keys: FastMap<Key, VecDeque<(Millis, Acc)>>,
 }
 
 impl Runs {

@@ -8,7 +8,7 @@
 
 pub mod store;
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 
 use crate::decode::Benchmark;
 use crate::time::Millis;
@@ -56,7 +56,7 @@ pub type Removed = (String, String, Millis);
 
 #[derive(Debug)]
 pub struct BenchmarkTable {
-    rows: HashMap<String, HashMap<String, Row>>,
+    rows: FastMap<String, FastMap<String, Row>>,
     versions: usize,
     keys: usize,
     max_keys: usize,
@@ -69,7 +69,7 @@ pub struct BenchmarkTable {
 impl Default for BenchmarkTable {
     fn default() -> Self {
         Self {
-            rows: HashMap::new(),
+            rows: FastMap::default(),
             versions: 0,
             keys: 0,
             max_keys: DEFAULT_MAX_KEYS,

@@ -13,7 +13,9 @@ pub mod sessions;
 pub use acc::{Acc, AccNow};
 pub use config::WindowConfig;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+
+pub use crate::hash::{FastMap, FastSet};
 use std::sync::Arc;
 
 use crate::time::Millis;
@@ -39,7 +41,7 @@ pub enum Recorded {
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Open {
-    keys: HashMap<Key, Acc>,
+    keys: FastMap<Key, Acc>,
     /// Lowest source offset per partition that contributed to this window.
     min_offsets: HashMap<i32, i64>,
 }
@@ -49,7 +51,7 @@ struct Open {
 pub struct Closed {
     pub start: Millis,
     pub end: Millis,
-    pub keys: HashMap<Key, Acc>,
+    pub keys: FastMap<Key, Acc>,
     /// Lowest source offset per partition that contributed to it.
     pub min_offsets: HashMap<i32, i64>,
 }
@@ -68,7 +70,7 @@ pub struct Windows {
     closed_until: Millis,
     /// Interned names; rebuilt as keys come in after a restore.
     #[serde(skip)]
-    names: HashSet<Arc<str>>,
+    names: FastSet<Arc<str>>,
 }
 
 /// [`Windows`] as checkpoints hold it. Those written before one `Windows` served one
@@ -97,7 +99,7 @@ impl From<WindowsRepr> for Windows {
             open: r.open,
             newest: r.newest.max(legacy),
             closed_until: r.closed_until,
-            names: HashSet::new(),
+            names: FastSet::default(),
         }
     }
 }
@@ -142,13 +144,13 @@ impl Windows {
                 .open
                 .into_iter()
                 .map(|(s, min_offsets)| {
-                    let keys = HashMap::new();
+                    let keys = FastMap::default();
                     (s, Open { keys, min_offsets })
                 })
                 .collect(),
             newest: h.newest,
             closed_until: h.closed_until,
-            names: HashSet::new(),
+            names: FastSet::default(),
         }
     }
 
@@ -184,7 +186,7 @@ impl Windows {
             open: BTreeMap::new(),
             newest: None,
             closed_until: Millis::MIN,
-            names: HashSet::new(),
+            names: FastSet::default(),
         }
     }
 
@@ -326,7 +328,7 @@ impl Windows {
                         out.push(Closed {
                             start: s,
                             end: s + self.size,
-                            keys: HashMap::new(),
+                            keys: FastMap::default(),
                             min_offsets: HashMap::new(),
                         });
                     }
@@ -447,7 +449,7 @@ mod tests {
             max_keys: usize,
             open: BTreeMap<Millis, Open>,
             max_event_ts: HashMap<i32, Option<Millis>>,
-            idle: HashSet<i32>,
+            idle: std::collections::HashSet<i32>,
             closed_until: Millis,
         }
         let mut w = Windows::new(60_000, 10_000, 100);
@@ -458,7 +460,7 @@ mod tests {
             max_keys: 100,
             open: std::mem::take(&mut w.open),
             max_event_ts: HashMap::from([(3, Some(130_000))]),
-            idle: HashSet::new(),
+            idle: std::collections::HashSet::new(),
             closed_until: 60_000,
         };
         let mut bytes = Vec::new();
