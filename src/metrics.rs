@@ -46,6 +46,9 @@ pub struct Metrics {
     pub run_windows: IntGauge,
     pub detection_seconds: Histogram,
     pub alert_ack_seconds: Histogram,
+    /// How long each turn of the engine's loop took (one event: a batch of reports, a tick,
+    /// a summary): its stalls, checkpoints included.
+    pub loop_turn_seconds: Histogram,
     pub incidents: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// Failed attempts of the loops that retry until they succeed, by loop.
@@ -257,6 +260,14 @@ impl Metrics {
                 "From the watermark closing a window to its alerts acknowledged by the alerts topic.",
                 vec![
                     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ],
+            ),
+            loop_turn_seconds: histogram(
+                &r,
+                "qos_sentinel_loop_turn_duration_seconds",
+                "Time the engine's loop spent on one event (a batch of reports, a tick, a summary), checkpoints and alert produces included: how long it stalls.",
+                vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ],
             ),
             incidents: vec_of(

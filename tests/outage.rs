@@ -1,6 +1,8 @@
 //! A broker outage of a minute: the daemon does not crash, /readyz turns false, and once the
 //! broker is back it catches up and its alerts equal a run without the outage. A broker that
-//! refuses writes wedges the loop in a retry: /healthz fails until it takes them again.
+//! refuses writes wedges the loop in a retry: /healthz fails until it takes them again. A
+//! broker that answers slowly slows the reads, never the loop: no turn waits on a round trip
+//! per partition.
 
 mod common;
 
@@ -176,5 +178,73 @@ async fn a_loop_wedged_on_a_refused_write_fails_healthz() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    d.stop().await;
+}
+
+/// The lag of 32 partitions on a broker 250 ms away: the loop never waits for it. (It did,
+/// two round trips per partition in turn every 5 s: a 16 s turn here, and at 256 partitions
+/// on a busy broker a loop that read no report for minutes, left its group and closed its
+/// windows empty.) The lag series still come, one per partition, and reach 0 once read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_never_stalls_the_loop_for_the_lag_gauge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.http.listen = common::free_addr();
+    let cluster = common::mock_cluster(&mut cfg, 32);
+    let fed = common::feed_sim(&cfg, common::two_incident_sim()).await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(250))
+        .unwrap();
+    let d = common::start_daemon(&cfg);
+    let base = format!("http://{}", cfg.http.listen);
+    let read = "qos_sentinel_records_in_total{input=\"reports\"}";
+    let started = Instant::now();
+    let mut last = String::new();
+    let text = loop {
+        let turns = |t: &str| {
+            let all = common::metric(t, "qos_sentinel_loop_turn_duration_seconds_count");
+            let within = common::metric(
+                t,
+                "qos_sentinel_loop_turn_duration_seconds_bucket{le=\"5\"}",
+            );
+            (all, within)
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "not every report read with the lag at 0 on every partition: read {} of {}, \
+             lag series {}, turns (all, within 5 s) {:?}",
+            common::metric(&last, read),
+            fed.reports,
+            last.matches("qos_sentinel_consumer_lag_records{").count(),
+            turns(&last),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some((200, text)) = get(&base, "/metrics").await else {
+            continue;
+        };
+        last = text;
+        let text = &last;
+        let lags: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("qos_sentinel_consumer_lag_records{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if common::metric(text, read) >= fed.reports as f64
+            && lags.len() == 32
+            && lags.iter().all(|l| *l == 0.0)
+        {
+            break last;
+        }
+    };
+    let turns = common::metric(&text, "qos_sentinel_loop_turn_duration_seconds_count");
+    let within_5s = common::metric(
+        &text,
+        "qos_sentinel_loop_turn_duration_seconds_bucket{le=\"5\"}",
+    );
+    assert!(turns > 0.0, "turns timed: {turns}");
+    assert_eq!(
+        turns, within_5s,
+        "turns of the loop over 5 s with the broker 250 ms away"
+    );
     d.stop().await;
 }

@@ -119,6 +119,8 @@ pub async fn run(
 
     let consumer = kafka::reports_consumer(&cfg.kafka)?;
     let probe = probes::spawn_broker_probe(&cfg, readiness.clone(), metrics.clone(), stop.clone())?;
+    let lag = Arc::new(std::sync::Mutex::new(probes::LagView::default()));
+    let lag_probe = probes::spawn_lag_probe(&cfg, lag.clone(), metrics.clone(), stop.clone())?;
     let (mut engine, pos) = positions(&cfg, &consumer, engine, next);
     let (summaries, summaries_consumer) = peer(&cfg, &producer, &mut engine, &mut ckpt)?;
     info!(topic = %cfg.kafka.reports_topic, group = %cfg.kafka.group_id, "Consuming reports.");
@@ -126,7 +128,7 @@ pub async fn run(
         idle_grace: cfg.window.size + cfg.window.allowed_lateness,
         last_progress: (Instant::now(), engine.watermark()),
         last_probe: Instant::now() - PROBE_EVERY,
-        lag_shown: HashSet::new(),
+        lag,
         adopted: HashSet::new(),
         orphans: orphans::Orphans::default(),
         reports_in: metrics.records_in.with_label_values(&["reports"]),
@@ -154,6 +156,7 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || {
         let _ = reader.handle.join();
         let _ = probe.join();
+        let _ = lag_probe.join();
     })
     .await;
     dispatcher.shutdown(cfg.notify.flush_timeout).await;
@@ -226,17 +229,43 @@ async fn events(runner: &mut Runner, i: Inputs<'_>, shutdown: &mut watch::Receiv
     loop {
         // /healthz: a turn of the loop is progress; a handler stuck in a retry is not.
         runner.readiness.beat();
-        tokio::select! {
+        // Each arm returns when its handler started: the turn's length is a stall of the
+        // loop (`qos_sentinel_loop_turn_duration_seconds`).
+        let started = tokio::select! {
             // Benchmarks first: a report should join a row that has already arrived. The ticker
             // before the reports: under a steady stream it must still mark idle partitions.
             biased;
             _ = shutdown.changed() => break,
-            Some(()) = i.hangup.recv() => runner.on_hangup(),
-            Some(u) = i.benchmarks.recv() => runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row),
-            m = next_summary(i.summaries) => runner.on_summaries(i.reports, i.summaries, m).await,
-            _ = ticker.tick() => runner.on_tick(i.reports).await,
-            msg = i.reports.recv() => runner.on_reports(i.reports, msg).await,
-        }
+            Some(()) = i.hangup.recv() => {
+                let t = Instant::now();
+                runner.on_hangup();
+                t
+            }
+            Some(u) = i.benchmarks.recv() => {
+                let t = Instant::now();
+                runner.engine.on_benchmark(&u.location, &u.cdn, u.ts, u.row);
+                t
+            }
+            m = next_summary(i.summaries) => {
+                let t = Instant::now();
+                runner.on_summaries(i.reports, i.summaries, m).await;
+                t
+            }
+            _ = ticker.tick() => {
+                let t = Instant::now();
+                runner.on_tick(i.reports).await;
+                t
+            }
+            msg = i.reports.recv() => {
+                let t = Instant::now();
+                runner.on_reports(i.reports, msg).await;
+                t
+            }
+        };
+        runner
+            .metrics
+            .loop_turn_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 

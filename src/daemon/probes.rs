@@ -2,11 +2,12 @@
 //! consumer lag, and the engine's gauges.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -53,45 +54,109 @@ pub(super) fn spawn_broker_probe(
         })?)
 }
 
-/// Sets the lag gauge of every assigned partition (high watermark minus the next offset to
-/// read) and removes the series of partitions no longer assigned; `shown` is the partitions
-/// with a series. A partition whose watermarks cannot be read keeps its last value. (The
-/// gauge is never reset as a whole: a scrape during the watermark reads would find no series.)
-/// The broker's reachability is the probe thread's job.
-pub(super) fn probe_lag(
-    consumer: &kafka::ReportsConsumer,
+/// What the lag probe needs from the engine's loop, handed over at each probe: the partitions
+/// assigned and the next offset to read of each.
+#[derive(Default, Clone)]
+pub(super) struct LagView {
+    pub assigned: Vec<i32>,
+    pub next: HashMap<i32, i64>,
+}
+
+/// Keeps the lag gauge of every assigned partition (high watermark minus the next offset to
+/// read) on a thread and a client of its own, from what the loop last handed over in `view`:
+/// the watermarks of all partitions come in two list-offsets requests per leader every
+/// [`super::PROBE_EVERY`], and the loop never waits for them. (It did, two round trips per
+/// partition in turn: at 256 partitions on a busy broker, seconds of every five.) Series of
+/// partitions no longer assigned are removed; a partition whose watermarks cannot be read
+/// keeps its last value (the gauge is never reset as a whole: a scrape during the reads would
+/// find no series).
+pub(super) fn spawn_lag_probe(
+    cfg: &Config,
+    view: Arc<Mutex<LagView>>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let client = kafka::plain_consumer(&cfg.kafka, &format!("{}-lag", cfg.kafka.group_id))?;
+    let topic = cfg.kafka.reports_topic.clone();
+    Ok(std::thread::Builder::new()
+        .name("lag-probe".into())
+        .spawn(move || {
+            let mut shown = HashSet::new();
+            while !stop.load(Ordering::Acquire) {
+                let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+                probe_lag(&client, &topic, &v, &metrics, &mut shown);
+                let ticks = super::PROBE_EVERY.as_millis() / 100;
+                for _ in 0..ticks {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?)
+}
+
+/// One probe: the gauges from both watermarks of every assigned partition.
+fn probe_lag(
+    client: &BaseConsumer,
     topic: &str,
-    next: &HashMap<i32, i64>,
+    view: &LagView,
     metrics: &Metrics,
     shown: &mut HashSet<i32>,
 ) {
-    let Ok(tpl) = consumer.assignment() else {
-        return;
-    };
-    let assigned: HashSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    let assigned: HashSet<i32> = view.assigned.iter().copied().collect();
     for p in shown.iter().filter(|p| !assigned.contains(p)) {
         let _ = metrics
             .consumer_lag
             .remove_label_values(&[p.to_string().as_str()]);
     }
     shown.retain(|p| assigned.contains(p));
-    for p in assigned {
-        let marks = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(topic, p, Duration::from_millis(1000))
-        });
-        match marks {
-            Ok((low, high)) => {
-                let at = next.get(&p).copied().unwrap_or(low).max(low);
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[p.to_string().as_str()])
-                    .set((high - at).max(0));
-                shown.insert(p);
-            }
-            Err(e) => {
-                debug!(partition = p, error = %e, "Cannot read partition watermarks.");
-                return;
-            }
+    if assigned.is_empty() {
+        return;
+    }
+    let (Some(low), Some(high)) = (
+        watermarks(client, topic, &view.assigned, Offset::Beginning),
+        watermarks(client, topic, &view.assigned, Offset::End),
+    ) else {
+        return;
+    };
+    for (p, high) in high {
+        let low = low.get(&p).copied().unwrap_or(0);
+        let at = view.next.get(&p).copied().unwrap_or(low).max(low);
+        metrics
+            .consumer_lag
+            .with_label_values(&[p.to_string().as_str()])
+            .set((high - at).max(0));
+        shown.insert(p);
+    }
+}
+
+/// The low (`Offset::Beginning`) or high (`Offset::End`) watermark of each partition that
+/// answered, in one list-offsets request per leader; `None` when the request failed.
+fn watermarks(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    which: Offset,
+) -> Option<HashMap<i32, i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, which).ok()?;
+    }
+    match client.offsets_for_times(tpl, Duration::from_secs(10)) {
+        Ok(got) => Some(
+            got.elements()
+                .iter()
+                .filter(|e| e.error().is_ok())
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Err(e) => {
+            debug!(error = %e, "Cannot read the reports partitions' watermarks.");
+            None
         }
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use super::emit::{Outputs, finish};
 use super::positions::Positions;
-use super::probes::{probe_lag, publish_gauges};
+use super::probes::{LagView, publish_gauges};
 use super::state::Checkpointer;
 use super::summaries::{Summaries, close, next_summary};
 use super::takeover::{sync_assignment, take_over};
@@ -52,8 +52,8 @@ pub(super) struct Runner {
     /// When the watermark last moved, and where to.
     pub(super) last_progress: (Instant, Option<Millis>),
     pub(super) last_probe: Instant,
-    /// Partitions with a lag series.
-    pub(super) lag_shown: HashSet<i32>,
+    /// What the lag probe's thread reads (see [`super::probes::spawn_lag_probe`]).
+    pub(super) lag: Arc<std::sync::Mutex<LagView>>,
     /// Incidents left firing by partitions that started empty.
     pub(super) orphans: super::orphans::Orphans,
     /// Assigned partitions whose firing incidents were adopted (see [`Runner::adopt`]).
@@ -314,14 +314,11 @@ impl Runner {
     }
 
     fn probe(&mut self, consumer: &kafka::ReportsConsumer) {
-        let topic = &self.cfg.kafka.reports_topic;
-        probe_lag(
-            consumer,
-            topic,
-            &self.pos.next,
-            &self.metrics,
-            &mut self.lag_shown,
-        );
+        // The lag probe's thread asks the broker; the loop only hands over where it is.
+        if let (Ok(tpl), Ok(mut view)) = (consumer.assignment(), self.lag.lock()) {
+            view.assigned = tpl.elements().iter().map(|e| e.partition()).collect();
+            view.next.clone_from(&self.pos.next);
+        }
         let sizes = [
             ("benchmarks", self.store.size_bytes()),
             ("outbox", self.outputs.dispatcher.outbox_bytes()),

@@ -31,7 +31,7 @@ fn runner(cfg: &Config) -> Runner {
         idle_grace: cfg.window.size + cfg.window.allowed_lateness,
         last_progress: (Instant::now(), engine.watermark()),
         last_probe: Instant::now(),
-        lag_shown: HashSet::new(),
+        lag: Default::default(),
         adopted: HashSet::new(),
         orphans: orphans::Orphans::default(),
         reports_in: metrics.records_in.with_label_values(&["reports"]),
