@@ -82,16 +82,19 @@ pub(super) fn spawn_lag_probe(
         .name("lag-probe".into())
         .spawn(move || {
             let mut shown = HashSet::new();
+            // Every PROBE_EVERY, and at once when the assignment changed (the first one
+            // included): new partitions get their series without waiting.
+            let mut probed: Option<(std::time::Instant, Vec<i32>)> = None;
             while !stop.load(Ordering::Acquire) {
                 let v = view.lock().map(|v| v.clone()).unwrap_or_default();
-                probe_lag(&client, &topic, &v, &metrics, &mut shown);
-                let ticks = super::PROBE_EVERY.as_millis() / 100;
-                for _ in 0..ticks {
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+                let due = probed.as_ref().is_none_or(|(at, assigned)| {
+                    at.elapsed() >= super::PROBE_EVERY || *assigned != v.assigned
+                });
+                if due {
+                    probe_lag(&client, &topic, &v, &metrics, &mut shown);
+                    probed = Some((std::time::Instant::now(), v.assigned));
                 }
+                std::thread::sleep(Duration::from_millis(100));
             }
         })?)
 }

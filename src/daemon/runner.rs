@@ -267,9 +267,10 @@ impl Runner {
         self.watch_group(consumer);
         publish_gauges(&self.metrics, &self.engine, &self.outputs.live);
         self.delete_removed_benchmarks();
+        self.hand_over_lag_view(consumer);
         if self.last_probe.elapsed() >= PROBE_EVERY {
             self.last_probe = Instant::now();
-            self.probe(consumer);
+            self.probe();
         }
     }
 
@@ -313,12 +314,18 @@ impl Runner {
         }
     }
 
-    fn probe(&mut self, consumer: &kafka::ReportsConsumer) {
-        // The lag probe's thread asks the broker; the loop only hands over where it is.
+    /// Where the loop is, for the lag probe's thread (which asks the broker; the loop never
+    /// waits for it).
+    fn hand_over_lag_view(&self, consumer: &kafka::ReportsConsumer) {
         if let (Ok(tpl), Ok(mut view)) = (consumer.assignment(), self.lag.lock()) {
-            view.assigned = tpl.elements().iter().map(|e| e.partition()).collect();
+            let mut assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            assigned.sort_unstable();
+            view.assigned = assigned;
             view.next.clone_from(&self.pos.next);
         }
+    }
+
+    fn probe(&mut self) {
         let sizes = [
             ("benchmarks", self.store.size_bytes()),
             ("outbox", self.outputs.dispatcher.outbox_bytes()),
