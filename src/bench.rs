@@ -77,10 +77,55 @@ pub struct Figures {
     pub alert_latency_p50_ms: Option<Millis>,
     pub alert_latency_p99_ms: Option<Millis>,
     pub alert_latency_max_ms: Option<Millis>,
+    /// The engine loop's turns while the daemon ran (`qos_sentinel_loop_turn_duration_seconds`):
+    /// how many, the bucket bound under which 99 % of them ended, and how many took over 1 s.
+    #[serde(default)]
+    pub loop_turns: Option<LoopTurns>,
     pub memory: Vec<MemoryFigures>,
     /// Share of CPU time the hypervisor took from this VM (`steal` in /proc/stat) during the
     /// ceiling and daemon phases: figures from a VM with much steal are low and noisy.
     pub steal_percent: Option<f64>,
+}
+
+/// The engine loop's turns, from its histogram.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LoopTurns {
+    pub turns: u64,
+    /// Upper bound of the bucket holding the 99th percentile, seconds.
+    pub p99_at_most_s: f64,
+    pub over_1s: u64,
+}
+
+impl LoopTurns {
+    fn of(h: &prometheus::Histogram) -> LoopTurns {
+        use prometheus::core::Collector;
+        let mut buckets = Vec::new();
+        let mut turns = 0;
+        for family in h.collect() {
+            for m in family.get_metric() {
+                let hist = m.get_histogram();
+                turns = hist.get_sample_count();
+                buckets = hist
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect();
+            }
+        }
+        let p99 = buckets
+            .iter()
+            .find(|(_, n)| *n as f64 >= 0.99 * turns as f64)
+            .map_or(f64::INFINITY, |(le, _)| *le);
+        let within_1s = buckets
+            .iter()
+            .find(|(le, _)| (*le - 1.0).abs() < 1e-9)
+            .map_or(turns, |(_, n)| *n);
+        LoopTurns {
+            turns,
+            p99_at_most_s: p99,
+            over_1s: turns - within_1s,
+        }
+    }
 }
 
 /// Resident memory for K active keys, and the restart time from their checkpoint.
@@ -94,6 +139,12 @@ pub struct MemoryFigures {
     pub checkpoint_bytes: Option<u64>,
     /// Open RocksDB, load the table and the checkpoint, restore the engine.
     pub restart_ms: Option<u64>,
+    /// How long a checkpoint holds the engine's thread (encode what changed, write it to
+    /// RocksDB): the loop's stall at each one. The first one (every record new), one after
+    /// another window (every key's window and learned state changed), one with nothing
+    /// changed. Milliseconds.
+    #[serde(default)]
+    pub checkpoint_stall_ms: Option<[u64; 3]>,
 }
 
 const START: Millis = 1_767_297_600_000 + 18 * 3_600_000;
@@ -139,7 +190,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     };
     eprintln!("bench: bare consumer read them at {ceiling_per_s:.0}/s");
 
-    let (daemon_per_s, latencies, dead_letters) = daemon_rate(&cfg, sent).await?;
+    let (daemon_per_s, latencies, dead_letters, loop_turns) = daemon_rate(&cfg, sent).await?;
     let steal_percent = match (cpu0, cpu_times()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
             Some(100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
@@ -178,6 +229,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         alert_latency_p50_ms: q(0.5),
         alert_latency_p99_ms: q(0.99),
         alert_latency_max_ms: latencies.iter().copied().max(),
+        loop_turns: Some(loop_turns),
         memory,
         steal_percent,
     })
@@ -331,8 +383,8 @@ fn ceiling(cfg: &Config, n: u64) -> anyhow::Result<f64> {
 }
 
 /// Runs the daemon over the topic: (records/s from its first record to the n-th, alert
-/// latencies in ms from window close to webhook receipt).
-async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>, u64)> {
+/// latencies in ms from window close to webhook receipt, dead letters, the loop's turns).
+async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>, u64, LoopTurns)> {
     let latencies: Arc<Mutex<Vec<Millis>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -407,7 +459,12 @@ async fn daemon_rate(cfg: &Config, n: u64) -> anyhow::Result<(f64, Vec<Millis>, 
     server.abort();
     let secs = finished.map_or(0.0, |d| d.as_secs_f64());
     let l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
-    Ok((n as f64 / secs.max(1e-9), l, metrics.dead_letters.get()))
+    Ok((
+        n as f64 / secs.max(1e-9),
+        l,
+        metrics.dead_letters.get(),
+        LoopTurns::of(&metrics.loop_turn_seconds),
+    ))
 }
 
 /// Runs [`memory`] in a child process (`qos-sentinel bench-memory`) and reads its figures.
@@ -468,31 +525,21 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     }
     let with_table = rss_bytes();
     for w in 0..3i64 {
-        for (i, (l, c)) in pairs().enumerate() {
-            for j in 0..2i64 {
-                let ts = START + w * 60_000 + ((i as i64 * 7 + j * 13_000) % 50_000);
-                let r = Report {
-                    asn: Some(64_500 + (i % 7) as u32),
-                    device: Some("tv".into()),
-                    rebuffer_ms: (i % 3) as u64 * 100,
-                    startup_ms: Some(900),
-                    bitrate_kbps: Some(3_500.0),
-                    throughput_kbps: Some(5_000.0 + (i % 50) as f64),
-                    ..Report::new(l, c, ts)
-                };
-                engine.on_report(&r, None);
-            }
-        }
+        fill_window(&mut engine, pairs(), w);
         engine.close_ready();
     }
     let filled = rss_bytes();
     let state = filled.saturating_sub(with_table);
     let total = filled.saturating_sub(base);
-    let (checkpoint_bytes, restart_ms) = if restart {
-        let (bytes, ms) = restart_figures(engine, &rows, &cfg, keys)?;
-        (Some(bytes), Some(ms))
+    let (checkpoint_bytes, restart_ms, checkpoint_stall_ms) = if restart {
+        let mut next_window = |engine: &mut Engine| {
+            fill_window(engine, pairs(), 3);
+            engine.close_ready();
+        };
+        let f = restart_figures(engine, &rows, &cfg, keys, &mut next_window)?;
+        (Some(f.0), Some(f.1), Some(f.2))
     } else {
-        (None, None)
+        (None, None, None)
     };
     Ok(MemoryFigures {
         keys,
@@ -500,22 +547,43 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
         with_table_bytes_per_key: total as f64 / keys as f64,
         checkpoint_bytes,
         restart_ms,
+        checkpoint_stall_ms,
     })
 }
 
-/// Checkpoints `engine` and its table (`rows`) to RocksDB, drops them and times open, load and
-/// restore: the checkpoint's bytes and the restart's milliseconds.
+/// Two reports per key in one-minute window `w` of the memory figure.
+fn fill_window<'a>(engine: &mut Engine, pairs: impl Iterator<Item = (&'a str, &'a str)>, w: i64) {
+    for (i, (l, c)) in pairs.enumerate() {
+        for j in 0..2i64 {
+            let ts = START + w * 60_000 + ((i as i64 * 7 + j * 13_000) % 50_000);
+            let r = Report {
+                asn: Some(64_500 + (i % 7) as u32),
+                device: Some("tv".into()),
+                rebuffer_ms: (i % 3) as u64 * 100,
+                startup_ms: Some(900),
+                bitrate_kbps: Some(3_500.0),
+                throughput_kbps: Some(5_000.0 + (i % 50) as f64),
+                ..Report::new(l, c, ts)
+            };
+            engine.on_report(&r, None);
+        }
+    }
+}
+
+/// Checkpoints `engine` and its table (`rows`) to RocksDB as the daemon does (timing each
+/// checkpoint: the first, one after `next_window`, one with nothing changed), drops them and
+/// times open, load and restore: the checkpoint's bytes, the restart's milliseconds and the
+/// three checkpoints' milliseconds.
 fn restart_figures(
-    engine: Engine,
+    mut engine: Engine,
     rows: &[(String, String)],
     cfg: &Config,
     keys: usize,
-) -> anyhow::Result<(u64, u64)> {
+    next_window: &mut dyn FnMut(&mut Engine),
+) -> anyhow::Result<(u64, u64, [u64; 3])> {
     let dir = tempfile::tempdir()?;
-    let delta = crate::checkpoint::Written::default()
-        .delta(&engine)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let checkpoint_bytes = delta.bytes() as u64;
+    let mut checkpoint_bytes = 0;
+    let mut stalls = [0u64; 3];
     {
         let store = TableStore::open(dir.path())?;
         let changes: Vec<Change<'_>> = rows
@@ -532,12 +600,24 @@ fn restart_figures(
             store.write(chunk, "bench", &[])?;
         }
         let ckpt = CheckpointStore::open(dir.path())?;
-        ckpt.save("bench", Some((&delta, &Default::default())), &[], now_ms())?;
+        let mut written = crate::checkpoint::Written::default();
+        for (n, stall) in stalls.iter_mut().enumerate() {
+            if n == 1 {
+                next_window(&mut engine);
+            }
+            // What the daemon's loop does at a checkpoint (Checkpointer::save).
+            let started = Instant::now();
+            let delta = written.delta(&engine).map_err(|e| anyhow::anyhow!(e))?;
+            ckpt.save("bench", Some((&delta, &Default::default())), &[], now_ms())?;
+            *stall = started.elapsed().as_millis() as u64;
+            if n == 0 {
+                checkpoint_bytes = delta.bytes() as u64;
+            }
+        }
         // As the daemon stops cleanly.
         ckpt.flush()?;
         store.flush()?;
     }
-    drop(delta);
     drop(engine);
     let started = Instant::now();
     let store = TableStore::open(dir.path())?;
@@ -555,7 +635,7 @@ fn restart_figures(
         "restored table has {} rows for {keys} keys",
         engine.table().len()
     );
-    Ok((checkpoint_bytes, restart_ms))
+    Ok((checkpoint_bytes, restart_ms, stalls))
 }
 
 /// The benchmark row of the memory figure's `i`-th key.
@@ -589,6 +669,12 @@ pub fn render(f: &Figures) -> String {
         ms(f.alert_latency_p99_ms),
         ms(f.alert_latency_max_ms)
     ));
+    if let Some(t) = &f.loop_turns {
+        s.push_str(&format!(
+            "| engine loop turns while consuming | {} turns, p99 <= {} s, {} over 1 s | p99 stall < 50 ms |\n",
+            t.turns, t.p99_at_most_s, t.over_1s
+        ));
+    }
     if f.bad_share > 0.0 {
         s.push_str(&format!(
             "| bad messages (dead letters written) | {} of {} ({}) | rate >= 80 % of the clean run's |\n",
@@ -612,6 +698,12 @@ pub fn render(f: &Figures) -> String {
                 "| restart with {} keys ({:.0} MB checkpoint) | {ms} ms to ready | <= 5 s |\n",
                 m.keys,
                 b as f64 / 1e6
+            ));
+        }
+        if let Some([first, window, unchanged]) = m.checkpoint_stall_ms {
+            s.push_str(&format!(
+                "| engine loop held by a checkpoint at {} keys (first, after a window, nothing changed) | {first} ms, {window} ms, {unchanged} ms | p99 stall < 50 ms |\n",
+                m.keys
             ));
         }
     }

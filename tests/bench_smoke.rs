@@ -24,6 +24,8 @@ fn bench_command_measures_every_figure_on_a_small_run() {
         "bare consumer (ceiling)",
         "ratio to ceiling",
         "restart with 2000 keys",
+        "engine loop turns while consuming",
+        "engine loop held by a checkpoint at 2000 keys",
     ] {
         assert!(table.contains(row), "no `{row}` row in:\n{table}");
     }
