@@ -86,11 +86,16 @@ pub(super) fn spawn_lag_probe(
             // included): new partitions get their series without waiting.
             let mut probed: Option<(std::time::Instant, Vec<i32>)> = None;
             while !stop.load(Ordering::Acquire) {
-                let v = view.lock().map(|v| v.clone()).unwrap_or_default();
-                let due = probed.as_ref().is_none_or(|(at, assigned)| {
-                    at.elapsed() >= super::PROBE_EVERY || *assigned != v.assigned
+                // Copied only when a probe is due, not at every look.
+                let due = view.lock().ok().and_then(|v| {
+                    probed
+                        .as_ref()
+                        .is_none_or(|(at, assigned)| {
+                            at.elapsed() >= super::PROBE_EVERY || *assigned != v.assigned
+                        })
+                        .then(|| v.clone())
                 });
-                if due {
+                if let Some(v) = due {
                     probe_lag(&client, &topic, &v, &metrics, &mut shown);
                     probed = Some((std::time::Instant::now(), v.assigned));
                 }
