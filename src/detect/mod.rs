@@ -78,6 +78,21 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// Whether it may be bad for a key (or aggregate) whose offset from the benchmark is
+    /// `warm` or not: before, only a deviation beyond what any offset explains may.
+    pub fn may_be_bad(&self, warm: bool, critical: f64) -> bool {
+        let kind = self.metric.kind();
+        let beyond = kind.beyond_any_offset(self.observed, self.expected, self.effect);
+        Baseline::eligible(warm, beyond, self.effect, critical)
+    }
+
+    /// The offset from the benchmark this finding shows (its expectation included `offset`),
+    /// clamped as its metric allows: what a key learns from it.
+    pub fn raw_offset(&self, offset: f64) -> f64 {
+        let kind = self.metric.kind();
+        kind.clamp_offset(kind.raw_offset(self.observed, self.expected, offset))
+    }
+
     /// `metric`'s outcome of a test against `reference`.
     pub fn of(metric: Metric, o: crate::metric::Outcome, reference: Reference) -> Finding {
         Finding {

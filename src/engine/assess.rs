@@ -209,7 +209,7 @@ fn test_locations(
                 .get(&(&**location, f.metric))
                 .is_some_and(|(tested, dev)| *tested >= 2 && dev == tested);
             f.eligible &= every
-                && Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
+                && f.may_be_bad(warm, tune(f.metric).critical_relative_effect);
             findings.push((key.clone(), f));
         }
     }
@@ -372,7 +372,7 @@ fn key_findings(
                 .get(&(key.clone(), f.metric))
                 .is_some_and(Baseline::warm);
         // Not yet known what is normal here: only a deviation beyond any offset counts.
-        f.eligible &= Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
+        f.eligible &= f.may_be_bad(warm, tune(f.metric).critical_relative_effect);
     }
     out.into_iter()
 }

@@ -358,8 +358,7 @@ fn test_cdns(
                 || learned
                     .get(&(name(scope), f.metric))
                     .is_some_and(Baseline::warm);
-            f.eligible &=
-                Baseline::eligible(warm, f.effect, tune(f.metric).critical_relative_effect);
+            f.eligible &= f.may_be_bad(warm, tune(f.metric).critical_relative_effect);
             findings.push((scope.clone(), f));
         }
     }
@@ -372,7 +371,7 @@ fn test_cdns(
         if finding.metric.kind().learns_offset() && Baseline::teaches(learned.get(&key), is_bad) {
             let b = learned.entry(key).or_default();
             // The expectation already includes the offset used: undo it.
-            b.learn(finding.observed.ln() - finding.expected.ln() + b.offset, at);
+            b.learn(finding.raw_offset(b.offset), at);
         }
         if is_bad {
             bad.push((scope, finding));

@@ -440,7 +440,7 @@ impl Part {
         let new = usize::from(!self.baselines.contains_key(&key));
         let b = self.baselines.entry(key).or_default();
         // The finding's expectation already includes the offset used: undo it.
-        let raw = v.finding.observed.ln() - v.finding.expected.ln() + b.offset;
+        let raw = v.finding.raw_offset(b.offset);
         if v.finding.eligible && b.warm() {
             // Beyond the floors but not (yet) significant: the start of an incident on a
             // small key, more often than not. Learned at full speed it would be absorbed

@@ -10,7 +10,7 @@ pub const OWN_LEVEL_WARMUP: u32 = 5;
 pub const BASELINE_WARMUP: u32 = 3;
 
 /// Largest offset learned: clients 3x worse (or better) than the probes is not "normal".
-const MAX_OFFSET: f64 = 1.0986; // ln 3
+pub(super) const MAX_OFFSET: f64 = 1.0986; // ln 3
 
 /// Smallest relative effect that counts while a key has not learned its offset from the
 /// benchmark: beyond what any offset explains (3x, [`MAX_OFFSET`]) with room for one small
@@ -34,9 +34,10 @@ pub struct Baseline {
 }
 
 impl Baseline {
-    /// Learns from one clean window whose raw log ratio to the benchmark was `x`.
+    /// Learns from one clean window whose raw offset from the benchmark was `x`, clamped as
+    /// the metric allows ([`crate::metric::Kind::clamp_offset`]).
     pub fn learn(&mut self, x: f64, at: Millis) {
-        self.track(x.clamp(-MAX_OFFSET, MAX_OFFSET), at);
+        self.track(x, at);
     }
 
     pub fn warm(&self) -> bool {
@@ -44,9 +45,10 @@ impl Baseline {
     }
 
     /// Whether a finding of relative `effect` may be bad against a baseline `warm` or not
-    /// (`critical`: the metric's critical effect).
-    pub fn eligible(warm: bool, effect: f64, critical: f64) -> bool {
-        warm || effect >= critical.max(WARMUP_EFFECT)
+    /// (`beyond`: beyond what any offset explains, [`crate::metric::Kind::beyond_any_offset`];
+    /// `critical`: the metric's critical effect).
+    pub fn eligible(warm: bool, beyond: bool, effect: f64, critical: f64) -> bool {
+        warm || (beyond && effect >= critical)
     }
 
     /// Whether a window whose finding was `bad` teaches the offset: clean ones do, and every
@@ -69,9 +71,10 @@ impl Baseline {
         self.last_seen = at;
     }
 
-    /// [`Baseline::lean`] for an offset from the benchmark (clamped as [`Baseline::learn`]).
+    /// [`Baseline::lean`] for an offset from the benchmark (clamped by the caller as for
+    /// [`Baseline::learn`]).
     pub fn lean_offset(&mut self, x: f64, at: Millis) {
-        self.lean(x.clamp(-MAX_OFFSET, MAX_OFFSET), at);
+        self.lean(x, at);
     }
 
     /// Follows a level slowly even through bad windows, so that a lasting change (traffic

@@ -94,9 +94,27 @@ pub trait Kind: Sync {
     fn benchmarked(&self) -> bool {
         true
     }
-    /// Whether a key learns its usual offset from the benchmark (log-scale metrics).
+    /// Whether a key learns its usual offset from the benchmark (log-scale metrics, and the
+    /// rebuffering ratio: probes on good networks hardly ever stall, a key's viewers do).
     fn learns_offset(&self) -> bool {
         false
+    }
+    /// The offset from the benchmark a window shows, on the scale its reference adds it:
+    /// `observed` and `expected` as its finding shows them, `offset` the one `expected`
+    /// includes. By default the log ratio (log-scale metrics).
+    fn raw_offset(&self, observed: f64, expected: f64, offset: f64) -> f64 {
+        observed.ln() - expected.ln() + offset
+    }
+    /// The offsets a key may learn: clients 3x worse (or better) than the probes is not
+    /// "normal" ([`learned::MAX_OFFSET`]).
+    fn clamp_offset(&self, x: f64) -> f64 {
+        x.clamp(-learned::MAX_OFFSET, learned::MAX_OFFSET)
+    }
+    /// Whether a finding (`observed` vs `expected`, relative `effect`) of a key that has not
+    /// learned its offset yet is beyond what any offset explains, so that it may be bad
+    /// before the key knows what is normal for it ([`WARMUP_EFFECT`] by default).
+    fn beyond_any_offset(&self, _observed: f64, _expected: f64, effect: f64) -> bool {
+        effect >= WARMUP_EFFECT
     }
     /// How a key's own level follows a window whose level was `x` (`bad`: the window was
     /// bad on this metric).

@@ -184,11 +184,16 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
     order(&mut rest_b);
     // A window of few session starts teaches a key's startup offset once the key has learned
     // its variance of one start (it is tested then), which the restored engine has not yet:
-    // their startup expectations agree within 8 %, the others' within 2 %.
+    // their startup expectations agree within 8 %. A checkpoint of the earlier layout holds
+    // no usual excess of rebuffering over the benchmark (keys learn one since 2026-12-06): the
+    // restored engine learns it from the restore on (the excess of a key of 0.9 % against a
+    // 0.5 % benchmark differs by 12 % after ten windows), so within 15 %; the others within 2 %.
     for (x, y) in rest_a.iter_mut().zip(rest_b.iter_mut()) {
         let (ex, ey) = (x.expected.unwrap_or(0.0), y.expected.unwrap_or(0.0));
         let within = if x.metric == Metric::STARTUP_MS {
             0.08
+        } else if x.metric == Metric::REBUFFER_RATIO {
+            0.15
         } else {
             0.02
         };

@@ -1,0 +1,148 @@
+//! Scoring shared by the labelled worlds of `tests/long_tail.rs` and `tests/real_sessions.rs`:
+//! key-size bands, per-band scores, the firing lines a test prints.
+#![allow(dead_code)] // each test crate uses its own part
+
+use qos_sentinel::backtest::{Score, score};
+use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::sim::{LabelledIncident, Labels, Rng};
+
+pub const MINUTE: i64 = 60_000;
+/// 2026-11-20T00:00:00Z.
+pub const MIDNIGHT: i64 = 1_795_132_800_000;
+
+/// Key-size bands, by reports a window.
+pub const BANDS: [(&str, f64, f64); 3] = [
+    ("5-10", 5.0, 10.0),
+    ("10-30", 10.0, 30.0),
+    ("30+", 30.0, f64::INFINITY),
+];
+
+pub fn band_of(reports: f64) -> &'static str {
+    BANDS
+        .iter()
+        .find(|(_, lo, hi)| reports >= *lo && reports < *hi)
+        .map_or("<5", |b| b.0)
+}
+
+pub fn poisson(rng: &mut Rng, mean: f64) -> u64 {
+    if mean > 30.0 {
+        return (mean + mean.sqrt() * rng.normal()).round().max(0.0) as u64;
+    }
+    let (l, mut k, mut p) = ((-mean).exp(), 0, 1.0);
+    loop {
+        p *= rng.f64();
+        if p <= l {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// A seeded shuffle of `0..n`.
+pub fn shuffled(rng: &mut Rng, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    order
+}
+
+pub fn firing_lines(alerts: &[Alert]) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .map(qos_sentinel::notify::render_line)
+        .collect()
+}
+
+/// Whether `alerts` catch the one incident `l`.
+pub fn caught(l: &LabelledIncident, alerts: &[Alert]) -> bool {
+    let single = Labels {
+        window_ms: MINUTE,
+        incidents: vec![l.clone()],
+    };
+    score(alerts, &single).detected == 1
+}
+
+/// Per band: the score of that band's incidents (precision over the alerts whose scope is
+/// one of that band's incidents' or no incident's).
+pub fn by_band(
+    alerts: &[Alert],
+    labels: &Labels,
+    bands: &[&'static str],
+) -> Vec<(&'static str, Score)> {
+    let mut names: Vec<&'static str> = bands.to_vec();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|b| {
+            let sub = Labels {
+                window_ms: labels.window_ms,
+                incidents: labels
+                    .incidents
+                    .iter()
+                    .zip(bands)
+                    .filter(|(_, x)| **x == b)
+                    .map(|(l, _)| l.clone())
+                    .collect(),
+            };
+            (b, score(alerts, &sub))
+        })
+        .collect()
+}
+
+/// Totals over seeds, per band: incidents, detected, delays.
+#[derive(Debug, Default)]
+pub struct Totals(pub std::collections::BTreeMap<&'static str, (usize, usize, Vec<f64>)>);
+
+impl Totals {
+    /// Scores one seed's run, prints what was caught and missed, and adds it to the totals;
+    /// returns the run's overall score.
+    pub fn add(
+        &mut self,
+        seed: u64,
+        alerts: &[Alert],
+        labels: &Labels,
+        bands: &[&'static str],
+    ) -> Score {
+        let all = score(alerts, labels);
+        for (l, b) in labels.incidents.iter().zip(bands) {
+            let what = if caught(l, alerts) { "caught" } else { "MISSED" };
+            eprintln!("  {what} [{b}] {}", l.injected.describe());
+        }
+        eprintln!("seed {seed}: {all:?}");
+        for a in alerts {
+            eprintln!("  {}", qos_sentinel::notify::render_line(a));
+        }
+        for (b, s) in by_band(alerts, labels, bands) {
+            eprintln!("  band {b}: {s:?}");
+            let t = self.0.entry(b).or_default();
+            t.0 += s.incidents;
+            t.1 += s.detected;
+            t.2.extend(s.median_delay_windows);
+        }
+        all
+    }
+
+    pub fn recall(&self, band: &str) -> f64 {
+        self.0.get(band).map_or(0.0, |t| t.1 as f64 / t.0 as f64)
+    }
+}
+
+/// The labels of `incidents` in a world of `locations` (one entry per key is fine).
+pub fn labels<'a>(
+    incidents: impl Iterator<Item = &'a qos_sentinel::sim::Injected>,
+    locations: &[String],
+) -> Labels {
+    Labels {
+        window_ms: MINUTE,
+        incidents: incidents
+            .map(|i| LabelledIncident {
+                injected: i.clone(),
+                scopes: i.scopes(locations),
+                metrics: i.kind.metrics().iter().map(|m| m.to_string()).collect(),
+            })
+            .collect(),
+    }
+}
