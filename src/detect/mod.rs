@@ -159,7 +159,7 @@ pub fn evaluate_with(
         let paired = kind.test_paired(w, reference, &t, pair_spread);
         let counted = normal
             .base
-            .and_then(|base| kind.test_base(w, reference, &t, base));
+            .and_then(|base| kind.test_base(w, reference, &t, base, normal.clump));
         let few = normal
             .var
             .and_then(|var| kind.test_few(w, reference, &t, var));

@@ -208,8 +208,7 @@ fn test_locations(
             let every = deviating
                 .get(&(&**location, f.metric))
                 .is_some_and(|(tested, dev)| *tested >= 2 && dev == tested);
-            f.eligible &= every
-                && f.may_be_bad(warm, tune(f.metric).critical_relative_effect);
+            f.eligible &= every && f.may_be_bad(warm, tune(f.metric).critical_relative_effect);
             findings.push((key.clone(), f));
         }
     }
@@ -359,6 +358,7 @@ fn key_findings(
         }
         normals[m.index()].pair_spread = s.pair_value(crate::metric::PAIR_DESIGN_EFFECT);
         normals[m.index()].base = s.base();
+        normals[m.index()].clump = s.clump();
         normals[m.index()].var = s.var();
         normals[m.index()].cusum = Some(f64::from(s.cusum));
     }

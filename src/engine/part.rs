@@ -311,7 +311,7 @@ impl Part {
     /// its reference (each metric follows its window as it says), and the offsets from the
     /// benchmark of its clean findings.
     fn learn(&mut self, min_n: u64, a: &Assessment, at: Millis) {
-        let (keys, verdicts) = (&a.keys, &a.verdicts);
+        let (keys, verdicts, runs) = (&a.keys, &a.verdicts, &a.runs);
         let (mut bad, mut suspect) = (HashSet::new(), HashSet::new());
         for (i, v) in verdicts {
             if v.bad {
@@ -373,6 +373,9 @@ impl Part {
                 }
                 let within = reference.and_then(|r| kind.deviations(w, r));
                 let base = kind.base_measure(w);
+                let clump = runs[i]
+                    .as_ref()
+                    .and_then(|r| kind.clump_measure(r.window(m)));
                 if (base.is_none() && within.is_none()) || bad.contains(&(i, m)) {
                     continue;
                 }
@@ -390,6 +393,9 @@ impl Part {
                 }
                 if let Some((ss, df)) = within {
                     s.learn_var(ss, df, at, slow);
+                }
+                if let Some((x, d)) = clump {
+                    s.learn_clump(x, d, at, slow);
                 }
             }
         }

@@ -147,6 +147,13 @@ pub struct Spread {
     /// stands (never below zero).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cusum: f32,
+    /// For a metric that counts sessions with an event: over its clean runs, the
+    /// session-windows with one and the distinct sessions they came from, with a memory of
+    /// about [`BASE_MEMORY`] runs ([`Spread::clump`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clump_x: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clump_d: f32,
 }
 
 /// Samples a key's mean squared deviation of one sample needs before it is tested against.
@@ -163,6 +170,9 @@ pub const BASE_WARMUP: u16 = 10;
 const BASE_MIN_SESSIONS: f32 = 40.0;
 /// Weight, in session-windows, of the prior share (a fifth) in the usual share.
 const BASE_PRIOR_SESSIONS: f64 = 5.0;
+/// Prior clump of events per session over a run, with the weight of this many sessions.
+const CLUMP_PRIOR: f64 = 1.5;
+const CLUMP_PRIOR_SESSIONS: f64 = 5.0;
 
 fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
     *x == T::default()
@@ -243,6 +253,29 @@ impl Spread {
             (f64::from(self.base_events) + 0.2 * BASE_PRIOR_SESSIONS)
                 / (f64::from(self.base_sessions) + BASE_PRIOR_SESSIONS)
         })
+    }
+
+    /// Learns how events clump in sessions from a run that was not bad on the metric: `x`
+    /// session-windows with an event from `d` distinct sessions; a suspect one at a tenth of
+    /// the weight.
+    pub fn learn_clump(&mut self, x: f64, d: f64, at: Millis, suspect: bool) {
+        if !(x.is_finite() && d.is_finite() && d > 0.0 && x >= d) {
+            return;
+        }
+        let w = if suspect { 0.1 } else { 1.0 };
+        let keep = 1.0 - w / BASE_MEMORY;
+        self.clump_x = self.clump_x * keep + w * x as f32;
+        self.clump_d = self.clump_d * keep + w * d as f32;
+        self.last_seen = at;
+    }
+
+    /// Session-windows with an event per session with one, over a run: what one stalling
+    /// session adds to a run's count when nothing is wrong (a session whose network turned
+    /// weak stalls for several windows), shrunk towards [`CLUMP_PRIOR`]; at least 1.
+    pub fn clump(&self) -> f64 {
+        ((f64::from(self.clump_x) + CLUMP_PRIOR * CLUMP_PRIOR_SESSIONS)
+            / (f64::from(self.clump_d) + CLUMP_PRIOR_SESSIONS))
+            .max(1.0)
     }
 
     /// Learns the mean squared deviation of one sample from its reference from a window

@@ -193,7 +193,22 @@ pub trait Kind: Sync {
     /// Tests the window's sessions with an event against what each session's own history and
     /// `base`, the key's learned share of sessions with one in a window, expect; `reference`
     /// is the level test's, for what is shown.
-    fn test_base(&self, _w: Window, _reference: f64, _t: &Tuning, _base: f64) -> Option<Outcome> {
+    /// `clump`: the key's learned stalled session-windows per stalled session over a run
+    /// ([`crate::metric::Spread::clump`]).
+    fn test_base(
+        &self,
+        _w: Window,
+        _reference: f64,
+        _t: &Tuning,
+        _base: f64,
+        _clump: f64,
+    ) -> Option<Outcome> {
+        None
+    }
+    /// A run's (session-windows with an event, distinct sessions with one) for a key to learn
+    /// how its events clump in sessions ([`crate::metric::Spread::learn_clump`]); `None` for
+    /// a single window, or where not counted.
+    fn clump_measure(&self, _run: Window) -> Option<(f64, f64)> {
         None
     }
     /// The window's samples' sum of squared deviations from `reference` (the test's) and
@@ -292,6 +307,8 @@ pub struct Normal {
     /// Where the key's sequential test stood after its last window ([`Kind::test_cusum`]);
     /// set for a window's own test, not for its runs.
     pub cusum: Option<f64>,
+    /// The key's learned clump of events per session over a run ([`Kind::clump_measure`]).
+    pub clump: f64,
 }
 
 /// A report of a metric that counts sessions, as its session's history sees it: whether it

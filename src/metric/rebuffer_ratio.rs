@@ -113,8 +113,8 @@ impl Kind for RebufferRatio {
             s[OWN] += f64::from(k.event_windows) / h;
             s[PRIOR] += HISTORY_PRIOR / h;
         }
-        s[STALLED] += f64::from(u8::from(k.first_event));
         s[WINDOWS] = 1.0;
+        s[STALLED] += f64::from(u8::from(k.first_event));
         if k.first_event {
             // Once a window per stalled session: its id's hash, as the session map has it.
             let bit = k.session % 64;
@@ -224,6 +224,16 @@ impl Kind for RebufferRatio {
         Some(r.rebuffer_ms > 0)
     }
 
+    fn clump_measure(&self, run: Window) -> Option<(f64, f64)> {
+        let s = run.s;
+        (s[WINDOWS] > 1.0 && s[STALLED] >= 1.0).then(|| {
+            (
+                s[STALLED],
+                stalled_sessions(s).map_or(s[STALLED], f64::round),
+            )
+        })
+    }
+
     fn base_measure(&self, w: Window) -> Option<(f64, f64)> {
         (w.s[SESSIONS] > 0.0).then(|| (w.s[STALLED], w.s[SESSIONS]))
     }
@@ -240,7 +250,14 @@ impl Kind for RebufferRatio {
     /// [`MIN_SHARE_DELTA`] and by the relative floor, and still a stalled session-window beyond
     /// the expected without two sessions that stalled in every window (one or two viewers
     /// walking into a bad cell are not the CDN).
-    fn test_base(&self, w: Window, reference: f64, t: &Tuning, base: f64) -> Option<Outcome> {
+    fn test_base(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        base: f64,
+        clump: f64,
+    ) -> Option<Outcome> {
         let s = w.s;
         let (windows, n, x) = (s[WINDOWS], s[SESSIONS].round(), s[STALLED].round());
         if n < MIN_SESSIONS || s[D] <= 0.0 {
@@ -248,10 +265,18 @@ impl Kind for RebufferRatio {
         }
         let p1 = base.clamp(MIN_BASE_SHARE, 0.95);
         let expected = (s[OWN] + p1 * s[PRIOR]).max(MIN_BASE_SHARE);
+        // Over a run, a session's windows are not independent: one whose network turns weak
+        // stalls in its next windows too, before its history has learned it. So its stalled
+        // session-windows come in clumps of the key's learned size (`clump`, stalled
+        // session-windows per stalled session over its clean runs) and count as that many
+        // fewer independent ones. Before, four sessions of a quiet night's key that turned
+        // weak for a few windows each paged at p = 7e-12 (`tests/real_sessions.rs`).
+        let k = if windows > 1.0 { clump.max(1.0) } else { 1.0 };
+        let (n_eff, x_eff) = ((n / k).round().max(1.0), (x / k).round());
         // Each session-window stalls with its own chance; with their mean, the binomial's
         // upper tail bounds theirs beyond the mean plus one (Hoeffding, 1956).
-        let p_value = match Binomial::new((expected / n).min(1.0), n as u64) {
-            Ok(d) if x >= 1.0 => d.sf(x as u64 - 1),
+        let p_value = match Binomial::new((expected / n).min(1.0), n_eff as u64) {
+            Ok(d) if x_eff >= 1.0 => d.sf(x_eff as u64 - 1),
             Ok(_) => 1.0,
             Err(_) => return None,
         };

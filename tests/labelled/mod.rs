@@ -108,7 +108,11 @@ impl Totals {
     ) -> Score {
         let all = score(alerts, labels);
         for (l, b) in labels.incidents.iter().zip(bands) {
-            let what = if caught(l, alerts) { "caught" } else { "MISSED" };
+            let what = if caught(l, alerts) {
+                "caught"
+            } else {
+                "MISSED"
+            };
             eprintln!("  {what} [{b}] {}", l.injected.describe());
         }
         eprintln!("seed {seed}: {all:?}");

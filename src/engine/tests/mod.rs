@@ -493,5 +493,9 @@ fn a_key_whose_viewers_usually_stall_more_than_the_probes_is_paged_only_on_a_cha
     assert_eq!(a.started_at, 20 * W, "{a:#?}");
     // Its expectation is the key's usual, not the probes'.
     assert!(a.expected.unwrap_or(0.0) > 0.015, "{a:#?}");
-    assert!(alerts.iter().any(|x| x.status == Status::Resolved && x.id == a.id));
+    assert!(
+        alerts
+            .iter()
+            .any(|x| x.status == Status::Resolved && x.id == a.id)
+    );
 }

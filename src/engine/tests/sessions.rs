@@ -137,7 +137,9 @@ fn a_small_key_whose_sessions_start_stalling_is_caught_by_counting_them() {
     let a = firing[0];
     assert_eq!(a.scope, Scope::pair("XX/L0", "c"), "{a:#?}");
     assert_eq!(a.metric, Metric::REBUFFER_RATIO);
-    assert!(a.window_start <= 28 * W, "{a:#?}");
+    // Within four windows of the change (a run's stalled session-windows count in the key's
+    // learned clumps since 2026-12-06: a window later than before).
+    assert!(a.window_start <= 29 * W, "{a:#?}");
     assert!(
         alerts
             .iter()
