@@ -554,8 +554,11 @@ fn small_keys_incidents_are_caught_per_band() {
     // incident was missed before: 6 of 15).
     assert!(recall("10-30") >= 0.45, "{totals:?}");
     // The key's sequential test of its session starts (seeds 1 and 2's startup regressions,
-    // about one start a window, were missed before: 7 of 15).
-    assert!(recall("10-30") >= 0.55, "{totals:?}");
+    // about one start a window, were missed before: 7 of 15). Since 2026-12-06 a start
+    // counts at most two standard deviations in it (the false-alarm bound did not hold with
+    // three, and recorded sessions paged on a chance cluster of slow starts): seed 1's
+    // regression is missed again, 8 of 15.
+    assert!(recall("10-30") >= 0.5, "{totals:?}");
     // A window too small for its level alone no longer stops the runs that hold the level's
     // evidence (seed 1's 5-10 key was missed before).
     assert!(recall("5-10") >= 0.3, "{totals:?}");

@@ -718,6 +718,8 @@ fn quiet_nights_of_real_sessions() {
     // Not yet nothing (issue #17; what is left: README). Before keys learned their usual
     // rebuffering, every 4G-heavy key and CDN aggregate paged; before a run's stalled
     // session-windows counted in the key's learned clumps, seed 7 also paged on four
-    // sessions of R03/Z0 that turned weak for a few windows each (3 in all).
-    assert!(lines.len() <= 2, "{lines:#?}");
+    // sessions of R03/Z0 that turned weak for a few windows each (3 in all); before a start
+    // counted at most two standard deviations in the sequential test, seed 7 paged on a
+    // chance cluster of slow starts at R07/Z5 (2 in all).
+    assert!(lines.len() <= 1, "{lines:#?}");
 }

@@ -329,7 +329,7 @@ fn one_start_a_window(factor: f64) -> Vec<Alert> {
 /// A key with one session start a window: no window, and no run of a few, holds starts
 /// enough for a test of its own. The key's sequential test (each start's deviation in the
 /// key's learned standard deviations, clipped, summed over windows) adds them up and fires
-/// on the regression's fourth window (before: nothing fired); it resolves two windows after
+/// on the regression's sixth window (before: nothing fired); it resolves two windows after
 /// the regression ends.
 #[test]
 fn a_startup_regression_on_one_start_a_window_is_caught_by_the_sequential_test() {
@@ -337,7 +337,8 @@ fn a_startup_regression_on_one_start_a_window_is_caught_by_the_sequential_test()
     let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     assert_eq!(firing[0].metric, Metric::STARTUP_MS);
-    assert!(firing[0].window_start <= 49 * W, "{:#?}", firing[0]);
+    // A start counts at most two standard deviations (three until 2026-12-06: window 49).
+    assert!(firing[0].window_start <= 51 * W, "{:#?}", firing[0]);
     let resolved = alerts
         .iter()
         .find(|a| a.status == Status::Resolved)
