@@ -16,7 +16,7 @@
 
 mod labelled;
 
-use labelled::{MIDNIGHT, MINUTE, Totals, band_of, firing_lines, poisson, shuffled};
+use labelled::{KeyRef, MIDNIGHT, MINUTE, Plan, Totals, firing_lines, poisson, schedule, shuffled};
 use qos_sentinel::backtest::run_stream;
 use qos_sentinel::config::Config;
 use qos_sentinel::decode::{Benchmark, Report};
@@ -376,26 +376,10 @@ fn scenario(seed: u64) -> (World, Vec<&'static str>) {
                 .unwrap_or(0.0)
         })
         .collect();
-    let size = |_: &World, k: usize| sizes[k];
     // Keys by band, benchmarked ones for the per-key incidents, in a seeded order.
     let mut rng = Rng::new(seed ^ 0x5eed);
     let order = shuffled(&mut rng, w.keys.len());
-    let pick = |w: &World, lo: f64, hi: f64, taken: &[usize]| {
-        order
-            .iter()
-            .copied()
-            .find(|&k| {
-                let n = size(w, k);
-                n >= lo
-                    && n < hi
-                    && w.keys[k].benchmarked
-                    && !taken
-                        .iter()
-                        .any(|&t| w.keys[t].location == w.keys[k].location)
-            })
-            .expect("a key of that size")
-    };
-    let plan: [(IncidentKind, Effect, f64, f64, i64); 8] = [
+    let plan: Vec<Plan<Effect>> = vec![
         (
             IncidentKind::Degradation,
             Effect {
@@ -477,28 +461,25 @@ fn scenario(seed: u64) -> (World, Vec<&'static str>) {
             16,
         ),
     ];
-    let mut taken = Vec::new();
+    let keys: Vec<KeyRef> = w
+        .keys
+        .iter()
+        .map(|k| KeyRef {
+            location: &k.location,
+            cdn: &k.cdn,
+            benchmarked: k.benchmarked,
+        })
+        .collect();
+    // Two incidents at a time at most, starting mid-window.
+    let (planned, at) = schedule(plan, &keys, &sizes, &order, start + 40 * MINUTE, 17_000);
     let mut bands = Vec::new();
-    let mut at = start + 40 * MINUTE;
-    for (i, (kind, effect, lo, hi, minutes)) in plan.into_iter().enumerate() {
-        let k = pick(&w, lo, hi, &taken);
-        taken.push(k);
-        bands.push(band_of(size(&w, k)));
-        // Two incidents at a time at most, starting mid-window.
-        let begin = at + 17_000;
+    for (injected, effect, band) in planned {
+        bands.push(band);
         w.incidents.push(Planned {
-            injected: Injected {
-                kind,
-                location: w.keys[k].location.clone(),
-                cdn: w.keys[k].cdn.clone(),
-                start: begin,
-                end: begin + minutes * MINUTE,
-                asn: None,
-            },
+            injected,
             effect,
             every_cdn: false,
         });
-        at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
     }
     // A CDN degrading over one region's keys (each small).
     let region = "R03/";

@@ -22,7 +22,7 @@ mod labelled;
 
 use std::io::Read;
 
-use labelled::{MIDNIGHT, MINUTE, Totals, band_of, firing_lines, poisson, shuffled};
+use labelled::{KeyRef, MIDNIGHT, MINUTE, Plan, Totals, firing_lines, poisson, schedule, shuffled};
 use qos_sentinel::backtest::run_stream;
 use qos_sentinel::config::Config;
 use qos_sentinel::decode::{Benchmark, Report};
@@ -551,24 +551,11 @@ fn scenario(traces: &std::rc::Rc<Vec<Trace>>, seed: u64) -> (World, Vec<&'static
     let size = sizes(world(), start, 40);
     let mut w = world();
     let order = shuffled(&mut Rng::new(seed ^ 0x5eed), w.keys.len());
-    let pick = |w: &World, lo: f64, hi: f64, taken: &[usize]| {
-        order
-            .iter()
-            .copied()
-            .find(|&k| {
-                (lo..hi).contains(&size[k])
-                    && w.keys[k].benchmarked
-                    && !taken
-                        .iter()
-                        .any(|&t| w.keys[t].location == w.keys[k].location)
-            })
-            .expect("a key of that size")
-    };
     let slower = Effect {
         speed: 1.0 / 3.0,
         ..CLEAN
     };
-    let plan: [(IncidentKind, Effect, f64, f64, i64); 8] = [
+    let plan: Vec<Plan<Effect>> = vec![
         (IncidentKind::Degradation, slower, 10.0, 30.0, 14),
         (IncidentKind::Degradation, slower, 30.0, 300.0, 10),
         (
@@ -623,26 +610,20 @@ fn scenario(traces: &std::rc::Rc<Vec<Trace>>, seed: u64) -> (World, Vec<&'static
         ),
         (IncidentKind::Degradation, slower, 5.0, 10.0, 16),
     ];
-    let mut taken = Vec::new();
+    let keys: Vec<KeyRef> = w
+        .keys
+        .iter()
+        .map(|k| KeyRef {
+            location: &k.location,
+            cdn: &k.cdn,
+            benchmarked: k.benchmarked,
+        })
+        .collect();
+    let (planned, at) = schedule(plan, &keys, &size, &order, start + 40 * MINUTE, 23_000);
     let mut bands = Vec::new();
-    let mut at = start + 40 * MINUTE;
-    for (i, (kind, effect, lo, hi, minutes)) in plan.into_iter().enumerate() {
-        let k = pick(&w, lo, hi, &taken);
-        taken.push(k);
-        bands.push(band_of(size[k]));
-        let begin = at + 23_000;
-        w.incidents.push(Planned {
-            injected: Injected {
-                kind,
-                location: w.keys[k].location.clone(),
-                cdn: w.keys[k].cdn.clone(),
-                start: begin,
-                end: begin + minutes * MINUTE,
-                asn: None,
-            },
-            effect,
-        });
-        at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
+    for (injected, effect, band) in planned {
+        bands.push(band);
+        w.incidents.push(Planned { injected, effect });
     }
     // A CDN slower over one region's keys, each small.
     w.incidents.push(Planned {

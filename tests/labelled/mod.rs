@@ -150,3 +150,56 @@ pub fn labels<'a>(
             .collect(),
     }
 }
+
+/// One per-key incident to plan: its kind, what it does to the world, the band of key sizes
+/// it goes on (reports a window, `lo..hi`) and how many minutes it lasts.
+pub type Plan<E> = (qos_sentinel::sim::IncidentKind, E, f64, f64, i64);
+
+/// A world's keys as the scheduler sees them: location, CDN, benchmarked.
+pub struct KeyRef<'a> {
+    pub location: &'a str,
+    pub cdn: &'a str,
+    pub benchmarked: bool,
+}
+
+/// Puts each incident of `plan` on a benchmarked key of its band (by `sizes`, each key's
+/// measured reports a window), the first in `order` at a location no earlier incident took;
+/// the first starts `into_window` ms into the window at `first`, the next 7 then 13 minutes
+/// later in turn (two incidents at a time at most). Returns each incident with its effect
+/// and its key's band, and when the next one would start.
+pub fn schedule<E>(
+    plan: Vec<Plan<E>>,
+    keys: &[KeyRef],
+    sizes: &[f64],
+    order: &[usize],
+    first: i64,
+    into_window: i64,
+) -> (Vec<(qos_sentinel::sim::Injected, E, &'static str)>, i64) {
+    let mut taken: Vec<usize> = Vec::new();
+    let mut out = Vec::new();
+    let mut at = first;
+    for (i, (kind, effect, lo, hi, minutes)) in plan.into_iter().enumerate() {
+        let k = order
+            .iter()
+            .copied()
+            .find(|&k| {
+                (lo..hi).contains(&sizes[k])
+                    && keys[k].benchmarked
+                    && !taken.iter().any(|&t| keys[t].location == keys[k].location)
+            })
+            .expect("a key of that size");
+        taken.push(k);
+        let begin = at + into_window;
+        let injected = qos_sentinel::sim::Injected {
+            kind,
+            location: keys[k].location.to_string(),
+            cdn: keys[k].cdn.to_string(),
+            start: begin,
+            end: begin + minutes * MINUTE,
+            asn: None,
+        };
+        out.push((injected, effect, band_of(sizes[k])));
+        at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
+    }
+    (out, at)
+}
