@@ -174,6 +174,15 @@ const BASE_PRIOR_SESSIONS: f64 = 5.0;
 const CLUMP_PRIOR: f64 = 1.5;
 const CLUMP_PRIOR_SESSIONS: f64 = 5.0;
 
+/// Adds a window's (or run's) `x` and `y` to two sums with a memory of about
+/// [`BASE_MEMORY`] of them; a suspect one at a tenth of the weight.
+fn decay_sums(a: &mut f32, b: &mut f32, x: f64, y: f64, suspect: bool) {
+    let w = if suspect { 0.1 } else { 1.0 };
+    let keep = 1.0 - w / BASE_MEMORY;
+    *a = *a * keep + w * x as f32;
+    *b = *b * keep + w * y as f32;
+}
+
 fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
     *x == T::default()
 }
@@ -234,10 +243,13 @@ impl Spread {
         if !(events.is_finite() && sessions.is_finite() && sessions > 0.0) {
             return;
         }
-        let w = if suspect { 0.1 } else { 1.0 };
-        let keep = 1.0 - w / BASE_MEMORY;
-        self.base_events = self.base_events * keep + w * events as f32;
-        self.base_sessions = self.base_sessions * keep + w * sessions as f32;
+        decay_sums(
+            &mut self.base_events,
+            &mut self.base_sessions,
+            events,
+            sessions,
+            suspect,
+        );
         if !suspect {
             self.base_windows = self.base_windows.saturating_add(1);
         }
@@ -262,10 +274,7 @@ impl Spread {
         if !(x.is_finite() && d.is_finite() && d > 0.0 && x >= d) {
             return;
         }
-        let w = if suspect { 0.1 } else { 1.0 };
-        let keep = 1.0 - w / BASE_MEMORY;
-        self.clump_x = self.clump_x * keep + w * x as f32;
-        self.clump_d = self.clump_d * keep + w * d as f32;
+        decay_sums(&mut self.clump_x, &mut self.clump_d, x, d, suspect);
         self.last_seen = at;
     }
 
@@ -285,10 +294,7 @@ impl Spread {
         if !(ss.is_finite() && df.is_finite() && df > 0.0 && ss >= 0.0) {
             return;
         }
-        let w = if suspect { 0.1 } else { 1.0 };
-        let keep = 1.0 - w / BASE_MEMORY;
-        self.var_ss = self.var_ss * keep + w * ss as f32;
-        self.var_df = self.var_df * keep + w * df as f32;
+        decay_sums(&mut self.var_ss, &mut self.var_df, ss, df, suspect);
         self.last_seen = at;
     }
 
