@@ -155,7 +155,7 @@ pub fn evaluate_with(
             s if s > 0.0 => s,
             _ => crate::metric::PAIR_DESIGN_EFFECT,
         };
-        let level = kind.test(w, reference, &t, spread);
+        let level = kind.test(w, reference, &t, spread, normal.var);
         let paired = kind.test_paired(w, reference, &t, pair_spread);
         let counted = normal
             .base

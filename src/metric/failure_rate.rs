@@ -63,7 +63,14 @@ impl Kind for FailureRate {
         (w.reports >= min_samples).then(|| rate(w))
     }
 
-    fn test(&self, w: Window, reference: f64, t: &Tuning, _: f64) -> Option<Outcome> {
+    fn test(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        _: f64,
+        _: Option<f64>,
+    ) -> Option<Outcome> {
         if w.reports < t.min_samples {
             return None;
         }

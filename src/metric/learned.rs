@@ -137,8 +137,10 @@ pub struct Spread {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub base_windows: u16,
     /// For a metric tested on few samples ([`crate::metric::Kind::deviations`]): its clean
-    /// windows' sums of squared deviations from their reference and sample counts, with a
-    /// memory of about [`BASE_MEMORY`] windows.
+    /// windows' sums of squared deviations from their reference and sample counts; for one
+    /// whose level test moderates its variance ([`crate::metric::Kind::within`]): its clean
+    /// windows' (or runs') sums of squared deviations from their own mean and degrees of
+    /// freedom. A memory of about [`BASE_MEMORY`] windows.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub var_ss: f32,
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -75,8 +75,17 @@ pub trait Kind: Sync {
     /// without a benchmark to learn from (`min_samples` as tuned).
     fn level(&self, w: Window, min_samples: u64) -> Option<f64>;
     /// Tests the window against `reference` (the test's scale, offset included), with
-    /// `spread` the design effect its variance is scaled by (see [`Kind::prior_spread`]).
-    fn test(&self, w: Window, reference: f64, t: &Tuning, spread: f64) -> Option<Outcome>;
+    /// `spread` the design effect its variance is scaled by (see [`Kind::prior_spread`]) and
+    /// `var` the key's learned variance of one sample within a window
+    /// ([`Kind::within`]), where it learns one.
+    fn test(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        spread: f64,
+        var: Option<f64>,
+    ) -> Option<Outcome>;
     /// How a value reads, with its unit: `1.20 %`, `3500 kbps`.
     fn format(&self, v: f64) -> String;
     /// A finding in words: `rebuffering 3.1% vs 1.0% expected`.
@@ -221,6 +230,13 @@ pub trait Kind: Sync {
     fn deviations(&self, _w: Window, _reference: f64) -> Option<(f64, f64)> {
         None
     }
+    /// The window's (or run's) samples' sum of squared deviations from their own mean and
+    /// its degrees of freedom, for a key to learn the usual variance of one sample its level
+    /// test's variance is moderated with ([`crate::metric::Spread::learn_var`]); `None` for
+    /// a metric that does not moderate it (or learns [`Kind::deviations`] instead).
+    fn within(&self, _w: Window) -> Option<(f64, f64)> {
+        None
+    }
     /// Tests a window (or run) of fewer samples than its level test needs against
     /// `reference` with `var`, the key's learned mean squared deviation of one sample from
     /// its reference (a z-test: each sample is independent, its spread known from the key's
@@ -303,8 +319,8 @@ pub struct Normal {
     pub mark: SessionMark,
     /// The key's learned share of sessions with an event in a window, once warm.
     pub base: Option<f64>,
-    /// The key's learned mean squared deviation of one sample ([`Kind::deviations`]), once
-    /// warm.
+    /// The key's learned mean squared deviation of one sample ([`Kind::deviations`]), or its
+    /// usual variance of one sample within a window ([`Kind::within`]), once warm.
     pub var: Option<f64>,
     /// Where the key's sequential test stood after its last window ([`Kind::test_cusum`]);
     /// set for a window's own test, not for its runs.

@@ -185,7 +185,14 @@ impl Kind for RebufferRatio {
         (w.reports >= min_samples && w.s[D] > 0.0).then(|| ratio(w.s))
     }
 
-    fn test(&self, w: Window, reference: f64, t: &Tuning, spread: f64) -> Option<Outcome> {
+    fn test(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        spread: f64,
+        _var: Option<f64>,
+    ) -> Option<Outcome> {
         let s = w.s;
         if w.reports < t.min_samples || s[D] <= 0.0 {
             return None;

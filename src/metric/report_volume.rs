@@ -37,7 +37,14 @@ impl Kind for ReportVolume {
 
     /// The count must have at least halved: load curves and session churn move counts,
     /// outages cut them.
-    fn test(&self, w: Window, usual: f64, t: &Tuning, spread: f64) -> Option<Outcome> {
+    fn test(
+        &self,
+        w: Window,
+        usual: f64,
+        t: &Tuning,
+        spread: f64,
+        _: Option<f64>,
+    ) -> Option<Outcome> {
         if usual < MIN_USUAL_VOLUME {
             return None;
         }
