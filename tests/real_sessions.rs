@@ -701,17 +701,13 @@ fn quiet_nights_of_real_sessions() {
         }
         lines.extend(firing);
     }
-    // Not yet nothing (issue #17; what is left, startup on a few heavy-tailed starts:
-    // README). Rebuffering raises nothing here: before a run's stalled
-    // session-windows counted in the key's learned clumps, sessions of one key that turned
-    // weak for a few windows each paged (2 of 6 incidents on these seeds, checked
-    // 2026-12-06; p = 7e-12 on an earlier version of this world).
-    let rebuffering = lines.iter().filter(|l| l.contains("rebuffering")).count();
-    assert_eq!(rebuffering, 0, "{lines:#?}");
-    // Nor throughput: a window's variance is at least pulled towards the key's usual one
-    // (before, seed 7 paged "5291 vs 10036 kbps over 311 reports" at 02:35, a few slow
-    // sessions together with a small spread; checked 2026-12-06).
-    let throughput = lines.iter().filter(|l| l.contains("throughput")).count();
-    assert_eq!(throughput, 0, "{lines:#?}");
-    assert!(lines.len() <= 3, "{lines:#?}");
+    // Nothing on these seeds (seeds 4 and 5 still raise two rebuffering pages and one
+    // throughput page: README). Before the z-test of a few session starts was removed in
+    // favour of the sequential test alone, seeds 7 and 8 raised three startup pages on 4-6
+    // heavy-tailed recorded starts (p = 1e-7); before a run's stalled session-windows
+    // counted in the key's learned clumps, sessions of one key that turned weak for a few
+    // windows each paged on rebuffering (p = 7e-12 on an earlier version of this world);
+    // before a level test's variance was pulled towards the key's usual one, seed 7 paged
+    // "5291 vs 10036 kbps over 311 reports" (checked 2026-12-06).
+    assert!(lines.is_empty(), "{lines:#?}");
 }

@@ -160,14 +160,11 @@ pub fn evaluate_with(
         let counted = normal
             .base
             .and_then(|base| kind.test_base(w, reference, &t, base, normal.clump));
-        let few = normal
-            .var
-            .and_then(|var| kind.test_few(w, reference, &t, var));
         let sequential = normal
             .cusum
             .and_then(|before| kind.test_cusum(w, reference, &t, before));
         let either = crate::metric::Outcome::either;
-        let found = either(either(either(level, paired), counted), few);
+        let found = either(either(level, paired), counted);
         if let Some(o) = either(found, sequential) {
             out.push(Finding::of(m, o, against));
         }

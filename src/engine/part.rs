@@ -411,6 +411,11 @@ impl Part {
         }
         for (i, v) in verdicts {
             let m = v.finding.metric;
+            if m.kind().sequential()
+                && let Some(s) = self.spreads.get_mut(&(keys[*i].0.clone(), m))
+            {
+                s.verdict(v.bad);
+            }
             let level = v.finding.spread.zip(m.kind().prior_spread());
             if !v.bad && (level.is_some() || v.finding.pair_spread.is_some()) {
                 let k = (keys[*i].0.clone(), m);

@@ -149,6 +149,9 @@ pub struct Spread {
     /// stands (never below zero).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cusum: f32,
+    /// Whether the key's last tested window was bad on the metric ([`Spread::verdict`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad: bool,
     /// For a metric that counts sessions with an event: over its clean runs, the
     /// session-windows with one and the distinct sessions they came from, with a memory of
     /// about [`BASE_MEMORY`] runs ([`Spread::clump`]).
@@ -307,6 +310,18 @@ impl Spread {
             self.cusum = (f64::from(self.cusum) + step).max(0.0) as f32;
             self.last_seen = at;
         }
+    }
+
+    /// Notes whether a tested window was bad on the metric. The sequential test starts again
+    /// from zero once a bad streak ends, as a CUSUM restarts after its alarm: left standing
+    /// as high as the incident took it, it fired again on a single slow start minutes after
+    /// the incident resolved (`simulate` small keys seed 31: one startup regression raised
+    /// twice).
+    pub fn verdict(&mut self, bad: bool) {
+        if !bad && self.bad {
+            self.cusum = 0.0;
+        }
+        self.bad = bad;
     }
 
     /// The mean squared deviation of one sample from its reference, once learned over

@@ -9,9 +9,6 @@ use crate::table::Expected;
 
 /// Share of reports on the worse side of normal before a log-scale deviation counts as broad.
 const MIN_WORSE_SHARE: f64 = 0.7;
-/// Fewest once-per-session samples tested against the key's learned spread (the worst one
-/// left out, three).
-const MIN_FEW: u64 = 4;
 
 // Slots: count, Σ ln x, Σ (ln x)², Σ x; Σ ln(expected) and count over joined reports with
 // one; reports compared with what is normal for the key, and how many were worse.
@@ -30,12 +27,14 @@ const PAIR_N: usize = 8;
 const PAIR_SUM: usize = 9;
 const PAIR_SQ: usize = 10;
 const PAIR_WORSE: usize = 11;
-// Metrics that test few samples ([`LogScale::tests_few`]) also keep the largest ln x (the
-// worst sample), merged by max, and the window's step of the key's sequential test:
+// Metrics that test few samples ([`LogScale::tests_few`]) also keep a slot no test reads any
+// more (the largest ln x, for a z-test of a few starts without the worst of them, removed
+// 2026-12-06: the sequential test covers those keys with a bound that holds on heavy tails,
+// and that z-test paged three quiet nights of recorded sessions; the slot stays so that
+// state written before reads as it was), and the window's step of the key's sequential test:
 // Σ (min(z, CUSUM_CLIP) - CUSUM_DRIFT) over its samples, z being each sample's deviation from
 // the key's reference in its learned standard deviations (samples seen before the key had
 // learned one add nothing).
-const WORST: usize = 8;
 const CUSUM: usize = 9;
 /// A sample counts at most this many standard deviations in the sequential test: one start
 /// in a hundred takes ten times the usual, and recorded startups are heavier-tailed than
@@ -217,7 +216,6 @@ impl Kind for LogScale {
                 s[i] += o[i];
             }
         } else if self.tests_few() {
-            s[WORST] = s[WORST].max(o[WORST]);
             s[CUSUM] += o[CUSUM];
         }
     }
@@ -226,7 +224,6 @@ impl Kind for LogScale {
         if let Some(x) = (self.value)(r) {
             let l = ln(x);
             if self.tests_few() {
-                s[WORST] = s[WORST].max(l);
                 let level = match self.bench(expected) {
                     Some(b) => Some(ln(b) + normal.offset),
                     None => normal.own,
@@ -332,37 +329,12 @@ impl Kind for LogScale {
         (!self.once_per_session && n >= 2.0).then(|| (stats.var_log() * (n - 1.0), n - 1.0))
     }
 
-    fn test_few(&self, w: Window, reference: f64, t: &Tuning, var: f64) -> Option<Outcome> {
-        let stats = self.stats(w);
-        let n = stats.n();
-        if !self.tests_few() || n < MIN_FEW || n >= self.min_samples(t.min_samples) {
-            return None;
-        }
-        let m = stats.mean_log();
-        let diff = m - reference;
-        // Without the worst sample: one start in a hundred takes ten times the usual, and
-        // three samples are no mean against it.
-        let rest = (n - 1) as f64;
-        let diff_rest = (w.s[SUM] - w.s[WORST]) / rest - reference;
-        let p_value = super::z_upper(diff_rest / (var / rest).sqrt());
-        let broad = broad(w.s);
-        let effect = diff.exp() - 1.0;
-        Some(Outcome {
-            observed: m.exp(),
-            expected: reference.exp(),
-            samples: n,
-            p_value,
-            effect,
-            eligible: effect >= t.min_relative_effect
-                && diff_rest.exp() - 1.0 >= t.min_relative_effect
-                && broad,
-            spread: None,
-            pair_spread: None,
-        })
-    }
-
     fn scores(&self, r: &Report) -> bool {
         self.tests_few() && (self.value)(r).is_some()
+    }
+
+    fn sequential(&self) -> bool {
+        self.tests_few()
     }
 
     fn cusum_step(&self, w: Window) -> Option<f64> {

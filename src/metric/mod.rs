@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 
 pub use learned::{BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP, Spread, WARMUP_EFFECT};
 pub use log_scale::{LogScale, LogStats};
-pub(crate) use tails::{effective_n, t_p_value, z_upper};
+pub(crate) use tails::{effective_n, t_p_value};
 
 use crate::decode::Report;
 use crate::table::Expected;
@@ -237,16 +237,13 @@ pub trait Kind: Sync {
     fn within(&self, _w: Window) -> Option<(f64, f64)> {
         None
     }
-    /// Tests a window (or run) of fewer samples than its level test needs against
-    /// `reference` with `var`, the key's learned mean squared deviation of one sample from
-    /// its reference (a z-test: each sample is independent, its spread known from the key's
-    /// history).
-    fn test_few(&self, _w: Window, _reference: f64, _t: &Tuning, _var: f64) -> Option<Outcome> {
-        None
-    }
     /// Whether the report is a sample of the metric's sequential test: [`Kind::add`] then needs
     /// the key's learned spread in its [`Normal`].
     fn scores(&self, _r: &Report) -> bool {
+        false
+    }
+    /// Whether it has a sequential test ([`Kind::test_cusum`]).
+    fn sequential(&self) -> bool {
         false
     }
     /// The window's step of the key's sequential test ([`crate::metric::Spread::step_cusum`]),

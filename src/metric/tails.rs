@@ -21,15 +21,6 @@ pub(crate) fn t_upper(t: f64, df: f64) -> f64 {
     }
 }
 
-/// The standard normal upper tail, `P(Z > z)`.
-pub(crate) fn z_upper(z: f64) -> f64 {
-    use statrs::distribution::{ContinuousCDF, Normal as Gauss};
-    match Gauss::new(0.0, 1.0) {
-        Ok(d) if z.is_finite() => d.sf(z),
-        _ => f64::from(u8::from(z.is_nan() || z < 0.0)),
-    }
-}
-
 /// A t-test's one-sided p-value for a deviation `diff` with standard error `se`.
 pub(crate) fn t_p_value(diff: f64, se: f64, df: f64) -> f64 {
     if se > 0.0 {

@@ -273,11 +273,13 @@ fn a_startup_regression_with_few_session_starts_a_window_adds_up_across_windows(
     let firing = crate::incident::firing(&alerts);
     assert_eq!(firing.len(), 1, "{alerts:#?}");
     assert_eq!(firing[0].metric, Metric::STARTUP_MS);
-    // Against the key's learned variance of one start, the second window of the regression
-    // fires on the run of both (eight starts; before, runs of ten starts fired at window 13),
-    // and it resolves.
+    // The key's sequential test of its starts, each scored against the key's learned
+    // variance of one, fires in the third window of the regression (with the z-test of a
+    // few starts, removed 2026-12-06 after it paged quiet nights of recorded sessions, the
+    // second, window 11, on the run of both; before either, runs of ten starts fired at
+    // window 13), and it resolves.
     assert!(firing[0].samples >= 8, "{:#?}", firing[0]);
-    assert!(firing[0].window_start <= 11 * W, "{:#?}", firing[0]);
+    assert!(firing[0].window_start <= 12 * W, "{:#?}", firing[0]);
     assert!(alerts.iter().any(|a| a.status == Status::Resolved));
     let alone = {
         let mut c = cfg.clone();
