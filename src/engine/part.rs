@@ -371,17 +371,15 @@ impl Part {
                 {
                     s.step_cusum(step, at);
                 }
-                // The variance within the window (or, for a key short of samples in one, its
-                // longest run) where the level test ran on it.
-                let tested = Some(w)
-                    .filter(|w| kind.level(*w, min_n).is_some())
-                    .or_else(|| {
-                        let r = runs[i].as_ref()?.window(m);
-                        kind.level(r, min_n).map(|_| r)
-                    });
-                let within = reference
-                    .and_then(|r| kind.deviations(w, r))
-                    .or_else(|| kind.within(tested?));
+                // Else the variance within the window (or, for a key short of samples in one,
+                // its longest run) where the level test ran on it.
+                let within = reference.and_then(|r| kind.deviations(w, r)).or_else(|| {
+                    let run = || runs[i].as_ref().map(|r| r.window(m));
+                    let tested = Some(w)
+                        .filter(|w| kind.level(*w, min_n).is_some())
+                        .or_else(|| run().filter(|r| kind.level(*r, min_n).is_some()))?;
+                    kind.within(tested)
+                });
                 let base = kind.base_measure(w);
                 let clump = runs[i]
                     .as_ref()
