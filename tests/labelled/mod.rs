@@ -2,6 +2,8 @@
 //! key-size bands, per-band scores, the firing lines a test prints.
 #![allow(dead_code)] // each test crate uses its own part
 
+pub mod reference;
+
 use qos_sentinel::backtest::{Score, score};
 use qos_sentinel::incident::{Alert, Status};
 use qos_sentinel::sim::{LabelledIncident, Labels, Rng};
@@ -202,4 +204,37 @@ pub fn schedule<E>(
         at += if i % 2 == 0 { 7 * MINUTE } else { 13 * MINUTE };
     }
     (out, at)
+}
+
+/// qos-sentinel beside the plain reference (`reference`) on the same runs: incidents caught
+/// and false alerts (firing alerts matching no incident) of each, summed over runs.
+#[derive(Debug, Default)]
+pub struct Versus {
+    pub ours: (usize, usize),
+    pub reference: (usize, usize),
+}
+
+impl Versus {
+    /// Adds one run; prints the incidents only one of the two caught.
+    pub fn add(&mut self, alerts: &[Alert], reference: &[Alert], labels: &Labels, bands: &[&str]) {
+        for (l, b) in labels.incidents.iter().zip(bands) {
+            match (caught(l, alerts), caught(l, reference)) {
+                (false, true) => {
+                    eprintln!("  reference only [{b}] {}", l.injected.describe());
+                    for a in reference.iter().filter(|a| l.scopes.contains(&a.scope)) {
+                        eprintln!("    {}", qos_sentinel::notify::render_line(a));
+                    }
+                }
+                (true, false) => eprintln!("  ours only [{b}] {}", l.injected.describe()),
+                _ => {}
+            }
+        }
+        let tally = |s: Score| (s.detected, s.firing_alerts - s.true_alerts);
+        let (a, r) = (
+            tally(score(alerts, labels)),
+            tally(score(reference, labels)),
+        );
+        self.ours = (self.ours.0 + a.0, self.ours.1 + a.1);
+        self.reference = (self.reference.0 + r.0, self.reference.1 + r.1);
+    }
 }
