@@ -160,9 +160,10 @@ pub fn evaluate_with(
         let counted = normal
             .base
             .and_then(|base| kind.test_base(w, reference, &t, base, normal.clump));
-        let sequential = normal
-            .cusum
-            .and_then(|before| kind.test_cusum(w, reference, &t, before));
+        let sequential = normal.cusum.and_then(|before| {
+            let step = kind.cusum_step(w, normal.base, normal.clump);
+            kind.test_cusum(w, reference, &t, before, step.unwrap_or(0.0))
+        });
         let either = crate::metric::Outcome::either;
         let found = either(either(level, paired), counted);
         if let Some(o) = either(found, sequential) {

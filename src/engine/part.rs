@@ -366,8 +366,8 @@ impl Part {
                     Some(e) => Some(e + normal.offset),
                     None => normal.own,
                 };
-                if let Some(step) = kind.cusum_step(w)
-                    && let Some(s) = self.spreads.get_mut(&(key.clone(), m))
+                if let Some(s) = self.spreads.get_mut(&(key.clone(), m))
+                    && let Some(step) = kind.cusum_step(w, s.base(), s.clump())
                 {
                     s.step_cusum(step, at);
                 }

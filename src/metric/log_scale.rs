@@ -337,21 +337,27 @@ impl Kind for LogScale {
         self.tests_few()
     }
 
-    fn cusum_step(&self, w: Window) -> Option<f64> {
+    fn cusum_step(&self, w: Window, _base: Option<f64>, _clump: f64) -> Option<f64> {
         (self.tests_few() && w.s[CUSUM] != 0.0).then(|| w.s[CUSUM])
     }
 
     /// The key's sequential test (a CUSUM of clipped z-scores): `before`, where it stood
     /// after the last window, plus this window's step. Bad while it stands high and this
     /// window's samples still climb, most of them worse than usual.
-    fn test_cusum(&self, w: Window, reference: f64, t: &Tuning, before: f64) -> Option<Outcome> {
+    fn test_cusum(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        before: f64,
+        step: f64,
+    ) -> Option<Outcome> {
         let stats = self.stats(w);
         if !self.tests_few() || stats.n() == 0 {
             return None;
         }
         // Zero where no sample was scored (the key's spread not learned yet): the window is
         // still a finding, which teaches the key its offset from the benchmark.
-        let step = w.s[CUSUM];
         let level = (before + step).max(0.0);
         let diff = stats.mean_log() - reference;
         let effect = diff.exp() - 1.0;

@@ -247,18 +247,21 @@ pub trait Kind: Sync {
         false
     }
     /// The window's step of the key's sequential test ([`crate::metric::Spread::step_cusum`]),
-    /// for a metric that has one.
-    fn cusum_step(&self, _w: Window) -> Option<f64> {
+    /// for a metric that has one; `base` and `clump` are the key's learned usual share of
+    /// sessions with an event and its clumps ([`Kind::test_base`]).
+    fn cusum_step(&self, _w: Window, _base: Option<f64>, _clump: f64) -> Option<f64> {
         None
     }
     /// Tests the key's sequential test after this window: `before` is where it stood after
-    /// the last one. Evidence that accumulates over windows too small for any one test.
+    /// the last one, `step` this window's ([`Kind::cusum_step`]). Evidence that accumulates
+    /// over windows too small for any one test.
     fn test_cusum(
         &self,
         _w: Window,
         _reference: f64,
         _t: &Tuning,
         _before: f64,
+        _step: f64,
     ) -> Option<Outcome> {
         None
     }

@@ -65,6 +65,11 @@ const MIN_EXTRA_STALLED: f64 = 3.0;
 const MIN_SHARE_DELTA: f64 = 0.05;
 /// Smallest usual share of sessions that stall tested against.
 const MIN_BASE_SHARE: f64 = 0.02;
+/// The sequential test's alternative: session-windows stall this many times as often as
+/// expected.
+const CUSUM_RATIO: f64 = 3.0;
+/// Sessions a window may have for its step to climb, and to be tested sequentially.
+const CUSUM_MAX_SESSIONS: f64 = 10.0;
 
 pub struct RebufferRatio;
 
@@ -308,6 +313,83 @@ impl Kind for RebufferRatio {
                 && (x - expected) / n >= MIN_SHARE_DELTA
                 && beyond_two >= 1.0
                 && ratio(s) > e,
+            spread: None,
+            pair_spread: None,
+        })
+    }
+
+    fn sequential(&self) -> bool {
+        true
+    }
+
+    /// The window's log-likelihood ratio of its session-windows with a stall: that they
+    /// stall [`CUSUM_RATIO`] times as often as expected, against as expected (each session's
+    /// own history shrunk towards the key's usual share `base`, as in [`Kind::test_base`]),
+    /// over the key's learned `clump`. A session counts once a window; one that always
+    /// stalls expects to, once its history knows it.
+    fn cusum_step(&self, w: Window, base: Option<f64>, clump: f64) -> Option<f64> {
+        let s = w.s;
+        let (n, x) = (s[SESSIONS].round(), s[STALLED].round());
+        let base = base?;
+        if n < 1.0 {
+            return None;
+        }
+        let p1 = base.clamp(MIN_BASE_SHARE, 0.95);
+        let q0 = ((s[OWN] + p1 * s[PRIOR]) / n).clamp(MIN_BASE_SHARE, 0.95);
+        let q1 = (CUSUM_RATIO * q0).min(0.95);
+        if q1 <= q0 {
+            return None;
+        }
+        let llr = x * (q1 / q0).ln() + (n - x) * ((1.0 - q1) / (1.0 - q0)).ln();
+        // A window of more sessions is decided by the window's and runs' tests; there the
+        // test only falls (the small excesses of many sessions would add up, and a big
+        // key's stalls vary from window to window more than independent sessions').
+        let llr = if n > CUSUM_MAX_SESSIONS {
+            llr.min(0.0)
+        } else {
+            llr
+        };
+        Some(llr / clump.max(1.0))
+    }
+
+    /// The key's sequential test of stalled sessions (a Bernoulli CUSUM of
+    /// [`Kind::cusum_step`]): `before` where it stood after the last window, plus this
+    /// window's `step`. Its p-value is `exp(-S)`: under the null each session-window stalls
+    /// with its own chance, whose mean is the expected one, and then E[exp(step)] <= 1
+    /// (Jensen, the log being concave; dividing by the clump keeps it so), so the CUSUM's
+    /// exponential is a supermartingale and climbs to S with chance at most exp(-S) (Ville).
+    /// It sees what no window shows: a small key whose few sessions stall, window after
+    /// window, where they did not before (recorded sessions: a CDN three times slower at a
+    /// key of a few sessions, missed by every window's tests as the sessions' histories and
+    /// the key's usual share learned the stalls). Eligible while this window
+    /// climbs with at least three stalled sessions (one or two viewers walking into a bad
+    /// cell are not the CDN; with two, a key of recorded sessions under no incident paged) and
+    /// rebuffering beyond the floors.
+    fn test_cusum(
+        &self,
+        w: Window,
+        reference: f64,
+        t: &Tuning,
+        before: f64,
+        step: f64,
+    ) -> Option<Outcome> {
+        let s = w.s;
+        if s[D] <= 0.0 || s[SESSIONS] < 1.0 || s[SESSIONS] > CUSUM_MAX_SESSIONS {
+            return None;
+        }
+        let e = reference.max(MIN_EXPECTED_RATIO);
+        let r = ratio(s);
+        let effect = r / e - 1.0;
+        Some(Outcome {
+            observed: r,
+            expected: e,
+            samples: w.reports,
+            p_value: (-(before + step).max(0.0)).exp(),
+            effect,
+            eligible: step > 0.0
+                && s[STALLED].round() >= 3.0
+                && effect >= t.min_relative_effect
+                && r - e >= MIN_DELTA,
             spread: None,
             pair_spread: None,
         })

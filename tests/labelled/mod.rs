@@ -229,6 +229,11 @@ impl Versus {
                 _ => {}
             }
         }
+        for a in alerts.iter().filter(|a| a.status == Status::Firing) {
+            if score(std::slice::from_ref(a), labels).true_alerts == 0 {
+                eprintln!("  ours false: {}", qos_sentinel::notify::render_line(a));
+            }
+        }
         let tally = |s: Score| (s.detected, s.firing_alerts - s.true_alerts);
         let (a, r) = (
             tally(score(alerts, labels)),
