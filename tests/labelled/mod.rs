@@ -243,3 +243,18 @@ impl Versus {
         self.reference = (self.reference.0 + r.0, self.reference.1 + r.1);
     }
 }
+
+/// A quiet night of qos-sentinel's `ours` and the reference's `theirs` alerts: prints the
+/// reference's pages, and checks that it pages more.
+pub fn quiet_versus(seed: u64, ours: &[Alert], theirs: &[Alert]) {
+    let (ours, theirs) = (firing_lines(ours), firing_lines(theirs));
+    eprintln!(
+        "quiet seed {seed}: ours {}, reference {}",
+        ours.len(),
+        theirs.len()
+    );
+    for l in &theirs {
+        eprintln!("  {l}");
+    }
+    assert!(ours.len() < theirs.len(), "seed {seed}: {ours:#?}");
+}
