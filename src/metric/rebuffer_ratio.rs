@@ -362,8 +362,9 @@ impl Kind for RebufferRatio {
     /// window, where they did not before (recorded sessions: a CDN three times slower at a
     /// key of a few sessions, missed by every window's tests as the sessions' histories and
     /// the key's usual share learned the stalls). Eligible while this window
-    /// climbs with at least three stalled sessions (one or two viewers walking into a bad
-    /// cell are not the CDN; with two, a key of recorded sessions under no incident paged) and
+    /// climbs with at least three stalled sessions, or two that are at least half of its
+    /// sessions (one or two viewers walking into a bad cell among several are not the CDN;
+    /// with two among six to eight, a key of recorded sessions under no incident paged), and
     /// rebuffering beyond the floors.
     fn test_cusum(
         &self,
@@ -387,7 +388,8 @@ impl Kind for RebufferRatio {
             p_value: (-(before + step).max(0.0)).exp(),
             effect,
             eligible: step > 0.0
-                && s[STALLED].round() >= 3.0
+                && (s[STALLED].round() >= 3.0
+                    || (s[STALLED].round() >= 2.0 && 2.0 * s[STALLED] >= s[SESSIONS]))
                 && effect >= t.min_relative_effect
                 && r - e >= MIN_DELTA,
             spread: None,
