@@ -85,6 +85,13 @@ fn stalled_sessions(s: &[f64]) -> Option<f64> {
     (zeros > 0.0).then(|| -64.0 * (zeros / 64.0).ln())
 }
 
+/// The stalled session-windows a window's (or run's) sessions expect: each session's own
+/// share of windows with a stall, shrunk towards the key's usual share `base` by
+/// [`HISTORY_PRIOR`] windows.
+fn expected_stalled(s: &[f64], base: f64) -> f64 {
+    s[OWN] + base.clamp(MIN_BASE_SHARE, 0.95) * s[PRIOR]
+}
+
 fn ratio(s: &[f64]) -> f64 {
     if s[D] > 0.0 { s[R] / s[D] } else { 0.0 }
 }
@@ -275,8 +282,7 @@ impl Kind for RebufferRatio {
         if n < MIN_SESSIONS || s[D] <= 0.0 {
             return None;
         }
-        let p1 = base.clamp(MIN_BASE_SHARE, 0.95);
-        let expected = (s[OWN] + p1 * s[PRIOR]).max(MIN_BASE_SHARE);
+        let expected = expected_stalled(s, base).max(MIN_BASE_SHARE);
         // Over a run, a session's windows are not independent: one whose network turns weak
         // stalls in its next windows too, before its history has learned it. So its stalled
         // session-windows come in clumps of the key's learned size (`clump`, stalled
@@ -334,8 +340,7 @@ impl Kind for RebufferRatio {
         if n < 1.0 {
             return None;
         }
-        let p1 = base.clamp(MIN_BASE_SHARE, 0.95);
-        let q0 = ((s[OWN] + p1 * s[PRIOR]) / n).clamp(MIN_BASE_SHARE, 0.95);
+        let q0 = (expected_stalled(s, base) / n).clamp(MIN_BASE_SHARE, 0.95);
         let q1 = (CUSUM_RATIO * q0).min(0.95);
         if q1 <= q0 {
             return None;
@@ -379,7 +384,7 @@ impl Kind for RebufferRatio {
             return None;
         }
         let e = reference.max(MIN_EXPECTED_RATIO);
-        let r = ratio(s);
+        let (r, x) = (ratio(s), s[STALLED].round());
         let effect = r / e - 1.0;
         Some(Outcome {
             observed: r,
@@ -388,8 +393,7 @@ impl Kind for RebufferRatio {
             p_value: (-(before + step).max(0.0)).exp(),
             effect,
             eligible: step > 0.0
-                && (s[STALLED].round() >= 3.0
-                    || (s[STALLED].round() >= 2.0 && 2.0 * s[STALLED] >= s[SESSIONS]))
+                && (x >= 3.0 || (x >= 2.0 && 2.0 * s[STALLED] >= s[SESSIONS]))
                 && effect >= t.min_relative_effect
                 && r - e >= MIN_DELTA,
             spread: None,
