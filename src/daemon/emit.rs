@@ -1,23 +1,30 @@
 //! The emission order: the one place that knows in which order a decided alert reaches the
-//! receivers' outbox, the checkpoint and the alerts topic, so that a kill at any point
+//! checkpoint, the receivers' outbox and the alerts topic, so that a kill at any point
 //! neither loses nor doubles an alert on the alerts topic (Kafka transactions are not used:
-//! plain consumers see alerts at once, and brokers without transactions work).
+//! plain consumers see alerts at once, and brokers without transactions work), and no
+//! receiver hears of a state change that the state a restart or a partition's next owner
+//! starts from does not hold.
 //!
-//! 1. **Outbox** ([`announce`]): the receivers' RocksDB outbox gets the alerts, synced. A
-//!    kill after this and before 2 repeats them to the receivers after the restart
-//!    (receivers get every state change at least once; `Idempotency-Key` lets them dedup).
-//! 2. **Checkpoint** ([`Checkpointer::save`]): the engine state, the read positions and the
-//!    alerts as *decided and pending*, in one synced batch. A restart from here does not
-//!    decide them again (the replay's regenerated alerts are dropped as emitted).
+//! 1. **Checkpoint** ([`Checkpointer::save`]): the engine state, the read positions and the
+//!    alerts as *decided and pending*, in one synced batch (with a changelog, each owned
+//!    partition's share, acknowledged by the broker). A restart from here does not decide
+//!    them again (the replay's regenerated alerts are dropped as emitted).
+//! 2. **Outbox** ([`announce`]): the receivers' RocksDB outbox gets the alerts, synced.
 //! 3. **Produce** ([`produce`]) to the alerts topic, until the broker acknowledges each.
 //! 4. **Confirm**: the acknowledgements clear pending and record where the alerts landed.
 //!
-//! A kill between 2 and 4 leaves alerts pending: the next start reads the alerts topic from
-//! after the last acknowledged alert to its end and produces only the pending alerts that
-//! are not there ([`send_pending`]). A produce that fails (broker away) is looked up the same
-//! way before it is sent again, so a lost acknowledgement does not double it. A partition's
-//! new owner does the same with the pending alerts its changelog share carries
-//! ([`super::takeover`]). Tests: `tests/crash.rs` (kill -9 at random points), `tests/outage.rs`.
+//! A kill between 1 and 4 leaves alerts pending: the next start reads the alerts topic from
+//! after the last acknowledged alert to its end, and hands the pending alerts that are not
+//! there to the outbox and produces them ([`send_pending`]); those that are there passed 2
+//! already. Receivers get every state change at least once (a kill between 2 and 3 repeats
+//! one; `Idempotency-Key` lets them dedup). A produce that fails (broker away) is looked up
+//! the same way before it is sent again, so a lost acknowledgement does not double it. A
+//! partition's new owner does the same with the pending alerts its changelog share carries
+//! ([`super::takeover`]). With the outbox first (until 2026-12-06) a member killed after a
+//! webhook heard "resolved" and before the changelog held it left its next owner an incident
+//! still firing, which it reminded as firing. Tests: `tests/crash.rs` (kill -9 at random
+//! points), `tests/outage.rs`, `tests/scale_out.rs`, and
+//! `daemon::tests::receivers_hear_of_an_alert_only_after_the_changelog_holds_it`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -62,9 +69,9 @@ pub(super) struct Outputs {
 /// some) and checkpoints the state when windows closed.
 ///
 /// Order, so that a kill at any point neither loses nor doubles an alert on the alerts topic:
-/// outbox (receivers), then the checkpoint that marks them decided and pending, then the
+/// the checkpoint that marks them decided and pending, then the outbox (receivers), then the
 /// produce, then the confirmation that clears pending. A restart finds the alerts of an
-/// interrupted produce pending and sends those the topic does not have ([`send_pending`]).
+/// interrupted close pending and sends those the topic does not have ([`send_pending`]).
 pub(super) async fn finish(
     ckpt: &mut Checkpointer,
     engine: &Engine,
@@ -85,8 +92,8 @@ pub(super) async fn finish(
         }
         return;
     }
-    announce(out, &closing).await;
     ckpt.save(engine, pos, &closing.alerts).await;
+    announce(out, &closing).await;
     let landed = produce(out, &ckpt.store, &closing.alerts, closing.started).await;
     let keys: Vec<String> = closing.alerts.iter().map(notify::change_key).collect();
     if let Err(e) = ckpt.store.confirm(&keys, &landed) {
@@ -123,8 +130,9 @@ pub(super) async fn found_on_alerts_topic(
 }
 
 /// Sends the alerts a previous run decided but may not have produced: those not found on the
-/// alerts topic after the positions of its last acknowledged produce. Runs before any report
-/// is read.
+/// alerts topic after the positions of its last acknowledged produce go to the receivers'
+/// outbox (the run may have stopped before it) and to the topic. Runs before any report is
+/// read.
 pub(super) async fn send_pending(store: &CheckpointStore, out: &Outputs) -> anyhow::Result<()> {
     let pending = store.pending()?;
     if pending.is_empty() {
@@ -151,7 +159,13 @@ pub(super) async fn send_pending(store: &CheckpointStore, out: &Outputs) -> anyh
         sending = missing.len(),
         "Alerts decided before a restart, looked up on the alerts topic."
     );
-    let landed = produce(out, store, &missing, Instant::now()).await;
+    let closing = Closing {
+        alerts: missing,
+        started: Instant::now(),
+        closed: true,
+    };
+    announce(out, &closing).await;
+    let landed = produce(out, store, &closing.alerts, closing.started).await;
     let keys: Vec<String> = pending.into_iter().map(|(k, _)| k).collect();
     store.confirm(&keys, &landed)?;
     Ok(())

@@ -263,3 +263,102 @@ async fn a_share_over_the_producers_limit_goes_to_the_changelog_in_chunks() {
         "refused in one record"
     );
 }
+
+/// Receivers hear of a decided state change only once the changelog holds it. A member
+/// killed after telling a webhook an incident resolved, before its partition's state with
+/// that resolution reached the changelog, left the next owner a state where the incident
+/// still fired: it reminded the webhook of it as firing after its resolution (scale_out, one
+/// CI run in four). Here the changelog write cannot finish (its broker is down) and the
+/// close is cut off as a kill would cut it: the outbox must still be empty. Once the broker
+/// is back the same close goes through, outbox included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_hear_of_an_alert_only_after_the_changelog_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = cluster.bootstrap_servers();
+    cfg.kafka.group_id = "order-test".into();
+    cfg.kafka.changelog_topic = Some("changelog".into());
+    cfg.state.dir = dir.path().into();
+    // A webhook nobody answers: what reaches the outbox stays there.
+    cfg.notify.receivers = vec![
+        toml::from_str(
+            "name = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nmax_age = \"0s\"",
+        )
+        .expect("receiver"),
+    ];
+    let k = &cfg.kafka;
+    cluster.create_topic(&k.reports_topic, 1, 1).expect("topic");
+    cluster.create_topic("changelog", 1, 1).expect("topic");
+    for t in [&k.alerts_topic, &k.dead_letter_topic, &k.benchmarks_topic] {
+        cluster.create_topic(t, 1, 1).expect("topic");
+    }
+    let mut r = runner(&cfg);
+    let a = kafka::reports_consumer(&cfg.kafka).expect("consumer");
+    poll_until(&[&a], |n| n[0] == 1).await;
+    assert!(r.sync(&a).await, "the partition is assigned");
+    let row = Expected {
+        error_rate: Some(0.01),
+        ..Default::default()
+    };
+    r.engine.on_benchmark("IN/P0", "cdn-a", 0, Some(row));
+    for w in 0..2 {
+        window(&mut r.engine, "IN/P0", 0, w, false);
+    }
+    assert!(r.engine.close_ready().is_empty(), "clean windows");
+    for w in 2..5 {
+        window(&mut r.engine, "IN/P0", 0, w, true);
+    }
+    window(&mut r.engine, "IN/P0", 0, 7, false);
+    let alerts = r.engine.close_ready();
+    assert!(!alerts.is_empty(), "the bad windows fire");
+    // As if read from the topic: the partition's state has a read position to be written with.
+    r.pos.next.insert(0, 8 * 60);
+    let closing = |alerts: &[crate::incident::Alert]| emit::Closing {
+        alerts: alerts.to_vec(),
+        started: Instant::now(),
+        closed: true,
+    };
+
+    cluster.broker_down(1).expect("broker down");
+    let cut = tokio::time::timeout(
+        Duration::from_secs(2),
+        emit::finish(
+            &mut r.ckpt,
+            &r.engine,
+            &mut r.pos,
+            &r.outputs,
+            closing(&alerts),
+        ),
+    )
+    .await;
+    assert!(cut.is_err(), "the changelog write cannot finish");
+    assert_eq!(
+        r.outputs.dispatcher.pending(),
+        0,
+        "nothing reaches the receivers before the changelog holds it"
+    );
+
+    cluster.broker_up(1).expect("broker up");
+    // The restart after that kill: the local checkpoint has them decided and pending, the
+    // alerts topic does not have them, so the receivers get them now, and the topic.
+    let restart = tokio::time::timeout(
+        Duration::from_secs(60),
+        emit::send_pending(&r.ckpt.store, &r.outputs),
+    )
+    .await;
+    assert!(matches!(restart, Ok(Ok(()))), "{restart:?}");
+    assert!(
+        r.outputs.dispatcher.pending() > 0,
+        "the receivers get what was pending"
+    );
+    let on_topic = crate::notify::find_on_topic(
+        &cfg.kafka,
+        &cfg.kafka.alerts_topic,
+        &HashMap::new(),
+        &alerts.iter().map(crate::notify::change_key).collect(),
+        Duration::from_secs(20),
+    )
+    .expect("alerts topic");
+    assert_eq!(on_topic.len(), alerts.len(), "and the alerts topic");
+}
