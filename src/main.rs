@@ -25,6 +25,42 @@ struct Cli {
     /// Check the arguments and exit (used by the docker-compose test).
     #[arg(long, global = true, hide = true)]
     parse_only: bool,
+    /// Log lines as text (coloured only on a terminal) or as JSON objects, one a line
+    /// (tracing's JSON format: `timestamp`, `level`, `fields`, `target`), for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "QOS_SENTINEL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Exit status of a configuration error (sysexits' `EX_CONFIG`): the systemd unit does not
+/// restart on it, since the same file fails the same way.
+const EX_CONFIG: u8 = 78;
+/// Exit status of bad usage (as clap's own errors): an argument out of range.
+const EX_USAGE: u8 = 2;
+
+/// An argument that is unusable: exit status 2, as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// Bails out with a [`Usage`] error unless `cond`.
+macro_rules! usage_ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        let ok: bool = $cond;
+        if !ok {
+            return Err(Usage(format!($($msg)+)).into());
+        }
+    };
 }
 
 #[derive(Subcommand)]
@@ -249,8 +285,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             seed,
             http,
         } => {
-            anyhow::ensure!(minutes >= 10, "--minutes ({minutes}) must be at least 10");
-            anyhow::ensure!(speed > 0.0, "--speed ({speed}) must be positive");
+            usage_ensure!(minutes >= 10, "--minutes ({minutes}) must be at least 10");
+            usage_ensure!(speed > 0.0, "--speed ({speed}) must be positive");
             demo::run(demo::DemoOptions {
                 minutes,
                 speed,
@@ -275,9 +311,9 @@ async fn bench(
     opts: qos_sentinel::bench::BenchOptions,
     json: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(opts.reports > 0, "--reports must be at least 1");
-    anyhow::ensure!(opts.partitions > 0, "--partitions must be at least 1");
-    anyhow::ensure!(
+    usage_ensure!(opts.reports > 0, "--reports must be at least 1");
+    usage_ensure!(opts.partitions > 0, "--partitions must be at least 1");
+    usage_ensure!(
         !opts.keys.is_empty() && opts.keys.iter().all(|k| *k > 0),
         "--keys must list positive counts"
     );
@@ -404,7 +440,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
     sc.peak_sessions = a.peak_sessions;
     sc.unbenchmarked_share = a.unbenchmarked;
     sc.networks = a.networks;
-    anyhow::ensure!(
+    usage_ensure!(
         (1..=60).contains(&a.report_seconds),
         "--report-seconds ({}) must be within 1..=60",
         a.report_seconds
@@ -434,7 +470,7 @@ async fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        (None, None) => anyhow::bail!("simulate needs --brokers or --out-dir"),
+        (None, None) => Err(Usage("simulate needs --brokers or --out-dir".into()).into()),
     }
 }
 
@@ -542,13 +578,20 @@ fn main() -> ExitCode {
         Command::Demo { .. } | Command::Bench { .. } | Command::BenchMemory { .. } => "warn",
         _ => "warn,qos_sentinel=info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            // Colours only for a person at a terminal: not in journald, files or pipes.
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init()
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -560,7 +603,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// 78 for a configuration error (the config or a rules file), 2 for bad usage, 1 for
+/// anything else.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let is = |f: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| e.chain().any(f);
+    if is(&|c| {
+        c.is::<qos_sentinel::config::ConfigError>()
+            || c.is::<qos_sentinel::detect::config::RulesError>()
+    }) {
+        ExitCode::from(EX_CONFIG)
+    } else if is(&|c| c.is::<Usage>()) {
+        ExitCode::from(EX_USAGE)
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -16,7 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_qos-sentinel");
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/deps installs the checkers)"));
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/deps test installs the checkers)"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -273,4 +273,60 @@ fn systemd_unit_verifies_and_runs_a_command_the_binary_accepts() {
         .filter(|l| l.contains("qos-sentinel.service"))
         .collect();
     assert!(problems.is_empty(), "{err}");
+}
+
+/// The unit's documented install steps (its `#   install ...` lines), run under a scratch root:
+/// the config they install is readable by the service's user. `DynamicUser=yes` runs it as
+/// a uid that is neither the file's owner nor in its group (here: nobody). Before, the steps
+/// installed it 0640 root:root and the service could not read its own config.
+#[test]
+fn the_units_install_steps_leave_the_config_readable_by_the_service() {
+    use std::os::unix::fs::PermissionsExt;
+    let unit =
+        std::fs::read_to_string(format!("{ROOT}/deploy/systemd/qos-sentinel.service")).unwrap();
+    assert!(
+        unit.contains("DynamicUser=yes"),
+        "the test assumes a dynamic user"
+    );
+    assert!(
+        unit.lines().any(|l| l == "RestartPreventExitStatus=78"),
+        "a configuration error (exit 78) is not restarted"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let steps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   install "))
+        .map(|l| {
+            format!("install {l}")
+                .replace(" /", &format!(" {}/", root.display()))
+                .replace(" qos-sentinel ", &format!(" {BIN} "))
+        })
+        .collect();
+    assert!(steps.len() >= 2, "{steps:?}");
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    for step in &steps {
+        run(Command::new("sh").arg("-c").arg(step).current_dir(ROOT));
+    }
+    let config = root.join("etc/qos-sentinel/qos-sentinel.toml");
+    assert!(config.exists(), "the steps install the config: {steps:?}");
+    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if is_root {
+        // Read it as nobody, for real.
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&config)
+            .output()
+            .expect("setpriv");
+        assert!(
+            out.status.success(),
+            "the service user cannot read {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+        assert!(mode & 0o004 != 0, "not world-readable: {mode:o}");
+    }
 }

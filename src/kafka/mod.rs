@@ -158,12 +158,17 @@ pub fn producer(k: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
         .create()
 }
 
-/// A producer for bulk loading (the benchmark's traffic): large batches, no idempotence.
+/// A producer for bulk loading (the benchmark's traffic): large batches, no idempotence;
+/// lz4 unless `kafka.options` names a `compression.type`.
 pub fn bulk_producer(
     k: &KafkaConfig,
 ) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+    let codec = k
+        .options
+        .get("compression.type")
+        .map_or("lz4", String::as_str);
     client_config(k)
-        .set("compression.type", "lz4")
+        .set("compression.type", codec)
         .set("linger.ms", "50")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
