@@ -3,7 +3,7 @@
 //! the JSON behind it at /api/incidents.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -77,7 +77,11 @@ impl HttpConfig {
 
 pub struct Readiness {
     pub benchmarks_loaded: AtomicBool,
-    pub partitions_assigned: AtomicBool,
+    /// Report partitions this instance owns now.
+    pub partitions: AtomicUsize,
+    /// The reports consumer is a settled member of its group (librdkafka's join state
+    /// `steady`, from its statistics every 5 s), with or without partitions.
+    pub in_group: AtomicBool,
     pub broker_reachable: AtomicBool,
     /// Wall-clock epoch ms of the engine loop's last turn; 0 before it starts (start-up:
     /// restore, benchmark table).
@@ -90,7 +94,8 @@ impl Default for Readiness {
     fn default() -> Self {
         Readiness {
             benchmarks_loaded: AtomicBool::new(false),
-            partitions_assigned: AtomicBool::new(false),
+            partitions: AtomicUsize::new(0),
+            in_group: AtomicBool::new(false),
             // Until a check says otherwise: start-up itself needs the broker.
             broker_reachable: AtomicBool::new(true),
             heartbeat_ms: AtomicI64::new(0),
@@ -114,10 +119,52 @@ impl Readiness {
             .then(|| std::time::Duration::from_millis(idle as u64))
     }
 
+    /// Ready: the benchmark table loaded, the broker reachable, and report partitions owned,
+    /// or none as a settled member of the group (a standby: more instances than partitions;
+    /// it takes partitions over when a member leaves, so it belongs behind the Service).
     pub fn ready(&self) -> bool {
-        self.benchmarks_loaded.load(Ordering::Acquire)
-            && self.partitions_assigned.load(Ordering::Acquire)
-            && self.broker_reachable.load(Ordering::Acquire)
+        self.reasons().is_empty()
+    }
+
+    /// Every reason it is not ready, in words (empty when ready).
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if !self.benchmarks_loaded.load(Ordering::Acquire) {
+            why.push("the benchmark table is still loading from the benchmarks topic");
+        }
+        if !self.broker_reachable.load(Ordering::Acquire) {
+            why.push("the broker did not answer the last probe (every 2 s)");
+        }
+        if self.partitions.load(Ordering::Acquire) == 0 && !self.in_group.load(Ordering::Acquire) {
+            why.push("not yet a settled member of the consumer group, and no report partition");
+        }
+        why
+    }
+
+    /// The `/readyz` body: the verdict with its reasons, then one `name value` line each.
+    pub fn explain(&self) -> String {
+        let why = self.reasons();
+        let partitions = self.partitions.load(Ordering::Acquire);
+        let mut text = if !why.is_empty() {
+            let mut t = String::from("not ready:\n");
+            for w in &why {
+                t.push_str(&format!("- {w}\n"));
+            }
+            t
+        } else if partitions == 0 {
+            "ready: standby, a settled member of the consumer group without a report partition \
+             (more instances than partitions); it takes partitions over when a member leaves\n"
+                .to_string()
+        } else {
+            format!("ready: consuming {partitions} report partition(s)\n")
+        };
+        text.push_str(&format!(
+            "benchmarks_loaded {}\npartitions {partitions}\nin_group {}\nbroker_reachable {}\n",
+            self.benchmarks_loaded.load(Ordering::Acquire),
+            self.in_group.load(Ordering::Acquire),
+            self.broker_reachable.load(Ordering::Acquire),
+        ));
+        text
     }
 }
 
@@ -248,16 +295,10 @@ async fn health_handler(State(s): State<AppState>) -> (StatusCode, String) {
 
 async fn ready_handler(State(s): State<AppState>) -> (StatusCode, String) {
     let r = &s.readiness;
-    let b = r.benchmarks_loaded.load(Ordering::Acquire);
-    let p = r.partitions_assigned.load(Ordering::Acquire);
-    let k = r.broker_reachable.load(Ordering::Acquire);
-    let code = if b && p && k {
+    let code = if r.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        format!("benchmarks_loaded {b}\npartitions_assigned {p}\nbroker_reachable {k}\n"),
-    )
+    (code, r.explain())
 }

@@ -349,6 +349,12 @@ async fn receive(listen: &str, hmac_secret: Option<String>) -> anyhow::Result<()
         ),
         None => None,
     };
+    if let Some(s) = &secret {
+        usage_ensure!(
+            notify::render::hmac_key(s.expose()).is_some(),
+            "--hmac-secret starts with whsec_ but the rest is not base64 of a key"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -539,14 +545,16 @@ fn receive_one(
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     if let Some(s) = secret {
         let now = qos_sentinel::notify::deliver::now_ms() / 1000;
-        let ok = render::verify(
-            s.expose().as_bytes(),
-            header(render::TIMESTAMP_HEADER),
-            header(render::SIGNATURE_HEADER),
-            body,
-            now,
-            300,
-        );
+        let key = render::hmac_key(s.expose()).unwrap_or_default();
+        let ok = !key.is_empty()
+            && render::verify(
+                &key,
+                header(render::TIMESTAMP_HEADER),
+                header(render::SIGNATURE_HEADER),
+                body,
+                now,
+                300,
+            );
         if !ok {
             eprintln!("receive: refused a request with a bad or missing signature");
             return StatusCode::UNAUTHORIZED;

@@ -204,7 +204,7 @@ impl Metrics {
             ready: gauge(
                 &r,
                 "qos_sentinel_ready",
-                "1 when /readyz is: benchmarks loaded, partitions assigned, broker reachable.",
+                "1 when /readyz is: benchmarks loaded, broker reachable, partitions owned or a standby in the group.",
             ),
             watermark: gauge(
                 &r,

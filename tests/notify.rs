@@ -12,7 +12,39 @@ use qos_sentinel::config::{ReceiverConfig, ReceiverKind, Secret};
 use qos_sentinel::incident::{Alert, Status};
 use qos_sentinel::notify::render;
 
-const HMAC_KEY: &str = "hmac-key-for-tests";
+/// A secret in Standard Webhooks' form (the specification's own example): its key is the
+/// base64 after `whsec_`, for both signatures.
+const HMAC_KEY: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Standard Webhooks' verification, written from its specification (standard-webhooks.md,
+/// "Verifying webhooks"), not from our code: the secret is base64 after an optional
+/// `whsec_`; the signed content is `<webhook-id>.<webhook-timestamp>.<body>`;
+/// `webhook-signature` is a space-separated list of `v1,<base64 of the HMAC-SHA256>`, any one
+/// of which may match; the timestamp must be within the tolerance (5 minutes) of now.
+fn standard_webhooks_verify(secret: &str, r: &receiver::Received, now: i64) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let header = |n: &str| r.header(n).unwrap_or_default();
+    let Ok(key) = b64.decode(secret.strip_prefix("whsec_").unwrap_or(secret)) else {
+        return false;
+    };
+    let Ok(ts) = header("webhook-timestamp").parse::<i64>() else {
+        return false;
+    };
+    if (now - ts).abs() > 300 {
+        return false;
+    }
+    let mut content = format!("{}.{ts}.", header("webhook-id")).into_bytes();
+    content.extend_from_slice(&r.body);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(&content);
+    let expected = b64.encode(mac.finalize().into_bytes());
+    header("webhook-signature")
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|s| s == expected)
+}
 
 /// A receiver that takes state changes of any age (the tests' event times are simulated, long
 /// past).
@@ -126,11 +158,35 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
         let sig = r
             .header(render::SIGNATURE_HEADER)
             .expect("signature header");
+        let key = render::hmac_key(HMAC_KEY).expect("key");
         assert!(
-            render::verify(HMAC_KEY.as_bytes(), ts, sig, &r.body, now, 300),
+            render::verify(&key, ts, sig, &r.body, now, 300),
             "signature verifies"
         );
         assert!(!render::verify(b"wrong key", ts, sig, &r.body, now, 300));
+        // Standard Webhooks: the id it signs is the idempotency key; a verifier written from
+        // the specification accepts it, and refuses another key, a changed body or id.
+        assert_eq!(r.header("webhook-id"), r.header(render::IDEMPOTENCY_HEADER));
+        assert!(
+            standard_webhooks_verify(HMAC_KEY, r, now),
+            "Standard Webhooks signature: {:?}",
+            r.headers
+        );
+        assert!(!standard_webhooks_verify(
+            "whsec_d3Jvbmcga2V5IGZvciB0ZXN0cw==",
+            r,
+            now
+        ));
+        let mut tampered = r.clone();
+        tampered.body.push(b' ');
+        assert!(!standard_webhooks_verify(HMAC_KEY, &tampered, now));
+        for h in tampered.headers.iter_mut() {
+            if h.0.eq_ignore_ascii_case("webhook-id") {
+                h.1 = format!("{}:repeat-1", h.1);
+            }
+        }
+        tampered.body.pop();
+        assert!(!standard_webhooks_verify(HMAC_KEY, &tampered, now));
         // The body is the alert as on the alerts topic (CONTRACTS section 3).
         let a: Alert = serde_json::from_slice(&r.body).unwrap();
         assert!(alerts.contains(&a), "webhook body equals the topic's alert");

@@ -225,10 +225,13 @@ impl Runner {
     pub(super) async fn on_tick(&mut self, consumer: &kafka::ReportsConsumer) {
         // Rebalances first: nothing is decided for a partition that has moved away.
         consumer.context().take_revoked();
-        let any = self.sync(consumer).await;
+        self.sync(consumer).await;
         self.readiness
-            .partitions_assigned
-            .store(any, Ordering::Release);
+            .partitions
+            .store(self.pos.last_seen.len(), Ordering::Release);
+        self.readiness
+            .in_group
+            .store(consumer.context().steady(), Ordering::Release);
         self.pos.tick();
         if let Some(dlq) = &mut self.ckpt.dead_letters {
             dlq.collect();

@@ -238,6 +238,14 @@ impl ReportsContext {
             .map(|since| (since.elapsed(), g.join_state.clone()))
     }
 
+    /// Whether the last statistics found it a settled member of its group (`steady`), with
+    /// or without partitions.
+    pub fn steady(&self) -> bool {
+        self.group
+            .lock()
+            .is_ok_and(|g| g.unsettled_since.is_none() && g.join_state == "steady")
+    }
+
     /// Starts the unsettled clock anew (after a rejoin).
     fn settled_now(&self) {
         if let Ok(mut g) = self.group.lock() {

@@ -276,6 +276,14 @@ impl ReceiverConfig {
                 "is only used by kind = \"webhook\"",
             ));
         }
+        if let Some(s) = &self.hmac_secret
+            && super::render::hmac_key(s.expose()).is_none()
+        {
+            return Err(Invalid::new(
+                "hmac_secret",
+                "starts with whsec_ (Standard Webhooks' form) but the rest is not base64 of a key",
+            ));
+        }
         for s in &self.severities {
             if s != "warning" && s != "critical" {
                 return Err(Invalid::new(

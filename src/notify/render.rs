@@ -20,6 +20,13 @@ pub const SIGNATURE_HEADER: &str = "X-QoS-Signature";
 pub const DETECTED_HEADER: &str = "X-QoS-Detected-At";
 /// Header naming the state change, the same on every retry of it.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+/// Standard Webhooks (standardwebhooks.com) headers, so that receivers can verify with that
+/// specification's libraries: the message id (the idempotency key, so that the signature
+/// covers it), the Unix time in seconds, and `v1,<base64 HMAC-SHA256 of
+/// "<id>.<timestamp>.<body>">` ([`standard_signature`]).
+pub const WEBHOOK_ID_HEADER: &str = "webhook-id";
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "webhook-timestamp";
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "webhook-signature";
 
 /// Whether `a` goes to receiver `r` by its severity, rule and scope patterns.
 pub fn routes(r: &ReceiverConfig, a: &Alert) -> bool {
@@ -209,16 +216,47 @@ pub fn alertmanager(alerts: &[Alert], link_template: Option<&str>, now: Millis) 
     )
 }
 
-/// `sha256=<hex>` over `"<timestamp>.<body>"` with `secret`.
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let tag = mac(secret, timestamp, body).finalize().into_bytes();
+/// The HMAC key of a webhook's `hmac_secret`: a secret in Standard Webhooks' form,
+/// `whsec_<base64>`, is the base64 of its key (as that specification's libraries read it);
+/// any other secret is its own bytes. `None`: a `whsec_` secret that is not base64.
+pub fn hmac_key(secret: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .filter(|k| !k.is_empty()),
+        None => Some(secret.as_bytes().to_vec()),
+    }
+}
+
+/// `sha256=<hex>` over `"<timestamp>.<body>"` with `key`.
+pub fn sign(key: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let tag = mac(key, &[], timestamp, body).finalize().into_bytes();
     format!("sha256={}", hex::encode(tag))
 }
 
-fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+/// The Standard Webhooks signature: `v1,<base64>` over `"<id>.<timestamp>.<body>"` with `key`.
+pub fn standard_signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use base64::Engine;
+    let tag = mac(key, id.as_bytes(), timestamp, body)
+        .finalize()
+        .into_bytes();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag)
+    )
+}
+
+/// HMAC-SHA256 over `"<id>.<timestamp>.<body>"`, or `"<timestamp>.<body>"` without an id.
+fn mac(key: &[u8], id: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    if !id.is_empty() {
+        mac.update(id);
+        mac.update(b".");
+    }
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -248,7 +286,7 @@ pub fn verify(
     let Ok(sig) = hex::decode(hex_sig) else {
         return false;
     };
-    mac(secret, ts, body).verify_slice(&sig).is_ok()
+    mac(secret, &[], ts, body).verify_slice(&sig).is_ok()
 }
 
 /// The state change a request carries; receivers drop repeats of it. `repeat` numbers the
@@ -318,6 +356,14 @@ pub(crate) mod tests {
         a.scope = Scope::pair("IN/KA/Bengaluru", "cdn-a");
         a.rule = "failure_rate_above_benchmark".into();
         assert!(!routes(r, &a));
+    }
+
+    #[test]
+    fn a_whsec_secret_is_the_base64_of_its_key_and_any_other_its_own_bytes() {
+        assert_eq!(hmac_key("plain").as_deref(), Some(&b"plain"[..]));
+        assert_eq!(hmac_key("whsec_aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(hmac_key("whsec_not base64!"), None);
+        assert_eq!(hmac_key("whsec_"), None, "an empty key");
     }
 
     #[test]

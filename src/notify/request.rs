@@ -71,18 +71,25 @@ fn request(r: &ReceiverConfig, d: &Delivery) -> Result<(String, Vec<u8>, HeaderM
             let body = serde_json::to_vec(a).map_err(|e| e.to_string())?;
             let ts = now_ms() / 1000;
             let key = render::idempotency_key(a, d.repeat);
-            h.insert(
-                render::IDEMPOTENCY_HEADER,
-                key.parse().map_err(|_| "idempotency key")?,
-            );
+            let id: reqwest::header::HeaderValue = key.parse().map_err(|_| "idempotency key")?;
+            h.insert(render::IDEMPOTENCY_HEADER, id.clone());
+            h.insert(render::WEBHOOK_ID_HEADER, id);
             h.insert(render::TIMESTAMP_HEADER, ts.into());
+            h.insert(render::WEBHOOK_TIMESTAMP_HEADER, ts.into());
             if let Some(at) = d.detected_ms {
                 h.insert(render::DETECTED_HEADER, at.into());
             }
             if let Some(s) = &r.hmac_secret {
-                let sig = render::sign(s.expose().as_bytes(), ts, &body);
+                // Validated at start-up (`ReceiverConfig::validate`).
+                let k = render::hmac_key(s.expose()).ok_or("hmac_secret is not usable")?;
+                let sig = render::sign(&k, ts, &body);
                 h.insert(
                     render::SIGNATURE_HEADER,
+                    sig.parse().map_err(|_| "signature")?,
+                );
+                let sig = render::standard_signature(&k, &key, ts, &body);
+                h.insert(
+                    render::WEBHOOK_SIGNATURE_HEADER,
                     sig.parse().map_err(|_| "signature")?,
                 );
             }
