@@ -198,7 +198,7 @@ pub fn run(
     let mut reports = read_all(
         reports_path,
         limit,
-        |b, l| decode::decode_report(b, l).map(Report::into_owned),
+        |b, l| decode::read_report(&cfg.input, b, l).map(Report::into_owned),
         &mut bad,
     )?;
     let mut summary = run_events(cfg, &benchmarks, &mut reports);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::checkpoint::StateConfig;
+pub use crate::decode::mapping::InputConfig;
 pub use crate::detect::DetectConfig;
 pub use crate::detect::config::load_rules;
 use crate::detect::config::load_rules_table;
@@ -67,6 +68,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// Reports in the users' own JSON shape: where each field is (docs/formats.md).
+    #[serde(default, skip_serializing_if = "InputConfig::is_empty")]
+    pub input: InputConfig,
 }
 
 impl Config {
@@ -150,7 +154,7 @@ impl Config {
     /// Checks every section (each section validates itself); the error names the field and
     /// the value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let sections: [(&str, Result<(), Invalid>); 7] = [
+        let sections: [(&str, Result<(), Invalid>); 8] = [
             ("kafka", self.kafka.validate()),
             ("window", self.window.validate()),
             ("detect", self.detect.validate()),
@@ -158,6 +162,7 @@ impl Config {
             ("http", self.http.validate()),
             ("notify", self.notify.validate()),
             ("limits", self.limits.validate()),
+            ("input", self.input.validate()),
         ];
         for (name, checked) in sections {
             if let Err(e) = checked {

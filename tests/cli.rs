@@ -220,3 +220,30 @@ fn logs_are_json_on_request_and_plain_text_off_a_terminal() {
     assert!(text.contains("Serving /metrics"), "{text}");
     assert!(!text.contains('\u{1b}'), "ANSI codes in a pipe: {text:?}");
 }
+
+/// An `[input]` mapping that cannot work stops start-up naming the field, as any other.
+#[test]
+fn a_bad_input_mapping_stops_start_up_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    for (text, want) in [
+        (
+            "[input]\nplayed_ms = { path = \"p\", scale = -1 }\n",
+            "config field `input.played_ms.scale`: (-1) must be a positive number",
+        ),
+        (
+            "[input]\nplayed_ms = { path = \"p\", scael = 1000 }\n",
+            "config field `input.played_ms.scael`: unknown field `scael`, expected one of `path`",
+        ),
+        (
+            "[input]\nsesion_id = \"s\"\n",
+            "config field `input.sesion_id`: unknown field",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let out = bin().arg("check-config").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}

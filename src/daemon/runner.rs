@@ -390,10 +390,11 @@ impl Runner {
         }
         let limit = self.cfg.limits.max_message_bytes;
         let window = &self.cfg.window;
+        let input = &self.cfg.input;
         let decoded = msg
             .payload()
             .map_or(Err(decode::DecodeError::Empty), |v| {
-                decode::decode_report(v, limit)
+                decode::read_report(input, v, limit)
             })
             .and_then(|r| {
                 // A wild clock is bad input, not a jump of event time.

@@ -4,6 +4,8 @@
 //! `DecodeError` is always the producer's fault and never retryable; the caller routes the
 //! message to the dead-letter topic with [`DecodeError::reason`] and moves on.
 
+pub mod mapping;
+
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -189,9 +191,27 @@ fn unit_interval(field: &'static str, v: Option<f64>) -> Result<(), DecodeError>
     }
 }
 
+/// Reads one client report: in our format, or in the users' own shape when `[input]` maps
+/// it ([`mapping`]).
+pub fn read_report<'b>(
+    input: &mapping::InputConfig,
+    bytes: &'b [u8],
+    limit: usize,
+) -> Result<Report<'b>, DecodeError> {
+    if input.is_empty() {
+        decode_report(bytes, limit)
+    } else {
+        mapping::decode_mapped(input, bytes, limit)
+    }
+}
+
 /// Decodes and validates one client report.
 pub fn decode_report(bytes: &[u8], limit: usize) -> Result<Report<'_>, DecodeError> {
-    let r: Report = from_json(bytes, limit)?;
+    check_report(from_json(bytes, limit)?)
+}
+
+/// The checks serde's types do not make.
+fn check_report(r: Report<'_>) -> Result<Report<'_>, DecodeError> {
     non_empty("session_id", &r.session_id)?;
     non_empty("location", &r.location)?;
     non_empty("cdn", &r.cdn)?;
