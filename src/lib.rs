@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod metric;
 pub mod metrics;
 pub mod notify;
+pub mod rekey;
 pub mod retry;
 pub mod sim;
 pub mod source;

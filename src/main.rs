@@ -128,6 +128,25 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Move reports keyed by session (another topic) to the reports topic keyed by
+    /// location, at least once; bad input to the dead-letter topic. Runs until SIGTERM.
+    Rekey {
+        #[arg(
+            long,
+            env = "QOS_SENTINEL_CONFIG",
+            default_value = "config/qos-sentinel.toml"
+        )]
+        config: PathBuf,
+        /// The session-keyed topic to read.
+        #[arg(long)]
+        from: String,
+        /// Consumer group (default: kafka.group_id + "-rekey").
+        #[arg(long)]
+        group: Option<String>,
+        /// Serve /metrics and /healthz here.
+        #[arg(long)]
+        http: Option<String>,
+    },
     /// Validate a config file (with environment overrides applied) and exit.
     CheckConfig { file: PathBuf },
     /// A webhook receiver for trying notifications out: prints every alert POSTed to it,
@@ -279,6 +298,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => receive(&listen, hmac_secret).await,
         Command::Run { config } => run(&config).await,
         Command::CheckConfig { file } => check_config(&file),
+        Command::Rekey {
+            config,
+            from,
+            group,
+            http,
+        } => rekey(&config, from, group, http).await,
         Command::Demo {
             minutes,
             speed,
@@ -393,6 +418,34 @@ async fn run(config: &Path) -> anyhow::Result<()> {
         stop,
     )
     .await
+}
+
+async fn rekey(
+    config: &Path,
+    from: String,
+    group: Option<String>,
+    http: Option<String>,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let cfg = load_config(config)?;
+    let group = group.unwrap_or_else(|| format!("{}-rekey", cfg.kafka.group_id));
+    let metrics = Arc::new(qos_sentinel::metrics::Metrics::new());
+    let readiness = Arc::new(qos_sentinel::http::Readiness::default());
+    if let Some(addr) = http {
+        let app = qos_sentinel::http::router(metrics.clone(), readiness.clone(), Arc::default());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on --http {addr}"))?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let stop = shutdown_signal().await;
+    let opts = qos_sentinel::rekey::RekeyOptions { from, group };
+    let stats = qos_sentinel::rekey::run(&cfg, &opts, &metrics, stop, || readiness.beat()).await?;
+    eprintln!(
+        "rekey: moved {} reports, {} dead letters",
+        stats.moved, stats.dead_letters
+    );
+    Ok(())
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {

@@ -128,9 +128,9 @@ impl Metrics {
             records_in: counter_vec(
                 &r,
                 "qos_sentinel_records_in_total",
-                "Messages read from Kafka, by input.",
+                "Messages read from Kafka, by input (`rekey`: by the rekey stage).",
                 "input",
-                &["reports", "benchmarks", "summaries"],
+                &["reports", "benchmarks", "summaries", "rekey"],
             ),
             decode_failures: counter_vec(
                 &r,

@@ -78,6 +78,30 @@ pub fn reports_consumer(k: &KafkaConfig) -> Result<ReportsConsumer, KafkaError> 
     Ok(consumer)
 }
 
+/// The `rekey` stage's consumer of a session-keyed topic, in group `group`: offsets are
+/// committed by the stage, only once a batch is on the reports topic.
+pub fn rekey_consumer(
+    k: &KafkaConfig,
+    group: &str,
+    topic: &str,
+) -> Result<StreamConsumer, KafkaError> {
+    let consumer: StreamConsumer = client_config(k)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            k.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (k.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
 /// Leaves the group and joins it again as a new member: for a member whose join has not
 /// settled for long (a coordinator that lost it, or holds its join).
 pub fn rejoin(consumer: &ReportsConsumer, topic: &str) -> Result<(), KafkaError> {
