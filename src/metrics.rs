@@ -58,6 +58,11 @@ pub struct Metrics {
     pub viewer_quality: GaugeVec,
     pub viewer_expected: GaugeVec,
     pub viewer_reports: GaugeVec,
+    /// Per CDN and per country (a location's first part): observed and expected, bounded.
+    pub cdn_quality: GaugeVec,
+    pub cdn_expected: GaugeVec,
+    pub country_quality: GaugeVec,
+    pub country_expected: GaugeVec,
     pub quality_overall: GaugeVec,
     quality_window: std::sync::atomic::AtomicI64,
     last: std::sync::Mutex<Counters>,
@@ -87,6 +92,10 @@ fn vec_of<C: prometheus::core::Collector + Clone + 'static>(
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn group_gauge(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
+    vec_of(r, GaugeVec::new(Opts::new(name, help), &[label, "metric"]))
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -344,6 +353,30 @@ impl Metrics {
                     &["location", "cdn"],
                 ),
             ),
+            cdn_quality: group_gauge(
+                &r,
+                "qos_sentinel_viewer_cdn_quality",
+                "Viewer quality in the last closed window over each CDN's keys (at most 256 CDNs, the rest as \"other\"), per metric as in qos_sentinel_viewer_quality, and reports.",
+                "cdn",
+            ),
+            cdn_expected: group_gauge(
+                &r,
+                "qos_sentinel_viewer_cdn_expected",
+                "What the benchmarks expected over each CDN's keys in qos_sentinel_viewer_cdn_quality.",
+                "cdn",
+            ),
+            country_quality: group_gauge(
+                &r,
+                "qos_sentinel_viewer_country_quality",
+                "Viewer quality in the last closed window over each country's keys (a location's first /-separated part; at most 256, the rest as \"other\"), per metric, and reports.",
+                "country",
+            ),
+            country_expected: group_gauge(
+                &r,
+                "qos_sentinel_viewer_country_expected",
+                "What the benchmarks expected over each country's keys in qos_sentinel_viewer_country_quality.",
+                "country",
+            ),
             quality_overall: vec_of(
                 &r,
                 GaugeVec::new(
@@ -413,6 +446,28 @@ impl Metrics {
         self.viewer_quality.reset();
         self.viewer_expected.reset();
         self.viewer_reports.reset();
+        let levels = [
+            (&q.cdns, &self.cdn_quality, &self.cdn_expected),
+            (&q.countries, &self.country_quality, &self.country_expected),
+        ];
+        for (groups, observed, expected) in levels {
+            observed.reset();
+            expected.reset();
+            for g in groups {
+                let name = g.name.as_str();
+                observed
+                    .with_label_values(&[name, "reports"])
+                    .set(g.reports as f64);
+                for (m, (obs, exp)) in &g.values {
+                    if let Some(v) = obs {
+                        observed.with_label_values(&[name, m]).set(*v);
+                    }
+                    if let Some(v) = exp {
+                        expected.with_label_values(&[name, m]).set(*v);
+                    }
+                }
+            }
+        }
         for k in &q.worst {
             let (l, c) = (k.location.as_str(), k.cdn.as_str());
             self.viewer_reports

@@ -45,32 +45,88 @@ fn promtool_checks_and_unit_tests_the_rules() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
-/// Every `expr` in a Grafana dashboard, with template variables set to "All".
+/// Template variables set to "All".
+fn all(e: &str) -> String {
+    e.replace("$location", ".*")
+        .replace("$country", ".*")
+        .replace("$cdn", ".*")
+        .replace("$instance", ".*")
+        .replace("$__rate_interval", "1m")
+}
+
+/// Every `expr` in a Grafana dashboard's panels and variables, with template variables set
+/// to "All"; and checks that the dashboard imports into any Grafana (every query on the
+/// `datasource` variable, no fixed uid) and filters every panel by its `instance` variable.
 fn dashboard_exprs(path: &str) -> Vec<(String, String)> {
     let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let vars = d["templating"]["list"].as_array().unwrap();
+    assert!(
+        vars.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "{path}: a Prometheus data source variable"
+    );
+    assert!(
+        vars.iter().any(|v| v["name"] == "instance"),
+        "{path}: an instance variable"
+    );
+    let uses_variable = |ds: &Value| ds["uid"] == "${datasource}";
     let mut out = Vec::new();
     for p in d["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap();
+        assert!(
+            uses_variable(&p["datasource"]),
+            "{path}: {title}: fixed data source"
+        );
         for t in p["targets"].as_array().unwrap() {
             let e = t["expr"].as_str().unwrap();
-            let e = e
-                .replace("$location", ".*")
-                .replace("$cdn", ".*")
-                .replace("$instance", ".*")
-                .replace("$__rate_interval", "1m");
-            out.push((format!("{path}: {}", p["title"].as_str().unwrap()), e));
+            assert!(
+                uses_variable(&t["datasource"]),
+                "{path}: {title}: fixed data source"
+            );
+            assert!(
+                e.contains("instance=~\"$instance\""),
+                "{path}: {title}: {e} ignores $instance"
+            );
+            out.push((format!("{path}: {title}"), all(e)));
         }
     }
-    for v in d["templating"]["list"].as_array().unwrap() {
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert!(
+            uses_variable(&v["datasource"]),
+            "{path}: variable {}",
+            v["name"]
+        );
         // label_values(metric, label) → the metric must have series with that label.
         let q = v["query"]["query"].as_str().unwrap();
         let inner = q
             .strip_prefix("label_values(")
             .and_then(|r| r.rsplit_once(','))
-            .map(|(m, _)| m.trim().to_string())
+            .map(|(m, _)| all(m.trim()))
             .unwrap();
         out.push((format!("{path}: variable {}", v["name"]), inner));
     }
     out
+}
+
+/// A dashboard's annotation queries, variables set to "All".
+fn annotation_exprs(path: &str) -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    d["annotations"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| {
+            assert_eq!(
+                a["datasource"]["uid"], "${datasource}",
+                "{path}: annotation"
+            );
+            Some((
+                format!("{path}: annotation {}", a["name"]),
+                all(a["expr"].as_str()?),
+            ))
+        })
+        .collect()
 }
 
 /// Metric names an expression refers to (identifiers that are series, not functions).
@@ -191,7 +247,13 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let mut exprs = dashboard_exprs(&format!("{ROOT}/grafana/dashboards/viewer-quality.json"));
+    let viewer = format!("{ROOT}/grafana/dashboards/viewer-quality.json");
+    let annotations = annotation_exprs(&viewer);
+    assert!(
+        !annotations.is_empty(),
+        "incident annotations on the viewer timelines"
+    );
+    let mut exprs = dashboard_exprs(&viewer);
     exprs.extend(dashboard_exprs(&format!(
         "{ROOT}/grafana/dashboards/service-health.json"
     )));
@@ -203,6 +265,21 @@ async fn every_dashboard_and_rule_expression_returns_data_in_a_real_prometheus()
             failures.push(format!("{what}: {e}: invalid: {r}"));
         } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
             failures.push(format!("{what}: {e}: returns nothing"));
+        }
+    }
+
+    // Annotations mark when incidents fired: valid, on series that exist (whether one fires
+    // at the moment of the query depends on the moment).
+    for (what, e) in &annotations {
+        let r = query(&prom, e).await;
+        if r["status"] != "success" {
+            failures.push(format!("{what}: {e}: invalid: {r}"));
+        }
+        for name in metric_names(e) {
+            let q = query(&prom, &name).await;
+            if q["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                failures.push(format!("{what}: {name} has no series"));
+            }
         }
     }
 

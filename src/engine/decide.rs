@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::assess::{Assessment, GROUP_MARK};
-use super::quality::{KeyQuality, Quality, key_quality, sort_worst, totals};
+use super::quality::{
+    KeyQuality, Quality, country_of, group_into, groups_quality, key_quality, sort_worst, totals,
+};
 use super::{Engine, MAX_GAP_WINDOWS, TABLE_HISTORY_WINDOWS};
 use crate::detect::DetectConfig;
 use crate::detect::{self, Baseline, Metric, Normals};
@@ -40,6 +42,11 @@ pub(super) struct Stash {
     locations: Vec<Verdict>,
     /// Lowest source offset per partition that contributed (for safe commits).
     pub(super) min_offsets: HashMap<i32, i64>,
+    /// The partition's keys per CDN and per country, merged (the quality view's groups).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    by_cdn: BTreeMap<String, Acc>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    by_country: BTreeMap<String, Acc>,
 }
 
 impl Stash {
@@ -51,6 +58,8 @@ impl Stash {
                 continue;
             }
             self.reports.merge(acc);
+            group_into(&mut self.by_cdn, &k.cdn, acc);
+            group_into(&mut self.by_country, country_of(&k.location), acc);
             if acc.reports >= min_samples {
                 self.worst.push(key_quality(k, acc));
             }
@@ -102,10 +111,17 @@ impl Stash {
 /// The quality view of a window from every partition's stash.
 fn quality_of(start: Millis, stashed: &BTreeMap<i32, Stash>) -> Quality {
     let (mut reports, mut keys, mut worst) = (Acc::default(), 0, Vec::new());
+    let (mut cdns, mut countries) = (BTreeMap::new(), BTreeMap::new());
     for s in stashed.values() {
         reports.merge(&s.reports);
         keys += s.key_count;
         worst.extend(s.worst.iter().cloned());
+        for (name, acc) in &s.by_cdn {
+            group_into(&mut cdns, name, acc);
+        }
+        for (name, acc) in &s.by_country {
+            group_into(&mut countries, name, acc);
+        }
     }
     sort_worst(&mut worst);
     Quality {
@@ -114,6 +130,8 @@ fn quality_of(start: Millis, stashed: &BTreeMap<i32, Stash>) -> Quality {
         reports: reports.reports,
         totals: totals(&reports),
         worst,
+        cdns: groups_quality(&cdns),
+        countries: groups_quality(&countries),
     }
 }
 

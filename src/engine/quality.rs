@@ -1,5 +1,5 @@
-//! The viewer-quality view of a closed window: totals over every key and the worst keys,
-//! for the live page and the viewer-quality gauges.
+//! The viewer-quality view of a closed window: totals over every key, the worst keys, and
+//! every CDN's and country's keys together (bounded), for the live page and the gauges.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +39,62 @@ pub struct Quality {
     #[serde(flatten)]
     pub totals: BTreeMap<String, f64>,
     pub worst: Vec<KeyQuality>,
+    /// Every CDN's keys together (at most [`MAX_GROUPS`], the rest as `other`).
+    pub cdns: Vec<GroupQuality>,
+    /// Every country's keys together: a location's first `/`-separated part (`IN` of
+    /// `IN/MH/Mumbai`), at most [`MAX_GROUPS`].
+    pub countries: Vec<GroupQuality>,
+}
+
+/// Most CDNs, and most countries, with a quality of their own: the cap on those labels;
+/// the rest are merged as [`OTHER`].
+pub const MAX_GROUPS: usize = 256;
+/// The name of the groups past [`MAX_GROUPS`].
+pub const OTHER: &str = "other";
+
+/// A CDN's, or a country's, keys of one window together.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupQuality {
+    pub name: String,
+    pub reports: u64,
+    /// Each metric's (observed, expected), where known.
+    pub values: BTreeMap<String, (Option<f64>, Option<f64>)>,
+}
+
+/// A location's country: its first `/`-separated part, or itself without one.
+pub fn country_of(location: &str) -> &str {
+    crate::incident::prefix_of(location).unwrap_or(location)
+}
+
+/// Merges `acc` (its sums, not its cohorts) into `name`'s group, or [`OTHER`]'s once there
+/// are [`MAX_GROUPS`].
+pub(super) fn group_into(groups: &mut BTreeMap<String, Acc>, name: &str, acc: &Acc) {
+    let slot = match groups.get_mut(name) {
+        Some(slot) => slot,
+        None => {
+            let key = if groups.len() >= MAX_GROUPS - 1 {
+                OTHER
+            } else {
+                name
+            };
+            groups.entry(key.to_string()).or_default()
+        }
+    };
+    slot.merge_sums(acc);
+}
+
+/// The quality of each group.
+pub(super) fn groups_quality(groups: &BTreeMap<String, Acc>) -> Vec<GroupQuality> {
+    groups
+        .iter()
+        .map(|(name, acc)| GroupQuality {
+            name: name.clone(),
+            reports: acc.reports,
+            values: Metric::all()
+                .filter_map(|m| Some((m.as_str().to_string(), acc.shown(m)?)))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Most keys kept in [`Quality::worst`]: the cap on per-key metric labels.

@@ -502,3 +502,54 @@ fn a_key_whose_viewers_usually_stall_more_than_the_probes_is_paged_only_on_a_cha
             .any(|x| x.status == Status::Resolved && x.id == a.id)
     );
 }
+
+/// The quality view's groups: each CDN's and each country's keys together, observed
+/// against what the benchmarks expected; past `MAX_GROUPS` countries the rest are `other`, so
+/// the gauges' label sets stay bounded.
+#[test]
+fn the_quality_view_has_every_cdn_and_country_within_a_bound() {
+    use super::quality::{MAX_GROUPS, OTHER};
+    let mut e = Engine::new(Settings::default());
+    let locs: Vec<String> = (0..300).map(|i| format!("C{i:03}/City")).collect();
+    let row = Expected {
+        error_rate: Some(0.01),
+        ..Default::default()
+    };
+    let mut i = 0;
+    for l in &locs {
+        for c in ["cdn-a", "cdn-b"] {
+            e.on_benchmark(l, c, 0, Some(row));
+            for n in 0..10 {
+                i += 1;
+                let failed = l == "C000/City" && c == "cdn-b" && n < 5;
+                e.on_report(&report(l, c, n * 1_000, i, failed), None);
+            }
+        }
+    }
+    e.close_until(W);
+    let q = e.quality();
+    assert_eq!(
+        (q.window_start, q.keys, q.reports),
+        (0, 600, 6_000),
+        "{q:?}"
+    );
+    let rate = |g: &super::quality::GroupQuality| g.values["failure_rate"];
+    let names: Vec<&str> = q.cdns.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["cdn-a", "cdn-b"]);
+    assert!(q.cdns.iter().all(|g| g.reports == 3_000));
+    let (obs, exp) = rate(&q.cdns[1]);
+    assert!(
+        (obs.unwrap_or_default() - 5.0 / 3_000.0).abs() < 1e-9,
+        "{obs:?}"
+    );
+    assert!((exp.unwrap_or_default() - 0.01).abs() < 1e-9, "{exp:?}");
+    assert_eq!(q.countries.len(), MAX_GROUPS);
+    let c0 = q.countries.iter().find(|g| g.name == "C000").expect("C000");
+    assert!(
+        (rate(c0).0.unwrap_or_default() - 0.25).abs() < 1e-9,
+        "{c0:?}"
+    );
+    let other = q.countries.iter().find(|g| g.name == OTHER).expect("other");
+    assert_eq!(other.reports, (300 - (MAX_GROUPS as u64 - 1)) * 20);
+    assert_eq!(q.countries.iter().map(|g| g.reports).sum::<u64>(), 6_000);
+}
