@@ -5,13 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use qos_sentinel::incident::{Alert, Status};
-
-fn alert(r: &common::Read) -> Option<Alert> {
-    serde_json::from_slice(r.value.as_deref()?).ok()
-}
+use qos_sentinel::incident::Status;
 
 const CODECS: [&str; 4] = ["gzip", "snappy", "lz4", "zstd"];
 
@@ -47,29 +41,12 @@ async fn report_batches_in_every_codec_are_consumed() {
     sent += 320;
 
     let daemon = common::start_daemon(&cfg);
-    let (b, topic) = (brokers.clone(), cfg.kafka.alerts_topic.clone());
-    let alerts: Vec<Alert> = tokio::task::spawn_blocking(move || {
-        let c = common::tail(&b, &topic);
-        common::read_until(&c, Duration::from_secs(60), |r| {
-            r.iter()
-                .filter_map(alert)
-                .any(|a| a.status == Status::Resolved)
-        })
-    })
-    .await
-    .expect("reader")
-    .iter()
-    .filter_map(alert)
-    .collect();
+    let alerts = common::alerts_until_resolved(&brokers, &cfg.kafka.alerts_topic).await;
     let base = format!("http://{}", cfg.http.listen);
     let metrics = common::scrape(&base).await;
     daemon.stop().await;
     let read = common::metric(&metrics, "qos_sentinel_records_in_total{input=\"reports\"}");
-    let failed: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("qos_sentinel_decode_failures_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let failed = common::decode_failures(&metrics);
     assert_eq!(read, sent as f64, "every report read, whatever its codec");
     assert_eq!(failed, 0.0, "none dead-lettered");
     assert!(

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use qos_sentinel::config::InputConfig;
 use qos_sentinel::decode::Report;
 use qos_sentinel::incident::{Alert, Status};
@@ -62,21 +60,7 @@ async fn run(input: InputConfig, render: impl Fn(&Report) -> String) -> (Vec<Ale
     }
     common::flush(&p);
     let daemon = common::start_daemon(&cfg);
-    let (b, topic) = (cfg.kafka.brokers.clone(), cfg.kafka.alerts_topic.clone());
-    let alert = |r: &common::Read| serde_json::from_slice::<Alert>(r.value.as_deref()?).ok();
-    let alerts: Vec<Alert> = tokio::task::spawn_blocking(move || {
-        let c = common::tail(&b, &topic);
-        common::read_until(&c, Duration::from_secs(60), |r| {
-            r.iter()
-                .filter_map(alert)
-                .any(|a| a.status == Status::Resolved)
-        })
-        .iter()
-        .filter_map(alert)
-        .collect()
-    })
-    .await
-    .expect("reader");
+    let alerts = common::alerts_until_resolved(&cfg.kafka.brokers, &cfg.kafka.alerts_topic).await;
     let metrics = common::scrape(&format!("http://{}", cfg.http.listen)).await;
     daemon.stop().await;
     let read = common::metric(&metrics, "qos_sentinel_records_in_total{input=\"reports\"}");
@@ -85,12 +69,11 @@ async fn run(input: InputConfig, render: impl Fn(&Report) -> String) -> (Vec<Ale
 }
 
 fn check(alerts: &[Alert], metrics: &str) {
-    let failed: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("qos_sentinel_decode_failures_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(failed, 0.0, "no message dead-lettered");
+    assert_eq!(
+        common::decode_failures(metrics),
+        0.0,
+        "no message dead-lettered"
+    );
     for status in [Status::Firing, Status::Resolved] {
         assert!(
             alerts.iter().any(|a| a.status == status

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use qos_sentinel::decode::Report;
-use qos_sentinel::incident::{Alert, Status};
+use qos_sentinel::incident::Status;
 
 const LOCATIONS: [&str; 4] = [
     "IN/MH/Mumbai",
@@ -216,21 +216,7 @@ async fn session_keyed_reports_move_to_location_keys_at_least_once() {
 
     // The daemon reads what the stage wrote: the incident fires and resolves.
     let daemon = common::start_daemon(&cfg);
-    let (b, topic) = (brokers.clone(), cfg.kafka.alerts_topic.clone());
-    let alert = |r: &common::Read| serde_json::from_slice::<Alert>(r.value.as_deref()?).ok();
-    let alerts: Vec<Alert> = tokio::task::spawn_blocking(move || {
-        let c = common::tail(&b, &topic);
-        common::read_until(&c, Duration::from_secs(60), |r| {
-            r.iter()
-                .filter_map(alert)
-                .any(|a| a.status == Status::Resolved)
-        })
-        .iter()
-        .filter_map(alert)
-        .collect()
-    })
-    .await
-    .unwrap();
+    let alerts = common::alerts_until_resolved(&brokers, &cfg.kafka.alerts_topic).await;
     daemon.stop().await;
     assert!(
         alerts.iter().any(|a| a.status == Status::Firing

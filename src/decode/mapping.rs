@@ -248,15 +248,7 @@ pub fn decode_mapped(
     bytes: &[u8],
     limit: usize,
 ) -> Result<Report<'static>, DecodeError> {
-    if bytes.len() > limit {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            limit,
-        });
-    }
-    if bytes.is_empty() {
-        return Err(DecodeError::Empty);
-    }
+    super::sized(bytes, limit)?;
     let mut doc: Value =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     for path in &input.cmcd {

@@ -145,7 +145,8 @@ impl DecodeError {
     ];
 }
 
-fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+/// A message within `limit` bytes and not empty.
+fn sized(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -155,6 +156,11 @@ fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T,
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    Ok(())
+}
+
+fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], limit: usize) -> Result<T, DecodeError> {
+    sized(bytes, limit)?;
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::InvalidField(e.to_string()),
         _ => DecodeError::InvalidJson(e.to_string()),

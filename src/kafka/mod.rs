@@ -41,6 +41,19 @@ fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// How long a member may stay silent before the group drops it (`kafka.session_timeout`),
+/// and its heartbeats, a third of that.
+fn group_timing<'c>(c: &'c mut ClientConfig, k: &KafkaConfig) -> &'c mut ClientConfig {
+    c.set(
+        "session.timeout.ms",
+        k.session_timeout.as_millis().to_string(),
+    )
+    .set(
+        "heartbeat.interval.ms",
+        (k.session_timeout.as_millis() / 3).max(100).to_string(),
+    )
+}
+
 /// The report consumer, with its context.
 pub type ReportsConsumer = StreamConsumer<ReportsContext>;
 
@@ -50,8 +63,8 @@ pub type ReportsConsumer = StreamConsumer<ReportsContext>;
 /// lowest offset still needed by an open window (see `Windows::pending_offsets`), so a crash
 /// replays whatever had not yet been turned into closed windows and alerts.
 pub fn reports_consumer(k: &KafkaConfig) -> Result<ReportsConsumer, KafkaError> {
-    let consumer: ReportsConsumer = client_config(k)
-        .set("group.id", &k.group_id)
+    let mut c = client_config(k);
+    c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "1000")
@@ -62,15 +75,8 @@ pub fn reports_consumer(k: &KafkaConfig) -> Result<ReportsConsumer, KafkaError> 
         // The daemon stops waiting for a partition read to its end that never delivered.
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "session.timeout.ms",
-            k.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (k.session_timeout.as_millis() / 3).max(100).to_string(),
-        )
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    let consumer: ReportsConsumer = group_timing(&mut c, k)
         // The group's join state, for the daemon's watchdog (see `ReportsContext::unsettled`).
         .set("statistics.interval.ms", "5000")
         .create_with_context(ReportsContext::default())?;
@@ -85,19 +91,11 @@ pub fn rekey_consumer(
     group: &str,
     topic: &str,
 ) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = client_config(k)
-        .set("group.id", group)
+    let mut c = client_config(k);
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            k.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (k.session_timeout.as_millis() / 3).max(100).to_string(),
-        )
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = group_timing(&mut c, k).create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }

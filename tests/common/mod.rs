@@ -614,3 +614,35 @@ pub fn mumbai_windows(p: &Producer, topic: &str, windows: std::ops::Range<i64>, 
     }
     flush(p);
 }
+
+/// The alerts on `topic` from its start, read until one has resolved (60 s at most).
+pub async fn alerts_until_resolved(
+    brokers: &str,
+    topic: &str,
+) -> Vec<qos_sentinel::incident::Alert> {
+    use qos_sentinel::incident::{Alert, Status};
+    let (b, t) = (brokers.to_string(), topic.to_string());
+    let alert = |r: &Read| serde_json::from_slice::<Alert>(r.value.as_deref()?).ok();
+    tokio::task::spawn_blocking(move || {
+        let c = tail(&b, &t);
+        read_until(&c, Duration::from_secs(60), |r| {
+            r.iter()
+                .filter_map(alert)
+                .any(|a| a.status == Status::Resolved)
+        })
+        .iter()
+        .filter_map(alert)
+        .collect()
+    })
+    .await
+    .expect("alerts reader")
+}
+
+/// Messages dead-lettered by decoding, over every reason, in a `/metrics` text.
+pub fn decode_failures(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("qos_sentinel_decode_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
