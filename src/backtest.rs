@@ -1,5 +1,5 @@
 //! `qos-sentinel backtest`: the daemon's detection over recorded files, in event time
-//! (CONTRACTS section 4), and scoring against labelled incidents.
+//! (docs/formats.md, `backtest`), and scoring against labelled incidents.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;

@@ -213,7 +213,7 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
-    /// Run the daemon's detection over recorded files (CONTRACTS section 4).
+    /// Run the daemon's detection over recorded files (docs/formats.md, `backtest`).
     Backtest {
         #[arg(long)]
         reports: PathBuf,

@@ -21,7 +21,7 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Accepts RFC 3339 strings or integer epoch milliseconds (CONTRACTS: "time").
+/// Accepts RFC 3339 strings or integer epoch milliseconds (docs/formats.md: a time).
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
     // A visitor rather than an untagged enum: no buffering of the value, no second attempt
     // (this runs for every report on the hot path).

@@ -187,7 +187,7 @@ async fn flaky_webhook_gets_every_change_exactly_once_signed_and_slack_gets_them
         }
         tampered.body.pop();
         assert!(!standard_webhooks_verify(HMAC_KEY, &tampered, now));
-        // The body is the alert as on the alerts topic (CONTRACTS section 3).
+        // The body is the alert as on the alerts topic (docs/formats.md, Alerts).
         let a: Alert = serde_json::from_slice(&r.body).unwrap();
         assert!(alerts.contains(&a), "webhook body equals the topic's alert");
         assert_eq!(

@@ -1,4 +1,4 @@
-//! Decoding of the two input formats (CONTRACTS sections 1 and 2).
+//! Decoding of the two input formats (docs/formats.md, Reports and Benchmarks).
 //!
 //! Everything here is pure: bytes in, a typed record or a [`DecodeError`] out. A
 //! `DecodeError` is always the producer's fault and never retryable; the caller routes the
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Millis;
 
-/// One client quality report (CONTRACTS section 1).
+/// One client quality report (docs/formats.md, Reports).
 ///
 /// Strings borrow from the message where they can (no escapes in the JSON): decoding a
 /// report allocates nothing on the hot path. `Report<'static>` owns its strings.
@@ -88,7 +88,7 @@ impl Report<'_> {
     }
 }
 
-/// What a CDN is expected to deliver at a location (CONTRACTS section 2).
+/// What a CDN is expected to deliver at a location (docs/formats.md, Benchmarks).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Benchmark {
     #[serde(with = "crate::time")]

@@ -1,4 +1,4 @@
-//! Incidents: the state machine from window verdicts to alerts (CONTRACTS section 3).
+//! Incidents: the state machine from window verdicts to alerts (docs/formats.md, Alerts).
 //!
 //! Per (rule, scope): fire after `fire_after` consecutive bad windows, resolve after
 //! `resolve_after` consecutive windows that are clean or have no data. The incident id is a
@@ -91,7 +91,7 @@ pub enum Status {
     Resolved,
 }
 
-/// One incident state change (CONTRACTS section 3).
+/// One incident state change (docs/formats.md, Alerts).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub id: String,
