@@ -134,17 +134,28 @@ impl Config {
         }
         let cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-                let path = e.path().to_string();
-                let message = e.into_inner().to_string();
-                match from_env.iter().find(|(p, _)| *p == path) {
+                let field = |message: String| ConfigError::Field {
+                    field: e.path().to_string(),
+                    message,
+                };
+                let message = crate::field::with_hint(&e.inner().to_string());
+                let path_text = e.path().to_string();
+                if let Some((_, var)) = from_env.iter().find(|(p, _)| *p == path_text) {
                     // The value may be a secret: the error says what was expected, not it.
-                    Some((_, var)) => {
-                        field(&path, format!("{} (set by {var})", unquoted(&message)))
-                    }
+                    return field(format!("{} (set by {var})", unquoted(&message)));
+                }
+                // Where in the file, as `rules lint` says it.
+                let key = path_text.rsplit('.').next().unwrap_or(&path_text);
+                let key = key.split('[').next().unwrap_or(key);
+                let at = crate::field::line_of(text, key)
+                    .map(|line| format!(" ({} line {line})", path.display()))
+                    .unwrap_or_default();
+                if message.starts_with("invalid type") {
                     // A value of the wrong type in the file may be a secret written as a
                     // number (a password, a token): its type says enough.
-                    None if message.starts_with("invalid type") => field(&path, unquoted(&message)),
-                    None => field(&path, message),
+                    field(format!("{}{at}", unquoted(&message)))
+                } else {
+                    field(format!("{message}{at}"))
                 }
             })?;
         cfg.validate()?;

@@ -233,11 +233,11 @@ fn a_bad_input_mapping_stops_start_up_naming_the_field() {
         ),
         (
             "[input]\nplayed_ms = { path = \"p\", scael = 1000 }\n",
-            "config field `input.played_ms.scael`: unknown field `scael`, expected one of `path`",
+            "config field `input.played_ms.scael`: unknown field `scael` (did you mean `scale`?), expected one of `path`",
         ),
         (
-            "[input]\nsesion_id = \"s\"\n",
-            "config field `input.sesion_id`: unknown field",
+            "# beacons\n[input]\nsesion_id = \"s\"\n",
+            "config field `input.sesion_id`: unknown field `sesion_id` (did you mean `session_id`?)",
         ),
     ] {
         std::fs::write(&path, text).unwrap();
@@ -245,5 +245,13 @@ fn a_bad_input_mapping_stops_start_up_naming_the_field() {
         assert_eq!(out.status.code(), Some(78), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{text}: {err}");
+        // An unknown field, as `rules lint` says it: a hint, the file and the line.
+        if want.contains("did you mean") {
+            let line = text.lines().count();
+            assert!(
+                err.contains(&format!("{} line {line})", path.display())),
+                "{text}: {err}"
+            );
+        }
     }
 }

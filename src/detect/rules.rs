@@ -307,7 +307,7 @@ pub fn lint(text: &str) -> Vec<Problem> {
             k => {
                 let hint = GLOBAL
                     .iter()
-                    .find(|g| edit_distance(g, k) <= 2)
+                    .find(|g| crate::field::edit_distance(g, k) <= 2)
                     .map(|g| format!(" (did you mean `{g}`?)"))
                     .unwrap_or_default();
                 let msg = format!(
@@ -472,22 +472,6 @@ impl Linter<'_> {
             });
         }
     }
-}
-
-/// Levenshtein distance, for "did you mean" hints.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 fn k_start(v: &toml::Spanned<DeValue>, doc: &DeTable, key: &str) -> usize {
