@@ -15,6 +15,7 @@ pub use crate::detect::DetectConfig;
 pub use crate::detect::config::load_rules;
 use crate::detect::config::load_rules_table;
 use crate::field::Invalid;
+pub use crate::history::HistoryConfig;
 pub use crate::http::HttpConfig;
 pub use crate::kafka::KafkaConfig;
 pub use crate::notify::config::{NotifyConfig, ReceiverConfig, ReceiverKind, Secret};
@@ -68,6 +69,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    #[serde(default)]
+    pub history: HistoryConfig,
     /// Reports in the users' own JSON shape: where each field is (docs/formats.md).
     #[serde(default, skip_serializing_if = "InputConfig::is_empty")]
     pub input: InputConfig,
@@ -165,7 +168,7 @@ impl Config {
     /// Checks every section (each section validates itself); the error names the field and
     /// the value.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let sections: [(&str, Result<(), Invalid>); 8] = [
+        let sections: [(&str, Result<(), Invalid>); 9] = [
             ("kafka", self.kafka.validate()),
             ("window", self.window.validate()),
             ("detect", self.detect.validate()),
@@ -174,6 +177,7 @@ impl Config {
             ("notify", self.notify.validate()),
             ("limits", self.limits.validate()),
             ("input", self.input.validate()),
+            ("history", self.history.validate()),
         ];
         for (name, checked) in sections {
             if let Err(e) = checked {

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Html;
 use axum::routing::get;
 use serde_json::json;
 
 use crate::engine::Quality;
+use crate::history::History;
 use crate::incident::{Alert, Status};
 use crate::metrics::Metrics;
 use crate::time::{Millis, format_ms};
@@ -253,15 +254,19 @@ struct AppState {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     live: Arc<Live>,
+    history: Option<Arc<History>>,
 }
 
-pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, live: Arc<Live>) -> Router {
+/// The endpoint's routes; `history` answers `/api/incidents?...` queries.
+pub fn router(
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    live: Arc<Live>,
+    history: Option<Arc<History>>,
+) -> Router {
     Router::new()
         .route("/", get(|| async { Html(include_str!("live.html")) }))
-        .route(
-            "/api/incidents",
-            get(|State(s): State<AppState>| async move { axum::Json(s.live.snapshot()) }),
-        )
+        .route("/api/incidents", get(incidents_handler))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
@@ -269,7 +274,81 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>, live: Arc<Live>)
             metrics,
             readiness,
             live,
+            history,
         })
+}
+
+/// `/api/incidents`: what fires now and the last resolved (the live page's JSON); with any of
+/// `status`, `scope`, `id`, `since`, `until`, `limit`, `cursor`: a page of the history, newest
+/// first (`{"changes": [...], "next": "<cursor>"}`).
+async fn incidents_handler(
+    State(s): State<AppState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if params.is_empty() {
+        return axum::Json(s.live.snapshot()).into_response();
+    }
+    let Some(history) = &s.history else {
+        return (StatusCode::NOT_FOUND, "no history here\n").into_response();
+    };
+    let q = match history_query(&params) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let h = history.clone();
+    match tokio::task::spawn_blocking(move || h.query(&q)).await {
+        Ok(Ok(page)) => axum::Json(page).into_response(),
+        Ok(Err(e @ crate::history::HistoryError::Query(_))) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The query's parameters, each checked: a bad one is named.
+fn history_query(p: &BTreeMap<String, String>) -> Result<crate::history::Query, String> {
+    let time = |name: &str| -> Result<Option<Millis>, String> {
+        p.get(name)
+            .map(|v| {
+                v.parse::<Millis>()
+                    .ok()
+                    .or_else(|| crate::time::parse_rfc3339(v))
+                    .ok_or_else(|| format!("{name} ({v}) must be RFC 3339 or epoch milliseconds"))
+            })
+            .transpose()
+    };
+    for k in p.keys() {
+        if !["status", "scope", "id", "since", "until", "limit", "cursor"].contains(&k.as_str()) {
+            return Err(format!(
+                "unknown parameter {k}: status, scope, id, since, until, limit, cursor"
+            ));
+        }
+    }
+    let status = match p.get("status").map(String::as_str) {
+        None => None,
+        Some("firing") => Some(Status::Firing),
+        Some("resolved") => Some(Status::Resolved),
+        Some(other) => return Err(format!("status ({other}) must be firing or resolved")),
+    };
+    let limit = match p.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::history::MAX_PAGE).contains(n))
+            .ok_or_else(|| format!("limit ({v}) must be 1 to {}", crate::history::MAX_PAGE))?,
+    };
+    Ok(crate::history::Query {
+        status,
+        scope: p.get("scope").cloned(),
+        id: p.get("id").cloned(),
+        since: time("since")?,
+        until: time("until")?,
+        limit,
+        cursor: p.get("cursor").cloned(),
+    })
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> ([(&'static str, &'static str); 1], String) {

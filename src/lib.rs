@@ -19,6 +19,7 @@ pub mod engine;
 pub mod field;
 pub mod glob;
 pub mod hash;
+pub mod history;
 pub mod http;
 pub mod incident;
 pub mod kafka;

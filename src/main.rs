@@ -64,6 +64,37 @@ macro_rules! usage_ensure {
 }
 
 #[derive(Subcommand)]
+enum IncidentsCommand {
+    /// State changes a running daemon kept, newest first (a page; --cursor for the next).
+    List {
+        /// The daemon's http.listen.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// firing or resolved.
+        #[arg(long)]
+        status: Option<String>,
+        /// Scope pattern, e.g. cdn=cdn-a or location=IN/*.
+        #[arg(long)]
+        scope: Option<String>,
+        /// From: RFC 3339, epoch ms, or a duration back from now (2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Every state change of one incident, oldest first.
+    Show {
+        id: String,
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum RulesCommand {
     /// Check a rules file (e.g. alerts/rules.toml): every mistake with its line; exit 1 if any.
     Lint { file: PathBuf },
@@ -208,6 +239,11 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// A running daemon's incident history.
+    Incidents {
+        #[command(subcommand)]
+        command: IncidentsCommand,
+    },
     /// Detection rules files.
     Rules {
         #[command(subcommand)]
@@ -292,6 +328,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Rules {
             command: RulesCommand::Lint { file },
         } => rules_lint(&file),
+        Command::Incidents { command } => incidents(command).await,
         Command::Receive {
             listen,
             hmac_secret,
@@ -366,6 +403,37 @@ fn rules_lint(file: &Path) -> anyhow::Result<()> {
     }
 }
 
+async fn incidents(command: IncidentsCommand) -> anyhow::Result<()> {
+    use qos_sentinel::history::{print_incident, print_list};
+    let (url, status, scope, since, until, limit, cursor) = match command {
+        IncidentsCommand::Show { id, url } => return print_incident(&url, &id).await,
+        IncidentsCommand::List {
+            url,
+            status,
+            scope,
+            since,
+            until,
+            limit,
+            cursor,
+        } => (url, status, scope, since, until, limit, cursor),
+    };
+    // A duration is that long before now.
+    let when = |t: String| match humantime::parse_duration(&t) {
+        Ok(d) => (time::now_ms() - d.as_millis() as i64).to_string(),
+        Err(_) => t,
+    };
+    let mut params = vec![("limit", limit.to_string())];
+    let optional = [
+        ("status", status),
+        ("scope", scope),
+        ("since", since.map(when)),
+        ("until", until.map(when)),
+        ("cursor", cursor),
+    ];
+    params.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+    print_list(&url, &params).await
+}
+
 async fn receive(listen: &str, hmac_secret: Option<String>) -> anyhow::Result<()> {
     let secret = match hmac_secret {
         Some(s) => Some(
@@ -380,18 +448,7 @@ async fn receive(listen: &str, hmac_secret: Option<String>) -> anyhow::Result<()
             "--hmac-secret starts with whsec_ but the rest is not base64 of a key"
         );
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("receive: listening on {listen}");
-    let app = axum::Router::new().fallback(axum::routing::post(
-        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let secret = secret.clone();
-            async move { receive_one(secret.as_ref(), &headers, &body) }
-        },
-    ));
-    axum::serve(listener, app).await?;
-    Ok(())
+    notify::receive::serve(listen, secret).await
 }
 
 async fn run(config: &Path) -> anyhow::Result<()> {
@@ -426,26 +483,9 @@ async fn rekey(
     group: Option<String>,
     http: Option<String>,
 ) -> anyhow::Result<()> {
-    use std::sync::Arc;
     let cfg = load_config(config)?;
-    let group = group.unwrap_or_else(|| format!("{}-rekey", cfg.kafka.group_id));
-    let metrics = Arc::new(qos_sentinel::metrics::Metrics::new());
-    let readiness = Arc::new(qos_sentinel::http::Readiness::default());
-    if let Some(addr) = http {
-        let app = qos_sentinel::http::router(metrics.clone(), readiness.clone(), Arc::default());
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on --http {addr}"))?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
-    }
     let stop = shutdown_signal().await;
-    let opts = qos_sentinel::rekey::RekeyOptions { from, group };
-    let stats = qos_sentinel::rekey::run(&cfg, &opts, &metrics, stop, || readiness.beat()).await?;
-    eprintln!(
-        "rekey: moved {} reports, {} dead letters",
-        stats.moved, stats.dead_letters
-    );
-    Ok(())
+    qos_sentinel::rekey::command(&cfg, from, group, http, stop).await
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
@@ -585,48 +625,6 @@ fn write_sim(sim: Simulator, dir: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&labels)?,
     )?;
     Ok(())
-}
-
-/// Prints one webhook request; refuses it when the signature does not verify.
-fn receive_one(
-    secret: Option<&qos_sentinel::config::Secret>,
-    headers: &axum::http::HeaderMap,
-    body: &[u8],
-) -> axum::http::StatusCode {
-    use axum::http::StatusCode;
-    use qos_sentinel::notify::render;
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if let Some(s) = secret {
-        let now = qos_sentinel::notify::deliver::now_ms() / 1000;
-        let key = render::hmac_key(s.expose()).unwrap_or_default();
-        let ok = !key.is_empty()
-            && render::verify(
-                &key,
-                header(render::TIMESTAMP_HEADER),
-                header(render::SIGNATURE_HEADER),
-                body,
-                now,
-                300,
-            );
-        if !ok {
-            eprintln!("receive: refused a request with a bad or missing signature");
-            return StatusCode::UNAUTHORIZED;
-        }
-    }
-    match serde_json::from_slice::<qos_sentinel::incident::Alert>(body) {
-        Ok(a) => {
-            println!(
-                "{} [{}]",
-                notify::render_line(&a),
-                header(render::IDEMPOTENCY_HEADER)
-            );
-            StatusCode::NO_CONTENT
-        }
-        Err(e) => {
-            eprintln!("receive: not an alert: {e}");
-            StatusCode::BAD_REQUEST
-        }
-    }
 }
 
 fn main() -> ExitCode {

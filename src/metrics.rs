@@ -245,7 +245,7 @@ impl Metrics {
                 "qos_sentinel_keys_evicted_total",
                 "Keys evicted, least recently seen first, to stay under a cap, by state.",
                 "state",
-                &["benchmarks", "learned", "sessions"],
+                &["benchmarks", "learned", "sessions", "history"],
             ),
             open_keys: gauge(
                 &r,

@@ -46,6 +46,33 @@ pub struct RekeyStats {
     pub dead_letters: u64,
 }
 
+/// `qos-sentinel rekey`: the stage until `stop`, with `/metrics` and `/healthz` on `http`.
+pub async fn command(
+    cfg: &Config,
+    from: String,
+    group: Option<String>,
+    http: Option<String>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let group = group.unwrap_or_else(|| format!("{}-rekey", cfg.kafka.group_id));
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(crate::http::Readiness::default());
+    if let Some(addr) = http {
+        let app = crate::http::router(metrics.clone(), readiness.clone(), Arc::default(), None);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on --http {addr}: {e}"))?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let opts = RekeyOptions { from, group };
+    let stats = run(cfg, &opts, &metrics, stop, || readiness.beat()).await?;
+    eprintln!(
+        "rekey: moved {} reports, {} dead letters",
+        stats.moved, stats.dead_letters
+    );
+    Ok(())
+}
+
 /// Runs the stage until `stop`; `beat` is called at every turn of its loop (liveness).
 pub async fn run(
     cfg: &Config,

@@ -62,6 +62,8 @@ pub(super) struct Outputs {
     pub(super) dispatcher: Arc<Dispatcher>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) live: Arc<Live>,
+    /// Every state change announced, for `/api/incidents?...`.
+    pub(super) history: Arc<crate::history::History>,
     pub(super) opts: RunOptions,
 }
 
@@ -184,6 +186,10 @@ async fn announce(out: &Outputs, closing: &Closing) {
     })
     .await;
     live.record(alerts);
+    if let Err(e) = out.history.record(alerts) {
+        // The history is for people looking back; the alert itself goes on.
+        warn!(error = %e, "Cannot keep state changes in the history.");
+    }
     for a in alerts {
         let status = match a.status {
             Status::Firing => "firing",

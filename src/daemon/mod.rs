@@ -86,14 +86,31 @@ pub async fn run(
         .stall_after_ms
         .store(cfg.http.stall_timeout.as_millis() as i64, Ordering::Release);
     let live = Arc::new(Live::default());
-    if opts.serve_http {
-        serve_http(&cfg, &metrics, &readiness, &live).await?;
-    }
+    std::fs::create_dir_all(&cfg.state.dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
+    let history = Arc::new(crate::history::History::open(&cfg.state.dir, &cfg.history)?);
+    // Stops with the daemon: a daemon started again in the same process (tests, the bench)
+    // binds the port and opens the history again.
+    let http = if opts.serve_http {
+        Some(
+            serve_http(
+                &cfg,
+                &metrics,
+                &readiness,
+                &live,
+                &history,
+                shutdown.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let store = open_table(&cfg)?;
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
     let producer = kafka::producer(&cfg.kafka)?;
-    let outputs = outputs(&cfg, &opts, &metrics, &live, &producer)?;
+    let outputs = outputs(&cfg, &opts, &metrics, &live, &producer, &history)?;
     let dispatcher = outputs.dispatcher.clone();
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
     ckpt.changelog = changelog(&cfg, &producer)?;
@@ -160,6 +177,13 @@ pub async fn run(
     })
     .await;
     dispatcher.shutdown(cfg.notify.flush_timeout).await;
+    if let Some(h) = http
+        && tokio::time::timeout(std::time::Duration::from_secs(5), h)
+            .await
+            .is_err()
+    {
+        warn!("The HTTP server did not stop within 5 s.");
+    }
     Ok(())
 }
 
@@ -197,6 +221,7 @@ fn outputs(
     metrics: &Arc<Metrics>,
     live: &Arc<Live>,
     producer: &rdkafka::producer::FutureProducer,
+    history: &Arc<crate::history::History>,
 ) -> anyhow::Result<Outputs> {
     let dispatcher = Dispatcher::start(
         &cfg.notify,
@@ -210,6 +235,7 @@ fn outputs(
         dispatcher,
         metrics: metrics.clone(),
         live: live.clone(),
+        history: history.clone(),
         opts: opts.clone(),
     })
 }
@@ -315,18 +341,30 @@ async fn serve_http(
     metrics: &Arc<Metrics>,
     readiness: &Arc<Readiness>,
     live: &Arc<Live>,
-) -> anyhow::Result<()> {
+    history: &Arc<crate::history::History>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", cfg.http.listen))?;
     info!(addr = %cfg.http.listen, "Serving /metrics, /healthz, /readyz.");
-    let app = crate::http::router(metrics.clone(), readiness.clone(), live.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    let app = crate::http::router(
+        metrics.clone(),
+        readiness.clone(),
+        live.clone(),
+        Some(history.clone()),
+    );
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
             error!(error = %e, "HTTP server stopped.");
         }
-    });
-    Ok(())
+    }))
 }
 
 /// The engine and read positions from the checkpoint (a fresh engine without a usable one),

@@ -333,6 +333,7 @@ impl Runner {
             ("benchmarks", self.store.size_bytes()),
             ("outbox", self.outputs.dispatcher.outbox_bytes()),
             ("checkpoint", self.ckpt.store.size_bytes()),
+            ("history", self.outputs.history.bytes()),
         ];
         for (db, bytes) in sizes {
             self.metrics
@@ -340,6 +341,10 @@ impl Runner {
                 .with_label_values(&[db])
                 .set(bytes as i64);
         }
+        self.metrics
+            .keys_evicted
+            .with_label_values(&["history"])
+            .inc_by(self.outputs.history.take_evicted());
     }
 
     /// A report, then whatever else is already fetched, up to a batch, without going back

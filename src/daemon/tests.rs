@@ -24,7 +24,10 @@ fn runner(cfg: &Config) -> Runner {
     let (engine, next, ckpt) = restore(cfg, &store, &metrics.retries).expect("restore");
     let producer = kafka::producer(&cfg.kafka).expect("producer");
     let opts = RunOptions::default();
-    let outputs = outputs(cfg, &opts, &metrics, &live, &producer).expect("outputs");
+    std::fs::create_dir_all(&cfg.state.dir).expect("state dir");
+    let history =
+        Arc::new(crate::history::History::open(&cfg.state.dir, &cfg.history).expect("history"));
+    let outputs = outputs(cfg, &opts, &metrics, &live, &producer, &history).expect("outputs");
     let mut ckpt = ckpt;
     ckpt.changelog = changelog(cfg, &producer).expect("changelog");
     Runner {

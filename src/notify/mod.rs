@@ -5,6 +5,7 @@
 pub mod config;
 pub mod deliver;
 pub mod outbox;
+pub mod receive;
 pub mod render;
 mod request;
 

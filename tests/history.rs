@@ -1,0 +1,156 @@
+//! The incident history of a running daemon (librdkafka's mock cluster, real HTTP, real
+//! files): every state change on the alerts topic is kept and found again by status, scope,
+//! incident and page, after a restart too, over `/api/incidents?...` and through
+//! `qos-sentinel incidents list|show`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use qos_sentinel::history::Page;
+use qos_sentinel::incident::Status;
+
+async fn get(base: &str, query: &str) -> (u16, String) {
+    let r = reqwest::get(format!("{base}/api/incidents?{query}"))
+        .await
+        .expect("GET");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+async fn page(base: &str, query: &str) -> Page {
+    let (code, body) = get(base, query).await;
+    assert_eq!(code, 200, "{query}: {body}");
+    serde_json::from_str(&body).expect("a page")
+}
+
+fn changes(p: &Page) -> BTreeSet<(String, Status)> {
+    p.changes.iter().map(|a| (a.id.clone(), a.status)).collect()
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
+        .args(args)
+        .output()
+        .expect("qos-sentinel");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_change_is_kept_and_found_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("state"));
+    cfg.http.listen = common::free_addr();
+    common::mock_cluster(&mut cfg, 4);
+    let base = format!("http://{}", cfg.http.listen);
+    let daemon = common::start_daemon(&cfg);
+    common::feed_sim(&cfg, common::two_incident_sim()).await;
+    let (b, t) = (cfg.kafka.brokers.clone(), cfg.kafka.alerts_topic.clone());
+    let alerts = tokio::task::spawn_blocking(move || {
+        common::settled_alerts(&b, &t, Duration::from_secs(120), Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    let want: BTreeSet<(String, Status)> =
+        alerts.iter().map(|a| (a.id.clone(), a.status)).collect();
+    assert!(
+        want.iter().filter(|(_, s)| *s == Status::Resolved).count() >= 2,
+        "{want:?}"
+    );
+
+    let all = page(&base, "limit=1000").await;
+    assert_eq!(
+        changes(&all),
+        want,
+        "the history holds what the alerts topic holds"
+    );
+    assert!(all.next.is_none());
+    let resolved = page(&base, "status=resolved").await;
+    assert!(
+        resolved
+            .changes
+            .iter()
+            .all(|a| a.status == Status::Resolved)
+    );
+    assert_eq!(
+        resolved.changes.len(),
+        want.iter().filter(|(_, s)| *s == Status::Resolved).count()
+    );
+    let cdn = alerts[0].scope.cdn.clone().expect("a CDN");
+    let of_cdn = page(&base, &format!("scope=cdn%3D{cdn}&limit=1000")).await;
+    assert!(!of_cdn.changes.is_empty());
+    assert!(
+        of_cdn
+            .changes
+            .iter()
+            .all(|a| a.scope.cdn.as_deref() == Some(cdn.as_str()))
+    );
+    // Page by page, one change each: all of them, once.
+    let mut paged = BTreeSet::new();
+    let mut query = "limit=1".to_string();
+    loop {
+        let p = page(&base, &query).await;
+        assert!(p.changes.len() <= 1);
+        paged.extend(changes(&p));
+        match p.next {
+            Some(c) => query = format!("limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, want);
+    let (code, body) = get(&base, "status=burning").await;
+    assert_eq!(
+        (code, body.contains("status (burning)")),
+        (400, true),
+        "{body}"
+    );
+    let (code, body) = get(&base, "colour=red").await;
+    assert_eq!(
+        (code, body.contains("unknown parameter colour")),
+        (400, true),
+        "{body}"
+    );
+    // Without parameters: the live page's JSON, as before.
+    let (code, live) = get(&base, "").await;
+    assert!(code == 200 && live.contains("\"firing\""), "{live}");
+    daemon.stop().await;
+
+    // A restart on the same state: the same history.
+    let daemon = common::start_daemon(&cfg);
+    let start = std::time::Instant::now();
+    let again = loop {
+        if let Ok(r) = reqwest::get(format!("{base}/api/incidents?limit=1000")).await
+            && r.status().is_success()
+        {
+            break r.json::<Page>().await.expect("page");
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(changes(&again), want, "kept across the restart");
+
+    // The command line, against the running daemon.
+    let (ok, out) = cli(&["incidents", "list", "--url", &base, "--status", "resolved"]);
+    assert!(ok, "{out}");
+    for (id, _) in want.iter().filter(|(_, s)| *s == Status::Resolved) {
+        assert!(out.contains(id.as_str()), "{id} missing:\n{out}");
+    }
+    assert!(!out.contains("FIRING"), "{out}");
+    let id = &alerts[0].id;
+    let (ok, out) = cli(&["incidents", "show", id, "--url", &base]);
+    assert!(ok, "{out}");
+    let firing = out.find("FIRING").expect(&out);
+    let resolved_at = out.find("RESOLVED").expect(&out);
+    assert!(firing < resolved_at, "oldest first:\n{out}");
+    let (ok, out) = cli(&["incidents", "show", "0000000000000000", "--url", &base]);
+    assert!(!ok && out.contains("no incident 0000000000000000"), "{out}");
+    daemon.stop().await;
+}
