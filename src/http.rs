@@ -208,6 +208,17 @@ impl Live {
         }
     }
 
+    /// The recently resolved of an earlier run (from the history, newest first), so that a
+    /// restart does not empty the live page's list.
+    pub fn remember(&self, resolved: &[Alert]) {
+        let mut g = self.lock();
+        for a in resolved.iter().filter(|a| a.status == Status::Resolved) {
+            if g.resolved.len() < RECENT && !g.resolved.iter().any(|r| r.id == a.id) {
+                g.resolved.push_back(a.clone());
+            }
+        }
+    }
+
     /// Firing incidents of restored or taken-over state, unless listed already.
     pub fn adopt(&self, alerts: &[Alert]) {
         let mut g = self.lock();

@@ -136,6 +136,24 @@ async fn every_state_change_is_kept_and_found_again_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(changes(&again), want, "kept across the restart");
+    // The live page's recently resolved come back from it too.
+    let (_, live) = get(&base, "").await;
+    let live: serde_json::Value = serde_json::from_str(&live).expect("live JSON");
+    let recent: BTreeSet<&str> = live["recently_resolved"]
+        .as_array()
+        .expect("recently_resolved")
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    let resolved_ids: BTreeSet<&str> = want
+        .iter()
+        .filter(|(_, s)| *s == Status::Resolved)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(
+        recent, resolved_ids,
+        "the live page remembers the resolved after a restart"
+    );
 
     // The command line, against the running daemon.
     let (ok, out) = cli(&["incidents", "list", "--url", &base, "--status", "resolved"]);

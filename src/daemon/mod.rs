@@ -89,6 +89,15 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.state.dir)
         .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
     let history = Arc::new(crate::history::History::open(&cfg.state.dir, &cfg.history)?);
+    let recent = crate::history::Query {
+        status: Some(crate::incident::Status::Resolved),
+        limit: 20,
+        ..Default::default()
+    };
+    match history.query(&recent) {
+        Ok(page) => live.remember(&page.changes),
+        Err(e) => warn!(error = %e, "Cannot read the recently resolved from the history."),
+    }
     // Stops with the daemon: a daemon started again in the same process (tests, the bench)
     // binds the port and opens the history again.
     let http = if opts.serve_http {
