@@ -405,8 +405,8 @@ fn rules_lint(file: &Path) -> anyhow::Result<()> {
 
 async fn incidents(command: IncidentsCommand) -> anyhow::Result<()> {
     use qos_sentinel::history::{print_incident, print_list};
-    let (url, status, scope, since, until, limit, cursor) = match command {
-        IncidentsCommand::Show { id, url } => return print_incident(&url, &id).await,
+    match command {
+        IncidentsCommand::Show { id, url } => print_incident(&url, &id).await,
         IncidentsCommand::List {
             url,
             status,
@@ -415,23 +415,24 @@ async fn incidents(command: IncidentsCommand) -> anyhow::Result<()> {
             until,
             limit,
             cursor,
-        } => (url, status, scope, since, until, limit, cursor),
-    };
-    // A duration is that long before now.
-    let when = |t: String| match humantime::parse_duration(&t) {
-        Ok(d) => (time::now_ms() - d.as_millis() as i64).to_string(),
-        Err(_) => t,
-    };
-    let mut params = vec![("limit", limit.to_string())];
-    let optional = [
-        ("status", status),
-        ("scope", scope),
-        ("since", since.map(when)),
-        ("until", until.map(when)),
-        ("cursor", cursor),
-    ];
-    params.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
-    print_list(&url, &params).await
+        } => {
+            // A duration is that long before now.
+            let when = |t: String| match humantime::parse_duration(&t) {
+                Ok(d) => (time::now_ms() - d.as_millis() as i64).to_string(),
+                Err(_) => t,
+            };
+            let optional = [
+                ("status", status),
+                ("scope", scope),
+                ("since", since.map(when)),
+                ("until", until.map(when)),
+                ("cursor", cursor),
+            ];
+            let mut params = vec![("limit", limit.to_string())];
+            params.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+            print_list(&url, &params).await
+        }
+    }
 }
 
 async fn receive(listen: &str, hmac_secret: Option<String>) -> anyhow::Result<()> {

@@ -86,8 +86,7 @@ pub async fn run(
         .stall_after_ms
         .store(cfg.http.stall_timeout.as_millis() as i64, Ordering::Release);
     let live = Arc::new(Live::default());
-    std::fs::create_dir_all(&cfg.state.dir)
-        .map_err(|e| anyhow::anyhow!("cannot create state.dir {}: {e}", cfg.state.dir.display()))?;
+    let store = open_table(&cfg)?;
     let history = Arc::new(crate::history::History::open(&cfg.state.dir, &cfg.history)?);
     let recent = crate::history::Query {
         status: Some(crate::incident::Status::Resolved),
@@ -115,7 +114,6 @@ pub async fn run(
     } else {
         None
     };
-    let store = open_table(&cfg)?;
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
     let producer = kafka::producer(&cfg.kafka)?;

@@ -24,7 +24,6 @@ fn runner(cfg: &Config) -> Runner {
     let (engine, next, ckpt) = restore(cfg, &store, &metrics.retries).expect("restore");
     let producer = kafka::producer(&cfg.kafka).expect("producer");
     let opts = RunOptions::default();
-    std::fs::create_dir_all(&cfg.state.dir).expect("state dir");
     let history =
         Arc::new(crate::history::History::open(&cfg.state.dir, &cfg.history).expect("history"));
     let outputs = outputs(cfg, &opts, &metrics, &live, &producer, &history).expect("outputs");
@@ -50,6 +49,34 @@ fn runner(cfg: &Config) -> Runner {
         summaries: None,
         store: store.clone(),
     }
+}
+
+/// A member of `group` on `cluster` with its state in `dir` and a changelog (more than one
+/// instance: it hands a partition's state to its next owner); the topics created, the
+/// reports and the changelog with `partitions` each.
+fn with_changelog(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    dir: &std::path::Path,
+    group: &str,
+    partitions: i32,
+) -> Config {
+    let mut cfg = Config::default();
+    cfg.kafka.brokers = cluster.bootstrap_servers();
+    cfg.kafka.group_id = group.into();
+    cfg.kafka.session_timeout = Duration::from_secs(3);
+    cfg.kafka.changelog_topic = Some("changelog".into());
+    cfg.state.dir = dir.into();
+    let k = &cfg.kafka;
+    cluster
+        .create_topic(&k.reports_topic, partitions, 1)
+        .expect("topic");
+    cluster
+        .create_topic("changelog", partitions, 1)
+        .expect("topic");
+    for t in [&k.alerts_topic, &k.dead_letter_topic, &k.benchmarks_topic] {
+        cluster.create_topic(t, 1, 1).expect("topic");
+    }
+    cfg
 }
 
 /// Polls `consumers` until `done` holds of their assignments (a rebalance runs inside the
@@ -93,19 +120,7 @@ fn window(e: &mut crate::engine::Engine, loc: &str, partition: i32, w: i64, bad:
 async fn a_summary_after_a_revocation_decides_nothing_for_the_partition_that_moved() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = MockCluster::new(1).expect("mock cluster");
-    let mut cfg = Config::default();
-    cfg.kafka.brokers = cluster.bootstrap_servers();
-    cfg.kafka.group_id = "revoke-test".into();
-    cfg.kafka.session_timeout = Duration::from_secs(3);
-    // More than one instance: a changelog hands a partition's state to its next owner.
-    cfg.kafka.changelog_topic = Some("changelog".into());
-    cfg.state.dir = dir.path().into();
-    let k = &cfg.kafka;
-    cluster.create_topic(&k.reports_topic, 2, 1).expect("topic");
-    cluster.create_topic("changelog", 2, 1).expect("topic");
-    for t in [&k.alerts_topic, &k.dead_letter_topic, &k.benchmarks_topic] {
-        cluster.create_topic(t, 1, 1).expect("topic");
-    }
+    let cfg = with_changelog(&cluster, dir.path(), "revoke-test", 2);
 
     let mut r = runner(&cfg);
     let a = kafka::reports_consumer(&cfg.kafka).expect("consumer");
@@ -278,11 +293,7 @@ async fn a_share_over_the_producers_limit_goes_to_the_changelog_in_chunks() {
 async fn receivers_hear_of_an_alert_only_after_the_changelog_holds_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = MockCluster::new(1).expect("mock cluster");
-    let mut cfg = Config::default();
-    cfg.kafka.brokers = cluster.bootstrap_servers();
-    cfg.kafka.group_id = "order-test".into();
-    cfg.kafka.changelog_topic = Some("changelog".into());
-    cfg.state.dir = dir.path().into();
+    let mut cfg = with_changelog(&cluster, dir.path(), "order-test", 1);
     // A webhook nobody answers: what reaches the outbox stays there.
     cfg.notify.receivers = vec![
         toml::from_str(
@@ -290,12 +301,6 @@ async fn receivers_hear_of_an_alert_only_after_the_changelog_holds_it() {
         )
         .expect("receiver"),
     ];
-    let k = &cfg.kafka;
-    cluster.create_topic(&k.reports_topic, 1, 1).expect("topic");
-    cluster.create_topic("changelog", 1, 1).expect("topic");
-    for t in [&k.alerts_topic, &k.dead_letter_topic, &k.benchmarks_topic] {
-        cluster.create_topic(t, 1, 1).expect("topic");
-    }
     let mut r = runner(&cfg);
     let a = kafka::reports_consumer(&cfg.kafka).expect("consumer");
     poll_until(&[&a], |n| n[0] == 1).await;
