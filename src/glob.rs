@@ -23,6 +23,12 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Whether pattern `p` matches the scope `s` (`location=IN/MH/Mumbai,cdn=cdn-a`) whole or
+/// one of its parts: `cdn=cdn-a` finds that CDN's location+CDN incidents too.
+pub fn scope_matches(p: &str, s: &str) -> bool {
+    glob(p, s) || s.split(',').any(|part| glob(p, part))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

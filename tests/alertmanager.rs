@@ -34,6 +34,8 @@ fn alert(status: Status, started_at: i64) -> Alert {
         summary: "Playback failures at 25 % against a 1 % benchmark".into(),
         parent_id: None,
         cohort: None,
+        impact: None,
+        silenced_by: Vec::new(),
     }
 }
 

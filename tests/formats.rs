@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use qos_sentinel::decode::{DecodeError, decode_benchmark, decode_report};
 use qos_sentinel::detect::Severity;
+use qos_sentinel::incident::evidence::Impact;
 use qos_sentinel::incident::{Alert, Scope, Status};
 use qos_sentinel::metric::Metric;
 use qos_sentinel::window::cohort::Cohort;
@@ -195,6 +196,13 @@ fn an_alert_has_exactly_the_documented_fields() {
             share: 0.9,
             traffic_share: 0.2,
         }),
+        impact: Some(Impact {
+            reports: 1_204,
+            sessions: 96,
+            degraded_minutes: 410.0,
+            excess_stalled_minutes: None,
+        }),
+        silenced_by: vec!["7f3c2a91d0e4b658".into()],
     };
     let v = serde_json::to_value(&a).expect("json");
     let written: BTreeSet<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -206,6 +214,8 @@ fn an_alert_has_exactly_the_documented_fields() {
     let bare = Alert {
         parent_id: None,
         cohort: None,
+        impact: None,
+        silenced_by: Vec::new(),
         ..a.clone()
     };
     let bare = serde_json::to_value(&bare).expect("json");

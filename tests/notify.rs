@@ -287,6 +287,8 @@ async fn alerts_that_change_together_are_grouped_and_held_children_stay_quiet() 
         },
         parent_id: None,
         cohort: None,
+        impact: None,
+        silenced_by: Vec::new(),
         ..child(0)
     };
     let mut batch = vec![parent.clone()];
@@ -383,6 +385,8 @@ fn child(i: usize) -> Alert {
         summary: "Throughput a quarter of the benchmark".into(),
         parent_id: Some("p".into()),
         cohort: None,
+        impact: None,
+        silenced_by: Vec::new(),
     }
 }
 

@@ -147,6 +147,7 @@ pub async fn run(
     let lag_probe = probes::spawn_lag_probe(&cfg, lag.clone(), metrics.clone(), stop.clone())?;
     let (mut engine, pos) = positions(&cfg, &consumer, engine, next);
     let (summaries, summaries_consumer) = peer(&cfg, &producer, &mut engine, &mut ckpt)?;
+    engine.keep_evidence();
     info!(topic = %cfg.kafka.reports_topic, group = %cfg.kafka.group_id, "Consuming reports.");
     let mut runner = Runner {
         idle_grace: cfg.window.size + cfg.window.allowed_lateness,
@@ -230,8 +231,15 @@ fn outputs(
     producer: &rdkafka::producer::FutureProducer,
     history: &Arc<crate::history::History>,
 ) -> anyhow::Result<Outputs> {
+    // Receivers link to the incident's evidence page unless their own link_template says
+    // where.
+    let mut notify = cfg.notify.clone();
+    for r in &mut notify.receivers {
+        r.link_template
+            .get_or_insert_with(|| cfg.http.evidence_link());
+    }
     let dispatcher = Dispatcher::start(
-        &cfg.notify,
+        &notify,
         &cfg.state.dir,
         &metrics.registry,
         Some(&metrics.retries),

@@ -97,6 +97,11 @@ impl Runner {
             until,
             self.summaries.as_ref(),
         );
+        let evidence = self.engine.take_evidence();
+        if let Err(e) = self.outputs.history.record_evidence(&evidence) {
+            // The evidence pages lose these windows; detection and alerts go on.
+            warn!(error = %e, "Cannot keep incident evidence in the history.");
+        }
         finish(
             &mut self.ckpt,
             &self.engine,

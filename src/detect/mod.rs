@@ -68,6 +68,10 @@ pub struct Finding {
     /// The client cohort (ASN, device) that carries most of the deviation, if one does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort: Option<crate::window::cohort::Cohort>,
+    /// The viewers and watching of the window tested (for a key tested over a run of
+    /// windows: of its last window), for the incident's viewer impact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Exposure>,
     /// The window's measure of its design effect, from which the key learns its spread
     /// (local: not part of summaries or alerts).
     #[serde(skip)]
@@ -75,6 +79,17 @@ pub struct Finding {
     /// The same for its within-session differences, where the metric pairs.
     #[serde(skip)]
     pub pair_spread: Option<f64>,
+}
+
+/// How many viewers and how much watching a window of a scope holds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Exposure {
+    pub reports: u64,
+    /// Sessions with reports in the window.
+    pub sessions: u64,
+    /// Played plus stalled milliseconds.
+    pub watched_ms: f64,
+    pub stalled_ms: f64,
 }
 
 impl Finding {
@@ -105,6 +120,7 @@ impl Finding {
             eligible: o.eligible,
             reference,
             cohort: None,
+            exposure: None,
             spread: o.spread,
             pair_spread: o.pair_spread,
         }
@@ -167,7 +183,9 @@ pub fn evaluate_with(
         let either = crate::metric::Outcome::either;
         let found = either(either(level, paired), counted);
         if let Some(o) = either(found, sequential) {
-            out.push(Finding::of(m, o, against));
+            let mut f = Finding::of(m, o, against);
+            f.exposure = Some(acc.exposure());
+            out.push(f);
         }
     }
     out

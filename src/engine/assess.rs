@@ -364,7 +364,10 @@ fn key_findings(
     }
     let tune = |m| detect_cfg.tuning(Some(&key.location), Some(&key.cdn), m);
     let mut out = scan(acc, runs, &tune, &normals);
+    let exposure = acc.exposure();
     for f in &mut out {
+        // A finding on a run counts this window's viewers only: impact adds windows up.
+        f.exposure = Some(exposure);
         let warm = f.reference != Reference::Benchmark
             || !f.metric.kind().learns_offset()
             || refs

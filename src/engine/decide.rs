@@ -265,6 +265,9 @@ impl Engine {
                 cap_by_last_seen(learned, self.cfg.window.max_learned_keys);
             parents.extend(direct);
             let cdn = self.incidents.apply(start, end, parents, &self.cfg.detect);
+            if let Some(kept) = &mut self.evidence {
+                kept.extend(self.incidents.take_evidence());
+            }
             match &mut self.peers {
                 Some(peers) => peers.hold_cdn_alerts(start, cdn),
                 None => alerts.extend(cdn),
@@ -298,6 +301,9 @@ impl Engine {
                 &self.cfg.detect,
                 &self.incidents,
             ));
+            if let Some(kept) = &mut self.evidence {
+                kept.extend(part.incidents.take_evidence());
+            }
         }
         self.counters.alerts += alerts.len() as u64;
         if fresh {

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::decode::Report;
 use crate::detect::DetectConfig;
+use crate::incident::evidence::Evidence;
 use crate::incident::{Alert, Incidents};
 use crate::table::{BenchmarkTable, Expected};
 use crate::time::Millis;
@@ -133,6 +134,9 @@ impl Settings {
 /// [`Engine::on_report`]: window arithmetic on them would overflow.
 pub const EVENT_TIME_LIMIT: Millis = 1 << 61;
 
+/// Most evidence points handed out at once (a close of many windows with many incidents).
+pub const MAX_EVIDENCE: usize = 100_000;
+
 pub struct Engine {
     cfg: Settings,
     table: BenchmarkTable,
@@ -158,6 +162,8 @@ pub struct Engine {
     closes_since_prune: u32,
     /// Viewer quality of the last closed window: totals and the worst keys.
     quality: Quality,
+    /// The windows tested on firing incidents, until taken; `None`: not kept (backtests).
+    evidence: Option<Vec<Evidence>>,
 }
 
 impl Engine {
@@ -183,7 +189,27 @@ impl Engine {
             counters: Counters::default(),
             closes_since_prune: 0,
             quality: Quality::default(),
+            evidence: None,
         }
+    }
+
+    /// Keeps the windows tested on firing incidents for [`Engine::take_evidence`] (the
+    /// daemon's evidence pages).
+    pub fn keep_evidence(&mut self) {
+        self.evidence.get_or_insert_with(Vec::new);
+    }
+
+    /// The windows tested on firing incidents since the last call; the newest
+    /// [`MAX_EVIDENCE`] if more were left.
+    pub fn take_evidence(&mut self) -> Vec<Evidence> {
+        let Some(kept) = &mut self.evidence else {
+            return Vec::new();
+        };
+        let mut out = std::mem::take(kept);
+        if out.len() > MAX_EVIDENCE {
+            out.drain(..out.len() - MAX_EVIDENCE);
+        }
+        out
     }
 
     /// The benchmark table, giving up the rest.

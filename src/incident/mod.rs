@@ -7,12 +7,15 @@
 
 use std::collections::BTreeMap;
 
+pub mod evidence;
+
 use serde::{Deserialize, Serialize};
 
 use crate::detect::DetectConfig;
 use crate::detect::{Finding, Metric, Severity};
 use crate::time::{Millis, format_ms};
 use crate::window::cohort::Cohort;
+use evidence::{Evidence, Impact, MAX_PENDING, Point};
 
 /// What an incident is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,6 +124,13 @@ pub struct Alert {
     /// does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort: Option<Cohort>,
+    /// Viewers reached so far, over the incident's bad windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Impact>,
+    /// The silences holding this change back from receivers when it was emitted (it still
+    /// goes to the alerts topic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silenced_by: Vec<String>,
 }
 
 /// Stable 64-bit FNV-1a: unlike std's hasher its output is fixed across Rust releases.
@@ -165,6 +175,9 @@ struct Track {
     /// Windows since this scope last had a verdict: the firing's `last` finding is that old.
     #[serde(default)]
     unseen: u32,
+    /// The windows of a bad run that has not fired yet (at most [`MAX_PENDING`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<Point>,
 }
 
 impl Track {
@@ -176,10 +189,13 @@ impl Track {
         parent_id: Option<String>,
         (window_start, window_end): (Millis, Millis),
         fire_after: u32,
+        evidence: &mut Vec<Evidence>,
     ) -> Option<Alert> {
         if self.bad_streak == 0 {
             self.streak_start = window_start;
+            self.pending.clear();
         }
+        let point = Point::of(&v.finding, true, v.severity, (window_start, window_end));
         self.bad_streak += 1;
         self.clean_streak = 0;
         self.quiet_streak = 0;
@@ -188,14 +204,24 @@ impl Track {
         match &mut self.firing {
             None if self.bad_streak >= fire_after => {
                 let rule = v.finding.rule();
+                let id = incident_id(rule, &v.scope, self.streak_start);
+                let mut impact = Impact::default();
+                for p in self.pending.drain(..).chain([point]) {
+                    impact.add(&p);
+                    evidence.push(Evidence {
+                        id: id.clone(),
+                        point: p,
+                    });
+                }
                 let f = Firing {
                     rule: rule.to_string(),
                     parent_id,
-                    id: incident_id(rule, &v.scope, self.streak_start),
+                    id,
                     started_at: self.streak_start,
                     severity: sev,
                     last: v.finding,
                     alerted: None,
+                    impact,
                 };
                 let a = alert(Status::Firing, &v.scope, &f, window_start, window_end, None);
                 self.firing = Some(Firing {
@@ -205,6 +231,11 @@ impl Track {
                 Some(a)
             }
             Some(f) => {
+                f.impact.add(&point);
+                evidence.push(Evidence {
+                    id: f.id.clone(),
+                    point,
+                });
                 f.last = v.finding;
                 // Escalation is news; a repeat at the same severity is not.
                 (sev > f.severity).then(|| {
@@ -214,7 +245,13 @@ impl Track {
                     a
                 })
             }
-            None => None,
+            None => {
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.remove(0);
+                }
+                self.pending.push(point);
+                None
+            }
         }
     }
 }
@@ -233,6 +270,9 @@ struct Firing {
     /// written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     alerted: Option<Box<Alert>>,
+    /// Viewers reached so far (absent in state written before it was kept: from then on).
+    #[serde(default)]
+    impact: Impact,
 }
 
 /// All incidents, open and forming.
@@ -244,6 +284,10 @@ pub struct Incidents {
     /// wherever these incidents go (checkpoint, changelog share).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baselines: BTreeMap<(String, Metric), crate::metric::Baseline>,
+    /// The windows tested on firing (or just fired) incidents since the last
+    /// [`Incidents::take_evidence`]; the last apply's only, if nobody takes them.
+    #[serde(skip)]
+    evidence: Vec<Evidence>,
 }
 
 /// Where an incident is, in words: `cdn-a at IN/MH/Mumbai`, `cdn-a across IN/*`.
@@ -332,6 +376,7 @@ impl Incidents {
     ) -> Vec<Alert> {
         let mut seen = std::collections::BTreeSet::new();
         let mut alerts = Vec::new();
+        let mut evidence = Vec::new();
         for v in verdicts {
             let k = (v.finding.metric, v.scope.clone());
             seen.insert(k.clone());
@@ -352,9 +397,11 @@ impl Incidents {
                 streak_start: window_start,
                 firing: None,
                 unseen: 0,
+                pending: Vec::new(),
             });
             if v.bad {
-                if let Some(a) = t.bad(v, parent_id, (window_start, window_end), cfg.fire_after) {
+                let window = (window_start, window_end);
+                if let Some(a) = t.bad(v, parent_id, window, cfg.fire_after, &mut evidence) {
                     alerts.push(a);
                 }
             } else {
@@ -363,6 +410,11 @@ impl Incidents {
                 t.quiet_streak += 1;
                 t.unseen = 0;
                 if let Some(f) = &mut t.firing {
+                    let window = (window_start, window_end);
+                    evidence.push(Evidence {
+                        id: f.id.clone(),
+                        point: Point::of(&v.finding, false, v.severity, window),
+                    });
                     f.last = v.finding.clone();
                 }
             }
@@ -385,7 +437,14 @@ impl Incidents {
             }
         }
         alerts.extend(self.resolve(window_start, window_end, cfg.resolve_after));
+        self.evidence = evidence;
         alerts
+    }
+
+    /// The windows tested on firing incidents by the last [`Incidents::apply`] (each is
+    /// handed out once).
+    pub fn take_evidence(&mut self) -> Vec<Evidence> {
+        std::mem::take(&mut self.evidence)
     }
 
     /// Resolves the firing incidents clean (or quiet) long enough, and forgets the tracks
@@ -476,10 +535,26 @@ fn alert(
         window_end,
         started_at: f.started_at,
         resolved_at,
-        summary: summary(status, scope, &f.last, f.started_at),
+        summary: with_impact(
+            summary(status, scope, &f.last, f.started_at),
+            status,
+            &f.impact,
+        ),
         parent_id: f.parent_id.clone(),
         cohort: f.last.cohort.clone(),
+        impact: (f.impact.reports > 0).then_some(f.impact),
+        silenced_by: Vec::new(),
     }
+}
+
+/// A firing summary with the viewers reached so far: `...; 120 sessions, 340 min of playback
+/// affected so far.`
+fn with_impact(mut s: String, status: Status, impact: &Impact) -> String {
+    if status == Status::Firing && impact.reports > 0 && s.ends_with('.') {
+        s.pop();
+        s.push_str(&format!("; {}.", impact.describe()));
+    }
+    s
 }
 
 /// Id of a firing CDN-wide or location-wide incident above a location+CDN scope, if any.
@@ -528,6 +603,7 @@ mod tests {
                 eligible: bad,
                 reference: Default::default(),
                 cohort: None,
+                exposure: None,
                 spread: None,
                 pair_spread: None,
             },
@@ -612,6 +688,56 @@ mod tests {
                 .contains("back to normal (playback failures 1.0%"),
             "{}",
             resolved.summary
+        );
+    }
+
+    #[test]
+    fn impact_and_evidence_count_every_window_of_the_bad_run() {
+        let cfg = DetectConfig::default();
+        let mut inc = Incidents::new();
+        let with = |bad: bool, reports: u64| {
+            let mut v = verdict(bad);
+            v.finding.exposure = Some(crate::detect::Exposure {
+                reports,
+                sessions: reports / 4,
+                watched_ms: reports as f64 * 20_000.0,
+                stalled_ms: 0.0,
+            });
+            v
+        };
+        let mut out = Vec::new();
+        let mut points = Vec::new();
+        for (i, (bad, n)) in [
+            (false, 90),
+            (true, 100),
+            (true, 120),
+            (true, 80),
+            (false, 60),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let s = i as i64 * 60_000;
+            out.extend(inc.apply(s, s + 60_000, vec![with(bad, n)], &cfg));
+            points.extend(inc.take_evidence());
+        }
+        let fired = &out[0];
+        let impact = fired.impact.expect("impact");
+        assert_eq!(impact.reports, 220, "both windows of the run that fired it");
+        assert_eq!(impact.sessions, 30);
+        assert!((impact.degraded_minutes - 220.0 / 3.0).abs() < 1e-9);
+        assert!(
+            fired.summary.contains("30 sessions, 73 min"),
+            "{}",
+            fired.summary
+        );
+        // Evidence: the run's two windows, the bad one after and the clean one, by its id.
+        let ends: Vec<i64> = points.iter().map(|e| e.point.window_end / 60_000).collect();
+        assert_eq!(ends, [2, 3, 4, 5]);
+        assert!(points.iter().all(|e| e.id == fired.id));
+        assert_eq!(
+            points.iter().map(|e| e.point.bad).collect::<Vec<_>>(),
+            [true, true, true, false]
         );
     }
 

@@ -32,6 +32,12 @@ const MAX_EXCESS: f64 = 0.10;
 // reports (the denominator-weighted expectation); then the sessions of the window, those of
 // them that stalled, 1 for a window with reports (summed: the windows of a run), the stalled
 // sessions' bitmap and what the sessions' histories expect.
+/// A window's watch time from its rebuffering slots: the sessions that began in it, stalled
+/// and watched (played + stalled) milliseconds. For the viewer impact of incidents.
+pub fn watch(s: &[f64]) -> (f64, f64, f64) {
+    (s[SESSIONS], s[R], s[D])
+}
+
 const R: usize = 0;
 const D: usize = 1;
 const RR: usize = 2;

@@ -329,6 +329,8 @@ pub(crate) mod tests {
             summary: "Rebuffering 4x the benchmark".into(),
             parent_id: None,
             cohort: None,
+            impact: None,
+            silenced_by: Vec::new(),
         }
     }
 

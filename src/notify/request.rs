@@ -68,7 +68,18 @@ fn request(r: &ReceiverConfig, d: &Delivery) -> Result<(String, Vec<u8>, HeaderM
             let [a] = d.alerts.as_slice() else {
                 return Err(format!("webhook delivery holds {} alerts", d.alerts.len()));
             };
-            let body = serde_json::to_vec(a).map_err(|e| e.to_string())?;
+            let body = match link {
+                // The alert, and where people see its evidence (or the receiver's own link).
+                Some(t) => {
+                    let mut v = serde_json::to_value(a).map_err(|e| e.to_string())?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("link".into(), render::link(t, a).into());
+                    }
+                    serde_json::to_vec(&v)
+                }
+                None => serde_json::to_vec(a),
+            }
+            .map_err(|e| e.to_string())?;
             let ts = now_ms() / 1000;
             let key = render::idempotency_key(a, d.repeat);
             let id: reqwest::header::HeaderValue = key.parse().map_err(|_| "idempotency key")?;

@@ -70,6 +70,25 @@ impl Acc {
         }
     }
 
+    /// How many viewers and how much watching the window holds.
+    pub fn exposure(&self) -> crate::detect::Exposure {
+        let (started, stalled, watched) =
+            crate::metric::watch(self.metrics.of(crate::metric::Metric::REBUFFER_RATIO));
+        // The window's sessions as the session map marks them (each once a window); the
+        // bitmap's estimate where it does not (a map past its cap).
+        let sessions = if started > 0.0 {
+            started
+        } else {
+            self.sessions.estimate(self.reports).unwrap_or(0.0)
+        };
+        crate::detect::Exposure {
+            reports: self.reports,
+            sessions: sessions.round() as u64,
+            watched_ms: watched,
+            stalled_ms: stalled,
+        }
+    }
+
     /// What people read for `m` in this window, and the benchmark's (viewer quality).
     pub fn shown(&self, m: Metric) -> Option<(Option<f64>, Option<f64>)> {
         m.kind().shown(self.window(m))

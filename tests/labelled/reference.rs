@@ -193,6 +193,8 @@ fn close(
                     summary: format!("reference: {} p = {p:.1e}", METRICS[i].as_str()),
                     parent_id: None,
                     cohort: None,
+                    impact: None,
+                    silenced_by: Vec::new(),
                 });
             }
             if b.calm[i] >= 2 {

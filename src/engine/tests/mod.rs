@@ -233,6 +233,7 @@ fn a_key_that_goes_silent_is_an_incident() {
 
 mod edges;
 mod flood;
+mod impact;
 mod partitioned;
 mod sessions;
 mod state;

@@ -3,7 +3,7 @@
 //! `history.max_bytes`, oldest out first, and queried by status, scope, incident and time,
 //! newest first, a page at a time (`/api/incidents?...`, `qos-sentinel incidents`).
 //! It survives restarts. In a group each instance keeps the changes of the partitions it
-//! owned when they happened.
+//! owned when they happened. Beside the changes, each incident's windows ([`evidence`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::field::{Invalid, human};
 use crate::incident::{Alert, Status};
 use crate::time::Millis;
+
+pub mod evidence;
 
 /// `[history]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -79,6 +81,8 @@ pub struct Query {
     /// `?` wildcards.
     pub scope: Option<String>,
     pub id: Option<String>,
+    /// Changes of the incidents under this one (their `parent_id`).
+    pub parent: Option<String>,
     /// Event time of the change (its window's end), from and until (inclusive).
     pub since: Option<Millis>,
     pub until: Option<Millis>,
@@ -110,11 +114,7 @@ pub struct History {
     pub evicted: AtomicU64,
 }
 
-/// Whether pattern `p` matches the scope `s` (`location=IN/MH/Mumbai,cdn=cdn-a`) whole or
-/// one of its parts: `cdn=cdn-a` finds that CDN's location+CDN incidents too.
-fn scope_matches(p: &str, s: &str) -> bool {
-    crate::glob::glob(p, s) || s.split(',').any(|part| crate::glob::glob(p, part))
-}
+use crate::glob::scope_matches;
 
 /// A change's key: its event time (sign-flipped, big-endian, so keys sort by time) and a
 /// sequence number.
@@ -138,7 +138,12 @@ impl History {
             path: p.clone(),
             error,
         };
-        let db = crate::table::store::open_db(&path).map_err(err)?;
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let families = ["default", evidence::POINTS, evidence::BY_TIME];
+        let db = DB::open_cf(&opts, &path, families).map_err(err)?;
         let (mut bytes, mut seq) = (0u64, 0u64);
         for item in db.iterator(IteratorMode::Start) {
             let (k, v) = item.map_err(err)?;
@@ -147,6 +152,7 @@ impl History {
                 seq = seq.max(u64::from_be_bytes(s) + 1);
             }
         }
+        bytes += evidence::bytes_in(&db).map_err(err)?;
         Ok(History {
             db,
             path: p,
@@ -193,9 +199,17 @@ impl History {
         }
         self.db.write(batch).map_err(|e| self.err(e))?;
         self.bytes.fetch_add(added, Ordering::AcqRel);
-        let newest = self.newest().unwrap_or(newest);
+        self.keep_within(newest)
+    }
+
+    /// Drops what is past the retention behind the newest change (or `newest`) or over the
+    /// size cap: the oldest evidence first, then the oldest changes.
+    fn keep_within(&self, newest: Millis) -> Result<(), HistoryError> {
+        let newest = self.newest().unwrap_or(newest).max(newest);
         let cut = newest.saturating_sub(self.cfg.retention.as_millis() as Millis);
-        self.evict(|at, bytes| at < cut || bytes > self.cfg.max_bytes)
+        let max = self.cfg.max_bytes;
+        self.evict_evidence(|at, bytes| at < cut || bytes > max)?;
+        self.evict(|at, bytes| at < cut || bytes > max)
     }
 
     /// The newest change's time.
@@ -262,6 +276,9 @@ impl History {
             };
             let fits = q.status.is_none_or(|s| a.status == s)
                 && q.id.as_ref().is_none_or(|id| *id == a.id)
+                && q.parent
+                    .as_ref()
+                    .is_none_or(|p| a.parent_id.as_ref() == Some(p))
                 && q.scope
                     .as_ref()
                     .is_none_or(|p| scope_matches(p, &a.scope.to_string()));
@@ -348,6 +365,8 @@ mod tests {
             summary: "s".repeat(200),
             parent_id: None,
             cohort: None,
+            impact: None,
+            silenced_by: Vec::new(),
         }
     }
 

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::field::Invalid;
 
+pub mod evidence;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -32,6 +34,14 @@ pub struct HttpConfig {
     /// retrying forever, a wedged read): a liveness probe then restarts the process.
     #[serde(default = "default_stall_timeout", with = "humantime_serde")]
     pub stall_timeout: std::time::Duration,
+    /// Where people reach this endpoint (`https://qos.example.com`): the base of the evidence
+    /// links in Slack, webhooks and Alertmanager. Default: `http://` and `listen`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Bearer token for the write endpoints (silences); without one they are off. A secret:
+    /// a value, `env:NAME` or `file:/path`.
+    #[serde(default)]
+    pub token: Option<crate::notify::config::Secret>,
 }
 
 fn default_listen() -> String {
@@ -47,11 +57,26 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             stall_timeout: default_stall_timeout(),
+            public_url: None,
+            token: None,
         }
     }
 }
 
 impl HttpConfig {
+    /// The base of links to this endpoint's pages: `public_url`, or `http://` and `listen`.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The evidence page of incident `{id}`, as a receiver's link template.
+    pub fn evidence_link(&self) -> String {
+        format!("{}/incidents/{{id}}", self.public_base())
+    }
+
     /// Checks values; field paths are relative to `[http]`.
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -61,6 +86,20 @@ impl HttpConfig {
                     "(\"{}\") is not an address like 127.0.0.1:9464",
                     self.listen
                 ),
+            ));
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(Invalid::new(
+                "public_url",
+                format!("(\"{u}\") must start with http:// or https://"),
+            ));
+        }
+        if self.token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(Invalid::new(
+                "token",
+                "must be at least 16 characters (the value is not shown)",
             ));
         }
         if self.stall_timeout < std::time::Duration::from_secs(1) {
@@ -243,6 +282,11 @@ impl Live {
         g.watermark = watermark;
     }
 
+    /// The firing incident `id`, as last announced.
+    pub fn firing(&self, id: &str) -> Option<Alert> {
+        self.lock().firing.get(id).cloned()
+    }
+
     /// The /api/incidents document.
     pub fn snapshot(&self) -> serde_json::Value {
         let g = self.lock();
@@ -278,6 +322,8 @@ pub fn router(
     Router::new()
         .route("/", get(|| async { Html(include_str!("live.html")) }))
         .route("/api/incidents", get(incidents_handler))
+        .route("/api/incidents/{id}", get(evidence::api))
+        .route("/incidents/{id}", get(evidence::page))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
@@ -331,10 +377,11 @@ fn history_query(p: &BTreeMap<String, String>) -> Result<crate::history::Query, 
             .transpose()
     };
     for k in p.keys() {
-        if !["status", "scope", "id", "since", "until", "limit", "cursor"].contains(&k.as_str()) {
-            return Err(format!(
-                "unknown parameter {k}: status, scope, id, since, until, limit, cursor"
-            ));
+        let known = [
+            "status", "scope", "id", "parent", "since", "until", "limit", "cursor",
+        ];
+        if !known.contains(&k.as_str()) {
+            return Err(format!("unknown parameter {k}: {}", known.join(", ")));
         }
     }
     let status = match p.get("status").map(String::as_str) {
@@ -355,6 +402,7 @@ fn history_query(p: &BTreeMap<String, String>) -> Result<crate::history::Query, 
         status,
         scope: p.get("scope").cloned(),
         id: p.get("id").cloned(),
+        parent: p.get("parent").cloned(),
         since: time("since")?,
         until: time("until")?,
         limit,

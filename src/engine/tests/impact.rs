@@ -1,0 +1,92 @@
+//! Viewer impact and evidence on a scenario whose viewers are known: every window 30 sessions
+//! send 4 reports of 15 s each (30 minutes watched); in windows 20-25 every other session
+//! stalls 3 s of each report (3 minutes stalled, 10 % of watch time) against a usual 2 %.
+
+use super::*;
+
+fn scenario() -> (Vec<Alert>, Vec<crate::incident::evidence::Evidence>) {
+    let mut e = Engine::new(Settings::default());
+    e.keep_evidence();
+    let row = Expected {
+        rebuffer_ratio: Some(0.002),
+        ..Default::default()
+    };
+    e.on_benchmark("XX/Town", "c", 0, Some(row));
+    let (mut out, mut evidence) = (Vec::new(), Vec::new());
+    for w in 0..34 {
+        let stalling = if (20..26).contains(&w) { 2 } else { 10 };
+        for tick in 0..4 {
+            for s in 0..30i64 {
+                let stalls = (s + w) % stalling == 0;
+                let r = Report {
+                    session_id: format!("s{w}-{s}").into(),
+                    played_ms: if stalls { 12_000 } else { 15_000 },
+                    rebuffer_ms: if stalls { 3_000 } else { 0 },
+                    ..Report::new("XX/Town", "c", w * W + tick * 15_000 + s * 100)
+                };
+                e.on_report(&r, None);
+            }
+        }
+        out.extend(e.close_ready());
+        evidence.extend(e.take_evidence());
+    }
+    out.extend(e.close_until(35 * W));
+    evidence.extend(e.take_evidence());
+    (out, evidence)
+}
+
+#[test]
+fn an_incident_counts_the_viewers_and_stalled_minutes_of_its_bad_windows() {
+    let (alerts, evidence) = scenario();
+    let fired = crate::incident::firing(&alerts);
+    assert_eq!(fired.len(), 1, "{alerts:#?}");
+    let id = &fired[0].id;
+    let resolved = alerts
+        .iter()
+        .find(|a| a.status == Status::Resolved && &a.id == id)
+        .expect("resolved");
+    let points: Vec<_> = evidence.iter().filter(|e| &e.id == id).collect();
+    assert!(
+        points
+            .iter()
+            .all(|e| e.point.metric == Metric::REBUFFER_RATIO)
+    );
+    let bad: Vec<_> = points.iter().filter(|e| e.point.bad).collect();
+    // Only the stalling windows are bad, and the evidence goes on to the clean ones after.
+    assert!((2..=6).contains(&bad.len()), "{points:#?}");
+    assert!(
+        bad.iter()
+            .all(|e| (20 * W..26 * W).contains(&e.point.window_start))
+    );
+    assert!(
+        points
+            .iter()
+            .any(|e| !e.point.bad && e.point.window_start >= 26 * W)
+    );
+    let n = bad.len() as f64;
+    let impact = resolved.impact.expect("impact on the resolution");
+    assert_eq!(impact.reports, 120 * bad.len() as u64);
+    assert_eq!(impact.sessions, 30);
+    assert!(
+        (impact.degraded_minutes - 30.0 * n).abs() < 1e-6,
+        "{impact:?}"
+    );
+    // 3 of the 30 minutes stalled in each bad window, beyond what each expected.
+    let beyond: f64 = bad.iter().map(|e| 3.0 - e.point.expected * 30.0).sum();
+    let excess = impact
+        .excess_stalled_minutes
+        .expect("rebuffering counts stalls");
+    assert!((excess - beyond).abs() < 1e-6, "{excess} vs {beyond}");
+    assert!(
+        excess > 2.0 * n,
+        "most of the 3 minutes were beyond the usual 2 %"
+    );
+    // The firing alert already says so, in its summary too.
+    let first = fired[0].impact.expect("impact on the firing");
+    assert!(first.reports >= 240 && first.sessions == 30, "{first:?}");
+    assert!(
+        fired[0].summary.contains("30 sessions, "),
+        "{}",
+        fired[0].summary
+    );
+}
