@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod rekey;
 pub mod retry;
+pub mod silence;
 pub mod sim;
 pub mod source;
 pub mod table;

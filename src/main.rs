@@ -244,6 +244,11 @@ enum Command {
         #[command(subcommand)]
         command: IncidentsCommand,
     },
+    /// A running daemon's silences and maintenance windows.
+    Silence {
+        #[command(subcommand)]
+        command: qos_sentinel::silence::cli::SilenceCommand,
+    },
     /// Detection rules files.
     Rules {
         #[command(subcommand)]
@@ -329,6 +334,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             command: RulesCommand::Lint { file },
         } => rules_lint(&file),
         Command::Incidents { command } => incidents(command).await,
+        Command::Silence { command } => qos_sentinel::silence::cli::run(command).await,
         Command::Receive {
             listen,
             hmac_secret,

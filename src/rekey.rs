@@ -58,7 +58,10 @@ pub async fn command(
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(crate::http::Readiness::default());
     if let Some(addr) = http {
-        let app = crate::http::router(metrics.clone(), readiness.clone(), Arc::default(), None);
+        let app = crate::http::router(crate::http::Pages::probes(
+            metrics.clone(),
+            readiness.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on --http {addr}: {e}"))?;

@@ -94,6 +94,11 @@ pub(super) async fn finish(
         }
         return;
     }
+    // Marked as the silences hold them now: the alerts topic says so; receivers are held.
+    let now = crate::notify::deliver::now_ms();
+    for a in &mut closing.alerts {
+        a.silenced_by = out.dispatcher.holding(a, now);
+    }
     ckpt.save(engine, pos, &closing.alerts).await;
     announce(out, &closing).await;
     let landed = produce(out, &ckpt.store, &closing.alerts, closing.started).await;

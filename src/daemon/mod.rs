@@ -97,27 +97,31 @@ pub async fn run(
         Ok(page) => live.remember(&page.changes),
         Err(e) => warn!(error = %e, "Cannot read the recently resolved from the history."),
     }
+    let silences = Arc::new(crate::silence::Silences::open(&cfg.state.dir)?);
+    let producer = kafka::producer(&cfg.kafka)?;
+    if let Some(topic) = &cfg.kafka.silences_topic {
+        let publish = crate::silence::share::publisher(producer.clone(), topic.clone());
+        silences.share_with(publish);
+    }
+    let pages = crate::http::Pages {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        live: live.clone(),
+        history: Some(history.clone()),
+        silences: Some(silences.clone()),
+        token: cfg.http.token.clone(),
+    };
     // Stops with the daemon: a daemon started again in the same process (tests, the bench)
     // binds the port and opens the history again.
     let http = if opts.serve_http {
-        Some(
-            serve_http(
-                &cfg,
-                &metrics,
-                &readiness,
-                &live,
-                &history,
-                shutdown.clone(),
-            )
-            .await?,
-        )
+        Some(serve_http(&cfg, pages, shutdown.clone()).await?)
     } else {
         None
     };
     let (mut engine, next, mut ckpt) = restore(&cfg, &store, &metrics.retries)?;
 
-    let producer = kafka::producer(&cfg.kafka)?;
     let outputs = outputs(&cfg, &opts, &metrics, &live, &producer, &history)?;
+    outputs.dispatcher.hold_with(silences.clone());
     let dispatcher = outputs.dispatcher.clone();
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
     ckpt.changelog = changelog(&cfg, &producer)?;
@@ -125,6 +129,16 @@ pub async fn run(
     send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let silence_reader = match &cfg.kafka.silences_topic {
+        Some(topic) => Some(crate::silence::share::spawn_reader(
+            &cfg.kafka,
+            topic,
+            silences.clone(),
+            stop.clone(),
+            metrics.retries.with_label_values(&["silences_read"]),
+        )?),
+        None => None,
+    };
     let (bench_tx, mut bench_rx) = mpsc::unbounded_channel::<BenchmarkUpdate>();
     let reader = source::spawn_benchmark_reader(
         &cfg.kafka,
@@ -182,6 +196,9 @@ pub async fn run(
         let _ = reader.handle.join();
         let _ = probe.join();
         let _ = lag_probe.join();
+        if let Some(r) = silence_reader {
+            let _ = r.join();
+        }
     })
     .await;
     dispatcher.shutdown(cfg.notify.flush_timeout).await;
@@ -353,22 +370,14 @@ fn positions(
 /// Serves the live page, `/metrics`, `/healthz` and `/readyz` at `http.listen`.
 async fn serve_http(
     cfg: &Config,
-    metrics: &Arc<Metrics>,
-    readiness: &Arc<Readiness>,
-    live: &Arc<Live>,
-    history: &Arc<crate::history::History>,
+    pages: crate::http::Pages,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http.listen {}: {e}", cfg.http.listen))?;
     info!(addr = %cfg.http.listen, "Serving /metrics, /healthz, /readyz.");
-    let app = crate::http::router(
-        metrics.clone(),
-        readiness.clone(),
-        live.clone(),
-        Some(history.clone()),
-    );
+    let app = crate::http::router(pages);
     Ok(tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -350,6 +350,14 @@ impl Runner {
             .keys_evicted
             .with_label_values(&["history"])
             .inc_by(self.outputs.history.take_evicted());
+        if let Some(s) = self.outputs.dispatcher.silences() {
+            let now = crate::notify::deliver::now_ms();
+            self.metrics.silences_active.set(s.active(now) as i64);
+            self.metrics
+                .keys_evicted
+                .with_label_values(&["silences"])
+                .inc_by(s.take_evicted());
+        }
     }
 
     /// A report, then whatever else is already fetched, up to a batch, without going back

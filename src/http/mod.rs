@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::field::Invalid;
 
 pub mod evidence;
+pub mod silences;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -304,35 +305,52 @@ impl Live {
     }
 }
 
+/// What the endpoint serves from.
 #[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    live: Arc<Live>,
-    history: Option<Arc<History>>,
+pub struct Pages {
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub live: Arc<Live>,
+    /// Answers `/api/incidents?...` and the evidence pages.
+    pub history: Option<Arc<History>>,
+    /// `/api/silences`.
+    pub silences: Option<Arc<crate::silence::Silences>>,
+    /// `http.token`: without it the write endpoints are off.
+    pub token: Option<crate::notify::config::Secret>,
 }
 
-/// The endpoint's routes; `history` answers `/api/incidents?...` queries.
-pub fn router(
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
-    live: Arc<Live>,
-    history: Option<Arc<History>>,
-) -> Router {
+impl Pages {
+    /// Metrics and probes only.
+    pub fn probes(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
+        Pages {
+            metrics,
+            readiness,
+            live: Arc::default(),
+            history: None,
+            silences: None,
+            token: None,
+        }
+    }
+}
+
+type AppState = Pages;
+
+/// The endpoint's routes.
+pub fn router(pages: Pages) -> Router {
     Router::new()
         .route("/", get(|| async { Html(include_str!("live.html")) }))
         .route("/api/incidents", get(incidents_handler))
         .route("/api/incidents/{id}", get(evidence::api))
         .route("/incidents/{id}", get(evidence::page))
+        .route("/api/silences", get(silences::list).post(silences::create))
+        .route(
+            "/api/silences/{id}",
+            axum::routing::delete(silences::expire),
+        )
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
-        .with_state(AppState {
-            metrics,
-            readiness,
-            live,
-            history,
-        })
+        .with_state(pages)
 }
 
 /// `/api/incidents`: what fires now and the last resolved (the live page's JSON); with any of

@@ -43,6 +43,10 @@ pub struct KafkaConfig {
     /// `changelog_topic`. Off (`None`): each instance groups over its own partitions.
     #[serde(default)]
     pub summaries_topic: Option<String>,
+    /// Compacted topic through which the instances of a group share their silences (each
+    /// reads it whole). Off (`None`): silences are this instance's only.
+    #[serde(default)]
+    pub silences_topic: Option<String>,
     /// Extra librdkafka properties passed through to every client (TLS, SASL, ...), e.g.
     /// `"security.protocol" = "SASL_SSL"`. Values are never logged.
     #[serde(default)]
@@ -104,6 +108,7 @@ impl Default for KafkaConfig {
             session_timeout: default_session_timeout(),
             changelog_topic: None,
             summaries_topic: None,
+            silences_topic: None,
             options: BTreeMap::new(),
         }
     }

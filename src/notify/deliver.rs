@@ -13,6 +13,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 use tokio::sync::{Notify, watch};
 use tracing::{debug, error, info, warn};
 
+use super::bucket::Bucket;
 use super::config::{NotifyConfig, ReceiverConfig, ReceiverKind};
 use super::outbox::{Delivery, Key, Outbox, OutboxError};
 use super::render;
@@ -22,13 +23,14 @@ use crate::retry::{self, Backoff};
 use crate::time::Millis;
 
 /// Outcomes counted per receiver in `qos_sentinel_deliveries_total`.
-pub const OUTCOMES: [&str; 6] = [
+pub const OUTCOMES: [&str; 7] = [
     "delivered",
     "retried",
     "failed",
     "expired",
     "dropped",
     "stale",
+    "silenced",
 ];
 
 /// Delivery metrics, registered in the daemon's registry.
@@ -142,6 +144,9 @@ struct RouteState {
     /// (receiver, incident id) whose firing was too old to send there (`max_age`): its
     /// resolution is not sent either, unless a fresh change was.
     stale: HashSet<(usize, String)>,
+    /// (receiver, incident id) held back by a silence: sent when the silence ends if the
+    /// incident still fires; its resolution while silenced is not sent.
+    silenced: HashSet<(usize, String)>,
 }
 
 pub struct Dispatcher {
@@ -152,6 +157,7 @@ pub struct Dispatcher {
     max_outbox: usize,
     stop: watch::Sender<bool>,
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    silences: std::sync::OnceLock<Arc<crate::silence::Silences>>,
 }
 
 impl Dispatcher {
@@ -195,6 +201,7 @@ impl Dispatcher {
             max_outbox: cfg.max_outbox,
             stop,
             workers: Mutex::new(Vec::new()),
+            silences: std::sync::OnceLock::new(),
         });
         let mut handles = Vec::new();
         for r in receivers {
@@ -217,6 +224,38 @@ impl Dispatcher {
         }
         *d.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
         Ok(d)
+    }
+
+    /// Holds alerts back from every receiver while one of `silences` holds their scope.
+    pub fn hold_with(&self, silences: Arc<crate::silence::Silences>) {
+        let _ = self.silences.set(silences);
+    }
+
+    /// The silences alerts are held back by, if any.
+    pub fn silences(&self) -> Option<&Arc<crate::silence::Silences>> {
+        self.silences.get()
+    }
+
+    /// The ids of the silences holding `a`'s scope at `now`.
+    pub fn holding(&self, a: &Alert, now: Millis) -> Vec<String> {
+        self.silences
+            .get()
+            .map_or_else(Vec::new, |s| s.holding(&a.scope.to_string(), now))
+    }
+
+    /// Whether a silence holds `a`'s scope now.
+    fn muted(&self, a: &Alert, now: Millis) -> bool {
+        self.silences
+            .get()
+            .is_some_and(|s| !s.holding(&a.scope.to_string(), now).is_empty())
+    }
+
+    fn count(&self, receiver: usize, outcome: &str) {
+        let name = self.receivers[receiver].cfg.name.as_str();
+        self.metrics
+            .deliveries
+            .with_label_values(&[name, outcome])
+            .inc();
     }
 
     pub fn has_receivers(&self) -> bool {
@@ -248,6 +287,7 @@ impl Dispatcher {
         {
             let mut st = self.lock();
             for a in alerts {
+                let muted = a.status == Status::Firing && self.muted(a, queued_ms);
                 for (i, r) in self.receivers.iter().enumerate() {
                     if !render::routes(&r.cfg, a) {
                         continue;
@@ -273,6 +313,21 @@ impl Dispatcher {
                         continue;
                     }
                     st.stale.remove(&key);
+                    match a.status {
+                        Status::Firing if muted => {
+                            st.silenced.insert(key);
+                            self.count(i, "silenced");
+                            continue;
+                        }
+                        // Never sent here while silenced: neither is its resolution.
+                        Status::Resolved if st.silenced.remove(&key) => {
+                            self.count(i, "silenced");
+                            continue;
+                        }
+                        _ => {
+                            st.silenced.remove(&key);
+                        }
+                    }
                     match a.status {
                         Status::Firing if r.cfg.hold_children && parent_firing => {
                             st.held.insert(key);
@@ -326,6 +381,7 @@ impl Dispatcher {
         let now = Instant::now();
         let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
         let mut adopted: Vec<(Firing, Vec<usize>)> = Vec::new();
+        let mut silenced = Vec::new();
         {
             let st = self.lock();
             // Parents first, so that a child held under its parent stays held.
@@ -344,8 +400,13 @@ impl Dispatcher {
                     sent: HashMap::new(),
                 };
                 let mut held = Vec::new();
+                let muted = self.muted(a, now_ms());
                 for (i, r) in self.receivers.iter().enumerate() {
                     if !render::routes(&r.cfg, a) {
+                        continue;
+                    }
+                    if muted {
+                        silenced.push((i, a.id.clone()));
                         continue;
                     }
                     let parent_here = a.parent_id.as_ref().is_some_and(|p| {
@@ -369,6 +430,7 @@ impl Dispatcher {
         self.push(per, 1, now_ms(), None)?;
         let n = adopted.len();
         let mut st = self.lock();
+        st.silenced.extend(silenced);
         for (f, held) in adopted {
             for i in held {
                 st.held.insert((i, f.alert.id.clone()));
@@ -387,6 +449,7 @@ impl Dispatcher {
         st.firing.retain(|id, _| !gone.contains(id.as_str()));
         st.held.retain(|(_, id)| !gone.contains(id.as_str()));
         st.stale.retain(|(_, id)| !gone.contains(id.as_str()));
+        st.silenced.retain(|(_, id)| !gone.contains(id.as_str()));
         before - st.firing.len()
     }
 
@@ -398,6 +461,7 @@ impl Dispatcher {
         let now = Instant::now();
         let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
         let mut repeat = 0;
+        self.unmuted(now)?;
         {
             let mut st = self.lock();
             for f in st.firing.values_mut() {
@@ -415,6 +479,42 @@ impl Dispatcher {
             }
         }
         self.push(per, repeat, now_ms(), None)
+    }
+
+    /// Sends the incidents held by a silence that has ended and that still fire, as news.
+    fn unmuted(&self, now: Instant) -> Result<(), OutboxError> {
+        let mut per: Vec<Vec<Alert>> = vec![Vec::new(); self.receivers.len()];
+        {
+            let mut st = self.lock();
+            if st.silenced.is_empty() {
+                return Ok(());
+            }
+            let at = now_ms();
+            let ended: Vec<(usize, String)> = st
+                .silenced
+                .iter()
+                .filter(|(_, id)| st.firing.get(id).is_none_or(|f| !self.muted(&f.alert, at)))
+                .cloned()
+                .collect();
+            for key in ended {
+                st.silenced.remove(&key);
+                let (i, id) = key;
+                let parent_here = st.firing.get(&id).and_then(|f| f.alert.parent_id.clone());
+                let parent_here = parent_here
+                    .is_some_and(|p| st.firing.get(&p).is_some_and(|f| f.sent.contains_key(&i)));
+                if self.receivers[i].cfg.hold_children && parent_here {
+                    st.held.insert((i, id));
+                    continue;
+                }
+                if let Some(f) = st.firing.get_mut(&id) {
+                    let mut a = f.alert.clone();
+                    a.silenced_by.clear();
+                    per[i].push(a);
+                    f.sent.insert(i, (now, 0));
+                }
+            }
+        }
+        self.push(per, 0, now_ms(), None)
     }
 
     fn push(
@@ -626,57 +726,5 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
         _ = stop.changed() => true,
-    }
-}
-
-/// Token bucket of `per_minute` tokens refilled continuously; 0 = unlimited.
-struct Bucket {
-    per_minute: u32,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(per_minute: u32) -> Self {
-        Bucket {
-            per_minute,
-            tokens: f64::from(per_minute),
-            at: Instant::now(),
-        }
-    }
-
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self) -> Option<Duration> {
-        if self.per_minute == 0 {
-            return None;
-        }
-        let cap = f64::from(self.per_minute);
-        let rate = cap / 60.0;
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(cap);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
-    }
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bucket_limits_rate() {
-        let mut b = Bucket::new(2);
-        assert!(b.take().is_none());
-        assert!(b.take().is_none());
-        let wait = b.take().unwrap();
-        assert!(
-            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
-        assert!(Bucket::new(0).take().is_none());
     }
 }

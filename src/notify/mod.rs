@@ -2,6 +2,7 @@
 //! receivers through a durable outbox ([`deliver`]), and bad input to the dead-letter topic
 //! (original key and value, reason in headers).
 
+mod bucket;
 pub mod config;
 pub mod deliver;
 pub mod outbox;
