@@ -249,7 +249,7 @@ async fn a_silence_is_guarded_shared_and_pages_when_it_ends_on_a_firing_incident
         Instant::now() < ends,
         "the incident fired after the window ended: test too slow"
     );
-    assert_eq!(fired.silenced_by, [id.clone()], "{fired:?}");
+    assert_eq!(fired.silenced_by, vec![id.clone()], "{fired:?}");
     assert!(
         hooks_for(&sink, &fired.id).is_empty(),
         "paged while silenced"

@@ -21,6 +21,7 @@ pub use crate::metric::{
 pub use config::DetectConfig;
 
 use crate::window::Acc;
+pub use crate::window::Exposure;
 use rules::Tuning;
 
 /// What a finding was compared with: the CDN's benchmark (adjusted by the key's learned
@@ -79,17 +80,6 @@ pub struct Finding {
     /// The same for its within-session differences, where the metric pairs.
     #[serde(skip)]
     pub pair_spread: Option<f64>,
-}
-
-/// How many viewers and how much watching a window of a scope holds.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Exposure {
-    pub reports: u64,
-    /// Sessions with reports in the window.
-    pub sessions: u64,
-    /// Played plus stalled milliseconds.
-    pub watched_ms: f64,
-    pub stalled_ms: f64,
 }
 
 impl Finding {

@@ -31,15 +31,17 @@ fn outcome(s: &AppState, what: &str) {
     s.metrics.silence_writes.with_label_values(&[what]).inc();
 }
 
-/// The write may go ahead, or the answer that refuses it.
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The answer that refuses the write, if it may not go ahead.
+fn refused(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &s.token else {
         outcome(s, "off");
-        return Err((
-            StatusCode::FORBIDDEN,
-            "silences are read-only here: set http.token to allow writes\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "silences are read-only here: set http.token to allow writes\n",
+            )
+                .into_response(),
+        );
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -48,14 +50,16 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or_default();
     if given.is_empty() || !same_token(given, token.expose()) {
         outcome(s, "unauthorized");
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            [("www-authenticate", "Bearer")],
-            "a valid bearer token is needed to write silences\n",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", "Bearer")],
+                "a valid bearer token is needed to write silences\n",
+            )
+                .into_response(),
+        );
     }
-    Ok(())
+    None
 }
 
 fn listed(s: &Silence, now: i64) -> serde_json::Value {
@@ -102,7 +106,7 @@ pub(super) async fn create(
     let Some(store) = s.silences.clone() else {
         return (StatusCode::NOT_FOUND, "no silences here\n").into_response();
     };
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     let now = now_ms();
@@ -135,7 +139,7 @@ pub(super) async fn expire(
     let Some(store) = s.silences.clone() else {
         return (StatusCode::NOT_FOUND, "no silences here\n").into_response();
     };
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = refused(&s, &headers) {
         return r;
     }
     let now = now_ms();

@@ -5,6 +5,7 @@
 mod bucket;
 pub mod config;
 pub mod deliver;
+mod delivery_metrics;
 pub mod outbox;
 pub mod receive;
 pub mod render;

@@ -376,7 +376,7 @@ mod tests {
         store.write(s.clone(), now).await.expect("write");
         assert_eq!(
             store.holding("location=X,cdn=cdn-a", now + H),
-            [s.id.clone()]
+            vec![s.id.clone()]
         );
         let ended = store.expire(&s.id, now + H).await.expect("expire");
         assert!(store.holding("location=X,cdn=cdn-a", now + H).is_empty());

@@ -8,6 +8,17 @@ use crate::decode::Report;
 use crate::metric::{Metric, Normals, Slots, Window};
 use crate::table::Expected;
 
+/// How many viewers and how much watching a window of a scope holds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Exposure {
+    pub reports: u64,
+    /// Sessions with reports in the window.
+    pub sessions: u64,
+    /// Played plus stalled milliseconds.
+    pub watched_ms: f64,
+    pub stalled_ms: f64,
+}
+
 /// Everything one window keeps about one key.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(from = "AccRepr")]
@@ -71,7 +82,7 @@ impl Acc {
     }
 
     /// How many viewers and how much watching the window holds.
-    pub fn exposure(&self) -> crate::detect::Exposure {
+    pub fn exposure(&self) -> Exposure {
         let (started, stalled, watched) =
             crate::metric::watch(self.metrics.of(crate::metric::Metric::REBUFFER_RATIO));
         // The window's sessions as the session map marks them (each once a window); the
@@ -81,7 +92,7 @@ impl Acc {
         } else {
             self.sessions.estimate(self.reports).unwrap_or(0.0)
         };
-        crate::detect::Exposure {
+        Exposure {
             reports: self.reports,
             sessions: sessions.round() as u64,
             watched_ms: watched,

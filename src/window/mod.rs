@@ -10,7 +10,7 @@ mod config;
 mod legacy;
 pub mod sessions;
 
-pub use acc::{Acc, AccNow};
+pub use acc::{Acc, AccNow, Exposure};
 pub use config::WindowConfig;
 
 use std::collections::{BTreeMap, HashMap};
