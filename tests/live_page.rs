@@ -136,5 +136,55 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
         n > 200,
         "only {n} pixels of the incident's colour in the screenshot"
     );
+
+    // The live page links the incident to its evidence page: the windows since it began,
+    // drawn as a chart.
+    let id = firing["id"].as_str().expect("id").to_string();
+    assert!(
+        html.contains(&format!("href=\"incidents/{id}\"")),
+        "the live page links to the evidence:\n{html}"
+    );
+    let evidence: serde_json::Value = reqwest::get(format!("{base}/api/incidents/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let windows = evidence["windows"].as_array().expect("windows");
+    let bad = windows.iter().filter(|w| w["bad"] == true).count();
+    assert!(windows.len() >= 3 && bad >= 2, "{evidence}");
+    assert_eq!(evidence["incident"]["id"], id.as_str());
+    let impact = &evidence["incident"]["impact"];
+    assert!(impact["sessions"].as_u64().is_some_and(|n| n > 0), "{evidence}");
+    let unknown = reqwest::get(format!("{base}/api/incidents/0000000000000000"))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+
+    let page = format!("{base}/incidents/{id}");
+    let dom = chromium(&page, &["--dump-dom"]);
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(html.contains("<svg id=\"chart\""), "{html}");
+    assert_eq!(
+        html.matches("<circle ").count(),
+        windows.len(),
+        "one dot per window"
+    );
+    assert!(html.contains("sessions, "), "viewer impact on the page");
+    let shot = dir.path().join("evidence.png");
+    let out = chromium(&page, &[&format!("--screenshot={}", shot.display())]);
+    assert!(
+        shot.exists(),
+        "screenshot written: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::copy(
+        &shot,
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/evidence-page.png"),
+    );
+    // The observed line (blue) and the bad windows' dots (red) are painted.
+    let line = pixels_like(&shot, [0x58, 0xa6, 0xff]);
+    let dots = pixels_like(&shot, [0xd4, 0x0e, 0x0d]);
+    assert!(line > 300 && dots > 30 * bad as usize, "line {line}, dots {dots} pixels");
     d.stop().await;
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::history::{History, Query};
-use crate::incident::evidence::Point;
+use crate::incident::evidence::{Impact, Point};
 use crate::incident::{Alert, Status};
 use crate::time::format_ms;
 
@@ -25,6 +25,9 @@ pub struct Evidence {
     pub changes: Vec<Alert>,
     /// Each window of its scope since its bad run began, oldest first.
     pub windows: Vec<Point>,
+    /// Viewers reached so far, over the bad windows kept (the alerts carry it as of their
+    /// change).
+    pub impact: Option<Impact>,
     /// The CDN-wide or location-wide incident it belongs to, as last changed.
     pub parent: Option<Alert>,
     /// The incidents under it, each as last changed.
@@ -64,8 +67,13 @@ pub fn gather(history: &History, live: &super::Live, id: &str) -> anyhow::Result
             children.push(a); // newest first: the first seen is its latest change
         }
     }
+    let mut impact = Impact::default();
+    for p in windows.iter().filter(|p| p.bad) {
+        impact.add(p);
+    }
     Ok(Some(Evidence {
         id: id.to_string(),
+        impact: (impact.reports > 0).then_some(impact).or(incident.impact),
         incident,
         changes,
         windows,
@@ -173,7 +181,7 @@ pub fn render(e: &Evidence) -> String {
             a.samples
         ),
     );
-    if let Some(i) = &a.impact {
+    if let Some(i) = &e.impact {
         fact("viewers", i.describe());
     }
     if let Some(c) = &a.cohort {
@@ -263,7 +271,8 @@ pub fn chart(e: &Evidence) -> String {
         s.push_str("<text x=\"20\" y=\"40\">no windows kept</text></svg></figure>");
         return s;
     }
-    let t0 = pts.iter().map(|p| p.window_end).min().unwrap_or(0);
+    let first = pts.iter().map(|p| p.window_end).min().unwrap_or(0);
+    let t0 = first.min(e.incident.started_at);
     let t1 = pts
         .iter()
         .map(|p| p.window_end)
@@ -347,3 +356,53 @@ circle.bad{fill:#d40e0d}circle.clean{fill:#58a6ff}.start{stroke:#ecb22e}.end{str
 table{border-collapse:collapse;background:#182029}th,td{text-align:left;padding:6px 10px;\
 border-bottom:1px solid #2a3540}th{color:#8b98a5;font-weight:500}.num{font-variant-numeric:tabular-nums}\
 tr.critical td:first-child,tr.warning td:first-child{border-left:4px solid #d40e0d}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Metric, Severity};
+    use crate::incident::Scope;
+
+    #[test]
+    fn the_page_escapes_what_comes_from_data_and_draws_every_window() {
+        let place = "<script>alert(1)</script>";
+        let a: Alert = serde_json::from_value(serde_json::json!({
+            "id": "00000000000000aa", "status": "firing", "rule": "failures_above_benchmark",
+            "severity": "critical", "scope": Scope::pair(place, "cdn-\"x\""),
+            "metric": "failure_rate", "observed": 0.2, "expected": 0.01, "samples": 100,
+            "p_value": 1e-9, "window_start": "2026-01-01T00:01:00Z",
+            "window_end": "2026-01-01T00:02:00Z", "started_at": "2026-01-01T00:01:00Z",
+            "resolved_at": null, "summary": format!("{place} & co"),
+            "cohort": {"dimension": "asn", "value": "<b>64512</b>", "share": 0.9, "traffic_share": 0.2}
+        }))
+        .expect("alert");
+        let point = |i: i64, bad: bool| Point {
+            window_start: a.window_start + (i - 1) * 60_000,
+            window_end: a.window_start + i * 60_000,
+            metric: Metric::FAILURE_RATE,
+            observed: if bad { 0.2 } else { 0.01 },
+            expected: 0.01,
+            samples: 100,
+            p_value: 1e-9,
+            bad,
+            severity: Severity::Critical,
+            cohort: a.cohort.clone(),
+            exposure: None,
+        };
+        let e = Evidence {
+            id: a.id.clone(),
+            incident: a.clone(),
+            changes: vec![a.clone()],
+            windows: vec![point(1, true), point(2, true), point(3, false)],
+            impact: None,
+            parent: None,
+            children: vec![a],
+        };
+        let html = render(&e);
+        assert!(!html.contains("<script>") && !html.contains("<b>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
+        assert!(html.contains("cdn=cdn-&quot;x&quot;"));
+        assert_eq!(html.matches("<circle ").count(), 3);
+        assert_eq!(html.matches("class=\"bad\"").count(), 2);
+    }
+}
