@@ -155,7 +155,10 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
     assert!(windows.len() >= 3 && bad >= 2, "{evidence}");
     assert_eq!(evidence["incident"]["id"], id.as_str());
     let impact = &evidence["incident"]["impact"];
-    assert!(impact["sessions"].as_u64().is_some_and(|n| n > 0), "{evidence}");
+    assert!(
+        impact["sessions"].as_u64().is_some_and(|n| n > 0),
+        "{evidence}"
+    );
     let unknown = reqwest::get(format!("{base}/api/incidents/0000000000000000"))
         .await
         .unwrap();
@@ -185,6 +188,9 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
     // The observed line (blue) and the bad windows' dots (red) are painted.
     let line = pixels_like(&shot, [0x58, 0xa6, 0xff]);
     let dots = pixels_like(&shot, [0xd4, 0x0e, 0x0d]);
-    assert!(line > 300 && dots > 30 * bad as usize, "line {line}, dots {dots} pixels");
+    assert!(
+        line > 300 && dots > 30 * bad as usize,
+        "line {line}, dots {dots} pixels"
+    );
     d.stop().await;
 }

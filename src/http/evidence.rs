@@ -399,7 +399,10 @@ mod tests {
             children: vec![a],
         };
         let html = render(&e);
-        assert!(!html.contains("<script>") && !html.contains("<b>"), "{html}");
+        assert!(
+            !html.contains("<script>") && !html.contains("<b>"),
+            "{html}"
+        );
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"));
         assert!(html.contains("cdn=cdn-&quot;x&quot;"));
         assert_eq!(html.matches("<circle ").count(), 3);

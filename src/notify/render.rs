@@ -154,9 +154,15 @@ pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
                     mrkdwn(&a.id), a.metric.as_str(), format_ms(a.window_start), format_ms(a.window_end),
                     a.p_value.map(|p| format!(" · p = {p:.1e}")).unwrap_or_default())}]}),
             ];
+            if let Some(i) = &a.impact {
+                blocks.insert(2, json!({"type": "context", "elements": [{"type": "mrkdwn",
+                    "text": format!("*Viewers* {}", mrkdwn(&i.describe()))}]}));
+            }
             if let Some(t) = link_template {
+                // The evidence page, unless the receiver links elsewhere (a dashboard).
+                let label = if t.contains("/incidents/{id}") { "Evidence" } else { "Open dashboard" };
                 blocks.push(json!({"type": "actions", "elements": [{"type": "button",
-                    "text": {"type": "plain_text", "text": "Open dashboard"}, "url": link(t, a)}]}));
+                    "text": {"type": "plain_text", "text": label}, "url": link(t, a)}]}));
             }
             json!({"color": colour(a), "fallback": mrkdwn(&headline(a)), "blocks": blocks})
         })
