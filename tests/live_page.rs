@@ -109,6 +109,12 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
         html.contains("<div id=\"firing\"><table>"),
         "the firing table is filled"
     );
+    // Beside what fires now: the silences (none here) and the last state changes.
+    assert!(
+        html.contains("<div id=\"silences\"><div class=\"empty\">None.</div>"),
+        "{html}"
+    );
+    assert!(html.contains("<div id=\"history\"><table>"), "{html}");
 
     let shot = dir.path().join("live.png");
     let out = chromium(

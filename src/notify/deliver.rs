@@ -217,6 +217,11 @@ impl Dispatcher {
             let mut st = self.lock();
             for a in alerts {
                 let muted = a.status == Status::Firing && self.muted(a, queued_ms);
+                // Sent means not silenced (any more): receivers are not told otherwise.
+                let sent = Alert {
+                    silenced_by: Vec::new(),
+                    ..a.clone()
+                };
                 for (i, r) in self.receivers.iter().enumerate() {
                     if !render::routes(&r.cfg, a) {
                         continue;
@@ -273,7 +278,7 @@ impl Dispatcher {
                         // alert there, and the warning one ends now, not at its timeout.
                         per[i].push(before);
                     }
-                    per[i].push(a.clone());
+                    per[i].push(sent.clone());
                 }
                 match a.status {
                     Status::Firing => {

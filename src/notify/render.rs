@@ -154,9 +154,8 @@ pub fn slack(alerts: &[Alert], link_template: Option<&str>) -> Value {
                     mrkdwn(&a.id), a.metric.as_str(), format_ms(a.window_start), format_ms(a.window_end),
                     a.p_value.map(|p| format!(" · p = {p:.1e}")).unwrap_or_default())}]}),
             ];
-            if let Some(i) = &a.impact {
-                blocks.insert(2, json!({"type": "context", "elements": [{"type": "mrkdwn",
-                    "text": format!("*Viewers* {}", mrkdwn(&i.describe()))}]}));
+            if let (Some(i), Some(fields)) = (&a.impact, blocks[1]["fields"].as_array_mut()) {
+                fields.push(json!({"type": "mrkdwn", "text": format!("*Viewers*\n{}", mrkdwn(&i.describe()))}));
             }
             if let Some(t) = link_template {
                 // The evidence page, unless the receiver links elsewhere (a dashboard).

@@ -232,11 +232,28 @@ impl Silences {
     /// Takes in a version of a silence (a write here, or one read from the topic): kept if it
     /// is new or later than the one known. Returns whether it changed anything.
     pub fn apply(&self, s: Silence, now: Millis) -> Result<bool, SilenceError> {
+        Ok(self.apply_all([s], now)? > 0)
+    }
+
+    /// [`Silences::apply`] for several (a batch read from the topic), written out once.
+    /// Returns how many changed anything.
+    pub fn apply_all(
+        &self,
+        versions: impl IntoIterator<Item = Silence>,
+        now: Millis,
+    ) -> Result<usize, SilenceError> {
         let mut all = self.lock();
-        if all.get(&s.id).is_some_and(|o| o.updated_at >= s.updated_at) {
-            return Ok(false);
+        let mut changed = 0;
+        for s in versions {
+            if all.get(&s.id).is_some_and(|o| o.updated_at >= s.updated_at) {
+                continue;
+            }
+            all.insert(s.id.clone(), s);
+            changed += 1;
         }
-        all.insert(s.id.clone(), s);
+        if changed == 0 {
+            return Ok(0);
+        }
         all.retain(|_, s| now - s.ends_at < KEEP_ENDED_MS);
         while all.len() > MAX_SILENCES {
             let first = all.values().min_by_key(|s| s.ends_at).map(|s| s.id.clone());
@@ -245,7 +262,7 @@ impl Silences {
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         self.save(&all)?;
-        Ok(true)
+        Ok(changed)
     }
 
     fn save(&self, all: &BTreeMap<String, Silence>) -> Result<(), SilenceError> {
