@@ -172,3 +172,52 @@ async fn every_state_change_is_kept_and_found_again_after_a_restart() {
     assert!(!ok && out.contains("no incident 0000000000000000"), "{out}");
     daemon.stop().await;
 }
+
+/// A group of two on one report partition: the owner announces every change, the other owns
+/// nothing; both answer with the group's whole history (each follows the alerts topic), each
+/// change once (the owner announced it and read it back). Before, the second's history was
+/// empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_of_a_group_holds_the_groups_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::test_config(&dir.path().join("unused"));
+    common::mock_cluster(&mut cfg, 1);
+    let mut members = Vec::new();
+    let mut bases = Vec::new();
+    for name in ["a", "b"] {
+        let mut c = cfg.clone();
+        c.state.dir = dir.path().join(name);
+        c.http.listen = common::free_addr();
+        bases.push(format!("http://{}", c.http.listen));
+        members.push(common::start_daemon(&c));
+    }
+    common::feed_sim(&cfg, common::two_incident_sim()).await;
+    let (b, t) = (cfg.kafka.brokers.clone(), cfg.kafka.alerts_topic.clone());
+    let alerts = tokio::task::spawn_blocking(move || {
+        common::settled_alerts(&b, &t, Duration::from_secs(120), Duration::from_secs(3))
+    })
+    .await
+    .unwrap();
+    let want: BTreeSet<(String, Status)> =
+        alerts.iter().map(|a| (a.id.clone(), a.status)).collect();
+    assert!(want.len() >= 4, "{want:?}");
+    for base in &bases {
+        let start = std::time::Instant::now();
+        loop {
+            let p = page(base, "limit=1000").await;
+            if changes(&p) == want {
+                assert_eq!(p.changes.len(), alerts.len(), "each change once: {p:#?}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{base}: {:?} vs {want:?}",
+                changes(&p)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    for m in members {
+        m.stop().await;
+    }
+}

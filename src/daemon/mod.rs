@@ -129,6 +129,12 @@ pub async fn run(
     send_pending(&ckpt.store, &outputs).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let history_reader = crate::history::follow_alerts(
+        &cfg.kafka,
+        history.clone(),
+        stop.clone(),
+        metrics.retries.with_label_values(&["history_read"]),
+    )?;
     let silence_reader = match &cfg.kafka.silences_topic {
         Some(topic) => Some(crate::silence::share::spawn_reader(
             &cfg.kafka,
@@ -196,6 +202,7 @@ pub async fn run(
         let _ = reader.handle.join();
         let _ = probe.join();
         let _ = lag_probe.join();
+        let _ = history_reader.join();
         if let Some(r) = silence_reader {
             let _ = r.join();
         }

@@ -109,7 +109,6 @@ pub struct History {
     cfg: HistoryConfig,
     /// Bytes of the changes kept (keys and values).
     bytes: AtomicU64,
-    next_seq: AtomicU64,
     /// Changes dropped by the retention or the size cap since start.
     pub evicted: AtomicU64,
 }
@@ -117,12 +116,23 @@ pub struct History {
 use crate::glob::scope_matches;
 
 /// A change's key: its event time (sign-flipped, big-endian, so keys sort by time) and a
-/// sequence number.
-fn key(at: Millis, seq: u64) -> [u8; 16] {
+/// hash of the change (FNV-1a of `id:status`), so that the same change kept twice (announced
+/// here and read back from the alerts topic) is one. Written before 2026-12-07 with a
+/// sequence number there: read the same way.
+fn key(at: Millis, tag: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k[8..].copy_from_slice(&tag.to_be_bytes());
     k
+}
+
+fn change_tag(a: &Alert) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in crate::notify::change_key(a).bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 fn time_of(k: &[u8]) -> Option<Millis> {
@@ -144,13 +154,10 @@ impl History {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let families = ["default", evidence::POINTS, evidence::BY_TIME];
         let db = DB::open_cf(&opts, &path, families).map_err(err)?;
-        let (mut bytes, mut seq) = (0u64, 0u64);
+        let mut bytes = 0u64;
         for item in db.iterator(IteratorMode::Start) {
             let (k, v) = item.map_err(err)?;
             bytes += (k.len() + v.len()) as u64;
-            if let Some(s) = k.get(8..16).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
-                seq = seq.max(u64::from_be_bytes(s) + 1);
-            }
         }
         bytes += evidence::bytes_in(&db).map_err(err)?;
         Ok(History {
@@ -158,7 +165,6 @@ impl History {
             path: p,
             cfg: cfg.clone(),
             bytes: AtomicU64::new(bytes),
-            next_seq: AtomicU64::new(seq),
             evicted: AtomicU64::new(0),
         })
     }
@@ -189,10 +195,13 @@ impl History {
         let mut batch = WriteBatch::default();
         let mut added = 0u64;
         let mut newest = Millis::MIN;
+        let mut seen = std::collections::HashSet::new();
         for a in alerts {
+            let k = key(a.window_end, change_tag(a));
+            if !seen.insert(k) || self.db.get_pinned(k).ok().flatten().is_some() {
+                continue; // kept already
+            }
             let v = serde_json::to_vec(a).map_err(|e| HistoryError::Query(e.to_string()))?;
-            let seq = self.next_seq.fetch_add(1, Ordering::AcqRel);
-            let k = key(a.window_end, seq);
             added += (k.len() + v.len()) as u64;
             newest = newest.max(a.window_end);
             batch.put(k, v);
@@ -296,6 +305,27 @@ impl History {
         }
         Ok(Page { changes, next })
     }
+}
+
+/// Keeps every state change on the alerts topic as well, read from its start for as long as
+/// the daemon runs: each instance of a group then holds the group's history, not only the
+/// changes of the partitions it owned (a change kept already is not kept twice).
+pub fn follow_alerts(
+    k: &crate::kafka::KafkaConfig,
+    history: std::sync::Arc<History>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    retries: prometheus::IntCounter,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let topic = k.alerts_topic.clone();
+    crate::kafka::follow::spawn("history", k, &topic, stop, retries, move |batch| {
+        let alerts: Vec<Alert> = batch
+            .iter()
+            .filter_map(|p| serde_json::from_slice(p).ok())
+            .collect();
+        if let Err(e) = history.record(&alerts) {
+            tracing::warn!(error = %e, "Cannot keep the alerts topic's changes in the history.");
+        }
+    })
 }
 
 /// `qos-sentinel incidents list`: a page of a running daemon's history (`url`: its

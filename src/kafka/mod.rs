@@ -5,6 +5,7 @@
 //! constructs an rdkafka client.
 
 mod config;
+pub mod follow;
 pub mod read;
 
 pub use config::KafkaConfig;
