@@ -1,43 +1,13 @@
-//! Viewer impact and evidence on a scenario whose viewers are known: every window 30 sessions
-//! send 4 reports of 15 s each (30 minutes watched); in windows 20-25 every other session
-//! stalls 3 s of each report (3 minutes stalled, 10 % of watch time) against a usual 2 %.
+//! Viewer impact and evidence on a scenario whose viewers are known
+//! ([`super::against_rebuffer_benchmark`]): every window 30 sessions send 4 reports of 15 s
+//! each (30 minutes watched); in windows 20-25 every other session stalls 3 s of each report
+//! (3 minutes stalled, 10 % of watch time) against a usual 2 %.
 
 use super::*;
 
-fn scenario() -> (Vec<Alert>, Vec<crate::incident::evidence::Evidence>) {
-    let mut e = Engine::new(Settings::default());
-    e.keep_evidence();
-    let row = Expected {
-        rebuffer_ratio: Some(0.002),
-        ..Default::default()
-    };
-    e.on_benchmark("XX/Town", "c", 0, Some(row));
-    let (mut out, mut evidence) = (Vec::new(), Vec::new());
-    for w in 0..34 {
-        let stalling = if (20..26).contains(&w) { 2 } else { 10 };
-        for tick in 0..4 {
-            for s in 0..30i64 {
-                let stalls = (s + w) % stalling == 0;
-                let r = Report {
-                    session_id: format!("s{w}-{s}").into(),
-                    played_ms: if stalls { 12_000 } else { 15_000 },
-                    rebuffer_ms: if stalls { 3_000 } else { 0 },
-                    ..Report::new("XX/Town", "c", w * W + tick * 15_000 + s * 100)
-                };
-                e.on_report(&r, None);
-            }
-        }
-        out.extend(e.close_ready());
-        evidence.extend(e.take_evidence());
-    }
-    out.extend(e.close_until(35 * W));
-    evidence.extend(e.take_evidence());
-    (out, evidence)
-}
-
 #[test]
 fn an_incident_counts_the_viewers_and_stalled_minutes_of_its_bad_windows() {
-    let (alerts, evidence) = scenario();
+    let (alerts, evidence) = against_rebuffer_benchmark_with_evidence(34, 20..26);
     let fired = crate::incident::firing(&alerts);
     assert_eq!(fired.len(), 1, "{alerts:#?}");
     let id = &fired[0].id;

@@ -452,7 +452,17 @@ fn a_cdn_degrading_in_one_region_over_small_keys_is_one_incident_of_that_region(
 /// 0.2 % rebuffering; one session in `stalling` stalls 3 s of each 15 s report in windows
 /// `bad`, one in ten otherwise (about 2 % of watch time, the key's usual).
 fn against_rebuffer_benchmark(windows: i64, bad: std::ops::Range<i64>) -> Vec<Alert> {
+    against_rebuffer_benchmark_with_evidence(windows, bad).0
+}
+
+/// [`against_rebuffer_benchmark`], with the evidence the engine kept of its incidents.
+fn against_rebuffer_benchmark_with_evidence(
+    windows: i64,
+    bad: std::ops::Range<i64>,
+) -> (Vec<Alert>, Vec<crate::incident::evidence::Evidence>) {
     let mut e = Engine::new(Settings::default());
+    e.keep_evidence();
+    let mut evidence = Vec::new();
     let row = Expected {
         rebuffer_ratio: Some(0.002),
         ..Default::default()
@@ -474,9 +484,11 @@ fn against_rebuffer_benchmark(windows: i64, bad: std::ops::Range<i64>) -> Vec<Al
             }
         }
         out.extend(e.close_ready());
+        evidence.extend(e.take_evidence());
     }
     out.extend(e.close_until((windows + 1) * W));
-    out
+    evidence.extend(e.take_evidence());
+    (out, evidence)
 }
 
 /// A CDN's probes on good networks hardly ever stall; a key's viewers on mobile and weak
