@@ -201,6 +201,7 @@ fn an_alert_has_exactly_the_documented_fields() {
             sessions: 96,
             degraded_minutes: 410.0,
             excess_stalled_minutes: None,
+            missing_reports: None,
         }),
         silenced_by: vec!["7f3c2a91d0e4b658".into()],
     };

@@ -73,7 +73,7 @@ pub fn gather(history: &History, live: &super::Live, id: &str) -> anyhow::Result
     }
     Ok(Some(Evidence {
         id: id.to_string(),
-        impact: (impact.reports > 0).then_some(impact).or(incident.impact),
+        impact: impact.any().then_some(impact).or(incident.impact),
         incident,
         changes,
         windows,

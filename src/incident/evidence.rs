@@ -70,11 +70,18 @@ pub struct Impact {
     /// Rebuffering incidents: minutes stalled beyond what was expected in those windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excess_stalled_minutes: Option<f64>,
+    /// Incidents of a key gone quiet (an outage sends no reports): the reports usual in
+    /// those windows that did not come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_reports: Option<f64>,
 }
 
 impl Impact {
     /// Adds a bad window.
     pub fn add(&mut self, p: &Point) {
+        if p.metric == Metric::REPORT_VOLUME {
+            *self.missing_reports.get_or_insert(0.0) += (p.expected - p.observed).max(0.0);
+        }
         let Some(e) = p.exposure else { return };
         self.reports += e.reports;
         self.sessions = self.sessions.max(e.sessions);
@@ -85,8 +92,18 @@ impl Impact {
         }
     }
 
+    /// Whether there is anything to say.
+    pub fn any(&self) -> bool {
+        self.reports > 0 || self.missing_reports.is_some_and(|m| m >= 1.0)
+    }
+
     /// In words, for summaries: `120 sessions, 340 min of playback affected so far`.
     pub fn describe(&self) -> String {
+        if self.reports == 0
+            && let Some(m) = self.missing_reports
+        {
+            return format!("{m:.0} usual reports missing so far");
+        }
         let stalled = self.excess_stalled_minutes.map_or(String::new(), |m| {
             format!(", {m:.0} min stalled beyond expected")
         });
@@ -141,5 +158,23 @@ mod tests {
             "{}",
             i.describe()
         );
+    }
+
+    #[test]
+    fn a_key_gone_quiet_counts_the_reports_that_did_not_come() {
+        let mut i = Impact::default();
+        assert!(!i.any());
+        for observed in [0.0, 12.0] {
+            i.add(&Point {
+                metric: Metric::REPORT_VOLUME,
+                observed,
+                expected: 220.0,
+                exposure: None,
+                ..point(0.0, 0, 0.0)
+            });
+        }
+        assert_eq!(i.missing_reports, Some(428.0));
+        assert!(i.any());
+        assert_eq!(i.describe(), "428 usual reports missing so far");
     }
 }

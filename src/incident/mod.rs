@@ -542,7 +542,7 @@ fn alert(
         ),
         parent_id: f.parent_id.clone(),
         cohort: f.last.cohort.clone(),
-        impact: (f.impact.reports > 0).then_some(f.impact),
+        impact: f.impact.any().then_some(f.impact),
         silenced_by: Vec::new(),
     }
 }
@@ -550,7 +550,7 @@ fn alert(
 /// A firing summary with the viewers reached so far: `...; 120 sessions, 340 min of playback
 /// affected so far.`
 fn with_impact(mut s: String, status: Status, impact: &Impact) -> String {
-    if status == Status::Firing && impact.reports > 0 && s.ends_with('.') {
+    if status == Status::Firing && impact.any() && s.ends_with('.') {
         s.pop();
         s.push_str(&format!("; {}.", impact.describe()));
     }
