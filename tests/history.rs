@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use qos_sentinel::history::Page;
@@ -30,18 +29,7 @@ fn changes(p: &Page) -> BTreeSet<(String, Status)> {
 }
 
 fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
-        .args(args)
-        .output()
-        .expect("qos-sentinel");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::cli(args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

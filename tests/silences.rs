@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::{self, Sink};
@@ -16,19 +15,7 @@ use qos_sentinel::sim::{IncidentKind, Injected, SimConfig, Simulator};
 const TOKEN: &str = "s3cret-token-of-the-on-call";
 
 fn cli(args: &[&str], token: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
-        .args(args)
-        .env("QOS_SENTINEL_TOKEN", token)
-        .output()
-        .expect("qos-sentinel");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::cli(args, &[("QOS_SENTINEL_TOKEN", token)])
 }
 
 async fn post(base: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, String) {

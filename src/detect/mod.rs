@@ -137,6 +137,8 @@ pub fn evaluate_with(
     normals: &Normals,
 ) -> Vec<Finding> {
     let mut out = Vec::with_capacity(4);
+    // The window's viewers, counted once and only when something is found.
+    let mut exposure = None;
     for m in Metric::all() {
         let kind = m.kind();
         let w = acc.window(m);
@@ -174,7 +176,7 @@ pub fn evaluate_with(
         let found = either(either(level, paired), counted);
         if let Some(o) = either(found, sequential) {
             let mut f = Finding::of(m, o, against);
-            f.exposure = Some(acc.exposure());
+            f.exposure = Some(*exposure.get_or_insert_with(|| acc.exposure()));
             out.push(f);
         }
     }

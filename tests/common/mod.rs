@@ -646,3 +646,21 @@ pub fn decode_failures(metrics: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Runs the `qos-sentinel` binary with `args` and environment `env`: whether it succeeded,
+/// and its stdout then stderr.
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("qos-sentinel");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
