@@ -159,6 +159,18 @@ async fn live_page_renders_the_firing_incident_in_a_real_browser() {
     let windows = evidence["windows"].as_array().expect("windows");
     let bad = windows.iter().filter(|w| w["bad"] == true).count();
     assert!(windows.len() >= 3 && bad >= 2, "{evidence}");
+    // And a few before it: the key's windows tested before its bad run began, clean.
+    let started = evidence["incident"]["started_at"]
+        .as_str()
+        .expect("started_at");
+    let before: Vec<_> = windows
+        .iter()
+        .filter(|w| w["window_start"].as_str().is_some_and(|t| t < started))
+        .collect();
+    assert!(
+        !before.is_empty() && before.iter().all(|w| w["bad"] == false),
+        "{evidence}"
+    );
     assert_eq!(evidence["incident"]["id"], id.as_str());
     let impact = &evidence["incident"]["impact"];
     assert!(

@@ -130,6 +130,7 @@ pub(super) fn assess(
                 severity: detect::severity(finding.effect, &t),
                 finding,
                 bad,
+                before: Vec::new(),
             },
         ));
     }
@@ -224,6 +225,7 @@ fn test_locations(
                 severity: detect::severity(finding.effect, &t),
                 bad: d && finding.eligible,
                 finding,
+                before: Vec::new(),
             };
             (key, v)
         })

@@ -432,6 +432,7 @@ fn test_cdns(
             severity: detect::severity(finding.effect, &t),
             finding: finding.clone(),
             bad: true,
+            before: Vec::new(),
         });
     }
     out
@@ -519,6 +520,7 @@ pub(super) fn roll_up(
                 severity: detect::severity(finding.effect, &t),
                 finding,
                 bad: true,
+                before: Vec::new(),
             });
         }
     };

@@ -12,9 +12,9 @@ use super::paired::SessionLevels;
 use super::runs::Runs;
 use crate::decode::Report;
 use crate::detect::DetectConfig;
-use crate::detect::{Baseline, Metric, Normals, Reference};
+use crate::detect::{Baseline, Metric, Normals, Reference, Severity};
 use crate::incident::{Alert, Incidents, Verdict};
-use crate::metric::Spread;
+use crate::metric::{Spread, Trace};
 use crate::table::Expected;
 use crate::time::Millis;
 use crate::window::{Acc, Closed, FastMap, FastSet, Key, Recorded, Windows};
@@ -228,7 +228,8 @@ impl Part {
         let runs = &self.runs;
         let span = detect.run_windows;
         let scan = |k: &Key, a: &Acc| runs.scan(k, (start, size), span, a);
-        let assessment = assess::assess(keys, &self.references(), &scan, detect);
+        let mut assessment = assess::assess(keys, &self.references(), &scan, detect);
+        self.trail(&mut assessment, start, size, w.end);
         self.suspects = assessment
             .verdicts
             .iter()
@@ -256,6 +257,68 @@ impl Part {
         };
         self.runs.push((start, size), &assessment.keys, short, span);
         assessment
+    }
+
+    /// Each bad verdict on a key gets the key's last windows tested on its metric (the
+    /// "before" of an incident it may start); then this window joins the trail of every key
+    /// and metric tested. The trail lives in the key's spread: where the metric learns one
+    /// only the key's learning makes the entry (an entry's presence starts its sequential
+    /// test); a metric that learns none (failure rate) gets an entry for its trail, seen as
+    /// long as it is tested.
+    fn trail(&mut self, a: &mut Assessment, start: Millis, size: Millis, at: Millis) {
+        use crate::incident::evidence::Point;
+        let mut inserted = 0;
+        for (i, v) in &mut a.verdicts {
+            let m = v.finding.metric;
+            let kind = m.kind();
+            let plain = kind.prior_spread().is_none() && !kind.sequential();
+            let k = (a.keys[*i].0.clone(), m);
+            let s = match self.spreads.get_mut(&k) {
+                Some(s) => s,
+                None if plain => {
+                    inserted += 1;
+                    self.spreads.entry(k).or_default()
+                }
+                None => continue,
+            };
+            if plain {
+                s.last_seen = at;
+            }
+            if v.bad {
+                v.before = s
+                    .trail
+                    .before(start)
+                    .map(|t| Point {
+                        window_start: t.start,
+                        window_end: t.start + size,
+                        metric: m,
+                        observed: f64::from(t.observed),
+                        expected: f64::from(t.expected),
+                        samples: u64::from(t.samples),
+                        p_value: f64::from(t.p_value),
+                        bad: t.bad,
+                        severity: if t.critical {
+                            Severity::Critical
+                        } else {
+                            Severity::Warning
+                        },
+                        cohort: None,
+                        exposure: None,
+                    })
+                    .collect();
+            }
+            let f = &v.finding;
+            s.trail.push(Trace {
+                start,
+                observed: f.observed as f32,
+                expected: f.expected as f32,
+                samples: u32::try_from(f.samples).unwrap_or(u32::MAX),
+                p_value: f.p_value as f32,
+                bad: v.bad,
+                critical: v.severity == Severity::Critical,
+            });
+        }
+        self.learned_bound = self.learned_bound.map(|b| b + inserted);
     }
 
     /// After the window starting at `start` (of `size`) was tested: forgets the sessions that

@@ -23,7 +23,8 @@ pub struct Evidence {
     pub incident: Alert,
     /// Every state change kept, oldest first.
     pub changes: Vec<Alert>,
-    /// Each window of its scope since its bad run began, oldest first.
+    /// Each window of its scope since its bad run began (and, for a key's incident, the two
+    /// windows before it), oldest first.
     pub windows: Vec<Point>,
     /// Viewers reached so far, over the bad windows kept (the alerts carry it as of their
     /// change).

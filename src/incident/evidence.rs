@@ -1,6 +1,8 @@
 //! What an incident's windows showed: one [`Point`] per window of its scope since its bad run
-//! began (the evidence page draws them), and the viewer [`Impact`] they add up to (every
-//! alert carries it). Both come from the windows' accumulators; no raw report is kept.
+//! began, and for a key's incident the two before it (from the key's trail,
+//! [`crate::metric::Trail`]), which the evidence page draws; and the viewer [`Impact`] its bad
+//! windows add up to (every alert carries it). Both come from the windows' accumulators; no
+//! raw report is kept.
 
 use serde::{Deserialize, Serialize};
 

@@ -161,6 +161,10 @@ pub struct Verdict {
     pub bad: bool,
     /// From the size of the deviation and the scope's `critical_relative_effect`.
     pub severity: Severity,
+    /// On a key's bad verdict: the key's last windows tested on the metric before this one
+    /// (its evidence's "before", should this start an incident).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<Point>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -185,7 +189,7 @@ impl Track {
     /// worsens; the alert, if the window is news.
     fn bad(
         &mut self,
-        v: Verdict,
+        mut v: Verdict,
         parent_id: Option<String>,
         (window_start, window_end): (Millis, Millis),
         fire_after: u32,
@@ -193,7 +197,8 @@ impl Track {
     ) -> Option<Alert> {
         if self.bad_streak == 0 {
             self.streak_start = window_start;
-            self.pending.clear();
+            // The run's evidence begins with the windows before it.
+            self.pending = std::mem::take(&mut v.before);
         }
         let point = Point::of(&v.finding, true, v.severity, (window_start, window_end));
         self.bad_streak += 1;
@@ -207,7 +212,9 @@ impl Track {
                 let id = incident_id(rule, &v.scope, self.streak_start);
                 let mut impact = Impact::default();
                 for p in self.pending.drain(..).chain([point]) {
-                    impact.add(&p);
+                    if p.bad {
+                        impact.add(&p);
+                    }
                     evidence.push(Evidence {
                         id: id.clone(),
                         point: p,

@@ -24,6 +24,7 @@ fn verdict(bad: bool) -> Verdict {
         } else {
             Severity::Warning
         },
+        before: Vec::new(),
     }
 }
 

@@ -159,6 +159,52 @@ pub struct Spread {
     pub clump_x: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clump_d: f32,
+    /// The key's last windows tested on the metric, for an incident's evidence (in memory
+    /// only: a restored key's trail starts again).
+    #[serde(skip)]
+    pub trail: Trail,
+}
+
+/// Windows a [`Trail`] keeps.
+pub const TRAIL: usize = 2;
+
+/// A key's last [`TRAIL`] windows tested on one metric, newest first: the "before" of an
+/// incident's evidence (what the key showed in the windows before its first bad one).
+/// Compact (64 bytes), kept in the key's [`Spread`] so that it costs no map entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Trail([Option<Trace>; TRAIL]);
+
+/// One window of a [`Trail`]: what its test found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trace {
+    pub start: Millis,
+    pub observed: f32,
+    pub expected: f32,
+    pub samples: u32,
+    pub p_value: f32,
+    pub bad: bool,
+    pub critical: bool,
+}
+
+impl Trail {
+    /// Adds the window tested last (windows come in order; one not newer is ignored).
+    pub fn push(&mut self, t: Trace) {
+        if self.0[0].is_some_and(|last| last.start >= t.start) {
+            return;
+        }
+        self.0.rotate_right(1);
+        self.0[0] = Some(t);
+    }
+
+    /// The windows kept that started before `start`, oldest first.
+    pub fn before(&self, start: Millis) -> impl Iterator<Item = Trace> + '_ {
+        self.0
+            .iter()
+            .rev()
+            .flatten()
+            .copied()
+            .filter(move |t| t.start < start)
+    }
 }
 
 /// Samples a key's mean squared deviation of one sample needs before it is tested against.

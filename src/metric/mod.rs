@@ -20,7 +20,9 @@ mod throughput;
 
 use std::sync::LazyLock;
 
-pub use learned::{BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP, Spread, WARMUP_EFFECT};
+pub use learned::{
+    BASELINE_WARMUP, Baseline, OWN_LEVEL_WARMUP, Spread, Trace, Trail, WARMUP_EFFECT,
+};
 pub use log_scale::{LogScale, LogStats};
 pub use rebuffer_ratio::watch;
 pub(crate) use tails::{effective_n, t_p_value};

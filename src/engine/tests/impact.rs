@@ -60,3 +60,35 @@ fn an_incident_counts_the_viewers_and_stalled_minutes_of_its_bad_windows() {
         fired[0].summary
     );
 }
+
+/// The evidence begins a few windows before the incident did: the key's last windows tested
+/// on its metric (clean, at its usual 2 %), then the bad run; none of them counts as impact.
+#[test]
+fn an_incidents_evidence_shows_the_windows_before_it() {
+    let (alerts, evidence) = against_rebuffer_benchmark_with_evidence(34, 20..26);
+    let fired = crate::incident::firing(&alerts);
+    assert_eq!(fired.len(), 1, "{alerts:#?}");
+    let (id, started) = (&fired[0].id, fired[0].started_at);
+    let mut before: Vec<_> = evidence
+        .iter()
+        .filter(|e| &e.id == id && e.point.window_start < started)
+        .map(|e| &e.point)
+        .collect();
+    before.sort_by_key(|p| p.window_start);
+    let starts: Vec<i64> = before.iter().map(|p| p.window_start / W).collect();
+    assert_eq!(starts, [18, 19], "{before:#?}");
+    for p in &before {
+        assert!(!p.bad && p.metric == Metric::REBUFFER_RATIO, "{p:?}");
+        assert_eq!(p.window_end - p.window_start, W);
+        assert_eq!(p.samples, 120, "{p:?}");
+        // The key's usual 2 % (one session in ten stalls 3 s of 15), near what it expects.
+        assert!((p.observed - 0.02).abs() < 0.005, "{p:?}");
+        assert!(p.p_value > 0.01 && p.expected > 0.01, "{p:?}");
+    }
+    let impact = fired[0].impact.expect("impact");
+    let bad_windows = evidence
+        .iter()
+        .filter(|e| &e.id == id && e.point.bad && e.point.window_start <= fired[0].window_start)
+        .count() as u64;
+    assert_eq!(impact.reports, 120 * bad_windows, "{impact:?}");
+}
