@@ -26,6 +26,7 @@ use qos_sentinel::config::Config;
 use qos_sentinel::decode::{Benchmark, Report};
 use qos_sentinel::incident::{Alert, Status};
 use qos_sentinel::sim::{Event, IncidentKind, Injected, Labels, Rng};
+use std::collections::{HashMap, HashSet};
 
 /// One location+CDN of the world.
 #[derive(Debug, Clone)]
@@ -699,5 +700,76 @@ fn the_reference_on_quiet_nights() {
         let world = || World::new(seed, 8, 8, 4, 15.0).run(MIDNIGHT, 240, 0.4);
         let ours = run_stream(&Config::default(), world()).alerts;
         quiet_versus(seed, &ours, &reference(world(), Params::default()));
+    }
+}
+
+/// Each key's (`location|cdn`) reports, and its sessions per minute.
+type Minutes = HashMap<String, (u64, HashMap<i64, HashSet<String>>)>;
+
+fn sessions_per_minute(events: impl Iterator<Item = Event>) -> Minutes {
+    let mut out = Minutes::new();
+    for e in events {
+        if let Event::Report(r) = e {
+            let (reports, minutes) = out.entry(format!("{}|{}", r.location, r.cdn)).or_default();
+            *reports += 1;
+            minutes
+                .entry(r.ts / MINUTE)
+                .or_default()
+                .insert(r.session_id.to_string());
+        }
+    }
+    out
+}
+
+/// What a test of vanished sessions would stand on (README, "Measured detection quality"):
+/// in this world a key of 10-30 reports a window falls silent for 3 windows or more, with
+/// nothing wrong, only after a window of few sessions (its last ones ended together), while
+/// each long-tail outage hit a key with at least 5 sessions in its last full window. A
+/// measurement, not a floor of the detector (which does not test this yet):
+/// `cargo test --test long_tail silences -- --ignored --nocapture` (about a minute).
+#[test]
+#[ignore]
+fn natural_silences_follow_few_sessions_and_outages_many() {
+    let hours = 6;
+    let world = World::new(11, 25, 10, 4, 15.0).run(MIDNIGHT, hours * 60, 1.0);
+    let (first, last) = (MIDNIGHT / MINUTE + 10, MIDNIGHT / MINUTE + hours * 60 - 10);
+    // Silences of 3 windows or more, by the sessions of the window before (12: 12 or more).
+    let mut after = [0u32; 13];
+    let mut keys = 0;
+    for (reports, minutes) in sessions_per_minute(world).values() {
+        if !(10.0..30.0).contains(&(*reports as f64 / (hours * 60) as f64)) {
+            continue;
+        }
+        keys += 1;
+        for t in first..last {
+            let before = minutes.get(&(t - 1)).map_or(0, HashSet::len);
+            if before > 0 && (t..t + 3).all(|m| !minutes.contains_key(&m)) {
+                after[before.min(12)] += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{keys} keys of 10-30 reports a window, {hours} h: silences of 3+ windows after \
+         0..12 sessions {after:?}"
+    );
+    assert!(
+        keys > 300 && after[1] > 100,
+        "small keys fall silent: {after:?}"
+    );
+    assert_eq!(after[5..].iter().sum::<u32>(), 0, "{after:?}");
+    for seed in [1, 2, 3] {
+        let (world, _) = scenario(seed);
+        let outage = world
+            .incidents
+            .iter()
+            .find(|p| p.effect.silent)
+            .map(|p| p.injected.clone())
+            .expect("an outage");
+        let key = format!("{}|{}", outage.location, outage.cdn);
+        let full = outage.start / MINUTE - 1;
+        let per = sessions_per_minute(world);
+        let before = per[&key].1.get(&full).map_or(0, HashSet::len);
+        eprintln!("seed {seed}: the outage at {key} followed a window of {before} sessions");
+        assert!(before >= 5, "seed {seed}: {before}");
     }
 }

@@ -212,7 +212,8 @@ impl Track {
                 let id = incident_id(rule, &v.scope, self.streak_start);
                 let mut impact = Impact::default();
                 for p in self.pending.drain(..).chain([point]) {
-                    if p.bad {
+                    // The windows before the run (a bad one there was another run's) do not count.
+                    if p.bad && p.window_start >= self.streak_start {
                         impact.add(&p);
                     }
                     evidence.push(Evidence {

@@ -191,3 +191,50 @@ fn ids_are_stable_and_distinct() {
     // Pinned: an id must not change between releases, or a restart would re-page.
     assert_eq!(incident_id("r", &s, 1).len(), 16);
 }
+
+/// A run's evidence starts with the windows its first bad verdict brought (the key's trail);
+/// one of them bad (an earlier run that never fired) is shown, not counted as impact.
+#[test]
+fn the_windows_before_a_run_are_evidence_but_not_impact() {
+    let cfg = DetectConfig::default();
+    let mut inc = Incidents::new();
+    let exposure = Some(crate::detect::Exposure {
+        reports: 100,
+        sessions: 25,
+        watched_ms: 2_000_000.0,
+        stalled_ms: 0.0,
+    });
+    let point = |w: i64, bad: bool| {
+        let mut p = Point::of(
+            &verdict(bad).finding,
+            bad,
+            Severity::Warning,
+            (w, w + 60_000),
+        );
+        p.exposure = exposure;
+        p
+    };
+    let mut first = verdict(true);
+    first.finding.exposure = exposure;
+    first.before = vec![point(0, true), point(60_000, false)];
+    let mut second = verdict(true);
+    second.finding.exposure = exposure;
+    let mut out = inc.apply(120_000, 180_000, vec![first], &cfg);
+    out.extend(inc.apply(180_000, 240_000, vec![second], &cfg));
+    let evidence = inc.take_evidence();
+    let starts: Vec<i64> = evidence
+        .iter()
+        .map(|e| e.point.window_start / 60_000)
+        .collect();
+    assert_eq!(starts, [0, 1, 2, 3]);
+    let fired = out
+        .iter()
+        .find(|a| a.status == Status::Firing)
+        .expect("fired");
+    assert_eq!(fired.started_at, 120_000);
+    assert_eq!(
+        fired.impact.expect("impact").reports,
+        200,
+        "the run's two windows only"
+    );
+}
