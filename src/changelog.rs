@@ -1,18 +1,25 @@
 //! The changelog topic: each report partition's state, written at every checkpoint, so that
 //! the partition's next owner in the consumer group takes it over where it was (Kafka
-//! Streams' changelog, per partition rather than per key).
+//! Streams' changelog: one record per state key, compacted).
 //!
-//! Partition p of the changelog holds report partition p's state; each record (key: the
-//! partition number) is a whole share: a JSON header (where reading resumes, the alerts that
-//! were decided but maybe not yet produced) followed by the engine's CBOR share. Only the
-//! last record of a partition matters: compaction keeps it.
+//! Partition p of the changelog holds report partition p's state as records: one per
+//! location+CDN key (`k/` and the key's id: its windows and everything learned about it), one
+//! per session bucket (`s/` and the bucket), and the partition's head under key `p`: a JSON
+//! [`Header`] (where reading resumes, the alerts that were decided but maybe not yet
+//! produced) followed by the engine's CBOR head of the partition (window bounds, incidents,
+//! stashed verdicts; on partition 0 the CDN-wide stage). A checkpoint writes only the records
+//! that changed since the last one, tombstones for the keys that left, and the head last:
+//! the head commits the records before it. A reader takes, per record key, the last value
+//! written before the last head ([`read_partition`]); compaction keeps one per key. No record
+//! grows with the number of keys in a partition.
 //!
-//! A share larger than the producer takes in one record (`message.max.bytes`, 1,000,000 by
-//! default: about 1,700 keys) goes in chunks first, each under a key of its own
-//! (`p/<write id>/<i>`), then the record under key p is a [`Manifest`] that lists them by
-//! offset. A write that fails half-way leaves the last manifest and its chunks as they were
-//! (new chunks never reuse a key); the writer deletes (tombstones) the chunks of the manifest
-//! it replaced, so compaction keeps one share's chunks per partition.
+//! A head larger than the producer takes in one record (`message.max.bytes`, 1,000,000 by
+//! default) goes in chunks first, each under a key of its own (`p/<write id>/<i>`), then the
+//! record under key p is a [`Manifest`] that lists them by offset. A write that fails
+//! half-way leaves the last manifest and its chunks as they were (new chunks never reuse a
+//! key); the writer deletes (tombstones) the chunks of the manifest it replaced. Versions
+//! before per-key records wrote the partition's whole share under key p (the header has no
+//! `format`): such a share is still read and taken over.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +38,8 @@ pub enum ChangelogError {
     Header(#[from] serde_json::Error),
     #[error("changelog header too long")]
     HeaderTooLong,
+    #[error("partition state: {0}")]
+    State(String),
     #[error("changelog record shorter than its length prefix")]
     Truncated,
     #[error("changelog header of {header} bytes in a record of {record}")]
@@ -87,6 +96,35 @@ pub struct Header {
     /// reader fills it in, so that its next write deletes them).
     #[serde(skip)]
     pub chunks: Vec<String>,
+    /// [`RECORDS`]: the share after the header is the partition's head, its keys and sessions
+    /// are records of their own. Absent (0) in versions before: the whole share.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub format: u32,
+    /// With [`RECORDS`]: how many key and session records the state has (a reader that finds
+    /// fewer says so: records lost to retention).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records: u64,
+}
+
+/// [`Header::format`] of a state in records.
+pub const RECORDS: u32 = 2;
+
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
+/// A key's record key on the changelog (its id: [`crate::engine::key_id`]).
+pub fn key_record(id: &[u8]) -> Vec<u8> {
+    let mut k = b"k/".to_vec();
+    k.extend_from_slice(id);
+    k
+}
+
+/// A session bucket's record key on the changelog.
+pub fn session_record(bucket: u16) -> Vec<u8> {
+    let mut k = b"s/".to_vec();
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k
 }
 
 /// Header and share as one record value: 4-byte big-endian header length, header, share.
@@ -155,31 +193,6 @@ pub fn decode(value: &[u8]) -> Result<(Header, &[u8]), ChangelogError> {
     Ok((header, share))
 }
 
-/// A partition's last record (its chunks put together) and the keys of its chunks.
-type LastRecord = (Vec<u8>, Vec<String>);
-
-/// The last record of changelog partition `partition`, if it has one, its chunks put together
-/// when it is a manifest (blocking).
-fn read_last(
-    k: &KafkaConfig,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-) -> Result<Option<LastRecord>, ChangelogError> {
-    let Some(last) = read_last_record(k, topic, partition, timeout)? else {
-        return Ok(None);
-    };
-    let Some(manifest) = Manifest::of(&last) else {
-        return Ok(Some((last, Vec::new())));
-    };
-    let manifest = manifest?;
-    let value = read_chunks(k, topic, partition, &manifest, timeout)?;
-    Ok(Some((
-        value,
-        manifest.chunks.into_iter().map(|(k, _)| k).collect(),
-    )))
-}
-
 /// A manifest's chunks, read from the first one's offset, put together.
 fn read_chunks(
     k: &KafkaConfig,
@@ -223,47 +236,6 @@ fn read_chunks(
     Ok(out)
 }
 
-/// The last record of changelog partition `partition`, as it is.
-fn read_last_record(
-    k: &KafkaConfig,
-    topic: &str,
-    partition: i32,
-    timeout: Duration,
-) -> Result<Option<Vec<u8>>, ChangelogError> {
-    let kafka = |source| ChangelogError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        source,
-    };
-    let consumer =
-        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(kafka)?;
-    if high <= low {
-        return Ok(None);
-    }
-    // The last record is at high - 1, or further (some brokers, tansu 0.6, answer the offset
-    // lookup with the last batch's first offset + 1): read on to the end fetching reports.
-    // The partition's own record may be further back, behind the tombstones of the chunks it
-    // replaced: read from further back, twice as far each time, until it shows.
-    let key = partition.to_string();
-    let mut back = 1;
-    loop {
-        let start = (high - back).max(low);
-        let mut last = None;
-        read_on(&consumer, topic, partition, start, timeout, |m| {
-            if m.key() == Some(key.as_bytes()) {
-                last = Some(m.payload().unwrap_or_default().to_vec());
-            }
-        })?;
-        if last.is_some() || start == low {
-            return Ok(last);
-        }
-        back *= 2;
-    }
-}
-
 /// Reads `partition` of `topic` from `start` to its end, each record to `on_record`.
 fn read_on<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
@@ -299,17 +271,84 @@ fn read_on<C: rdkafka::consumer::ConsumerContext>(
     Ok(())
 }
 
-/// Report partition `partition`'s last share on the changelog, if it has one: its header and
-/// the engine's share. An error if it cannot be read or is not that partition's of
+/// A partition's state as the changelog holds it.
+pub enum State {
+    /// The whole share, as versions before per-key records wrote it.
+    Whole(Vec<u8>),
+    /// The partition's head and the records it commits.
+    Records(Records),
+}
+
+/// A partition's head and the key and session records its last head commits.
+#[derive(Default)]
+pub struct Records {
+    pub head: Vec<u8>,
+    /// Session buckets' records, in the order of their record keys.
+    pub sessions: Vec<Vec<u8>>,
+    /// Keys' ids ([`crate::engine::key_id`]) and records, in the order of their ids.
+    pub keys: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Per record key, the fingerprint ([`crate::checkpoint::fingerprint`]) of the value
+    /// taken; 0 where the changelog's last record of that key is another (a write that did
+    /// not finish): the next write writes those again.
+    pub written: HashMap<Vec<u8>, u64>,
+    /// Records of a write whose head never came, taken because nothing of their keys
+    /// came before them (compacted away): their keys may count some reports twice.
+    pub ahead: usize,
+    /// Records the head counts that are not there (lost to retention).
+    pub missing: u64,
+}
+
+/// Report partition `partition`'s state on the changelog, if it has one: its last head's
+/// header and the state it commits (read from the partition's start: compaction keeps it
+/// to one record per key). An error if it cannot be read or is not that partition's of
 /// `reports_topic` (a changelog shared by mistake).
-pub fn read_share(
+pub fn read_partition(
     k: &KafkaConfig,
     topic: &str,
     partition: i32,
     timeout: Duration,
-) -> Result<Option<(Header, Vec<u8>)>, ChangelogError> {
-    let Some((value, chunks)) = read_last(k, topic, partition, timeout)? else {
+) -> Result<Option<(Header, State)>, ChangelogError> {
+    let kafka = |source| ChangelogError::Kafka {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let consumer =
+        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(kafka)?;
+    if high <= low {
         return Ok(None);
+    }
+    // Per record key its last value (None: a tombstone), committed by a head or not yet.
+    type Values = HashMap<Vec<u8>, Option<Vec<u8>>>;
+    let (mut committed, mut pending) = (Values::new(), Values::new());
+    let head_key = partition.to_string();
+    let mut last = None;
+    // Read to the end fetching reports, not to the offset lookup's high watermark (some
+    // brokers, tansu 0.6, answer it short of the last batch).
+    read_on(&consumer, topic, partition, low, timeout, |m| {
+        let Some(key) = m.key() else { return };
+        if key == head_key.as_bytes() {
+            if let Some(v) = m.payload() {
+                last = Some(v.to_vec());
+                committed.extend(pending.drain());
+            }
+        } else if key.starts_with(b"k/") || key.starts_with(b"s/") {
+            pending.insert(key.to_vec(), m.payload().map(<[u8]>::to_vec));
+        }
+    })?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let (value, chunks) = match Manifest::of(&last) {
+        None => (last, Vec::new()),
+        Some(manifest) => {
+            let manifest = manifest?;
+            let value = read_chunks(k, topic, partition, &manifest, timeout)?;
+            (value, manifest.chunks.into_iter().map(|(k, _)| k).collect())
+        }
     };
     let (mut header, share) = decode(&value)?;
     header.chunks = chunks;
@@ -321,7 +360,47 @@ pub fn read_share(
             partition,
         });
     }
-    Ok(Some((header, share.to_vec())))
+    if header.format < RECORDS {
+        return Ok(Some((header, State::Whole(share.to_vec()))));
+    }
+    let mut r = Records {
+        head: share.to_vec(),
+        ..Records::default()
+    };
+    // A write whose head never came: its records are not this state's, and its keys are
+    // written again by the next write. Where nothing came before them they are all there is.
+    let mut again = Vec::new();
+    for (key, v) in pending {
+        match (committed.get(&key), v) {
+            (Some(Some(_)), _) => again.push(key),
+            (_, Some(v)) => {
+                r.ahead += 1;
+                again.push(key.clone());
+                committed.insert(key, Some(v));
+            }
+            (_, None) => {}
+        }
+    }
+    let mut live: Vec<(Vec<u8>, Vec<u8>)> = committed
+        .into_iter()
+        .filter_map(|(key, v)| Some((key, v?)))
+        .collect();
+    live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, v) in live {
+        r.written
+            .insert(key.clone(), crate::checkpoint::fingerprint(&v));
+        match key.strip_prefix(b"k/") {
+            Some(id) => r.keys.push((id.to_vec(), v)),
+            None => r.sessions.push(v),
+        }
+    }
+    for key in again {
+        r.written.insert(key, 0);
+    }
+    r.missing = header
+        .records
+        .saturating_sub((r.keys.len() + r.sessions.len()) as u64);
+    Ok(Some((header, State::Records(r))))
 }
 
 #[cfg(test)]
@@ -337,11 +416,14 @@ mod tests {
             pending: Vec::new(),
             delivered: HashMap::from([(0, 7)]),
             chunks: Vec::new(),
+            format: RECORDS,
+            records: 3,
         };
         let v = encode(&h, b"share").unwrap();
         let (back, share) = decode(&v).unwrap();
         assert_eq!((back.partition, back.next, share), (3, 42, &b"share"[..]));
         assert_eq!(back.delivered, h.delivered);
+        assert_eq!((back.format, back.records), (RECORDS, 3));
         assert!(decode(b"\0\0").is_err());
         assert!(decode(b"\0\0\0\x09{}").is_err());
         assert!(decode(b"\0\0\0\x02{]").is_err());

@@ -143,7 +143,8 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
+/// A record's fingerprint: a save writes a record again only when it changed.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);

@@ -6,7 +6,7 @@
 //! | `runner.rs` | the running state, one method per event (reports, tick, summaries, SIGHUP) |
 //! | `positions.rs` | read positions and committable offsets |
 //! | `emit.rs` | the emission order (outbox, checkpoint, produce, confirm) and why |
-//! | `state.rs` | the checkpoint and the changelog shares |
+//! | `state.rs` | the checkpoint and the changelog's records |
 //! | `takeover.rs` | assignment changes, taking a partition's state over, joining the CDN-wide stage |
 //! | `summaries.rs` | closing windows; the summaries topic to the other instances |
 //! | `probes.rs` | broker reachability, consumer lag, gauges |
@@ -242,6 +242,7 @@ fn changelog(
         owned: HashSet::new(),
         chunk: crate::changelog::chunk_limit(&cfg.kafka),
         chunks: HashMap::new(),
+        written: HashMap::new(),
     }))
 }
 

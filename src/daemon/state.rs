@@ -2,7 +2,7 @@
 //! instances share the report partitions, each owned partition's share on the changelog
 //! topic for its next owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
@@ -52,15 +52,32 @@ pub(super) struct ChangelogWriter {
     /// share goes in chunks and a manifest.
     pub(super) chunk: usize,
     /// Per partition, the keys of the chunks its last manifest written here lists: deleted
-    /// once a newer share is written.
+    /// once a newer head is written.
     pub(super) chunks: HashMap<i32, Vec<String>>,
+    /// Per partition, its records on the changelog as written here or read at its take-over
+    /// (record key, fingerprint; 0: to be written again): a write sends only the records
+    /// whose fingerprint changed and tombstones for the keys gone.
+    pub(super) written: HashMap<i32, HashMap<Vec<u8>, u64>>,
 }
 
+/// One partition's write: its changed records (a tombstone without a value), its head's
+/// record value and what its records are once written (record key, fingerprint).
+struct PartWrite {
+    p: i32,
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    head: Vec<u8>,
+    now: HashMap<Vec<u8>, u64>,
+}
+
+/// Records in flight: the write each belongs to and its delivery.
+type InFlight = VecDeque<(usize, Option<DeliveryFuture>)>;
+
 impl ChangelogWriter {
-    /// Writes every owned partition's state, with the alerts of `alerts` that are its own
-    /// (CDN-wide ones go with the lowest owned partition). Must succeed when there are alerts
-    /// (they are produced only after it); otherwise a failure only makes the next owner start
-    /// from an older state. Returns whether every partition's state was written.
+    /// Writes every owned partition's state (the records that changed since its last write
+    /// here, tombstones for keys gone, then its head), with the alerts of `alerts` that are
+    /// its own (CDN-wide ones go with the lowest owned partition). Must succeed when there
+    /// are alerts (they are produced only after it); otherwise a failure only makes the next
+    /// owner start from an older state. Returns whether every partition's state was written.
     pub(super) async fn write(
         &mut self,
         engine: &Engine,
@@ -78,17 +95,9 @@ impl ChangelogWriter {
                 .and_then(|l| engine.home_of(l))
                 .or_else(|| owned.first().copied())
         };
-        let mut records = Vec::new();
+        let mut writes = Vec::new();
         for p in &owned {
             let Some(n) = next.get(p) else { continue };
-            let share = match engine.export_partition(*p) {
-                Ok(Some(share)) => share,
-                Ok(None) => continue,
-                Err(e) => {
-                    error!(error = %e, partition = p, "Cannot encode a partition's state.");
-                    continue;
-                }
-            };
             let header = crate::changelog::Header {
                 reports_topic: self.reports_topic.clone(),
                 partition: *p,
@@ -100,39 +109,173 @@ impl ChangelogWriter {
                     .collect(),
                 delivered: delivered.clone(),
                 chunks: Vec::new(),
+                format: crate::changelog::RECORDS,
+                records: 0,
             };
-            match crate::changelog::encode(&header, &share) {
-                Ok(v) => records.push((*p, v)),
-                Err(e) => error!(error = %e, partition = p, "Cannot encode a changelog record."),
+            match self.changes(engine, *p, header) {
+                Ok(Some(w)) => writes.push(w),
+                Ok(None) => {}
+                Err(e) => error!(error = %e, partition = p, "Cannot encode a partition's state."),
             }
         }
         let what = "write partition state to the changelog before its alerts";
         let mut backoff = crate::retry::Backoff::new(what, Some(retries));
         loop {
-            let failed = self.send_all(&records).await;
-            if failed == 0 {
+            let failed = self.send_all(&writes).await;
+            let all = writes.len();
+            for w in std::mem::take(&mut writes) {
+                if failed.contains(&w.p) {
+                    // Written again by the next write, deleted again if still gone.
+                    let known = self.written.entry(w.p).or_default();
+                    for (key, _) in &w.records {
+                        known.insert(key.clone(), 0);
+                    }
+                    writes.push(w);
+                } else {
+                    self.written.insert(w.p, w.now);
+                }
+            }
+            if failed.is_empty() {
                 backoff.succeeded();
                 return true;
             }
             if alerts.is_empty() {
                 warn!(
-                    failed,
+                    failed = failed.len(),
                     "Cannot write partition state to the changelog; the next checkpoint will."
                 );
                 return false;
             }
             backoff
-                .wait(format!("{failed} of {} records not written", records.len()))
+                .wait(format!("{} of {all} partitions not written", failed.len()))
                 .await;
         }
     }
 
-    /// Sends each partition's record to its partition of the changelog, all in flight
-    /// together (a share over [`ChangelogWriter::chunk`]: its chunks first, then its
-    /// manifest); how many partitions' records were not written.
-    async fn send_all(&mut self, records: &[(i32, Vec<u8>)]) -> usize {
+    /// Partition `p`'s records that changed since its last write here, the tombstones of
+    /// those gone and its head's value; `None` if the engine has nothing for it.
+    fn changes(
+        &self,
+        engine: &Engine,
+        p: i32,
+        mut header: crate::changelog::Header,
+    ) -> Result<Option<PartWrite>, crate::changelog::ChangelogError> {
+        use crate::engine::Record;
+        let old = self.written.get(&p);
+        let mut head = Vec::new();
+        let mut now = HashMap::new();
+        let mut records = Vec::new();
+        let mut put = |key: Vec<u8>, v: Vec<u8>| {
+            let fp = crate::checkpoint::fingerprint(&v);
+            if old.and_then(|o| o.get(&key)) != Some(&fp) {
+                records.push((key.clone(), Some(v)));
+            }
+            now.insert(key, fp);
+        };
+        let has = engine
+            .partition_records(p, |r| match r {
+                Record::Head(_, v) => head = v,
+                Record::Sessions(_, b, v) => put(crate::changelog::session_record(b), v),
+                Record::Key(_, k, v) => {
+                    put(crate::changelog::key_record(&crate::engine::key_id(k)), v)
+                }
+                Record::Engine(_) => {}
+            })
+            .map_err(|e| crate::changelog::ChangelogError::State(e.to_string()))?;
+        if !has {
+            return Ok(None);
+        }
+        for key in old.into_iter().flat_map(|o| o.keys()) {
+            if !now.contains_key(key) {
+                records.push((key.clone(), None));
+            }
+        }
+        header.records = now.len() as u64;
+        let head = crate::changelog::encode(&header, &head)?;
+        Ok(Some(PartWrite {
+            p,
+            records,
+            head,
+            now,
+        }))
+    }
+
+    /// Sends every partition's changed records, all in flight together; then the head of
+    /// each partition whose records were all written (a head over [`ChangelogWriter::chunk`]:
+    /// its chunks first, then its manifest). The partitions not written.
+    async fn send_all(&mut self, writes: &[PartWrite]) -> Vec<i32> {
+        let mut bad = vec![false; writes.len()];
+        let mut inflight = InFlight::new();
+        for (i, w) in writes.iter().enumerate() {
+            for (key, v) in &w.records {
+                let f = self
+                    .queue(w.p, key, v.as_deref(), &mut inflight, &mut bad)
+                    .await;
+                inflight.push_back((i, f));
+            }
+        }
+        while let Some((i, f)) = inflight.pop_front() {
+            if delivered(f).await.is_none() {
+                bad[i] = true;
+            }
+        }
+        let heads: Vec<(i32, Vec<u8>)> = writes
+            .iter()
+            .zip(&bad)
+            .filter(|(_, bad)| !**bad)
+            .map(|(w, _)| (w.p, w.head.clone()))
+            .collect();
+        let mut failed = self.send_heads(&heads).await;
+        failed.extend(
+            writes
+                .iter()
+                .zip(&bad)
+                .filter(|(_, b)| **b)
+                .map(|(w, _)| w.p),
+        );
+        failed
+    }
+
+    /// Queues one record; while the producer's queue is full, waits for the oldest record in
+    /// flight (noting in `bad` the write of one that failed).
+    async fn queue(
+        &self,
+        p: i32,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        inflight: &mut InFlight,
+        bad: &mut [bool],
+    ) -> Option<DeliveryFuture> {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        let mut record = self.record(p, key, payload);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => return Some(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    match inflight.pop_front() {
+                        Some((i, f)) => {
+                            if delivered(f).await.is_none() {
+                                bad[i] = true;
+                            }
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err((e, _)) => {
+                    debug!(error = %e, partition = p, bytes = payload.map_or(0, <[u8]>::len), "Changelog record not queued.");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Sends each partition's head to its partition of the changelog, all in flight
+    /// together (a head over [`ChangelogWriter::chunk`]: its chunks first, then its
+    /// manifest); the partitions whose head was not written.
+    async fn send_heads(&mut self, records: &[(i32, Vec<u8>)]) -> Vec<i32> {
         let id = crate::notify::deliver::now_ms();
-        let mut failed = 0;
+        let mut failed = Vec::new();
         // Chunks of the large shares, all in flight together.
         let mut chunked: Vec<(i32, usize, ChunksInFlight)> = Vec::new();
         for (p, v) in records.iter().filter(|(_, v)| v.len() > self.chunk) {
@@ -157,7 +300,7 @@ impl ChangelogWriter {
                 }
             }
             if chunks.len() < len.div_ceil(self.chunk) {
-                failed += 1;
+                failed.push(p);
                 continue;
             }
             let manifest = Manifest { chunks, len };
@@ -168,7 +311,7 @@ impl ChangelogWriter {
                 }
                 Err(e) => {
                     error!(error = %e, partition = p, "Cannot encode a changelog manifest.");
-                    failed += 1;
+                    failed.push(p);
                 }
             }
         }
@@ -182,7 +325,7 @@ impl ChangelogWriter {
         }
         for (p, f, keys) in last {
             if delivered(f).await.is_none() {
-                failed += 1;
+                failed.push(p);
                 continue;
             }
             // Written: the chunks of the share it replaced can go.
@@ -200,15 +343,28 @@ impl ChangelogWriter {
         failed
     }
 
-    /// Queues one record (a tombstone without `payload`) for partition `p`.
-    fn send(&self, p: i32, key: &str, payload: Option<&[u8]>) -> Option<DeliveryFuture> {
-        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(&self.topic)
+    /// One record (a tombstone without `payload`) for partition `p`.
+    fn record<'a>(
+        &'a self,
+        p: i32,
+        key: &'a [u8],
+        payload: Option<&'a [u8]>,
+    ) -> rdkafka::producer::FutureRecord<'a, [u8], [u8]> {
+        let record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&self.topic)
             .partition(p)
             .key(key);
-        if let Some(v) = payload {
-            record = record.payload(v);
+        match payload {
+            Some(v) => record.payload(v),
+            None => record,
         }
-        match self.producer.send_result(record) {
+    }
+
+    /// Queues one record (a tombstone without `payload`) for partition `p`.
+    fn send(&self, p: i32, key: &str, payload: Option<&[u8]>) -> Option<DeliveryFuture> {
+        match self
+            .producer
+            .send_result(self.record(p, key.as_bytes(), payload))
+        {
             Ok(f) => Some(f),
             Err((e, _)) => {
                 debug!(error = %e, partition = p, key, bytes = payload.map_or(0, <[u8]>::len), chunk = self.chunk, "Changelog record not queued.");

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use super::emit::{Closing, Outputs, finish, found_on_alerts_topic};
 use super::positions::Positions;
 use super::state::Checkpointer;
+use crate::changelog::{Records, State};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::incident::Alert;
@@ -86,8 +87,9 @@ pub(super) fn sync_assignment(
     }
     if let Some(cl) = &mut ckpt.changelog {
         cl.owned = assigned.iter().copied().collect();
-        // A revoked partition's chunks are its next owner's to delete.
+        // A revoked partition's chunks and records are its next owner's.
         cl.chunks.retain(|p, _| assigned.contains(p));
+        cl.written.retain(|p, _| assigned.contains(p));
     }
     Assignment {
         any: !assigned.is_empty(),
@@ -115,14 +117,14 @@ pub(super) async fn take_over(
     let mut pending = Vec::new();
     let mut from: HashMap<i32, i64> = HashMap::new();
     for p in added {
-        let last = read_share_retrying(cfg, topic, *p, &ckpt.retries).await;
-        let (header, share) = match last {
-            Ok(Some((mut header, share))) => {
+        let last = read_partition_retrying(cfg, topic, *p, &ckpt.retries).await;
+        let (header, state) = match last {
+            Ok(Some((mut header, state))) => {
                 // Whoever writes the partition's state next deletes the chunks read here.
                 if let Some(cl) = &mut ckpt.changelog {
                     cl.chunks.insert(*p, std::mem::take(&mut header.chunks));
                 }
-                (header, share)
+                (header, state)
             }
             Ok(None) => {
                 info!(
@@ -151,7 +153,11 @@ pub(super) async fn take_over(
             );
             continue;
         }
-        if let Err(e) = engine.absorb_partition(*p, &share) {
+        let absorbed = match &state {
+            State::Whole(share) => engine.absorb_partition(*p, share),
+            State::Records(r) => engine.absorb_records(*p, &r.head, &r.sessions, &r.keys),
+        };
+        if let Err(e) = absorbed {
             error!(
                 partition = p,
                 error = %e,
@@ -160,6 +166,22 @@ pub(super) async fn take_over(
             out.metrics.partitions_started_empty.inc();
             lost.push(*p);
             continue;
+        }
+        if let State::Records(r) = state {
+            if r.ahead > 0 || r.missing > 0 {
+                warn!(
+                    partition = p,
+                    unfinished = r.ahead,
+                    missing = r.missing,
+                    "Changelog records of an unfinished write taken (their keys may count \
+                     some reports twice), or records missing (lost to retention: those keys \
+                     start again)."
+                );
+            }
+            // Its records as they are on the changelog: the next write sends what changed.
+            if let Some(cl) = &mut ckpt.changelog {
+                cl.written.insert(*p, r.written);
+            }
         }
         info!(
             partition = p,
@@ -200,15 +222,15 @@ pub(super) async fn take_over(
 /// Changelog reads attempted per partition before it starts empty.
 const READ_ATTEMPTS: u32 = 4;
 
-/// A partition's last changelog share; what the broker failed to answer is read again (up to
+/// A partition's state on the changelog; what the broker failed to answer is read again (up to
 /// [`READ_ATTEMPTS`], waiting 1, 2, 4 s, counted in `retries_total{loop="changelog_read"}`).
 /// A record that cannot be decoded is not read again.
-async fn read_share_retrying(
+async fn read_partition_retrying(
     cfg: &Config,
     topic: &str,
     partition: i32,
     retries: &prometheus::IntCounterVec,
-) -> Result<Option<(crate::changelog::Header, Vec<u8>)>, crate::changelog::ChangelogError> {
+) -> Result<Option<(crate::changelog::Header, State)>, crate::changelog::ChangelogError> {
     let counter = retries.with_label_values(&["changelog_read"]);
     let policy = crate::retry::Policy {
         first: Duration::from_secs(1),
@@ -223,7 +245,7 @@ async fn read_share_retrying(
     let mut attempt = 1;
     loop {
         let read = tokio::task::block_in_place(|| {
-            crate::changelog::read_share(&cfg.kafka, topic, partition, Duration::from_secs(10))
+            crate::changelog::read_partition(&cfg.kafka, topic, partition, Duration::from_secs(10))
         });
         match read {
             Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
@@ -240,18 +262,20 @@ async fn read_share_retrying(
 /// summaries topic on from there; with no share yet, from the topic's start.
 pub(super) fn join_cdn_stage(cfg: &Config, engine: &mut Engine, changelog: &str) {
     let last = tokio::task::block_in_place(|| {
-        crate::changelog::read_share(&cfg.kafka, changelog, 0, Duration::from_secs(10))
+        crate::changelog::read_partition(&cfg.kafka, changelog, 0, Duration::from_secs(10))
     });
     let unusable = |e: &dyn std::fmt::Display| warn!(error = %e, "Partition 0's changelog share unusable: the CDN-wide stage starts from the summaries topic's start.");
     match last {
-        Ok(Some((_, share))) => match engine.adopt_cdn_stage(&share) {
-            Ok(Some(next)) => info!(
-                next,
-                "Joined the CDN-wide stage from partition 0's changelog share."
-            ),
-            Ok(None) => {}
-            Err(e) => unusable(&e),
-        },
+        Ok(Some((_, State::Whole(share) | State::Records(Records { head: share, .. })))) => {
+            match engine.adopt_cdn_stage(&share) {
+                Ok(Some(next)) => info!(
+                    next,
+                    "Joined the CDN-wide stage from partition 0's changelog share."
+                ),
+                Ok(None) => {}
+                Err(e) => unusable(&e),
+            }
+        }
         Ok(None) => {}
         Err(e) => unusable(&e),
     }

@@ -173,115 +173,6 @@ async fn a_summary_after_a_revocation_decides_nothing_for_the_partition_that_mov
     assert!(!r.engine.has_partition(moved));
 }
 
-/// Writes partition 0's share with `next` as its read position.
-async fn write(w: &mut state::ChangelogWriter, e: &crate::engine::Engine, next: i64) -> bool {
-    let counter = prometheus::IntCounter::new("retries", "retries").expect("counter");
-    let next = HashMap::from([(0, next)]);
-    w.write(e, &next, &[], &HashMap::new(), counter).await
-}
-
-/// `keys` location+CDN keys, 4 reports each, in window `w` of partition 0.
-fn many_keys(e: &mut crate::engine::Engine, keys: usize, w: i64) {
-    for k in 0..keys {
-        for n in 0..4 {
-            let r = Report {
-                session_id: format!("s{k}-{n}").into(),
-                throughput_kbps: Some(4_000.0 + n as f64),
-                ..Report::new(format!("XX/{k}"), "cdn-a".to_string(), w * W + n * 1_000)
-            };
-            e.on_report(&r, Some((0, w * 10_000 + k as i64 * 4 + n)));
-        }
-    }
-}
-
-/// A partition's share over the producer's `message.max.bytes` (64 KiB here; 1,000,000 by
-/// default, about 1,700 keys) goes to the changelog in chunks and a manifest, and reads back
-/// whole; a newer share replaces it and deletes its chunks. Before, the producer refused the
-/// one record and the write failed (with alerts pending it retried forever).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_share_over_the_producers_limit_goes_to_the_changelog_in_chunks() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let mut cfg = Config::default();
-    cfg.kafka.brokers = cluster.bootstrap_servers();
-    cfg.kafka
-        .options
-        .insert("message.max.bytes".into(), "65536".into());
-    let topic = "changelog";
-    cluster.create_topic(topic, 1, 1).expect("topic");
-    let mut engine = crate::engine::Engine::with_table(&cfg, crate::table::BenchmarkTable::new());
-    engine.add_partition(0);
-    many_keys(&mut engine, 3_000, 0);
-    many_keys(&mut engine, 3_000, 2);
-    engine.close_ready();
-    let share = engine
-        .export_partition(0)
-        .expect("share")
-        .expect("partition 0");
-    assert!(share.len() > 4 * 65_536, "{} bytes", share.len());
-
-    let mut writer = state::ChangelogWriter {
-        producer: kafka::producer(&cfg.kafka).expect("producer"),
-        topic: topic.into(),
-        reports_topic: cfg.kafka.reports_topic.clone(),
-        owned: HashSet::from([0]),
-        chunk: crate::changelog::chunk_limit(&cfg.kafka),
-        chunks: HashMap::new(),
-    };
-    assert!(write(&mut writer, &engine, 42).await, "written in chunks");
-    let read = || {
-        crate::changelog::read_share(&cfg.kafka, topic, 0, Duration::from_secs(10))
-            .expect("read")
-            .expect("a share")
-    };
-    let (header, back) = read();
-    assert_eq!((header.partition, header.next), (0, 42));
-    assert_eq!(back, share, "the share reads back whole");
-    let first: Vec<String> = writer.chunks[&0].clone();
-    assert!(first.len() >= 4, "{first:?}");
-    // A next owner learns them from the read, to delete them with its first write.
-    assert_eq!(header.chunks, first);
-
-    // A newer share: read back, and the first one's chunks deleted (tombstones).
-    many_keys(&mut engine, 3_000, 4);
-    engine.close_ready();
-    let newer = engine
-        .export_partition(0)
-        .expect("share")
-        .expect("partition 0");
-    assert!(write(&mut writer, &engine, 43).await);
-    let (header, back) = read();
-    assert_eq!((header.next, back == newer), (43, true));
-    let reader = kafka::end_reader(&cfg.kafka, "-test", "earliest", false).expect("reader");
-    let mut deleted = HashSet::new();
-    let how = crate::kafka::read::Read {
-        timeout: Duration::from_secs(10),
-        fail_on_error: true,
-        end_after_a_record: false,
-    };
-    use rdkafka::Message;
-    crate::kafka::read::read_to_end(
-        &reader,
-        topic,
-        &[(0, rdkafka::Offset::Beginning)],
-        how,
-        |m| {
-            if m.payload().is_none() {
-                deleted.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
-            }
-            crate::kafka::read::Next::More
-        },
-    )
-    .expect("read");
-    assert!(first.iter().all(|k| deleted.contains(k)), "{deleted:?}");
-
-    // One record, as before: the producer refuses it.
-    writer.chunk = usize::MAX;
-    assert!(
-        !write(&mut writer, &engine, 44).await,
-        "refused in one record"
-    );
-}
-
 /// Receivers hear of a decided state change only once the changelog holds it. A member
 /// killed after telling a webhook an incident resolved, before its partition's state with
 /// that resolution reached the changelog, left the next owner a state where the incident
@@ -370,3 +261,5 @@ async fn receivers_hear_of_an_alert_only_after_the_changelog_holds_it() {
     .expect("alerts topic");
     assert_eq!(on_topic.len(), alerts.len(), "and the alerts topic");
 }
+
+mod changelog;

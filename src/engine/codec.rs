@@ -27,11 +27,11 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 /// Window size and allowed lateness: state taken with another shape does not line up.
 type Shape = (Millis, Millis);
 
-fn shape(cfg: &Settings) -> Shape {
+pub(super) fn shape(cfg: &Settings) -> Shape {
     (cfg.window_ms(), cfg.lateness_ms())
 }
 
-fn check_shape(cfg: &Settings, got: Shape) -> Result<(), StateError> {
+pub(super) fn check_shape(cfg: &Settings, got: Shape) -> Result<(), StateError> {
     if got == shape(cfg) {
         Ok(())
     } else {
@@ -54,21 +54,23 @@ struct StateOf<Parts, Stashes, Inc, Pe, Count> {
 }
 
 /// One partition's share of the state, as another instance takes it over.
+/// `part` is the whole [`Part`], or only its head where its keys and sessions are records of
+/// their own (the changelog's records, [`Engine::partition_records`]).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct ShareOf<P, S, Inc, Pe> {
-    shape: Shape,
-    partition: i32,
-    part: P,
-    stash: BTreeMap<Millis, S>,
+pub(super) struct ShareOf<P, S, Inc, Pe> {
+    pub(super) shape: Shape,
+    pub(super) partition: i32,
+    pub(super) part: P,
+    pub(super) stash: BTreeMap<Millis, S>,
     /// Partition 0's share also carries the CDN-wide stage (see [`Peers`]).
     #[serde(default)]
-    cdn: Option<CdnOf<Inc, Pe>>,
+    pub(super) cdn: Option<CdnOf<Inc, Pe>>,
 }
 
 /// The CDN-wide stage as partition 0's share carries it: a new instance starts its own
 /// from it, then reads the summaries topic on from `peers.next`.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct CdnOf<Inc, Pe> {
+pub(super) struct CdnOf<Inc, Pe> {
     decided_until: Millis,
     incidents: Inc,
     peers: Pe,
@@ -140,7 +142,17 @@ impl Engine {
         let Some(part) = self.parts.get(&partition) else {
             return Ok(None);
         };
-        let share = ShareOf {
+        encode(&self.share_of(partition, part)).map(Some)
+    }
+
+    /// A partition's share around `part` (all of it, or its head): the verdicts stashed for
+    /// it and, on partition 0 of a peered engine, the CDN-wide stage.
+    pub(super) fn share_of<P>(
+        &self,
+        partition: i32,
+        part: P,
+    ) -> ShareOf<P, &Stash, &Incidents, &Peers> {
+        ShareOf {
             shape: shape(&self.cfg),
             partition,
             part,
@@ -158,8 +170,7 @@ impl Engine {
                     incidents: &self.incidents,
                     peers,
                 }),
-        };
-        encode(&share).map(Some)
+        }
     }
 
     /// Takes over a partition from an [`Engine::export_partition`] taken elsewhere, replacing
@@ -188,8 +199,10 @@ impl Engine {
     /// Starts the CDN-wide stage from partition 0's changelog share (an instance without a
     /// checkpoint of its own joining the others); returns the summaries offset to read on
     /// from, or `None` if the share has no CDN-wide stage.
+    /// The share may be whole or a head ([`Engine::partition_records`]).
     pub fn adopt_cdn_stage(&mut self, bytes: &[u8]) -> Result<Option<i64>, StateError> {
-        let share: Share = decode(bytes)?;
+        type AnyShare = ShareOf<serde::de::IgnoredAny, serde::de::IgnoredAny, Incidents, Peers>;
+        let share: AnyShare = decode(bytes)?;
         check_shape(&self.cfg, share.shape)?;
         let (Some(cdn), Some(peers)) = (share.cdn, &mut self.peers) else {
             return Ok(None);

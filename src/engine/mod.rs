@@ -13,8 +13,8 @@
 //! the [`frontier`] says every partition that holds windows back has closed the window; then
 //! it is decided ([`decide`]): CDN-wide grouping over all partitions first, then each
 //! partition's own incidents, which live in its part. A part is therefore the whole state of
-//! a partition: [`Engine::export_partition`] hands it to another instance (the changelog,
-//! [`codec`]). With the partitions spread over instances the CDN-wide stage runs on every
+//! a partition: [`Engine::partition_records`] hands it to another instance as records (the
+//! changelog, [`records`]). With the partitions spread over instances the CDN-wide stage runs on every
 //! partition's summaries ([`peers`]).
 //!
 //! | file | concern |
@@ -25,7 +25,7 @@
 //! | `decide.rs` | the stash and the cross-partition decision, roll-up to CDN and location |
 //! | `peers.rs` | the summaries protocol of the CDN-wide stage across instances |
 //! | `codec.rs` | checkpoint, changelog share and summary bytes |
-//! | `records.rs` | the state as a store's records: one per key, per partition, per session bucket |
+//! | `records.rs` | the state as a store's records: one per key, per partition, per session bucket (the checkpoint's and the changelog's) |
 //! | `quality.rs` | the viewer-quality view of the last window |
 
 mod assess;

@@ -379,3 +379,102 @@ impl Engine {
         Ok(Restoring { engine: e })
     }
 }
+
+/// A partition's head as its changelog record carries it, read back.
+type ShareHead = super::codec::ShareOf<HeadOf<WindowsHead, Incidents>, Stash, Incidents, Peers>;
+
+impl Engine {
+    /// One partition's state as records, for the changelog (one record per key, so that only
+    /// the changed ones are written and none grows with the partition): first its head
+    /// (`Record::Head`: the head with the verdicts stashed for it and, on partition 0 of a
+    /// peered engine, the CDN-wide stage), then its session buckets and its keys. False if
+    /// this engine has nothing for the partition.
+    pub fn partition_records(
+        &self,
+        partition: i32,
+        mut f: impl FnMut(Record<'_>),
+    ) -> Result<bool, StateError> {
+        let Some(part) = self.parts.get(&partition) else {
+            return Ok(false);
+        };
+        let head = HeadOf {
+            windows: part.windows.head(),
+            incidents: &part.incidents,
+            decided_until: part.decided_until,
+        };
+        f(Record::Head(
+            partition,
+            encode(&self.share_of(partition, head))?,
+        ));
+        for (i, b) in part.sessions.buckets(SESSION_BUCKETS).iter().enumerate() {
+            f(Record::Sessions(partition, i as u16, encode(b)?));
+        }
+        for (k, s) in part.key_states() {
+            f(Record::Key(partition, k, encode(&s)?));
+        }
+        Ok(true)
+    }
+
+    /// Takes a partition over from its records ([`Engine::partition_records`], taken
+    /// elsewhere): its head, session buckets and keys (id: [`key_id`], record), replacing
+    /// whatever this engine had for it. Everything is decoded (the keys on every core) before
+    /// anything is replaced: on error the engine is as it was.
+    pub fn absorb_records(
+        &mut self,
+        partition: i32,
+        head: &[u8],
+        sessions: &[Vec<u8>],
+        keys: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<(), StateError> {
+        let share: ShareHead = decode(head)?;
+        super::codec::check_shape(&self.cfg, share.shape)?;
+        if share.partition != partition {
+            return Err(StateError::WrongShare {
+                share: share.partition,
+                partition,
+            });
+        }
+        let mut part = Part::from_head(share.part);
+        for b in sessions {
+            part.sessions.put_bucket(decode(b)?);
+        }
+        for k in decode_keys(keys)? {
+            part.put_key(k);
+        }
+        self.drop_partition(partition);
+        part.settle(self.cfg.window.max_keys);
+        self.parts.insert(partition, part);
+        for (start, s) in share.stash {
+            self.stash.entry(start).or_default().insert(partition, s);
+        }
+        self.ready = true;
+        Ok(())
+    }
+}
+
+/// Keys' records decoded on every core.
+fn decode_keys(keys: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<DecodedKey>, StateError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let per = keys.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(id, v)| DecodedKey::decode(id, v))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for h in handles {
+            let decoded = h
+                .join()
+                .map_err(|_| StateError::Decode("a decoding thread panicked".into()))??;
+            out.extend(decoded);
+        }
+        Ok(out)
+    })
+}
