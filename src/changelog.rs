@@ -216,7 +216,7 @@ fn read_chunks(
         .map(|(i, (_, o))| (*o, i))
         .collect();
     let consumer =
-        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
+        crate::kafka::end_reader(k, "-changelog-reader", "earliest", true).map_err(kafka)?;
     let mut parts: Vec<Option<Vec<u8>>> = vec![None; manifest.chunks.len()];
     read_on(&consumer, topic, partition, first, timeout, |m| {
         if let Some(i) = wanted.get(&m.offset()) {
@@ -314,7 +314,7 @@ pub fn read_partition(
         source,
     };
     let consumer =
-        crate::kafka::end_reader(k, "-changelog-reader", "earliest", false).map_err(kafka)?;
+        crate::kafka::end_reader(k, "-changelog-reader", "earliest", true).map_err(kafka)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
         .map_err(kafka)?;

@@ -78,3 +78,41 @@ fn bench_refuses_a_run_the_broker_cannot_hold() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--partitions"), "{err}");
 }
+
+/// The take-over figure on the in-process broker: a partition of 2,000 keys written one record
+/// per key and taken over; every key comes back (it fails otherwise), every figure is there.
+/// On a run larger than the in-process broker keeps (5 MiB of compressed batches a partition)
+/// it says so: records the head counts are missing.
+#[test]
+fn bench_takeover_takes_a_partition_over_and_refuses_what_the_broker_lost() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
+        .args(["bench-takeover", "--keys", "2000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench-takeover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["keys"], 2_000, "{f}");
+    assert!(f["records"].as_u64().unwrap() > 2_000, "{f}");
+    for figure in [
+        "bytes",
+        "write_ms",
+        "rewrite_ms",
+        "read_ms",
+        "absorb_ms",
+        "takeover_ms",
+    ] {
+        assert!(f[figure].is_u64(), "no {figure} in {f}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_qos-sentinel"))
+        .args(["bench-takeover", "--keys", "40000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use --brokers"), "{err}");
+}

@@ -61,28 +61,42 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+const CDNS: [&str; 4] = ["cdn-a", "cdn-b", "cdn-c", "cdn-d"];
+
+/// The locations of `keys` keys, 4 CDNs each.
+pub(super) fn locations(keys: usize) -> Vec<String> {
+    (0..keys.div_ceil(CDNS.len()))
+        .map(|i| format!("XX/R{:02}/city-{i:07}", i % 97))
+        .collect()
+}
+
+/// The first `keys` location+CDN pairs of `locations`.
+pub(super) fn pairs_of(locations: &[String], keys: usize) -> impl Iterator<Item = (&str, &str)> {
+    locations
+        .iter()
+        .flat_map(|l| CDNS.iter().map(move |c| (l.as_str(), *c)))
+        .take(keys)
+}
+
+/// The engine's config with room for `keys` keys in every map: the defaults cap the
+/// benchmark table and the learned state at 400,000 keys, which evicted most of a million
+/// (and the restart figure then failed, finding 360,000 rows).
+pub(super) fn config_for(keys: usize) -> Config {
+    let mut cfg = Config::default();
+    cfg.window.max_keys = keys * 2 + 16;
+    cfg.window.max_benchmark_keys = keys * 2 + 16;
+    cfg.window.max_learned_keys = keys * 2 + 16;
+    cfg
+}
+
 /// Fills an engine with `keys` active location+CDN keys (4 CDNs per location): one benchmark
 /// row each, then three one-minute windows with two reports per key, closing windows as the
 /// watermark passes them. Measures RSS per key; with `restart`, checkpoints to RocksDB and
 /// times open + load + restore.
 pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
-    const CDNS: [&str; 4] = ["cdn-a", "cdn-b", "cdn-c", "cdn-d"];
-    let locations: Vec<String> = (0..keys.div_ceil(CDNS.len()))
-        .map(|i| format!("XX/R{:02}/city-{i:07}", i % 97))
-        .collect();
-    let pairs = || {
-        locations
-            .iter()
-            .flat_map(|l| CDNS.iter().map(move |c| (l.as_str(), *c)))
-            .take(keys)
-    };
-    let mut cfg = Config::default();
-    // Room for every key in every map: the defaults cap the benchmark table and the learned
-    // state at 400,000 keys, which evicted most of a million (and the restart figure then
-    // failed, finding 360,000 rows).
-    cfg.window.max_keys = keys * 2 + 16;
-    cfg.window.max_benchmark_keys = keys * 2 + 16;
-    cfg.window.max_learned_keys = keys * 2 + 16;
+    let locations = locations(keys);
+    let pairs = || pairs_of(&locations, keys);
+    let cfg = config_for(keys);
     let base = rss_bytes();
     let mut engine = Engine::new(&cfg);
     let mut rows = Vec::with_capacity(keys);
@@ -92,7 +106,7 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     }
     let with_table = rss_bytes();
     for w in 0..3i64 {
-        fill_window(&mut engine, pairs(), w);
+        fill_window(&mut engine, pairs(), w, None);
         engine.close_ready();
     }
     let filled = rss_bytes();
@@ -100,7 +114,7 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     let total = filled.saturating_sub(base);
     let (checkpoint_bytes, restart_ms, checkpoint_stall_ms) = if restart {
         let mut next_window = |engine: &mut Engine| {
-            fill_window(engine, pairs(), 3);
+            fill_window(engine, pairs(), 3, None);
             engine.close_ready();
         };
         let f = restart_figures(engine, &rows, &cfg, keys, &mut next_window)?;
@@ -118,8 +132,15 @@ pub fn memory(keys: usize, restart: bool) -> anyhow::Result<MemoryFigures> {
     })
 }
 
-/// Two reports per key in one-minute window `w` of the memory figure.
-fn fill_window<'a>(engine: &mut Engine, pairs: impl Iterator<Item = (&'a str, &'a str)>, w: i64) {
+/// Two reports per key in one-minute window `w` of the memory figure, read from report
+/// partition `partition` (offsets in the order sent) or from none.
+pub(super) fn fill_window<'a>(
+    engine: &mut Engine,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    w: i64,
+    partition: Option<i32>,
+) {
+    let mut offset = w << 32;
     for (i, (l, c)) in pairs.enumerate() {
         for j in 0..2i64 {
             let ts = START + w * 60_000 + ((i as i64 * 7 + j * 13_000) % 50_000);
@@ -132,7 +153,8 @@ fn fill_window<'a>(engine: &mut Engine, pairs: impl Iterator<Item = (&'a str, &'
                 throughput_kbps: Some(5_000.0 + (i % 50) as f64),
                 ..Report::new(l, c, ts)
             };
-            engine.on_report(&r, None);
+            offset += 1;
+            engine.on_report(&r, partition.map(|p| (p, offset)));
         }
     }
 }
@@ -206,7 +228,7 @@ fn restart_figures(
 }
 
 /// The benchmark row of the memory figure's `i`-th key.
-fn memory_row(i: usize) -> Expected {
+pub(super) fn memory_row(i: usize) -> Expected {
     Expected {
         throughput_kbps: Some(5_000.0 + (i % 100) as f64),
         rebuffer_ratio: Some(0.01),

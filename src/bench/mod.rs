@@ -124,9 +124,11 @@ impl LoopTurns {
 }
 
 mod memory;
+mod takeover;
 
 use memory::memory_child;
 pub use memory::{MemoryFigures, memory, rss_bytes};
+pub use takeover::{TakeoverFigures, takeover};
 
 const START: Millis = 1_767_297_600_000 + 18 * 3_600_000;
 

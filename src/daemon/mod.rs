@@ -22,6 +22,8 @@ mod takeover;
 #[cfg(test)]
 mod tests;
 
+pub use state::ChangelogWriter;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +47,7 @@ use crate::table::store::TableStore;
 use emit::{Outputs, send_pending};
 use positions::Positions;
 use runner::Runner;
-use state::{ChangelogWriter, Checkpointer};
+use state::Checkpointer;
 use summaries::{Summaries, next_summary};
 
 /// Most records handled between two looks at the other event sources (ticker, benchmarks,
@@ -235,15 +237,11 @@ fn changelog(
         return Ok(None);
     };
     takeover::check_changelog_topic(cfg, producer, topic)?;
-    Ok(Some(ChangelogWriter {
-        producer: producer.clone(),
-        topic: topic.clone(),
-        reports_topic: cfg.kafka.reports_topic.clone(),
-        owned: HashSet::new(),
-        chunk: crate::changelog::chunk_limit(&cfg.kafka),
-        chunks: HashMap::new(),
-        written: HashMap::new(),
-    }))
+    Ok(Some(ChangelogWriter::new(
+        producer.clone(),
+        topic,
+        &cfg.kafka,
+    )))
 }
 
 /// Where alerts go: the alerts topic, the HTTP receivers (their outbox and workers started

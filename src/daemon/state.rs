@@ -14,6 +14,7 @@ use crate::changelog::Manifest;
 use crate::checkpoint::CheckpointStore;
 use crate::engine::Engine;
 use crate::incident::Alert;
+use crate::kafka::KafkaConfig;
 use crate::notify;
 
 /// The checkpoint store and the alerts emitted so far (by `id:status`).
@@ -42,7 +43,7 @@ pub(super) struct Checkpointer {
 }
 
 /// Writes owned partitions' state to the changelog topic.
-pub(super) struct ChangelogWriter {
+pub struct ChangelogWriter {
     pub(super) producer: rdkafka::producer::FutureProducer,
     pub(super) topic: String,
     pub(super) reports_topic: String,
@@ -73,12 +74,30 @@ struct PartWrite {
 type InFlight = VecDeque<(usize, Option<DeliveryFuture>)>;
 
 impl ChangelogWriter {
+    /// A writer to `topic` for the partitions of `k`'s reports topic, owning none yet.
+    pub fn new(producer: rdkafka::producer::FutureProducer, topic: &str, k: &KafkaConfig) -> Self {
+        ChangelogWriter {
+            producer,
+            topic: topic.to_string(),
+            reports_topic: k.reports_topic.clone(),
+            owned: HashSet::new(),
+            chunk: crate::changelog::chunk_limit(k),
+            chunks: HashMap::new(),
+            written: HashMap::new(),
+        }
+    }
+
+    /// Owns report partitions `partitions` (only those are written).
+    pub fn own(&mut self, partitions: impl IntoIterator<Item = i32>) {
+        self.owned = partitions.into_iter().collect();
+    }
+
     /// Writes every owned partition's state (the records that changed since its last write
     /// here, tombstones for keys gone, then its head), with the alerts of `alerts` that are
     /// its own (CDN-wide ones go with the lowest owned partition). Must succeed when there
     /// are alerts (they are produced only after it); otherwise a failure only makes the next
     /// owner start from an older state. Returns whether every partition's state was written.
-    pub(super) async fn write(
+    pub async fn write(
         &mut self,
         engine: &Engine,
         next: &HashMap<i32, i64>,

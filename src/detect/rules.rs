@@ -285,6 +285,24 @@ fn kind_of(key: &str) -> Option<Kind> {
     })
 }
 
+/// `rules lint FILE`: prints each problem of the rules file as `file:line: problem`, or
+/// `file: ok`; an error if there is any.
+pub fn lint_file(file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read rules file {}", file.display()))?;
+    let problems = lint(&text);
+    for p in &problems {
+        println!("{}:{}: {p}", file.display(), p.line);
+    }
+    if problems.is_empty() {
+        println!("{}: ok", file.display());
+        Ok(())
+    } else {
+        anyhow::bail!("{} problem(s) in {}", problems.len(), file.display())
+    }
+}
+
 /// Checks a rules file: syntax, unknown or misspelt fields, types, values and cross-field
 /// rules. Returns every problem found, each with its line; empty when the file is good.
 pub fn lint(text: &str) -> Vec<Problem> {

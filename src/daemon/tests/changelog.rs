@@ -134,15 +134,10 @@ fn setup(
 }
 
 fn writer(cfg: &Config, topic: &str) -> state::ChangelogWriter {
-    state::ChangelogWriter {
-        producer: kafka::producer(&cfg.kafka).expect("producer"),
-        topic: topic.into(),
-        reports_topic: cfg.kafka.reports_topic.clone(),
-        owned: HashSet::from([0]),
-        chunk: changelog::chunk_limit(&cfg.kafka),
-        chunks: HashMap::new(),
-        written: HashMap::new(),
-    }
+    let producer = kafka::producer(&cfg.kafka).expect("producer");
+    let mut w = state::ChangelogWriter::new(producer, topic, &cfg.kafka);
+    w.own([0]);
+    w
 }
 
 /// Counts of a write's key records after `offset`: (values, tombstones).
