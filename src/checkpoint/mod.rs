@@ -143,12 +143,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
-/// A record's fingerprint: a save writes a record again only when it changed.
+/// A record's fingerprint: a save writes a record again only when it changed. Compared only
+/// within a process. foldhash's quality hasher: SipHash over every record's bytes at every
+/// checkpoint was a fifth of a checkpoint's time on the engine's thread.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x7165_6e74_696e_656c).hash_one(bytes)
 }
 
 /// What the last save wrote, as a fingerprint of each record's bytes: the next save writes
@@ -162,7 +162,7 @@ pub struct Written {
     engine: u64,
     heads: HashMap<i32, u64>,
     sessions: HashMap<(i32, u16), u64>,
-    keys: HashMap<(i32, Key), u64>,
+    keys: crate::hash::FastMap<(i32, Key), u64>,
 }
 
 /// The records a save writes and deletes.
@@ -222,7 +222,7 @@ impl Written {
                 }
             };
             if d.clear || old_fp != Some(fp) {
-                d.puts.push((record_key(&r), bytes.clone()));
+                d.puts.push((record_key(&r), r.into_bytes()));
             }
         })?;
         if !d.clear {
