@@ -40,6 +40,11 @@ pub enum ChangelogError {
     HeaderTooLong,
     #[error("partition state: {0}")]
     State(String),
+    #[error(
+        "the changelog holds state of layout version {found}; this version reads {supported} \
+         (and the whole shares of the versions before)"
+    )]
+    Version { found: u32, supported: u32 },
     #[error("changelog record shorter than its length prefix")]
     Truncated,
     #[error("changelog header of {header} bytes in a record of {record}")]
@@ -96,8 +101,9 @@ pub struct Header {
     /// reader fills it in, so that its next write deletes them).
     #[serde(skip)]
     pub chunks: Vec<String>,
-    /// [`RECORDS`]: the share after the header is the partition's head, its keys and sessions
-    /// are records of their own. Absent (0) in versions before: the whole share.
+    /// Not 0: the share after the header is the partition's head, its keys and sessions are
+    /// records of their own, all of this state layout version ([`RECORDS`] when written
+    /// here). Absent (0) in versions before: the whole share.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub format: u32,
     /// With [`RECORDS`]: how many key and session records the state has (a reader that finds
@@ -106,8 +112,10 @@ pub struct Header {
     pub records: u64,
 }
 
-/// [`Header::format`] of a state in records.
-pub const RECORDS: u32 = 2;
+/// [`Header::format`] of a state in records written by this version: the engine's state
+/// layout version. A reader of another version refuses records of this one
+/// ([`ChangelogError::Version`]).
+pub const RECORDS: u32 = crate::engine::STATE_VERSION;
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
     *n == T::default()
@@ -360,8 +368,14 @@ pub fn read_partition(
             partition,
         });
     }
-    if header.format < RECORDS {
+    if header.format == 0 {
         return Ok(Some((header, State::Whole(share.to_vec()))));
+    }
+    if header.format != RECORDS {
+        return Err(ChangelogError::Version {
+            found: header.format,
+            supported: RECORDS,
+        });
     }
     let mut r = Records {
         head: share.to_vec(),

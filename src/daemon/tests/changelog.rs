@@ -356,3 +356,40 @@ async fn a_whole_share_of_the_version_before_is_taken_over_and_a_large_head_goes
     assert!(chunks.iter().all(|k| deleted.contains(k)), "{deleted:?}");
     assert_eq!(read_records(&cfg, topic).0.next, 44);
 }
+
+/// State of another layout version (a newer qos-sentinel's, after a downgrade) is refused as a
+/// whole with an error naming both versions: the take-over then starts the partition empty at
+/// its committed offset instead of misreading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_another_state_version_are_refused_naming_both() {
+    let topic = "changelog-version";
+    let (_cluster, cfg) = setup(topic);
+    let a = engine_of(&cfg, 0..10);
+    let mut w = writer(&cfg, topic);
+    assert!(write(&mut w, &a, 42).await);
+    let (mut header, r) = read_records(&cfg, topic);
+    header.format = changelog::RECORDS + 1;
+    let value = changelog::encode(&header, &r.head).expect("encoded");
+    let p = kafka::producer(&cfg.kafka).expect("producer");
+    let rec = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
+        .partition(0)
+        .key("0")
+        .payload(&value);
+    p.send_result(rec)
+        .expect("queued")
+        .await
+        .expect("sent")
+        .expect("written");
+    let read = changelog::read_partition(&cfg.kafka, topic, 0, Duration::from_secs(10));
+    let err = match read {
+        Err(e) => e,
+        Ok(_) => panic!("state of another version taken"),
+    };
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    let (found, supported) = (changelog::RECORDS + 1, changelog::RECORDS);
+    assert!(
+        text.contains(&format!("version {found}")) && text.contains(&format!("reads {supported}")),
+        "{text}"
+    );
+}
