@@ -119,10 +119,15 @@ pub(super) async fn take_over(
     for p in added {
         let last = read_partition_retrying(cfg, topic, *p, &ckpt.retries).await;
         let (header, state) = match last {
-            Ok(Some((mut header, state))) => {
-                // Whoever writes the partition's state next deletes the chunks read here.
+            Ok(Some((mut header, mut state))) => {
                 if let Some(cl) = &mut ckpt.changelog {
+                    // Whoever writes the partition's state next deletes the chunks read here,
+                    // and, taken or not, the records this state lacks: the next write sends
+                    // what differs from the changelog's records as read.
                     cl.chunks.insert(*p, std::mem::take(&mut header.chunks));
+                    if let State::Records(r) = &mut state {
+                        cl.written.insert(*p, std::mem::take(&mut r.written));
+                    }
                 }
                 (header, state)
             }
@@ -167,21 +172,17 @@ pub(super) async fn take_over(
             lost.push(*p);
             continue;
         }
-        if let State::Records(r) = state {
-            if r.ahead > 0 || r.missing > 0 {
-                warn!(
-                    partition = p,
-                    unfinished = r.ahead,
-                    missing = r.missing,
-                    "Changelog records of an unfinished write taken (their keys may count \
-                     some reports twice), or records missing (lost to retention: those keys \
-                     start again)."
-                );
-            }
-            // Its records as they are on the changelog: the next write sends what changed.
-            if let Some(cl) = &mut ckpt.changelog {
-                cl.written.insert(*p, r.written);
-            }
+        if let State::Records(r) = state
+            && (r.ahead > 0 || r.missing > 0)
+        {
+            warn!(
+                partition = p,
+                unfinished = r.ahead,
+                missing = r.missing,
+                "Changelog records of an unfinished write taken (their keys may count \
+                 some reports twice), or records missing (lost to retention: those keys \
+                 start again)."
+            );
         }
         info!(
             partition = p,

@@ -27,11 +27,11 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
 /// Window size and allowed lateness: state taken with another shape does not line up.
 type Shape = (Millis, Millis);
 
-pub(super) fn shape(cfg: &Settings) -> Shape {
+fn shape(cfg: &Settings) -> Shape {
     (cfg.window_ms(), cfg.lateness_ms())
 }
 
-pub(super) fn check_shape(cfg: &Settings, got: Shape) -> Result<(), StateError> {
+fn check_shape(cfg: &Settings, got: Shape) -> Result<(), StateError> {
     if got == shape(cfg) {
         Ok(())
     } else {
@@ -178,6 +178,17 @@ impl Engine {
     /// engine decided already are decided again for this partition alone.
     pub fn absorb_partition(&mut self, partition: i32, bytes: &[u8]) -> Result<(), StateError> {
         let share: Share = decode(bytes)?;
+        self.check_share(&share, partition)?;
+        self.take_part(partition, share.part, share.stash);
+        Ok(())
+    }
+
+    /// A share taken with this engine's window shape, of `partition`.
+    pub(super) fn check_share<P, S, Inc, Pe>(
+        &self,
+        share: &ShareOf<P, S, Inc, Pe>,
+        partition: i32,
+    ) -> Result<(), StateError> {
         check_shape(&self.cfg, share.shape)?;
         if share.partition != partition {
             return Err(StateError::WrongShare {
@@ -185,15 +196,24 @@ impl Engine {
                 partition,
             });
         }
+        Ok(())
+    }
+
+    /// Puts a partition taken over in place of whatever this engine had for it, with the
+    /// verdicts stashed for it.
+    pub(super) fn take_part(
+        &mut self,
+        partition: i32,
+        mut part: Part,
+        stash: BTreeMap<Millis, Stash>,
+    ) {
         self.drop_partition(partition);
-        let mut part = share.part;
         part.settle(self.cfg.window.max_keys);
         self.parts.insert(partition, part);
-        for (start, s) in share.stash {
+        for (start, s) in stash {
             self.stash.entry(start).or_default().insert(partition, s);
         }
         self.ready = true;
-        Ok(())
     }
 
     /// Starts the CDN-wide stage from partition 0's changelog share (an instance without a

@@ -433,13 +433,7 @@ impl Engine {
         keys: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<(), StateError> {
         let share: ShareHead = decode(head)?;
-        super::codec::check_shape(&self.cfg, share.shape)?;
-        if share.partition != partition {
-            return Err(StateError::WrongShare {
-                share: share.partition,
-                partition,
-            });
-        }
+        self.check_share(&share, partition)?;
         let mut part = Part::from_head(share.part);
         for b in sessions {
             part.sessions.put_bucket(decode(b)?);
@@ -447,13 +441,7 @@ impl Engine {
         for k in decode_keys(keys)? {
             part.put_key(k);
         }
-        self.drop_partition(partition);
-        part.settle(self.cfg.window.max_keys);
-        self.parts.insert(partition, part);
-        for (start, s) in share.stash {
-            self.stash.entry(start).or_default().insert(partition, s);
-        }
-        self.ready = true;
+        self.take_part(partition, part, share.stash);
         Ok(())
     }
 }

@@ -140,6 +140,20 @@ fn writer(cfg: &Config, topic: &str) -> state::ChangelogWriter {
     w
 }
 
+/// Produces one record (a tombstone without `value`) to partition 0 of `topic`, as another
+/// writer would.
+async fn produce(cfg: &Config, topic: &str, key: Vec<u8>, value: Option<Vec<u8>>) {
+    let p = kafka::producer(&cfg.kafka).expect("producer");
+    let mut r = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(0)
+        .key(&key);
+    if let Some(v) = &value {
+        r = r.payload(v);
+    }
+    let f = p.send_result(r).expect("queued");
+    f.await.expect("sent").expect("written");
+}
+
 /// Counts of a write's key records after `offset`: (values, tombstones).
 fn key_writes(records: &[Raw], after: i64) -> (usize, usize) {
     let keys = records
@@ -229,17 +243,7 @@ async fn an_unfinished_write_is_not_taken_and_its_keys_are_written_again() {
     };
     // The unfinished write: key 5 with key 6's record, key 8 deleted, a key never written.
     let new = id(1_000);
-    let p = kafka::producer(&cfg.kafka).expect("producer");
-    let send = |key: Vec<u8>, v: Option<Vec<u8>>| {
-        let mut r = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(topic)
-            .partition(0)
-            .key(&key);
-        if let Some(v) = &v {
-            r = r.payload(v);
-        }
-        let f = p.send_result(r).expect("queued");
-        async move { f.await.expect("sent").expect("written") }
-    };
+    let send = |key: Vec<u8>, v: Option<Vec<u8>>| produce(&cfg, topic, key, v);
     send(changelog::key_record(&id(5)), Some(of(6))).await;
     send(changelog::key_record(&id(8)), None).await;
     send(changelog::key_record(&new), Some(of(7))).await;
@@ -306,16 +310,7 @@ async fn a_whole_share_of_the_version_before_is_taken_over_and_a_large_head_goes
     let value = changelog::encode(&header, &share).expect("encoded");
     // As the version before wrote it: no `format` in the header.
     assert!(!String::from_utf8_lossy(&value).contains("format"));
-    let p = kafka::producer(&cfg.kafka).expect("producer");
-    let r = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
-        .partition(0)
-        .key("0")
-        .payload(&value);
-    p.send_result(r)
-        .expect("queued")
-        .await
-        .expect("sent")
-        .expect("written");
+    produce(&cfg, topic, b"0".to_vec(), Some(value)).await;
     let (header, state) = changelog::read_partition(&cfg.kafka, topic, 0, Duration::from_secs(10))
         .expect("read")
         .expect("a state");
@@ -370,16 +365,7 @@ async fn records_of_another_state_version_are_refused_naming_both() {
     let (mut header, r) = read_records(&cfg, topic);
     header.format = changelog::RECORDS + 1;
     let value = changelog::encode(&header, &r.head).expect("encoded");
-    let p = kafka::producer(&cfg.kafka).expect("producer");
-    let rec = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
-        .partition(0)
-        .key("0")
-        .payload(&value);
-    p.send_result(rec)
-        .expect("queued")
-        .await
-        .expect("sent")
-        .expect("written");
+    produce(&cfg, topic, b"0".to_vec(), Some(value)).await;
     let read = changelog::read_partition(&cfg.kafka, topic, 0, Duration::from_secs(10));
     let err = match read {
         Err(e) => e,
@@ -392,4 +378,42 @@ async fn records_of_another_state_version_are_refused_naming_both() {
         text.contains(&format!("version {found}")) && text.contains(&format!("reads {supported}")),
         "{text}"
     );
+}
+
+/// An instance whose own state of a partition is newer than the changelog's keeps its own, yet
+/// its next write deletes the changelog's keys it does not have: a later owner reading the
+/// changelog must not find them alive again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_ahead_of_the_changelog_deletes_the_keys_it_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let cfg = with_changelog(&cluster, dir.path(), "ahead-test", 1);
+    let topic = cfg.kafka.changelog_topic.clone().expect("changelog");
+    let mut w = writer(&cfg, &topic);
+    assert!(write(&mut w, &engine_of(&cfg, 0..5), 10).await);
+
+    let mut r = super::runner(&cfg);
+    r.engine.add_partition(0);
+    reports(&mut r.engine, 0..3, 0, 0);
+    r.pos.next.insert(0, 100);
+    let lost = super::takeover::take_over(
+        &r.cfg,
+        &mut r.engine,
+        &mut r.pos,
+        &mut r.ckpt,
+        &r.outputs,
+        &[0],
+    )
+    .await;
+    assert!(lost.is_empty());
+    assert_eq!(r.pos.next[&0], 100, "its own state kept");
+    let mut own = r.ckpt.changelog.take().expect("a changelog writer");
+    own.own([0]);
+    assert!(write(&mut own, &r.engine, 100).await);
+    let (header, back) = read_records(&cfg, &topic);
+    assert_eq!(header.next, 100);
+    let ids: Vec<Vec<u8>> = back.keys.iter().map(|(id, _)| id.clone()).collect();
+    let mut want: Vec<Vec<u8>> = (0..3).map(id).collect();
+    want.sort();
+    assert_eq!(ids, want, "keys 3 and 4 deleted");
 }
