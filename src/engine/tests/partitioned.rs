@@ -205,8 +205,27 @@ fn read_owned(
     out
 }
 
+/// A partition's state as the changelog carries it: its head, session buckets and keys.
+type Taken = (Vec<u8>, Vec<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>);
+
+fn records_of_partition(e: &Engine, p: i32) -> Taken {
+    let mut t = Taken::default();
+    let has = e
+        .partition_records(p, |r| match r {
+            Record::Head(_, v) => t.0 = v,
+            Record::Sessions(_, _, v) => t.1.push(v),
+            Record::Key(_, k, v) => t.2.push((key_id(k), v)),
+            Record::Engine(_) => {}
+        })
+        .unwrap();
+    assert!(has, "partition {p}");
+    t
+}
+
+/// The victim's partitions go over as the daemon's changelog carries them (records), in the
+/// third case as the version before carried them (one whole share each).
 #[test]
-fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
+fn a_partition_taken_over_from_its_changelog_alerts_as_if_never_moved() {
     let (events, end) = partitioned_scenario();
     let cfg = Settings::default();
     let fresh = || {
@@ -280,7 +299,12 @@ fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
                 emitted = a_alerts.len();
                 let shares: Vec<_> = [0, 1]
                     .iter()
-                    .map(|p| e.export_partition(*p).unwrap().unwrap())
+                    .map(|p| {
+                        (
+                            records_of_partition(e, *p),
+                            e.export_partition(*p).unwrap().unwrap(),
+                        )
+                    })
                     .collect();
                 last = Some((shares, pos.to_vec()));
             },
@@ -296,8 +320,13 @@ fn a_partition_taken_over_from_its_last_share_alerts_as_if_never_moved() {
             |_, _, _| {},
         ));
         let (shares, pos) = last.expect("the victim checkpointed");
-        for (p, share) in [0, 1].iter().zip(&shares) {
-            b.absorb_partition(*p, share).unwrap();
+        for (p, (records, whole)) in [0, 1].iter().zip(&shares) {
+            if victim_until == 35 {
+                b.absorb_partition(*p, whole).unwrap();
+            } else {
+                let (head, sessions, keys) = records;
+                b.absorb_records(*p, head, sessions, keys).unwrap();
+            }
             pos_b[*p as usize] = pos[*p as usize];
         }
         got.extend(read_owned(
