@@ -55,7 +55,9 @@ pub enum ChangelogError {
         partition: i32,
         source: rdkafka::error::KafkaError,
     },
-    #[error("{topic}/{partition}: not read to its end (from offset {from}) within {timeout:?}")]
+    #[error(
+        "{topic}/{partition}: nothing read for {timeout:?} (from offset {from}), not at its end"
+    )]
     NotToTheEnd {
         topic: String,
         partition: i32,
@@ -245,6 +247,10 @@ fn read_chunks(
 }
 
 /// Reads `partition` of `topic` from `start` to its end, each record to `on_record`.
+/// `timeout` bounds a stretch without progress, not the whole read: a partition of a hundred
+/// thousand keys' records takes longer than any fixed budget on a slow link, and a take-over
+/// that gives up starts the partition empty. After a round of `timeout` that delivered
+/// records, reading goes on from the next one.
 fn read_on<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     topic: &str,
@@ -253,30 +259,51 @@ fn read_on<C: rdkafka::consumer::ConsumerContext>(
     timeout: Duration,
     mut on_record: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), ChangelogError> {
-    let how = Read {
-        timeout,
-        fail_on_error: true,
-        end_after_a_record: true,
-    };
-    let from = [(partition, Offset::Offset(start))];
-    let end = read_to_end(consumer, topic, &from, how, |m| {
-        on_record(m);
-        Next::More
-    })
-    .map_err(|source| ChangelogError::Kafka {
-        topic: topic.to_string(),
-        partition,
-        source,
-    })?;
-    if !end.complete {
-        return Err(ChangelogError::NotToTheEnd {
+    let mut from = start;
+    // The first round starts at a record, which must arrive before the end counts; a later
+    // round may start at the end.
+    let mut first = true;
+    loop {
+        let how = Read {
+            timeout,
+            fail_on_error: true,
+            end_after_a_record: first,
+        };
+        let mut last = None;
+        let end = read_to_end(
+            consumer,
+            topic,
+            &[(partition, Offset::Offset(from))],
+            how,
+            |m| {
+                last = Some(m.offset());
+                on_record(m);
+                Next::More
+            },
+        )
+        .map_err(|source| ChangelogError::Kafka {
             topic: topic.to_string(),
             partition,
-            from: start,
-            timeout,
-        });
+            source,
+        })?;
+        if end.complete {
+            return Ok(());
+        }
+        match last {
+            Some(offset) => {
+                from = offset + 1;
+                first = false;
+            }
+            None => {
+                return Err(ChangelogError::NotToTheEnd {
+                    topic: topic.to_string(),
+                    partition,
+                    from,
+                    timeout,
+                });
+            }
+        }
     }
-    Ok(())
 }
 
 /// A partition's state as the changelog holds it.

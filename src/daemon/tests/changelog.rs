@@ -417,3 +417,36 @@ async fn an_owner_ahead_of_the_changelog_deletes_the_keys_it_lacks() {
     want.sort();
     assert_eq!(ids, want, "keys 3 and 4 deleted");
 }
+
+/// A partition whose records take longer to read than the read's timeout (here: 16 KiB
+/// fetches from a broker 50 ms away, a timeout of 1 s) is read to its end as long as records
+/// keep coming: the timeout bounds a stretch without progress. Before, the timeout bounded the
+/// whole read: a large partition on a slow link was never taken over and started empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_slower_to_read_than_the_timeout_is_read_while_records_come() {
+    let topic = "changelog-slow";
+    let (cluster, cfg) = setup(topic);
+    let a = engine_of(&cfg, 0..3_000);
+    let mut w = writer(&cfg, topic);
+    assert!(write(&mut w, &a, 42).await);
+    let mut slow = cfg.clone();
+    for option in ["max.partition.fetch.bytes", "fetch.max.bytes", "message.max.bytes"] {
+        slow.kafka.options.insert(option.into(), "16384".into());
+    }
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(50))
+        .expect("round trip");
+    let started = Instant::now();
+    let read = tokio::task::block_in_place(|| {
+        changelog::read_partition(&slow.kafka, topic, 0, Duration::from_secs(1))
+    });
+    let took = started.elapsed();
+    let Ok(Some((header, State::Records(r)))) = read else {
+        panic!("not read: {:?}", read.err());
+    };
+    assert!(
+        took > Duration::from_millis(600),
+        "read in {took:?}: not slow enough to test"
+    );
+    assert_eq!((header.next, r.keys.len(), r.missing), (42, 3_000, 0));
+}
