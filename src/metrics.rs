@@ -19,6 +19,28 @@ pub const RETRY_LOOPS: [&str; 6] = [
     "changelog_read",
 ];
 
+/// Where state records go, as the `store` label names them.
+pub const STATE_STORES: [&str; 2] = ["checkpoint", "changelog"];
+
+/// State records written and deleted, and their bytes, per store.
+#[derive(Clone)]
+pub struct StateWrites {
+    pub records: IntCounterVec,
+    pub deleted: IntCounterVec,
+    pub bytes: IntCounterVec,
+}
+
+impl StateWrites {
+    /// One write to `store`: records put, records deleted, bytes put.
+    pub fn add(&self, store: &str, put: usize, deleted: usize, bytes: usize) {
+        self.records.with_label_values(&[store]).inc_by(put as u64);
+        self.deleted
+            .with_label_values(&[store])
+            .inc_by(deleted as u64);
+        self.bytes.with_label_values(&[store]).inc_by(bytes as u64);
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub records_in: IntCounterVec,
@@ -26,6 +48,7 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
     pub dead_letter_failures: IntCounter,
     pub partitions_started_empty: IntCounter,
+    pub state_writes: StateWrites,
     pub orphaned_incidents: IntGauge,
     pub dead_letters_in_flight: IntGauge,
     pub join: IntCounterVec,
@@ -165,6 +188,29 @@ impl Metrics {
                 "qos_sentinel_partitions_started_empty_total",
                 "Partitions taken over without their state (changelog unreadable after retries).",
             ),
+            state_writes: StateWrites {
+                records: counter_vec(
+                    &r,
+                    "qos_sentinel_state_records_written_total",
+                    "State records written (only the changed ones), by store: the local checkpoint or the changelog topic.",
+                    "store",
+                    &STATE_STORES,
+                ),
+                deleted: counter_vec(
+                    &r,
+                    "qos_sentinel_state_records_deleted_total",
+                    "State records deleted (keys gone; tombstones on the changelog), by store.",
+                    "store",
+                    &STATE_STORES,
+                ),
+                bytes: counter_vec(
+                    &r,
+                    "qos_sentinel_state_bytes_written_total",
+                    "Bytes of state records written (keys and values), by store.",
+                    "store",
+                    &STATE_STORES,
+                ),
+            },
             orphaned_incidents: gauge(
                 &r,
                 "qos_sentinel_orphaned_incidents",

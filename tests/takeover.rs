@@ -263,6 +263,13 @@ async fn a_partition_of_thousands_of_keys_goes_over_through_a_64_kib_producer() 
     let fired = tokio::task::block_in_place(|| alerts(&cfg, |a| !a.is_empty()));
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert_eq!(fired[0].status, Status::Firing);
+    // What the checkpoints wrote, counted: every key at least once in each store.
+    let w = &d.metrics.state_writes;
+    for store in ["checkpoint", "changelog"] {
+        let records = w.records.with_label_values(&[store]).get();
+        assert!(records >= KEYS as u64, "{store}: {records} records");
+        assert!(w.bytes.with_label_values(&[store]).get() > 500 * records);
+    }
     d.stop().await;
     let records = tokio::task::block_in_place(|| {
         let c = common::tail(&cfg.kafka.brokers, &changelog);

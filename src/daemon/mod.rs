@@ -127,6 +127,10 @@ pub async fn run(
     let dispatcher = outputs.dispatcher.clone();
     let dlq = DeadLetters::new(producer.clone(), &cfg.kafka.dead_letter_topic);
     ckpt.changelog = changelog(&cfg, &producer)?;
+    ckpt.writes = Some(metrics.state_writes.clone());
+    if let Some(cl) = &mut ckpt.changelog {
+        cl.count_in(metrics.state_writes.clone());
+    }
     ckpt.dead_letters = Some(source::InFlight::new(dlq.clone(), &metrics));
     send_pending(&ckpt.store, &outputs).await?;
 
@@ -445,6 +449,7 @@ fn restore(
         flush_first: None,
         dead_letters: None,
         retries: retries.clone(),
+        writes: None,
     };
     Ok((engine, next, ckpt))
 }

@@ -40,6 +40,8 @@ pub(super) struct Checkpointer {
     pub(super) dead_letters: Option<crate::source::InFlight>,
     /// `qos_sentinel_retries_total`, for the checkpoint and changelog loops.
     pub(super) retries: prometheus::IntCounterVec,
+    /// `qos_sentinel_state_*_total{store="checkpoint"}`.
+    pub(super) writes: Option<crate::metrics::StateWrites>,
 }
 
 /// Writes owned partitions' state to the changelog topic.
@@ -59,6 +61,8 @@ pub struct ChangelogWriter {
     /// (record key, fingerprint; 0: to be written again): a write sends only the records
     /// whose fingerprint changed and tombstones for the keys gone.
     pub(super) written: HashMap<i32, HashMap<Vec<u8>, u64>>,
+    /// `qos_sentinel_state_*_total{store="changelog"}`.
+    pub(super) writes: Option<crate::metrics::StateWrites>,
 }
 
 /// One partition's write: its changed records (a tombstone without a value), its head's
@@ -84,7 +88,13 @@ impl ChangelogWriter {
             chunk: crate::changelog::chunk_limit(k),
             chunks: HashMap::new(),
             written: HashMap::new(),
+            writes: None,
         }
+    }
+
+    /// Counts what it writes in `writes` (`store="changelog"`).
+    pub fn count_in(&mut self, writes: crate::metrics::StateWrites) {
+        self.writes = Some(writes);
     }
 
     /// Owns report partitions `partitions` (only those are written).
@@ -151,6 +161,20 @@ impl ChangelogWriter {
                     }
                     writes.push(w);
                 } else {
+                    if let Some(m) = &self.writes {
+                        let deleted = w.records.iter().filter(|(_, v)| v.is_none()).count();
+                        let bytes: usize = w
+                            .records
+                            .iter()
+                            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                            .sum();
+                        m.add(
+                            "changelog",
+                            w.records.len() - deleted + 1,
+                            deleted,
+                            bytes + w.head.len(),
+                        );
+                    }
                     self.written.insert(w.p, w.now);
                 }
             }
@@ -453,6 +477,10 @@ impl Checkpointer {
             self.store.save(&self.topic, ckpt_state, &decided, now)
         })
         .await;
+        if let (Some(m), Some(d)) = (&self.writes, &state) {
+            let (put, deleted) = d.counts();
+            m.add("checkpoint", put, deleted, d.bytes());
+        }
         self.emitted.extend(decided.into_iter().map(|(k, _)| k));
         let mut shared = true;
         if let (Some(cl), Some(_)) = (&mut self.changelog, &state) {

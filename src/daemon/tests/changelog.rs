@@ -430,7 +430,11 @@ async fn a_partition_slower_to_read_than_the_timeout_is_read_while_records_come(
     let mut w = writer(&cfg, topic);
     assert!(write(&mut w, &a, 42).await);
     let mut slow = cfg.clone();
-    for option in ["max.partition.fetch.bytes", "fetch.max.bytes", "message.max.bytes"] {
+    for option in [
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "message.max.bytes",
+    ] {
         slow.kafka.options.insert(option.into(), "16384".into());
     }
     cluster
