@@ -189,6 +189,16 @@ impl Written {
     /// What to write so that the store holds `engine`'s records, and from then on assumes it
     /// was written (a save retries until it is).
     pub fn delta(&mut self, engine: &Engine) -> Result<Delta, StateError> {
+        self.delta_seen(engine, |_, _| {})
+    }
+
+    /// [`Written::delta`], showing `seen` each record and its fingerprint on the way (the
+    /// changelog's writer takes its own changes from them instead of encoding them again).
+    pub fn delta_seen(
+        &mut self,
+        engine: &Engine,
+        mut seen: impl FnMut(&Record<'_>, u64),
+    ) -> Result<Delta, StateError> {
         let old = std::mem::take(self);
         let mut d = Delta {
             clear: !old.whole,
@@ -196,11 +206,8 @@ impl Written {
         };
         self.whole = true;
         engine.records(|r| {
-            let bytes = match &r {
-                Record::Engine(v) | Record::Head(_, v) | Record::Sessions(_, _, v) => v,
-                Record::Key(_, _, v) => v,
-            };
-            let fp = fingerprint(bytes);
+            let fp = fingerprint(r.bytes());
+            seen(&r, fp);
             let old_fp = match &r {
                 Record::Engine(_) => {
                     self.engine = fp;

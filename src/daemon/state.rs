@@ -63,6 +63,38 @@ pub struct ChangelogWriter {
     pub(super) written: HashMap<i32, HashMap<Vec<u8>, u64>>,
     /// `qos_sentinel_state_*_total{store="changelog"}`.
     pub(super) writes: Option<crate::metrics::StateWrites>,
+    /// Owned partitions' records as the checkpoint's pass saw them ([`ChangelogWriter::see`]),
+    /// for the write that follows it: their keys are not encoded a second time.
+    pub(super) seen: HashMap<i32, Seen>,
+}
+
+/// A partition's records noted for its next write: those whose fingerprint differs from the
+/// changelog's (a tombstone without a value comes later), and every record's fingerprint.
+#[derive(Default)]
+pub(super) struct Seen {
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    now: HashMap<Vec<u8>, u64>,
+}
+
+impl Seen {
+    /// Notes a key or session record (not a head) with its fingerprint, against `old`.
+    fn note(
+        &mut self,
+        old: Option<&HashMap<Vec<u8>, u64>>,
+        r: &crate::engine::Record<'_>,
+        fp: u64,
+    ) {
+        use crate::engine::Record;
+        let key = match r {
+            Record::Sessions(_, b, _) => crate::changelog::session_record(*b),
+            Record::Key(_, k, _) => crate::changelog::key_record(&crate::engine::key_id(k)),
+            Record::Engine(_) | Record::Head(..) => return,
+        };
+        if old.and_then(|o| o.get(&key)) != Some(&fp) {
+            self.records.push((key.clone(), Some(r.bytes().to_vec())));
+        }
+        self.now.insert(key, fp);
+    }
 }
 
 /// One partition's write: its changed records (a tombstone without a value), its head's
@@ -89,7 +121,27 @@ impl ChangelogWriter {
             chunks: HashMap::new(),
             written: HashMap::new(),
             writes: None,
+            seen: HashMap::new(),
         }
+    }
+
+    /// A record of the engine's state and its fingerprint, as the checkpoint's pass encodes
+    /// them: an owned partition's key and session records are kept for the next
+    /// [`ChangelogWriter::write`] of the same state.
+    pub(super) fn see(&mut self, r: &crate::engine::Record<'_>, fp: u64) {
+        use crate::engine::Record;
+        let (Record::Sessions(p, ..) | Record::Key(p, ..)) = r else {
+            return;
+        };
+        if self.owned.contains(p) {
+            let seen = self.seen.entry(*p).or_default();
+            seen.note(self.written.get(p), r, fp);
+        }
+    }
+
+    /// Forgets what [`ChangelogWriter::see`] kept (a pass that did not finish).
+    pub(super) fn unsee(&mut self) {
+        self.seen.clear();
     }
 
     /// Counts what it writes in `writes` (`store="changelog"`).
@@ -147,6 +199,7 @@ impl ChangelogWriter {
                 Err(e) => error!(error = %e, partition = p, "Cannot encode a partition's state."),
             }
         }
+        self.seen.clear();
         let what = "write partition state to the changelog before its alerts";
         let mut backoff = crate::retry::Backoff::new(what, Some(retries));
         loop {
@@ -196,38 +249,36 @@ impl ChangelogWriter {
     }
 
     /// Partition `p`'s records that changed since its last write here, the tombstones of
-    /// those gone and its head's value; `None` if the engine has nothing for it.
+    /// those gone and its head's value; `None` if the engine has nothing for it. The records
+    /// come from the checkpoint's pass when it saw them, else are encoded here.
     fn changes(
-        &self,
+        &mut self,
         engine: &Engine,
         p: i32,
         mut header: crate::changelog::Header,
     ) -> Result<Option<PartWrite>, crate::changelog::ChangelogError> {
         use crate::engine::Record;
+        let state =
+            |e: crate::engine::StateError| crate::changelog::ChangelogError::State(e.to_string());
         let old = self.written.get(&p);
-        let mut head = Vec::new();
-        let mut now = HashMap::new();
-        let mut records = Vec::new();
-        let mut put = |key: Vec<u8>, v: Vec<u8>| {
-            let fp = crate::checkpoint::fingerprint(&v);
-            if old.and_then(|o| o.get(&key)) != Some(&fp) {
-                records.push((key.clone(), Some(v)));
+        let seen = match self.seen.remove(&p) {
+            Some(seen) => seen,
+            None => {
+                let mut seen = Seen::default();
+                engine
+                    .partition_records(p, |r| {
+                        if !matches!(r, Record::Head(..)) {
+                            seen.note(old, &r, crate::checkpoint::fingerprint(r.bytes()));
+                        }
+                    })
+                    .map_err(state)?;
+                seen
             }
-            now.insert(key, fp);
         };
-        let has = engine
-            .partition_records(p, |r| match r {
-                Record::Head(_, v) => head = v,
-                Record::Sessions(_, b, v) => put(crate::changelog::session_record(b), v),
-                Record::Key(_, k, v) => {
-                    put(crate::changelog::key_record(&crate::engine::key_id(k)), v)
-                }
-                Record::Engine(_) => {}
-            })
-            .map_err(|e| crate::changelog::ChangelogError::State(e.to_string()))?;
-        if !has {
+        let Some(head) = engine.partition_head(p).map_err(state)? else {
             return Ok(None);
-        }
+        };
+        let Seen { mut records, now } = seen;
         for key in old.into_iter().flat_map(|o| o.keys()) {
             if !now.contains_key(key) {
                 records.push((key.clone(), None));
@@ -453,7 +504,15 @@ impl Checkpointer {
                 Err(e) => error!(error = %e, id = %a.id, "Cannot encode an alert."),
             }
         }
-        let state = match self.written.delta(engine) {
+        // One pass encodes the state for both stores: the changelog's writer keeps what it
+        // needs of each record as the checkpoint's delta sees it.
+        let cl = &mut self.changelog;
+        let delta = self.written.delta_seen(engine, |r, fp| {
+            if let Some(cl) = cl.as_mut() {
+                cl.see(r, fp);
+            }
+        });
+        let state = match delta {
             Ok(d) => {
                 let (put, deleted) = d.counts();
                 debug!(
@@ -465,6 +524,9 @@ impl Checkpointer {
                 Some(d)
             }
             Err(e) => {
+                if let Some(cl) = &mut self.changelog {
+                    cl.unsee();
+                }
                 error!(error = %e, "Cannot encode the engine state; only the alerts are checkpointed.");
                 self.written = crate::checkpoint::Written::default();
                 None

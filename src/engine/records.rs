@@ -44,6 +44,14 @@ pub enum Record<'a> {
 }
 
 impl Record<'_> {
+    /// The record's bytes, borrowed.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Record::Engine(v) | Record::Head(_, v) | Record::Sessions(_, _, v) => v,
+            Record::Key(_, _, v) => v,
+        }
+    }
+
     /// The record's bytes.
     pub fn into_bytes(self) -> Vec<u8> {
         match self {
@@ -402,23 +410,32 @@ impl Engine {
         partition: i32,
         mut f: impl FnMut(Record<'_>),
     ) -> Result<bool, StateError> {
-        let Some(part) = self.parts.get(&partition) else {
+        let (Some(part), Some(head)) =
+            (self.parts.get(&partition), self.partition_head(partition)?)
+        else {
             return Ok(false);
+        };
+        f(Record::Head(partition, head));
+        for (i, b) in part.sessions.buckets(SESSION_BUCKETS).iter().enumerate() {
+            f(Record::Sessions(partition, i as u16, encode(b)?));
+        }
+        encode_keys(partition, part.key_states(), &mut f)?;
+        Ok(true)
+    }
+
+    /// A partition's head as its changelog record carries it (the head with the verdicts
+    /// stashed for it and, on partition 0 of a peered engine, the CDN-wide stage); `None` if
+    /// this engine has nothing for the partition.
+    pub fn partition_head(&self, partition: i32) -> Result<Option<Vec<u8>>, StateError> {
+        let Some(part) = self.parts.get(&partition) else {
+            return Ok(None);
         };
         let head = HeadOf {
             windows: part.windows.head(),
             incidents: &part.incidents,
             decided_until: part.decided_until,
         };
-        f(Record::Head(
-            partition,
-            encode(&self.share_of(partition, head))?,
-        ));
-        for (i, b) in part.sessions.buckets(SESSION_BUCKETS).iter().enumerate() {
-            f(Record::Sessions(partition, i as u16, encode(b)?));
-        }
-        encode_keys(partition, part.key_states(), &mut f)?;
-        Ok(true)
+        encode(&self.share_of(partition, head)).map(Some)
     }
 
     /// Takes a partition over from its records ([`Engine::partition_records`], taken

@@ -454,3 +454,42 @@ async fn a_partition_slower_to_read_than_the_timeout_is_read_while_records_come(
     );
     assert_eq!((header.next, r.keys.len(), r.missing), (42, 3_000, 0));
 }
+
+/// The checkpoint's pass feeds the changelog's writer (`see`) so that keys are encoded once a
+/// checkpoint: what it writes is what a writer encoding the state itself writes, record for
+/// record, on a first write and on one after ten keys changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_seen_in_the_checkpoints_pass_write_what_encoding_them_again_writes() {
+    let (seen_topic, own_topic) = ("changelog-seen", "changelog-own");
+    let (cluster, cfg) = setup(seen_topic);
+    cluster.create_topic(own_topic, 1, 1).expect("topic");
+    let mut e = engine_of(&cfg, 0..2_000);
+    let (mut seeing, mut own) = (writer(&cfg, seen_topic), writer(&cfg, own_topic));
+    let mut checkpoint = crate::checkpoint::Written::default();
+    let records = |topic: &str| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        // In the order of their keys: each pass gathers keys in a map's order.
+        let mut r: Vec<_> = raw(&cfg, topic)
+            .into_iter()
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        r.sort();
+        r
+    };
+    for (round, next) in [(0, 42), (1, 43)] {
+        if round == 1 {
+            reports(&mut e, 0..10, 2, 4);
+        }
+        checkpoint
+            .delta_seen(&e, |r, fp| seeing.see(r, fp))
+            .expect("delta");
+        assert!(
+            !seeing.seen.is_empty(),
+            "the pass kept partition 0's records"
+        );
+        assert!(write(&mut seeing, &e, next).await);
+        assert!(write(&mut own, &e, next).await);
+        assert!(records(seen_topic) == records(own_topic), "round {round}");
+    }
+    let (_, r) = read_records(&cfg, seen_topic);
+    assert_eq!(records_of(&absorbed(&cfg, &r)), records_of(&e));
+}
