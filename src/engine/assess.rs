@@ -101,13 +101,24 @@ pub(super) fn assess(
             present.entry(k.clone()).or_default();
         }
     }
+    // And smaller ones whose sessions of before may have vanished together.
+    for ((k, m), s) in refs.spreads {
+        if m.kind().follows_sessions() && m.kind().awaits(s) {
+            present.entry(k.clone()).or_default();
+        }
+    }
     let mut keys: Vec<_> = present.into_iter().collect();
     // HashMap order is random; detection output must not be.
     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut runs: Vec<Option<Acc>> = Vec::with_capacity(keys.len());
     let mut findings: Vec<(usize, Finding)> = Vec::new();
     for (i, (key, acc)) in keys.iter().enumerate() {
-        let mut scanned = scan(key, acc);
+        // A silent window has no run: a run is evidence of a change that lasts until now.
+        let mut scanned = if acc.reports > 0 {
+            scan(key, acc)
+        } else {
+            Vec::new()
+        };
         let found = key_findings(key, acc, &scanned, refs, detect_cfg);
         findings.extend(found.map(|f| (i, f)));
         runs.push(scanned.pop());

@@ -115,12 +115,13 @@ impl SessionLevels {
     /// event or not, and returns what the session has shown ([`SessionMark`]). A report of a
     /// window older than the session's newest counts for nothing. `hold`: the key is under
     /// suspicion, so the window the session leaves now does not join its history (as
-    /// [`SessionLevels::observe`]).
+    /// [`SessionLevels::observe`]). `size`: the windows' length (a session's first report of
+    /// a window is marked `continued` when it reported in the window right before).
     pub(super) fn mark(
         &mut self,
         session: u64,
         m: usize,
-        window: Millis,
+        (window, size): (Millis, Millis),
         event: bool,
         hold: bool,
     ) -> SessionMark {
@@ -131,6 +132,7 @@ impl SessionLevels {
         if window < l.window {
             return SessionMark::default();
         }
+        let continued = window > l.window && l.now_n > 0 && l.window + size == window;
         if window > l.window {
             if !hold && l.now_n > 0 {
                 l.n = l.n.saturating_add(1);
@@ -141,6 +143,7 @@ impl SessionLevels {
         let mark = SessionMark {
             first: l.now_n == 0,
             first_event: event && l.now_sum == 0.0,
+            continued,
             windows: l.n,
             event_windows: l.sum as u32,
             session,
@@ -225,7 +228,7 @@ mod tests {
     fn a_session_counts_once_a_window_and_keeps_its_history() {
         let mut s = SessionLevels::default();
         let m = |s: &mut SessionLevels, id: &str, w: Millis, event: bool, hold: bool| {
-            let k = s.mark(h(id), 1, w, event, hold);
+            let k = s.mark(h(id), 1, (w, 60), event, hold);
             (k.first, k.first_event, k.windows, k.event_windows)
         };
         assert_eq!(m(&mut s, "a", 0, false, false), (true, false, 0, 0));
@@ -241,6 +244,30 @@ mod tests {
         assert_eq!(m(&mut s, "a", 240, true, false), (true, true, 3, 2));
         assert_eq!(m(&mut s, "b", 60, false, false), (true, false, 0, 0));
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_session_continues_when_it_reported_in_the_window_right_before() {
+        let mut s = SessionLevels::default();
+        let mut m = |id: &str, w: Millis| {
+            let k = s.mark(h(id), 1, (w, 60), false, false);
+            (k.first, k.continued)
+        };
+        assert_eq!(m("a", 0), (true, false), "new");
+        assert_eq!(
+            m("a", 0),
+            (false, false),
+            "not its first report of the window"
+        );
+        assert_eq!(m("a", 60), (true, true));
+        assert_eq!(m("a", 60), (false, false));
+        assert_eq!(m("a", 180), (true, false), "a window without it in between");
+        assert_eq!(
+            m("a", 120),
+            (false, false),
+            "a late report of an older window"
+        );
+        assert_eq!(m("a", 240), (true, true));
     }
 
     #[test]

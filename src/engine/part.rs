@@ -190,6 +190,7 @@ impl Part {
             }
         }
         let mut session = None; // the id's hash and the window, once per report
+        let mut marked = None;
         let hold = !self.held.is_empty() && key.as_ref().is_some_and(|k| self.held.contains(k));
         for m in Metric::all() {
             let kind = m.kind();
@@ -207,7 +208,18 @@ impl Part {
             if let Some(x) = pair {
                 n.session = self.sessions.observe(id, m.index(), window, x, hold);
             } else if let Some(event) = event {
-                n.mark = self.sessions.mark(id, m.index(), window, event, hold);
+                let size = self.windows.size();
+                n.mark = self
+                    .sessions
+                    .mark(id, m.index(), (window, size), event, hold);
+                marked.get_or_insert(n.mark);
+            }
+        }
+        // Whether the session is new in its window, and continues from the one before, is
+        // the session's, not a metric's: a metric that follows sessions shares the mark.
+        if let Some(mark) = marked {
+            for m in Metric::all().filter(|m| m.kind().follows_sessions()) {
+                normals[m.index()].mark = mark;
             }
         }
         let suspect = key.as_ref().is_some_and(|k| self.suspects.contains(k));
@@ -468,6 +480,29 @@ impl Part {
                 if let Some((x, d)) = clump {
                     s.learn_clump(x, d, at, slow);
                 }
+            }
+        }
+        // How each small key's sessions come and go, and whether they vanished together.
+        for (i, (key, acc)) in keys.iter().enumerate() {
+            for m in Metric::all().filter(|m| m.kind().follows_sessions()) {
+                let (kind, k) = (m.kind(), (key.clone(), m));
+                if self
+                    .levels
+                    .get(&k)
+                    .is_some_and(|b| kind.expects_reports(b.offset))
+                {
+                    continue; // large enough for its count's own test
+                }
+                let s = match self.spreads.get_mut(&k) {
+                    Some(s) => s,
+                    None if kind.starts_following(acc.window(m)) => {
+                        inserted += 1;
+                        self.spreads.entry(k).or_default()
+                    }
+                    None => continue,
+                };
+                let (is_bad, slow) = (bad.contains(&(i, m)), suspect.contains(&(i, m)));
+                kind.follow_sessions(acc.window(m), s, is_bad, slow, at);
             }
         }
         for (i, v) in verdicts {

@@ -345,6 +345,12 @@ fn untested_resolution(scope: &Scope, last: &Finding, windows: u32) -> String {
             "{where_}: back to normal: too few of its keys are bad together any more \
              (for {windows} windows; last tested together: {what})."
         )
+    } else if last.metric.kind().follows_sessions() {
+        // A small key's silence is tested only while it lasts (and not for ever).
+        format!(
+            "{where_}: resolved: reports again, or silent too long to tell, for {windows} \
+             windows (last tested: {what})."
+        )
     } else {
         format!(
             "{where_}: resolved without evidence: too few reports to test for {windows} \

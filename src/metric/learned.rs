@@ -159,6 +159,20 @@ pub struct Spread {
     pub clump_x: f32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clump_d: f32,
+    /// For a metric that follows a key's sessions ([`crate::metric::Kind::follow_sessions`]):
+    /// the sessions of the key's last window with reports, and the windows without any
+    /// since (its sessions' share that end in a window is learned in `base_*`, the sessions
+    /// that arrive in a window in `var_*`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sessions: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub silent: u8,
+    /// The sessions that arrived in a window, and the windows, with a memory of about
+    /// [`RECENT_MEMORY`] windows (the key's recent rate, next to the long one in `var_*`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recent_arrived: f32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recent_windows: f32,
     /// The key's last windows tested on the metric, for an incident's evidence (in memory
     /// only: a restored key's trail starts again).
     #[serde(skip)]
@@ -213,6 +227,9 @@ const VAR_MIN_DF: f32 = 20.0;
 /// weight of this many degrees of freedom.
 const VAR_PRIOR: f64 = 0.36;
 const VAR_PRIOR_DF: f64 = 5.0;
+
+/// Windows a key's recent rate of arriving sessions is learned over.
+const RECENT_MEMORY: f32 = 10.0;
 
 /// Windows a key's usual share of sessions with an event is learned over.
 const BASE_MEMORY: f32 = 30.0;
@@ -368,6 +385,30 @@ impl Spread {
             self.cusum = 0.0;
         }
         self.bad = bad;
+    }
+
+    /// Learns how many sessions arrive in a window (sessions that did not report in the
+    /// window before) from one window whose window before is known; a suspect one at a
+    /// tenth of the weight. Kept in the sums [`Spread::learn_var`] keeps for other metrics.
+    pub fn learn_arrivals(&mut self, arrived: f64, at: Millis, suspect: bool) {
+        let arrived = arrived.max(0.0);
+        self.learn_var(arrived, 1.0, at, suspect);
+        let w = if suspect { 0.1 } else { 1.0 };
+        let keep = 1.0 - w / RECENT_MEMORY;
+        self.recent_arrived = self.recent_arrived * keep + w * arrived as f32;
+        self.recent_windows = self.recent_windows * keep + w;
+    }
+
+    /// Sessions arriving in a window, once learned over about [`VAR_MIN_DF`] windows: the
+    /// lower of the key's long and recent rates (an evening's load falls for hours: the
+    /// long rate lags behind it), shrunk towards none by the weight of [`VAR_PRIOR_DF`]
+    /// windows and of one. Fewer arrivals make a silence less telling.
+    pub fn arrivals(&self) -> Option<f64> {
+        (self.var_df >= VAR_MIN_DF).then(|| {
+            let long = f64::from(self.var_ss) / (f64::from(self.var_df) + VAR_PRIOR_DF);
+            let recent = f64::from(self.recent_arrived) / (f64::from(self.recent_windows) + 1.0);
+            long.min(recent)
+        })
     }
 
     /// The mean squared deviation of one sample from its reference, once learned over

@@ -268,6 +268,35 @@ pub trait Kind: Sync {
     ) -> Option<Outcome> {
         None
     }
+    /// Whether it follows each key's sessions from window to window: its [`Kind::add`] gets
+    /// every report's [`SessionMark`] (its session's first report in the window, and whether
+    /// that session reported in the window before), and [`Kind::follow_sessions`] learns
+    /// from each window.
+    fn follows_sessions(&self) -> bool {
+        false
+    }
+    /// For a metric that follows sessions: whether a key not followed yet starts to be with
+    /// this window (one too small for the metric's test never is: no state for it).
+    fn starts_following(&self, _w: Window) -> bool {
+        false
+    }
+    /// For a metric that follows sessions: learns from a window of the key (one of its
+    /// windows with reports, or a silent one it [`Kind::awaits`]) into its spread, and moves
+    /// its sequential test; `bad` and `suspect` as the window's verdict on the metric.
+    fn follow_sessions(
+        &self,
+        _w: Window,
+        _s: &mut Spread,
+        _bad: bool,
+        _suspect: bool,
+        _at: Millis,
+    ) {
+    }
+    /// Whether a key is tested in a window without reports because of what its spread holds
+    /// (a metric that follows sessions).
+    fn awaits(&self, _s: &Spread) -> bool {
+        false
+    }
     /// The first slot count this metric had before slots were appended to it: state of that
     /// layout, or of any since, still reads, the appended slots at zero.
     fn slots_before(&self) -> Option<usize> {
@@ -339,6 +368,8 @@ pub struct Normal {
 pub struct SessionMark {
     pub first: bool,
     pub first_event: bool,
+    /// Its first report in its window, and it reported in the window right before.
+    pub continued: bool,
     pub windows: u32,
     pub event_windows: u32,
     /// The hash of the session's id ([`crate::window::sessions::hash`]).

@@ -149,3 +149,84 @@ fn a_small_key_whose_sessions_start_stalling_is_caught_by_counting_them() {
     let quiet = stalling_small_keys(false);
     assert!(quiet.is_empty(), "{quiet:#?}");
 }
+
+/// Six keys of about 24 reports a window: at each, 1.2 sessions start a window on average
+/// and each ends with a chance of a fifth a window (so about six play), reporting every
+/// 15 s. When `outage`, `XX/L0` stops serving 17 s into window 50 until window 62: its
+/// sessions end there and none starts.
+fn vanishing_small_keys(outage: bool) -> Vec<Alert> {
+    let mut e = Engine::new(Settings::default());
+    let locs: Vec<String> = (0..6).map(|i| format!("XX/L{i}")).collect();
+    for l in &locs {
+        let row = Expected {
+            throughput_kbps: Some(8_000.0),
+            ..Default::default()
+        };
+        e.on_benchmark(l, "c", 0, Some(row));
+    }
+    let (down, up) = (50 * W + 17_000, 62 * W);
+    // Sessions as (key, id, first window, last window, offset of its reports).
+    let mut sessions = Vec::new();
+    for w in 0..75i64 {
+        for k in 0..locs.len() as i64 {
+            for j in 0..3 {
+                if uniform(k, w, j) >= 0.4 {
+                    continue;
+                }
+                let life = 1 + (uniform(k, w, j + 10).max(1e-9).ln() / 0.8f64.ln()) as i64;
+                let offset = (uniform(k, w, j + 20) * 15_000.0) as i64;
+                sessions.push((k, w * 3 + j, w, w + life - 1, offset));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for w in 0..75i64 {
+        for tick in 0..4i64 {
+            for &(k, id, first, last, offset) in &sessions {
+                let ts = w * W + tick * 15_000 + offset;
+                if !(first..=last).contains(&w) {
+                    continue;
+                }
+                // The outage ends every session it meets; none starts during it.
+                if outage && k == 0 && ts >= down && (first * W) < up {
+                    continue;
+                }
+                let r = Report {
+                    session_id: format!("{k}-{id}").into(),
+                    throughput_kbps: Some(8_000.0),
+                    ..Report::new(locs[k as usize].clone(), "c", ts)
+                };
+                e.on_report(&r, None);
+            }
+        }
+        out.extend(e.close_ready());
+    }
+    out.extend(e.close_until(76 * W));
+    out
+}
+
+#[test]
+fn a_small_key_whose_sessions_vanish_together_is_an_outage() {
+    let alerts = vanishing_small_keys(true);
+    let firing = crate::incident::firing(&alerts);
+    assert_eq!(firing.len(), 1, "{alerts:#?}");
+    let a = firing[0];
+    assert_eq!(a.scope, Scope::pair("XX/L0", "c"), "{a:#?}");
+    assert_eq!(a.metric, Metric::REPORT_VOLUME);
+    assert!(
+        a.expected.is_some_and(|e| e < 60.0),
+        "a key too small for its count's test: {a:#?}"
+    );
+    assert!((51 * W..=56 * W).contains(&a.window_start), "{a:#?}");
+    // Resolved once its reports are back (its silence is tested only while it lasts).
+    let resolved = alerts
+        .iter()
+        .find(|r| r.status == Status::Resolved && r.id == a.id)
+        .expect("resolved");
+    assert!(resolved.window_start <= 72 * W, "{resolved:#?}");
+    assert!(resolved.summary.contains("reports again"), "{resolved:#?}");
+    // The same keys' sessions ending one by one, and keys falling silent with nothing
+    // wrong, raise nothing.
+    let quiet = vanishing_small_keys(false);
+    assert!(quiet.is_empty(), "{quiet:#?}");
+}

@@ -140,6 +140,19 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         });
         firing
     };
+    // Nor does it hold how the keys' sessions come and go. The hour's traffic ends at 19:00
+    // and every window after it is closed silent: the engine that ran through also raises
+    // keys below the count's test (their sessions vanished together, as every key's did),
+    // the restored one not until it has learned their turnover again (ten windows and
+    // more), and the location-wide parents of those silences last longer. Silences after
+    // the traffic's end are left out on both sides.
+    let end = START + 60 * 60_000;
+    let after_end = |a: &Alert| a.metric == Metric::REPORT_VOLUME && a.window_start >= end;
+    let silences = rest_a.iter().filter(|a| after_end(a)).count()
+        - rest_b.iter().filter(|a| after_end(a)).count();
+    assert!(silences > 0);
+    rest_a.retain(|a| !after_end(a));
+    rest_b.retain(|a| !after_end(a));
     let (n_a, n_b) = (rest_a.len(), rest_b.len());
     let (last_a, last_b) = (escalations(&mut rest_a), escalations(&mut rest_b));
     let escalated = (n_a - rest_a.len()).abs_diff(n_b - rest_b.len());
@@ -214,7 +227,7 @@ fn a_checkpoint_of_the_earlier_layout_restores_and_continues() {
         }
     }
     assert_eq!(rest_a, rest_b);
-    assert_eq!(same(&a, &b) as usize, escalated);
+    assert_eq!(same(&a, &b) as usize, escalated + silences);
 }
 
 /// An engine's state as [`Engine::records`] hands it out.
