@@ -103,7 +103,7 @@ pub(super) fn assess(
     }
     // And smaller ones whose sessions of before may have vanished together.
     for ((k, m), s) in refs.spreads {
-        if m.kind().follows_sessions() && m.kind().awaits(s) {
+        if s.sessions > 0.0 && m.kind().follows_sessions() && m.kind().awaits(s) {
             present.entry(k.clone()).or_default();
         }
     }

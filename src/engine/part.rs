@@ -218,7 +218,7 @@ impl Part {
         // Whether the session is new in its window, and continues from the one before, is
         // the session's, not a metric's: a metric that follows sessions shares the mark.
         if let Some(mark) = marked {
-            for m in Metric::all().filter(|m| m.kind().follows_sessions()) {
+            for m in Metric::following_sessions() {
                 normals[m.index()].mark = mark;
             }
         }
@@ -484,7 +484,7 @@ impl Part {
         }
         // How each small key's sessions come and go, and whether they vanished together.
         for (i, (key, acc)) in keys.iter().enumerate() {
-            for m in Metric::all().filter(|m| m.kind().follows_sessions()) {
+            for &m in Metric::following_sessions() {
                 let (kind, k) = (m.kind(), (key.clone(), m));
                 if self
                     .levels

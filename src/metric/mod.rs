@@ -464,6 +464,16 @@ impl Metric {
         (0..REGISTRY.len()).map(|i| Metric(i as u8))
     }
 
+    /// The metrics that follow sessions ([`Kind::follows_sessions`]), looked up once.
+    pub fn following_sessions() -> &'static [Metric] {
+        static FOLLOWING: std::sync::LazyLock<Vec<Metric>> = std::sync::LazyLock::new(|| {
+            Metric::all()
+                .filter(|m| m.kind().follows_sessions())
+                .collect()
+        });
+        &FOLLOWING
+    }
+
     pub fn named(name: &str) -> Option<Metric> {
         Metric::all().find(|m| m.as_str() == name)
     }
