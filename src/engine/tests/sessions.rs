@@ -2,21 +2,27 @@
 
 use super::*;
 
+/// An engine with six keys `XX/L0`..`XX/L5` on CDN `c`, each benchmarked at `throughput`.
+fn six_keys_at(throughput: f64) -> (Engine, Vec<String>) {
+    let mut e = Engine::new(Settings::default());
+    let locs: Vec<String> = (0..6).map(|i| format!("XX/L{i}")).collect();
+    for l in &locs {
+        let row = Expected {
+            throughput_kbps: Some(throughput),
+            ..Default::default()
+        };
+        e.on_benchmark(l, "c", 0, Some(row));
+    }
+    (e, locs)
+}
+
 /// Six keys of about 16 reports a window: a session starts at each key every window and
 /// plays four (reporting every 15 s), each on a network of its own for its life (a fast home
 /// at twice the probes' throughput, a slow one at a fifth, mobile at half...), so which
 /// sessions happen to play moves a key's window mean more than a drop to a half does. From
 /// window 25 to 35 every session at `L0` gets a third of its throughput when `drop`.
 fn mixed_small_keys(drop: bool) -> Vec<Alert> {
-    let mut e = Engine::new(Settings::default());
-    let locs: Vec<String> = (0..6).map(|i| format!("XX/L{i}")).collect();
-    for l in &locs {
-        let row = Expected {
-            throughput_kbps: Some(8_000.0),
-            ..Default::default()
-        };
-        e.on_benchmark(l, "c", 0, Some(row));
-    }
+    let (mut e, locs) = six_keys_at(8_000.0);
     const NETWORKS: [f64; 5] = [2.0, 0.2, 0.5, 1.0, 0.35];
     let mut out = Vec::new();
     for w in 0..45i64 {
@@ -155,15 +161,7 @@ fn a_small_key_whose_sessions_start_stalling_is_caught_by_counting_them() {
 /// 15 s. When `outage`, `XX/L0` stops serving 17 s into window 50 until window 62: its
 /// sessions end there and none starts.
 fn vanishing_small_keys(outage: bool) -> Vec<Alert> {
-    let mut e = Engine::new(Settings::default());
-    let locs: Vec<String> = (0..6).map(|i| format!("XX/L{i}")).collect();
-    for l in &locs {
-        let row = Expected {
-            throughput_kbps: Some(8_000.0),
-            ..Default::default()
-        };
-        e.on_benchmark(l, "c", 0, Some(row));
-    }
+    let (mut e, locs) = six_keys_at(8_000.0);
     let (down, up) = (50 * W + 17_000, 62 * W);
     // Sessions as (key, id, first window, last window, offset of its reports).
     let mut sessions = Vec::new();
