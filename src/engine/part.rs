@@ -208,10 +208,9 @@ impl Part {
             if let Some(x) = pair {
                 n.session = self.sessions.observe(id, m.index(), window, x, hold);
             } else if let Some(event) = event {
-                let size = self.windows.size();
-                n.mark = self
-                    .sessions
-                    .mark(id, m.index(), (window, size), event, hold);
+                n.mark =
+                    self.sessions
+                        .mark(id, m.index(), (window, self.windows.size()), event, hold);
                 marked.get_or_insert(n.mark);
             }
         }
@@ -493,16 +492,17 @@ impl Part {
                 {
                     continue; // large enough for its count's own test
                 }
+                let w = acc.window(m);
                 let s = match self.spreads.get_mut(&k) {
                     Some(s) => s,
-                    None if kind.starts_following(acc.window(m)) => {
+                    None if kind.starts_following(w) => {
                         inserted += 1;
                         self.spreads.entry(k).or_default()
                     }
                     None => continue,
                 };
                 let (is_bad, slow) = (bad.contains(&(i, m)), suspect.contains(&(i, m)));
-                kind.follow_sessions(acc.window(m), s, is_bad, slow, at);
+                kind.follow_sessions(w, s, is_bad, slow, at);
             }
         }
         for (i, v) in verdicts {
